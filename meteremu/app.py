@@ -1,0 +1,208 @@
+"""Builds the running meteremu from a Config: meters, sources, devices, web.
+
+``build()`` returns an :class:`App` holding the ``MultiService`` tree and
+references to its parts, so tests can start a whole service on port 0 with a
+``Clock`` or the real reactor and then talk to it with real clients.
+
+Order matters: the store is the first child, so MultiService stops it last and
+its final save sees the counters after every source has stopped.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from klein import Klein
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.error import CannotListenError
+from twisted.web.server import Site
+
+from meteremu.config import Config
+from meteremu.devices.shelly import http as shelly_http
+from meteremu.devices.shelly.device import ShellyDevice
+from meteremu.devices.shelly.identity import generate_mac, make_identity
+from meteremu.exporters.prometheus import Metrics
+from meteremu.logs import logger
+from meteremu.meter import Meter, default_stale_after
+from meteremu.sources import source_module
+from meteremu.store import Store
+from meteremu.web import ops
+
+log = logger(__name__)
+
+
+class StartupError(Exception):
+    """A part could not start (port taken, bad certificate…): stop the process."""
+
+
+class TCPListener(Service):
+    """Listens in ``privilegedStartService`` and knows its real port.
+
+    A port that cannot be bound raises :class:`StartupError` with a message
+    naming the address, so the process stops at once instead of limping on.
+    """
+
+    def __init__(self, reactor: Any, port: int, factory: Any, interface: str, what: str) -> None:
+        self.reactor, self.requested, self.factory = reactor, port, factory
+        self.interface, self.what = interface, what
+        self.listening: Any = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        if self.listening is None:
+            try:
+                self.listening = self.reactor.listenTCP(self.requested, self.factory, interface=self.interface)
+            except CannotListenError as exc:
+                raise StartupError(
+                    f"cannot listen for {self.what} on {self.interface or '*'}:{self.requested}: "
+                    f"{exc.socketError}") from None
+
+    def startService(self) -> None:
+        self.privilegedStartService()
+        super().startService()
+
+    @property
+    def port(self) -> int:
+        return self.listening.getHost().port
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self.listening is not None:
+            d = self.listening.stopListening()
+            self.listening = None
+            return d
+        return None
+
+
+class QuietSite(Site):
+    """A Site without per-request access logs.
+
+    Batteries poll about once a second, forever: an access log line per poll
+    would drown everything else in the journal (and wear a Pi's SD card).
+    Requests are counted in /metrics instead.
+    """
+
+    noisy = False
+
+    def log(self, request: Any) -> None:
+        pass
+
+
+@dataclass
+class App:
+    config: Config
+    service: MultiService
+    store: Store
+    metrics: Metrics
+    meters: dict[str, Meter]
+    devices: list[ShellyDevice] = field(default_factory=list)
+    http: dict[int, TCPListener] = field(default_factory=dict)
+    async_parts: list[Any] = field(default_factory=list)
+
+    def ready(self) -> Deferred[Any]:
+        """Fires when every asynchronously starting part is up; fails with the first error."""
+        waits = [part.ready for part in self.async_parts]
+        if not waits:
+            return succeed(None)
+        return DeferredList(waits, fireOnOneErrback=True, consumeErrors=True).addErrback(
+            lambda f: f.value.subFailure)
+
+    def http_port(self, index: int = 0) -> int:
+        return list(self.http.values())[index].port
+
+
+def _device_mac(store: Store, key: str, configured: str) -> str:
+    if configured != "auto":
+        return configured
+    mac = store.get(key)
+    if not isinstance(mac, str):
+        mac = generate_mac()
+        store.put(key, mac)
+        log.info("generated MAC {mac} for {key} (kept in the store)", mac=mac, key=key)
+    return mac
+
+
+def build(config: Config, reactor: Any) -> App:
+    """Build the service tree (nothing listens until it is started)."""
+    top = MultiService()
+    store = Store(config.store.path, config.store.persist_interval, clock=reactor)
+    store.setServiceParent(top)
+    started_at = reactor.seconds()
+
+    meters: dict[str, Meter] = {}
+    for name, mc in config.meters.items():
+        module = source_module(mc.source.type)
+        interval = getattr(mc.source.options, "interval", None)
+        push = getattr(module, "PUSH", False)
+        stale = mc.stale_after or default_stale_after(interval, push)
+        meter = Meter(name, reactor, stale_after=stale, source_type=mc.source.type)
+        key = f"meter:{name}:energy"
+        saved = store.get(key)
+        if isinstance(saved, dict):
+            meter.energy.restore(saved)
+        store.register(key, meter.energy.to_dict)
+        meters[name] = meter
+        module.make_source(meter, mc.source.options, reactor, store).setServiceParent(top)
+
+    metrics = Metrics(lambda: meters.values())
+    app = App(config, top, store, metrics, meters)
+
+    sites: dict[int, Klein] = {}
+    main_port = config.server.http_port
+    main_app = Klein()
+    sites[main_port] = main_app
+    ops.install_routes(main_app, lambda: meters.values(), reactor, started_at,
+                       metrics if config.exporters.prometheus.enabled else None)
+
+    for index, dc in enumerate(config.devices):
+        options = dc.options
+        key = f"device:{options.name or index}:mac"
+        identity = make_identity(options, _device_mac(store, key, options.mac))
+        device = ShellyDevice(options, identity, meters[options.meter], reactor,
+                              modbus=options.modbus_port is not None,
+                              tz=time.tzname[0] if time.tzname else None)
+        _observe_requests(device, metrics)
+        app.devices.append(device)
+        port = options.http_port if options.http_port is not None else main_port
+        klein_app = sites.setdefault(port, Klein())
+        shelly_http.install_routes(klein_app, device,
+                                   observe_latency=lambda t, s: metrics.latency.labels(t).observe(s))
+
+    for port, klein_app in sites.items():
+        root: Any = klein_app.resource()
+        if config.server.cors.enabled:
+            root = ops.CORS(root, config.server.cors.origins)
+        site = QuietSite(root)
+        listener = TCPListener(reactor, port, site, config.server.host, "HTTP")
+        listener.setServiceParent(top)
+        app.http[port] = listener
+    return app
+
+
+def _observe_requests(device: ShellyDevice, metrics: Metrics) -> None:
+    known = {name.lower(): name for name in device.core.methods}
+    counter = metrics.requests
+
+    def observe(method: str, ctx: Any) -> None:
+        label = known.get(method.lower(), "unknown")
+        counter.labels(device.identity.device_id, ctx.transport, label).inc()
+
+    device.core.observers.append(observe)
+
+
+def fail_fast(reactor: Any, message: str) -> None:
+    """Report a fatal start-up problem on one line and stop with status 1."""
+    import os
+
+    log.critical("{message}", message=message)
+    sys.stderr.write(f"meteremu: {message}\n")
+    sys.stderr.flush()
+    reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+    if reactor.running:
+        reactor.stop()
+    else:
+        reactor.callWhenRunning(reactor.stop)

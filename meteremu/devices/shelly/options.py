@@ -1,0 +1,69 @@
+"""Configuration of one emulated Shelly Pro 3EM (``devices: - type: shelly_pro_3em``)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+DEFAULT_MODEL = "SPEM-003CEBEU"
+DEFAULT_FW_ID = "20250508-110717/1.6.1-g8dbd358"
+DEFAULT_APP = "Pro3EM"
+FW_ID_RE = re.compile(r"^(\d{8})-\d{6}/(\S+?)(?:-g[0-9a-f]+)?$")
+
+
+def _doc(text: str, default: object = None, factory: object = None) -> object:
+    if factory is not None:
+        return field(default_factory=factory, metadata={"doc": text})
+    return field(default=default, metadata={"doc": text})
+
+
+@dataclass(frozen=True)
+class FallbackPolicy:
+    """``on_stale: {fallback: <watts>}``: serve this total (on phase A) while stale."""
+
+    fallback: float
+
+
+@dataclass(frozen=True)
+class MdnsOptions:
+    """``mdns: {…}``: where and as whom to announce (``mdns: true`` = defaults)."""
+
+    enabled: bool = _doc("announce over mDNS", True)
+    hostname: str | None = _doc("host name to announce (default: the device id)")
+    addresses: tuple[str, ...] = _doc("IP addresses to announce (default: the primary one)", ())
+    interfaces: tuple[str, ...] = _doc("interface names or IPs to announce on (default: those of addresses)", ())
+    port: int | None = _doc("port to announce (default: the HTTP port)")
+
+
+@dataclass(frozen=True)
+class Options:
+    meter: str | None = _doc("name of the meter to serve (default: the first meter)")
+    name: str | None = _doc("device name shown in GetDeviceInfo/sys.device.name")
+    mac: str = _doc("12 hex digits, or 'auto' (generated once, kept in the store)", "auto")
+    device_id: str | None = _doc("override the id (default shellypro3em-<mac lowercase>)")
+    model: str = _doc("model string", DEFAULT_MODEL)
+    fw_id: str = _doc("firmware id, YYYYMMDD-HHMMSS/<ver>-g<hash>", DEFAULT_FW_ID)
+    ver: str | None = _doc("firmware version (default: taken from fw_id)")
+    app: str = _doc("application name", DEFAULT_APP)
+    gen: int = _doc("device generation", 2)
+    serial: str | None = _doc("serial number (shown in /admin and metrics)")
+    manufacturer: str = _doc("manufacturer (shown in /admin and metrics)", "Allterco Robotics")
+    profile: Literal["triphase", "monophase"] = _doc("triphase (em:0) or monophase (em1:0..2)", "triphase")
+    on_stale: Literal["error", "hold"] | FallbackPolicy = _doc(
+        "what to serve while the meter is stale or down", "error")
+    http_port: int | None = _doc("HTTP port of this device (default: server.http_port)")
+    modbus_port: int | None = _doc("Modbus TCP port (502 on a Pi); off when unset")
+    modbus_bind: str | None = _doc("address for Modbus TCP (default: server.host)")
+    modbus_unit_id: int = _doc("Modbus unit id", 1)
+    mdns: bool | MdnsOptions = _doc("announce _http._tcp and _shelly._tcp over mDNS", False)
+
+    def validate(self) -> list[tuple[str, str]]:
+        errors = []
+        if self.mac != "auto" and not re.fullmatch(r"[0-9A-Fa-f]{12}", self.mac.replace(":", "")):
+            errors.append(("mac", f"expected 12 hex digits or 'auto'; got {self.mac!r}"))
+        if not FW_ID_RE.match(self.fw_id):
+            errors.append(("fw_id", f"expected YYYYMMDD-HHMMSS/<version>-g<hash>; got {self.fw_id!r}"))
+        if self.device_id is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", self.device_id):
+            errors.append(("device_id", "expected letters, digits, '-', '_' or '.'"))
+        return errors

@@ -1,0 +1,161 @@
+"""Transport-independent JSON-RPC core of the emulated Shelly (pure).
+
+Frame in, frame out: HTTP, WebSocket and UDP all call :meth:`RpcCore.handle_frame`
+or :meth:`RpcCore.call`, so every transport gives the same answers. No reactor,
+no sockets; the method table lives in ``methods.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from meteremu.devices.shelly import jsonfmt
+
+# Error codes of the Gen2 firmware (gRPC status codes, negated and -100).
+INVALID_ARGUMENT = -103
+NOT_FOUND = -105
+UNAVAILABLE = -114
+NO_HANDLER = 404
+PARSE_ERROR = -32700
+
+MAX_FRAME_BYTES = 64 * 1024
+MAX_DEPTH = 32
+
+
+class RpcError(Exception):
+    """An error the device reports in the frame's ``error`` member."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(code, message)
+        self.code, self.message = code, message
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message}
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """Who is asking, and how. ``src`` is the caller's frame ``src`` if any."""
+
+    transport: str
+    peer: str | None = None
+    src: str | None = None
+    local_ip: str | None = None
+
+
+Handler = Callable[[dict[str, Any], CallContext], Any]
+
+
+def _depth_ok(obj: Any, limit: int = MAX_DEPTH) -> bool:
+    """Iteratively check nesting depth, so deep garbage cannot exhaust the stack."""
+    stack = [(obj, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return False
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return True
+
+
+def parse_frame(data: bytes | str) -> Any:
+    """Decode one JSON frame, or raise RpcError(PARSE_ERROR)."""
+    if len(data) > MAX_FRAME_BYTES:
+        raise RpcError(PARSE_ERROR, "Frame too large")
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        frame = json.loads(text)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise RpcError(PARSE_ERROR, "Invalid JSON frame") from None
+    if not _depth_ok(frame):
+        raise RpcError(PARSE_ERROR, "Frame nested too deeply")
+    return frame
+
+
+def valid_frame_id(value: Any) -> bool:
+    """Frame ids are numbers or strings; they are echoed with their type."""
+    return isinstance(value, str | int | float) and not isinstance(value, bool)
+
+
+class RpcCore:
+    """Dispatches method calls for one device.
+
+    ``methods`` maps the canonical method name to a handler; lookups are
+    case-insensitive as on the device, and an unknown name gives 404
+    ``No handler for <Method>``.
+    """
+
+    def __init__(self, device_id: Callable[[], str], methods: dict[str, Handler]) -> None:
+        self._device_id = device_id
+        self.methods = dict(methods)
+        self._lookup = {name.lower(): handler for name, handler in methods.items()}
+        self.observers: list[Callable[[str, CallContext], None]] = []
+
+    @property
+    def device_id(self) -> str:
+        return self._device_id()
+
+    def call(self, method: str, params: Any, ctx: CallContext) -> Any:
+        """Run one method; raise :class:`RpcError` for any failure."""
+        if params is None:
+            params = {}
+        if not isinstance(params, dict):
+            raise RpcError(INVALID_ARGUMENT, "Invalid argument 'params': expected an object")
+        handler = self._lookup.get(method.lower())
+        if handler is None:
+            raise RpcError(NO_HANDLER, f"No handler for {method}")
+        for observe in self.observers:
+            observe(method, ctx)
+        return handler(params, ctx)
+
+    def handle_frame(self, frame: Any, ctx: CallContext) -> dict[str, Any] | None:
+        """Answer one decoded request frame with a response frame.
+
+        Returns None when there is nothing to answer: a frame without ``id``
+        is a notification (JSON-RPC semantics, as aioshelly treats it).
+        """
+        if not isinstance(frame, dict):
+            return self._error(None, None, RpcError(INVALID_ARGUMENT, "Invalid frame: expected an object"))
+        src = frame.get("src")
+        if not isinstance(src, str) or not src:
+            src = None
+        frame_id = frame.get("id")
+        if frame_id is None:
+            return None
+        if not valid_frame_id(frame_id):
+            return self._error(None, src, RpcError(INVALID_ARGUMENT, "Invalid frame: 'id' must be a number or a string"))
+        method = frame.get("method")
+        if not isinstance(method, str) or not method:
+            return self._error(frame_id, src, RpcError(INVALID_ARGUMENT, "Invalid frame: missing 'method'"))
+        if src is not None and ctx.src != src:
+            ctx = CallContext(ctx.transport, ctx.peer, src, ctx.local_ip)
+        try:
+            result = self.call(method, frame.get("params"), ctx)
+        except RpcError as err:
+            return self._error(frame_id, src, err)
+        response: dict[str, Any] = {"id": frame_id, "src": self.device_id}
+        if src is not None:
+            response["dst"] = src
+        response["result"] = result
+        return response
+
+    def _error(self, frame_id: Any, src: str | None, err: RpcError) -> dict[str, Any]:
+        response: dict[str, Any] = {"id": frame_id, "src": self.device_id}
+        if src is not None:
+            response["dst"] = src
+        response["error"] = err.as_dict()
+        return response
+
+    def handle_bytes(self, data: bytes | str, ctx: CallContext) -> bytes | None:
+        """Bytes in, bytes out (with the firmware's number formatting)."""
+        try:
+            frame = parse_frame(data)
+        except RpcError as err:
+            return jsonfmt.dumpb(self._error(None, None, err))
+        response = self.handle_frame(frame, ctx)
+        return None if response is None else jsonfmt.dumpb(response)

@@ -1,0 +1,166 @@
+"""The hub: one Meter per real meter, fed by exactly one source.
+
+A Meter keeps the latest Reading, judges freshness on *arrival* (design.md
+§4), integrates energy, keeps a short history ring of total power, counts the
+source's successes and failures, and tells listeners about each new reading.
+It has no I/O: the clock is injected so tests drive time with ``task.Clock``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+from meteremu.energy import EnergyCounters
+from meteremu.reading import Reading
+
+
+class IClock(Protocol):
+    def seconds(self) -> float: ...
+
+
+class Freshness(str, Enum):
+    FRESH = "fresh"
+    STALE = "stale"
+    DOWN = "down"
+
+
+@dataclass
+class SourceStats:
+    """What a source has done, for /healthz and /metrics."""
+
+    fetches: int = 0
+    failures: int = 0
+    last_success: float | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+
+    @property
+    def success_rate(self) -> float | None:
+        total = self.fetches + self.failures
+        return self.fetches / total if total else None
+
+
+Listener = Callable[["Meter", Reading], None]
+
+MIN_STALE_AFTER = 5.0
+PUSH_STALE_AFTER = 60.0
+
+
+def default_stale_after(interval: float | None, push: bool = False) -> float:
+    """3x the poll interval, at least 5 s; 60 s for push sources (design.md §4)."""
+    if push or interval is None:
+        return PUSH_STALE_AFTER
+    return max(MIN_STALE_AFTER, 3 * interval)
+
+
+class Meter:
+    """Latest state of one real meter."""
+
+    def __init__(
+        self,
+        name: str,
+        clock: IClock,
+        stale_after: float = MIN_STALE_AFTER,
+        source_type: str = "unknown",
+        phases: int = 3,
+        history_size: int = 3600,
+    ) -> None:
+        self.name = name
+        self.clock = clock
+        self.stale_after = stale_after
+        self.source_type = source_type
+        self.latest: Reading | None = None
+        self.energy = EnergyCounters(phases)
+        self.stats = SourceStats()
+        self.history: deque[tuple[float, float]] = deque(maxlen=history_size)
+        self._listeners: list[Listener] = []
+        self._last_new_arrival: float | None = None
+        self._last_alive: float | None = None
+        self._down_reason: str | None = None
+
+    # -- listeners -------------------------------------------------------
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    # -- input from the source ----------------------------------------------
+    def update(self, reading: Reading) -> bool:
+        """Take a reading from the source. Return True if it was new.
+
+        A reading whose source timestamp is not newer than the latest one is a
+        repeat (a poll that returned the same sample) and does not refresh the
+        meter. New readings clear ``down``, update energy and notify listeners.
+        """
+        now = self.clock.seconds()
+        self.stats.fetches += 1
+        self.stats.last_success = now
+        previous = self.latest
+        if previous is not None and reading.measured_at <= previous.measured_at:
+            return False
+        if reading.energy is not None:
+            self.energy.follow(reading.energy)
+        elif previous is not None and self._last_new_arrival is not None:
+            # Never integrate across a gap longer than stale_after (judged on
+            # arrival, so a fast simulated clock is still integrated).
+            if now - self._last_new_arrival <= self.stale_after:
+                self.energy.add_segment(
+                    previous.powers(), reading.powers(),
+                    reading.measured_at - previous.measured_at,
+                )
+        self.latest = reading
+        self._last_new_arrival = now
+        self._last_alive = now
+        self._down_reason = None
+        self.history.append((reading.measured_at, reading.total_act_power))
+        for listener in list(self._listeners):
+            listener(self, reading)
+        return True
+
+    def alive(self) -> None:
+        """A push source's connection is alive (heartbeat or any message).
+
+        A steady value that the upstream never re-sends stays fresh while this
+        is called within ``stale_after``.
+        """
+        self._last_alive = self.clock.seconds()
+
+    def report_failure(self, error: str, down: bool = True) -> None:
+        """The source failed. ``error`` must not contain secrets.
+
+        With ``down`` (the default) the meter is marked down at once: the
+        upstream is unreachable or reports the value unavailable. A soft failure
+        (``down=False``) is only counted; freshness then decays to stale.
+        """
+        now = self.clock.seconds()
+        self.stats.failures += 1
+        self.stats.last_error = error
+        self.stats.last_error_at = now
+        if down:
+            self._down_reason = error
+
+    # -- state -----------------------------------------------------------
+    def age(self) -> float | None:
+        """Seconds since the last new sample arrived, or None if none did."""
+        if self._last_new_arrival is None:
+            return None
+        return max(0.0, self.clock.seconds() - self._last_new_arrival)
+
+    def freshness(self) -> Freshness:
+        if self._down_reason is not None:
+            return Freshness.DOWN
+        if self._last_alive is None:
+            return Freshness.STALE
+        if self.clock.seconds() - self._last_alive > self.stale_after:
+            return Freshness.STALE
+        return Freshness.FRESH
+
+    @property
+    def down_reason(self) -> str | None:
+        return self._down_reason

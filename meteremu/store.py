@@ -1,0 +1,200 @@
+"""Durable state in SQLite: energy counters, generated MACs, later more.
+
+Reads happen once, synchronously, while the service tree is built (before the
+reactor runs), because identities such as an auto-generated MAC must be known
+before any listener starts. Writes go through ``twisted.enterprise.adbapi``
+with a single connection (SQLite allows one writer; one connection also keeps
+writes ordered), each save in one transaction, in WAL mode with
+``synchronous=FULL`` so a crash or power cut leaves either the old or the new
+state, never a torn one.
+
+A file that cannot be opened as a database is moved aside (``.corrupt-<ts>``)
+with a clear log line, never silently overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from meteremu.logs import logger
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    updated REAL NOT NULL
+)
+"""
+
+log: Logger = logger(__name__)
+
+
+class StoreError(Exception):
+    pass
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=10, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    return conn
+
+
+def _check(path: str) -> dict[str, Any]:
+    """Open, verify and read everything; raise sqlite3.DatabaseError if unusable."""
+    conn = _connect(path)
+    try:
+        row = conn.execute("PRAGMA quick_check").fetchone()
+        if row is None or row[0] != "ok":
+            raise sqlite3.DatabaseError(f"integrity check failed: {row[0] if row else 'no answer'}")
+        conn.execute(SCHEMA)
+        conn.commit()
+        values = {}
+        for key, value in conn.execute("SELECT key, value FROM kv"):
+            try:
+                values[key] = json.loads(value)
+            except ValueError as exc:
+                raise sqlite3.DatabaseError(f"value of {key!r} is not JSON") from exc
+        return values
+    finally:
+        conn.close()
+
+
+def open_state(path: str, now: Callable[[], float] = time.time) -> dict[str, Any]:
+    """Load every stored value; move an unreadable file aside and start empty."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    try:
+        return _check(path)
+    except sqlite3.DatabaseError as exc:
+        aside = f"{path}.corrupt-{int(now())}"
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(path + suffix):
+                os.replace(path + suffix, aside + suffix)
+        log.error("store {path} could not be read ({why}); moved it to {aside} and started empty",
+                  path=path, why=str(exc), aside=aside)
+        _check(path)
+        return {}
+
+
+def _write(txn: Any, items: dict[str, Any], stamp: float) -> None:
+    txn.executemany(
+        "INSERT INTO kv(key, value, updated) VALUES (?, ?, ?) "
+        "ON CONFLICT(key) DO UPDATE SET value=excluded.value, updated=excluded.updated",
+        [(k, json.dumps(v, allow_nan=False), stamp) for k, v in items.items()],
+    )
+
+
+class Store(Service):
+    """The state file plus a periodic, transactional save of registered parts.
+
+    Parts register a ``snapshot()`` callable under a key; every
+    ``persist_interval`` and on stop the store writes all snapshots in one
+    transaction. ``values`` holds what was loaded at open time.
+    """
+
+    name = "store"
+
+    def __init__(self, path: str, persist_interval: float, clock: Any = None) -> None:
+        self.path = path
+        self.persist_interval = persist_interval
+        self.values = open_state(path)
+        self._parts: dict[str, Callable[[], Any]] = {}
+        self._pending: dict[str, Any] = {}
+        self._pool: adbapi.ConnectionPool | None = None
+        self._loop: LoopingCall | None = None
+        self._clock = clock
+        self._saving: Deferred[None] | None = None
+        self.saves = 0
+
+    def register(self, key: str, snapshot: Callable[[], Any]) -> None:
+        """Save ``snapshot()`` under ``key`` at every persist."""
+        self._parts[key] = snapshot
+
+    def put(self, key: str, value: Any) -> None:
+        """Save a value once (at the next persist), e.g. a generated MAC."""
+        self.values[key] = value
+        self._pending[key] = value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.values.get(key, default)
+
+    def startService(self) -> None:
+        super().startService()
+        self._pool = adbapi.ConnectionPool(
+            "sqlite3", self.path, cp_min=1, cp_max=1, check_same_thread=False,
+            cp_openfun=_init_connection, timeout=10,
+        )
+        self._loop = LoopingCall(self.persist)
+        if self._clock is not None:
+            self._loop.clock = self._clock
+        self._loop.start(self.persist_interval, now=False).addErrback(
+            lambda f: log.failure("persist loop stopped", f))
+
+    def persist(self) -> Deferred[None]:
+        """Write every registered snapshot in one transaction.
+
+        A save already running is waited for rather than overlapped, and a
+        failing save is logged (the next one retries) instead of killing the loop.
+        """
+        if self._pool is None:
+            return succeed(None)
+        if self._saving is not None:
+            return self._saving
+        items = dict(self._pending)
+        for key, snapshot in self._parts.items():
+            items[key] = snapshot()
+        self.values.update(items)
+        stamp = time.time()
+        d = self._pool.runInteraction(_write, items, stamp)
+
+        def done(_: object) -> None:
+            self.saves += 1
+            for key in items:
+                if self._pending.get(key) is items[key]:
+                    del self._pending[key]
+
+        def failed(failure: Any) -> None:
+            log.failure("saving state to {path} failed; will retry", failure, path=self.path)
+
+        d.addCallbacks(done, failed)
+
+        def finished(result: object) -> object:
+            self._saving = None
+            return result
+
+        d.addBoth(finished)
+        self._saving = d
+        return d
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        pool = self._pool
+
+        def close(_: object) -> None:
+            self._pool = None
+            if pool is not None:
+                pool.close()
+
+        d = self._saving or succeed(None)
+        d.addCallback(lambda _: self.persist())
+        d.addCallback(close)
+        return d
+
+
+def _init_connection(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")

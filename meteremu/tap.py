@@ -1,0 +1,84 @@
+"""twistd entry point: ``twistd meteremu --config etc/meteremu.yaml``.
+
+The config is read and validated in ``postOptions`` so a bad file ends the
+process with one line (``meteremu: <file>: <key>: <why>``) and status 2,
+before any port is opened and without a traceback or usage text.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from meteremu.config import Config, ConfigError, default_config, load_config
+
+
+class Options(usage.Options):
+    synopsis = "[--config FILE]"
+    longdesc = ("Impersonates a Shelly Pro 3EM (HTTP/WebSocket/UDP RPC, Modbus TCP, mDNS), "
+                "fed by a real meter or the built-in simulator. Without --config, the "
+                "embedded default runs: a simulated household served on port 8080.")
+    optParameters = [["config", "c", None, "YAML configuration file"]]
+
+    def postOptions(self) -> None:
+        try:
+            self["settings"] = load_config(self["config"]) if self["config"] else default_config()
+        except ConfigError as exc:
+            sys.stderr.write(f"meteremu: {exc}\n")
+            sys.stderr.flush()
+            raise SystemExit(2) from None
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
+    from meteremu.app import build, fail_fast
+    from meteremu.asyncbridge import require_asyncio_reactor
+    from meteremu.logs import set_level
+
+    config: Config = options["settings"]
+    try:
+        require_asyncio_reactor(reactor)
+    except RuntimeError as exc:
+        sys.stderr.write(f"meteremu: {exc}\n")
+        raise SystemExit(2) from None
+    set_level(config.logging.level)
+    app = build(config, reactor)
+
+    def started(_: Any) -> None:
+        from meteremu.app import log
+
+        ports = ", ".join(str(listener.port) for listener in app.http.values())
+        log.info("meteremu serving on HTTP port(s) {ports}", ports=ports)
+
+    def failed(failure: Any) -> None:
+        fail_fast(reactor, str(failure.value))
+
+    def start(_: Any = None) -> None:
+        app.ready().addCallbacks(started, failed)
+
+    reactor.callWhenRunning(start)
+    return _Guard(app.service, reactor)
+
+
+class _Guard:
+    """Turns a StartupError while starting the tree into a one-line exit."""
+
+    def __new__(cls, service: Any, reactor: Any) -> Any:
+        from meteremu.app import StartupError
+
+        original = service.privilegedStartService
+
+        def privileged() -> None:
+            try:
+                original()
+            except StartupError as exc:
+                sys.stderr.write(f"meteremu: {exc}\n")
+                sys.stderr.flush()
+                raise SystemExit(1) from None
+
+        service.privilegedStartService = privileged
+        return service

@@ -1,0 +1,1 @@
+"""meteremu's own HTTP routes: health, metrics, admin, and the CORS wrapper."""
