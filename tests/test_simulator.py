@@ -90,11 +90,10 @@ class HouseholdTests(SynchronousTestCase):
         house = Household(SimulatorOptions(seed=3), UTC)
         for step in range(0, 2 * 86400, 97):
             for phase in house.reading_at(at(0) + step).phases:
-                self.assertAlmostEqual(phase.aprt_power, phase.voltage * phase.current,
-                                       delta=0.01 * phase.aprt_power + 1e-9)
+                self.assertApproximates(phase.aprt_power, phase.voltage * phase.current, 0.01 * phase.aprt_power + 1e-9)
                 self.assertLessEqual(abs(phase.pf), 1.0)
                 self.assertGreaterEqual(phase.aprt_power, abs(phase.act_power) - 1e-9)
-                self.assertAlmostEqual(phase.pf * phase.aprt_power, phase.act_power, delta=1e-6)
+                self.assertApproximates(phase.pf * phase.aprt_power, phase.act_power, 1e-6)
                 self.assertTrue(49.9 <= phase.freq <= 50.1, phase.freq)
                 self.assertTrue(220 <= phase.voltage <= 240, phase.voltage)
 
@@ -218,7 +217,7 @@ class SourceTests(SynchronousTestCase):
         meter.add_listener(lambda m, r: stamps.append(r.measured_at))
         clock.pump([1.0] * 10)
         self.assertEqual(len(arrivals), 11)
-        self.assertAlmostEqual(stamps[-1] - at(11), 600, delta=1e-6)
+        self.assertApproximates(stamps[-1] - at(11), 600, 1e-6)
         self.assertEqual([round(b - a, 6) for a, b in zip(stamps, stamps[1:], strict=False)], [60.0] * 9)
 
     def test_outage_goes_silent_then_recovers(self) -> None:
@@ -263,7 +262,7 @@ class SourceTests(SynchronousTestCase):
         clock, meter, source, arrivals = self.make(speed=60, start_time="11:00")
         clock.advance(10)  # a LoopingCall skips missed ticks, but the timestamp is right
         assert meter.latest is not None
-        self.assertAlmostEqual(meter.latest.measured_at - at(11), 600, delta=1e-6)
+        self.assertApproximates(meter.latest.measured_at - at(11), 600, 1e-6)
 
     def test_stop_stops_the_loop(self) -> None:
         clock, meter, source, arrivals = self.make()

@@ -1,0 +1,177 @@
+"""The real twistd process: plugin discovery, start, SIGTERM, bad config.
+
+These run the *installed* package (as a user or systemd would), from a
+temporary working directory so nothing in the checkout can shadow it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import sqlite3
+import sys
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.protocol import ProcessProtocol
+from twisted.python.usage import UsageError
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from meteremu.tap import Options
+from tests.support import HTTPClient
+
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+
+
+class Twistd(ProcessProtocol):
+    """Collects output; ``serving()`` fires with the HTTP port, ``ended`` with the exit."""
+
+    def __init__(self) -> None:
+        self.output = b""
+        self.stderr = b""
+        self.port: int | None = None
+        self._waiting: list[Deferred[int]] = []
+        self.ended: Deferred[object] = Deferred()
+
+    def serving(self) -> Deferred[int]:
+        d: Deferred[int] = Deferred()
+        if self.port is not None:
+            d.callback(self.port)
+        else:
+            self._waiting.append(d)
+        return d
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        match = re.search(rb"serving on HTTP port\(s\) (\d+)", self.output)
+        if match and self.port is None:
+            self.port = int(match.group(1))
+            waiting, self._waiting = self._waiting, []
+            for d in waiting:
+                d.callback(self.port)
+
+    def errReceived(self, data: bytes) -> None:
+        self.stderr += data
+
+    def processEnded(self, reason) -> None:
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.errback(reason)
+        self.ended.callback(reason.value)
+
+
+def spawn(case: TestCase, args: list[str], cwd: str) -> Twistd:
+    proto = Twistd()
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TZ")}
+    env["PYTHONUNBUFFERED"] = "1"
+    transport = reactor.spawnProcess(proto, TWISTD, [TWISTD, *args], env=env, path=cwd)
+
+    def cleanup() -> Deferred[object] | None:
+        if proto.ended.called:
+            return None
+        transport.signalProcess("KILL")
+        return proto.ended
+
+    case.addCleanup(cleanup)
+    return proto
+
+
+def write_config(directory: str, port: int = 0, extra: str = "") -> str:
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, "meteremu.yaml")
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(f"""
+server: {{host: 127.0.0.1, http_port: {port}}}
+meters:
+  grid:
+    source: {{type: simulator, interval: 100ms, speed: 60}}
+store: {{path: {os.path.join(directory, 'state.db')}, persist_interval: 1h}}
+{extra}""")
+    return path
+
+
+RUN = ["--reactor=asyncio", "-n", "--pidfile=", "--logfile=-", "meteremu"]
+
+
+class TwistdTests(TestCase):
+    timeout = 60
+
+    def setUp(self):
+        self.dir = os.path.abspath(self.mktemp())
+
+    @inlineCallbacks
+    def test_plugin_listed_from_installed_package(self):
+        os.makedirs(self.dir)
+        proto = spawn(self, ["--help"], self.dir)
+        yield proto.ended
+        self.assertIn(b"meteremu", proto.output)
+        self.assertRegex(proto.output.decode(), r"meteremu\s+Energy-meter emulator")
+
+    @inlineCallbacks
+    def test_serves_and_saves_final_state_on_sigterm(self):
+        config = write_config(self.dir)
+        proto = spawn(self, [*RUN, "--config", config], self.dir)
+        port = yield proto.serving()
+        http = HTTPClient(self)
+        response, body = yield http.get(f"http://127.0.0.1:{port}/rpc/EMData.GetStatus?id=0")
+        self.assertEqual(response.code, 200)
+        served = json.loads(body)
+        os.kill(proto.transport.pid, signal.SIGTERM)
+        reason = yield proto.ended
+        # twistd re-raises SIGTERM after a clean shutdown.
+        self.assertIsInstance(reason, ProcessTerminated)
+        self.assertEqual(reason.signal, signal.SIGTERM)
+        self.assertIn(b"Server Shut Down", proto.output)
+        self.assertNotIn(b"Traceback", proto.output + proto.stderr)
+        # persist_interval is 1 h: what is stored was written by the final save on stop.
+        conn = sqlite3.connect(os.path.join(self.dir, "state.db"))
+        rows = dict(conn.execute("SELECT key, value FROM kv"))
+        conn.close()
+        energy = json.loads(rows["meter:grid:energy"])
+        self.assertGreaterEqual(sum(i for i, _ in energy["phases"]), served["total_act"] - 0.01)
+        self.assertRegex(json.loads(rows["device:0:mac"]), r"^C8F09E[0-9A-F]{6}$")
+
+    @inlineCallbacks
+    def test_bad_config_is_one_line_and_exit_2(self):
+        os.makedirs(self.dir)
+        path = os.path.join(self.dir, "bad.yaml")
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write("server:\n  http_prot: 80\n")
+        proto = spawn(self, [*RUN, "--config", path], self.dir)
+        reason = yield proto.ended
+        self.assertIsInstance(reason, ProcessTerminated)
+        self.assertEqual(reason.exitCode, 2)
+        lines = (proto.output + proto.stderr).decode().strip().splitlines()
+        self.assertEqual(lines, [f"meteremu: {path}: server.http_prot: unknown key; did you mean 'http_port'?"])
+
+    @inlineCallbacks
+    def test_busy_port_stops_with_a_clear_message(self):
+        blocker = socket.socket()
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen(1)
+        self.addCleanup(blocker.close)
+        port = blocker.getsockname()[1]
+        config = write_config(self.dir, port=port)
+        proto = spawn(self, [*RUN, "--config", config], self.dir)
+        reason = yield proto.ended
+        self.assertNotIsInstance(reason, ProcessDone)
+        text = (proto.output + proto.stderr).decode()
+        self.assertIn(f"meteremu: cannot listen for HTTP on 127.0.0.1:{port}", text)
+        self.assertNotIn("Traceback", text)
+
+
+class OptionsTests(SynchronousTestCase):
+    def test_embedded_default_without_config(self):
+        options = Options()
+        options.parseOptions([])
+        config = options["settings"]
+        self.assertEqual(config.server.http_port, 8080)
+        self.assertEqual(list(config.meters), ["grid"])
+        self.assertEqual(config.meters["grid"].source.type, "simulator")
+
+    def test_unknown_option_is_a_usage_error(self):
+        self.assertRaises(UsageError, Options().parseOptions, ["--bogus"])
