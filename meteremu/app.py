@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from autobahn.twisted.resource import WebSocketResource
 from klein import Klein
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -25,6 +26,9 @@ from meteremu.config import Config
 from meteremu.devices.shelly import http as shelly_http
 from meteremu.devices.shelly.device import ShellyDevice
 from meteremu.devices.shelly.identity import generate_mac, make_identity
+from meteremu.devices.shelly.mdns import mdns_options
+from meteremu.devices.shelly.udp import ShellyUDP
+from meteremu.devices.shelly.ws import NotifyHub, ShellyWebSocketFactory
 from meteremu.exporters.prometheus import Metrics
 from meteremu.logs import logger
 from meteremu.meter import Meter, default_stale_after
@@ -92,6 +96,58 @@ class QuietSite(Site):
         pass
 
 
+class UDPListener(Service):
+    """A UDP port, bound in ``privilegedStartService`` (fail fast, like TCPListener)."""
+
+    def __init__(self, reactor: Any, port: int, protocol: Any, interface: str) -> None:
+        self.reactor, self.requested, self.protocol, self.interface = reactor, port, protocol, interface
+        self.listening: Any = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        if self.listening is None:
+            try:
+                self.listening = self.reactor.listenUDP(self.requested, self.protocol, interface=self.interface)
+            except CannotListenError as exc:
+                raise StartupError(f"cannot listen for UDP RPC on {self.interface or '*'}:{self.requested}: "
+                                   f"{exc.socketError}") from None
+
+    def startService(self) -> None:
+        self.privilegedStartService()
+        super().startService()
+
+    @property
+    def port(self) -> int:
+        return self.listening.getHost().port
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self.listening is not None:
+            d = self.listening.stopListening()
+            self.listening = None
+            return d
+        return None
+
+
+class _HubService(Service):
+    """Starts and stops a device's WebSocket notification hub."""
+
+    def __init__(self, hub: NotifyHub) -> None:
+        self.hub = hub
+
+    def startService(self) -> None:
+        super().startService()
+        self.hub.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.hub.stop()
+
+
+def _drop_counter(metrics: Metrics, device_id: str) -> Any:
+    return lambda reason: metrics.dropped.labels(device_id, reason).inc()
+
+
 @dataclass
 class App:
     config: Config
@@ -101,7 +157,21 @@ class App:
     meters: dict[str, Meter]
     devices: list[ShellyDevice] = field(default_factory=list)
     http: dict[int, TCPListener] = field(default_factory=dict)
+    udp: list[UDPListener] = field(default_factory=list)
+    modbus: list[Any] = field(default_factory=list)
+    hubs: list[NotifyHub] = field(default_factory=list)
     async_parts: list[Any] = field(default_factory=list)
+
+    def overview(self) -> dict[str, Any]:
+        """``/admin/overview``: the clients of every device."""
+        return {"devices": {
+            (device.options.name or str(index)): {
+                "id": device.identity.device_id, "meter": device.meter.name,
+                "model": device.identity.model, "serial": device.identity.serial,
+                "manufacturer": device.identity.manufacturer,
+                "clients": device.clients.overview(),
+                "active_batteries": device.clients.active_batteries(),
+            } for index, device in enumerate(self.devices)}}
 
     def ready(self) -> Deferred[Any]:
         """Fires when every asynchronously starting part is up; fails with the first error."""
@@ -148,38 +218,79 @@ def build(config: Config, reactor: Any) -> App:
         meters[name] = meter
         module.make_source(meter, mc.source.options, reactor, store).setServiceParent(top)
 
-    metrics = Metrics(lambda: meters.values())
-    app = App(config, top, store, metrics, meters)
+    app = App(config, top, store, Metrics(lambda: meters.values()), meters)
+    metrics = app.metrics
 
     sites: dict[int, Klein] = {}
     main_port = config.server.http_port
     main_app = Klein()
     sites[main_port] = main_app
     ops.install_routes(main_app, lambda: meters.values(), reactor, started_at,
-                       metrics if config.exporters.prometheus.enabled else None)
+                       metrics if config.exporters.prometheus.enabled else None,
+                       overview=app.overview)
+    metrics.add_devices(lambda: app.devices)
 
+    device_parts: list[Service] = []
     for index, dc in enumerate(config.devices):
         options = dc.options
-        key = f"device:{options.name or index}:mac"
+        # Keyed by position, not name: renaming a device must not change its
+        # MAC (Home Assistant's unique id is derived from it).
+        key = f"device:{index}:mac"
         identity = make_identity(options, _device_mac(store, key, options.mac))
         device = ShellyDevice(options, identity, meters[options.meter], reactor,
+                              udp_ports=options.udp_ports,
                               modbus=options.modbus_port is not None,
                               tz=time.tzname[0] if time.tzname else None)
         _observe_requests(device, metrics)
         app.devices.append(device)
         port = options.http_port if options.http_port is not None else main_port
         klein_app = sites.setdefault(port, Klein())
-        shelly_http.install_routes(klein_app, device,
-                                   observe_latency=lambda t, s: metrics.latency.labels(t).observe(s))
+        latency = metrics.observe_latency
+        ws_resource = None
+        if options.websocket:
+            hub = NotifyHub(device, reactor, options.notify_interval, options.notify_epsilon)
+            factory = ShellyWebSocketFactory(device, hub, latency)
+            device_parts.append(_HubService(hub))
+            ws_resource = lambda factory=factory: WebSocketResource(factory)  # noqa: E731
+            app.hubs.append(hub)
+        shelly_http.install_routes(klein_app, device, ws_resource=ws_resource, observe_latency=latency)
+        for extra in options.websocket_ports:
+            if extra in sites and sites[extra] is not klein_app:
+                raise StartupError(f"devices[{index}].websocket_ports: port {extra} already serves another device")
+            sites[extra] = klein_app
+        host = config.server.host
+        for udp_port in options.udp_ports:
+            proto = ShellyUDP(device.core, options.udp_max_bytes, options.udp_bind or host,
+                              on_drop=_drop_counter(metrics, identity.device_id), observe_latency=latency)
+            listener = UDPListener(reactor, udp_port, proto, options.udp_bind or host)
+            device_parts.append(listener)
+            app.udp.append(listener)
+        if options.modbus_port is not None:
+            from meteremu.devices.shelly.modbus import ModbusService
+
+            modbus = ModbusService(device, options.modbus_bind or host, options.modbus_port,
+                                   options.modbus_unit_id, reactor)
+            device_parts.append(modbus)
+            app.async_parts.append(modbus)
+            app.modbus.append(modbus)
+        mdns = mdns_options(options.mdns)
+        if mdns is not None:
+            from meteremu.devices.shelly.mdns import MdnsService
+
+            service = MdnsService(identity, lambda port=port: app.http[port].port, mdns, reactor=reactor)
+            device_parts.append(service)
+            app.async_parts.append(service)
 
     for port, klein_app in sites.items():
         root: Any = klein_app.resource()
         if config.server.cors.enabled:
             root = ops.CORS(root, config.server.cors.origins)
-        site = QuietSite(root)
-        listener = TCPListener(reactor, port, site, config.server.host, "HTTP")
+        listener = TCPListener(reactor, port, QuietSite(root), config.server.host, "HTTP")
         listener.setServiceParent(top)
         app.http[port] = listener
+    # After the HTTP listeners, so mDNS can announce their real ports.
+    for part in device_parts:
+        part.setServiceParent(top)
     return app
 
 

@@ -264,7 +264,7 @@ def build(cls: type, data: Any, key: str, env: typing.Mapping[str, str]) -> Any:
     check = getattr(obj, "validate", None)
     if check is not None:
         for name, why in check():
-            raise _Invalid(_join(key, name), why)
+            raise _Invalid(_join(key, name), why if why.startswith("expected") else f"expected {why}")
     return obj
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Protocol
 
 from meteremu.energy import EnergyCounters
@@ -22,7 +22,7 @@ class IClock(Protocol):
     def seconds(self) -> float: ...
 
 
-class Freshness(str, Enum):
+class Freshness(StrEnum):
     FRESH = "fresh"
     STALE = "stale"
     DOWN = "down"

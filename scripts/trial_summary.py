@@ -13,11 +13,10 @@ import sys
 
 def summarise(text: str) -> tuple[int, int, int]:
     """``(passed, failed, skipped)`` from trial's output."""
-    match = None
-    for match in re.finditer(r"^(PASSED|FAILED)(?: \((.*)\))?$", text, re.MULTILINE):
-        pass
-    if match is None:
+    matches = list(re.finditer(r"^(PASSED|FAILED)(?: \((.*)\))?$", text, re.MULTILINE))
+    if not matches:
         raise ValueError("no trial summary line found")
+    match = matches[-1]
     counts = dict.fromkeys(("successes", "failures", "errors", "unexpectedSuccesses", "skips", "expectedFailures"), 0)
     for part in (match.group(2) or "").split(", "):
         if "=" in part:

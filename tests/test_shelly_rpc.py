@@ -219,7 +219,7 @@ class ConformanceTests(SynchronousTestCase):
 
     def test_13_14_emdata_sums_and_monotonic(self) -> None:
         previous = None
-        for step in range(1, 6):
+        for _ in range(1, 6):
             self.clock.advance(1)
             self.device.meter.update(sample_reading(self.clock.seconds()))
             data = self.frame({"id": 1, "method": "EMData.GetStatus", "params": {"id": 0}})["result"]

@@ -9,6 +9,7 @@ per-reading bookkeeping on the hot path. Names follow Prometheus conventions
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -75,6 +76,34 @@ class MeterCollector(Collector):
         yield from (energy_in, energy_out, fresh, age, polls, last_ok, extras)
 
 
+class DeviceCollector(Collector):
+    """Device identity (an info-style gauge) and the clients each device sees."""
+
+    def __init__(self, devices: Callable[[], Iterable[Any]]) -> None:
+        self._devices = devices
+
+    def collect(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily(
+            "meteremu_device_info", "Emulated device identity",
+            labels=["device", "model", "fw_id", "meter", "serial", "manufacturer"])
+        clients = GaugeMetricFamily("meteremu_device_clients", "Clients seen within the scaling ttl",
+                                    labels=["device", "transport", "battery"])
+        batteries = GaugeMetricFamily("meteremu_device_active_batteries", "Batteries polling now",
+                                      labels=["device"])
+        for device in self._devices():
+            ident = device.identity
+            info.add_metric([ident.device_id, ident.model, ident.fw_id, device.meter.name,
+                             ident.serial or "", ident.manufacturer], 1.0)
+            counts: dict[tuple[str, str], int] = {}
+            for client in device.clients.overview():
+                key = (client["transport"], "true" if client["battery"] else "false")
+                counts[key] = counts.get(key, 0) + 1
+            for (transport, battery), n in sorted(counts.items()):
+                clients.add_metric([ident.device_id, transport, battery], n)
+            batteries.add_metric([ident.device_id], len(device.clients.active_batteries()))
+        yield from (info, clients, batteries)
+
+
 class Metrics:
     """The registry of one running meteremu, plus request instruments."""
 
@@ -94,6 +123,13 @@ class Metrics:
         self.dropped = Counter(
             "meteremu_dropped_datagrams", "Datagrams dropped (garbage, oversize, throttled)",
             ["device", "reason"], registry=self.registry)
+
+    def observe_latency(self, transport: str, seconds: float) -> None:
+        self.latency.labels(transport).observe(seconds)
+
+    def add_devices(self, devices: Callable[[], Iterable[Any]]) -> None:
+        """Expose each emulated device's identity and its clients."""
+        self.registry.register(DeviceCollector(devices))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

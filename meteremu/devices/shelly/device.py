@@ -8,7 +8,9 @@ policy (design.md §4) in one place for every transport. No sockets here.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
+from meteremu.devices.shelly.clients import ClientTracker
 from meteremu.devices.shelly.identity import Identity
 from meteremu.devices.shelly.options import FallbackPolicy, Options
 from meteremu.devices.shelly.rpc import UNAVAILABLE, CallContext, RpcCore, RpcError
@@ -58,8 +60,12 @@ class ShellyDevice:
         self.temperature = temperature
         self.started_at = clock.seconds()
         self.cfg_rev = 1
-        self.scale_for: Callable[[CallContext], float] = lambda ctx: 1.0
+        self.meter_components: Callable[[CallContext], dict[str, Any]]  # set by build_methods
+        self.full_status: Callable[[CallContext], dict[str, Any]]
+        self.clients = ClientTracker(clock, options.scaling)
+        self.scale_for: Callable[[CallContext], float] = self.clients.scale_for
         self.core = RpcCore(lambda: self.identity.device_id, build_methods(self))
+        self.core.observers.append(self.clients.observe)
 
     @property
     def monophase(self) -> bool:

@@ -58,7 +58,9 @@ def parse_query_params(query: bytes) -> dict[str, Any]:
 def _context(request: IRequest) -> CallContext:
     peer = request.getClientAddress()
     host = request.getHost()
-    return CallContext("http", getattr(peer, "host", None), None, getattr(host, "host", None))
+    agent = request.getHeader(b"user-agent")
+    return CallContext("http", getattr(peer, "host", None), None, getattr(host, "host", None),
+                       agent.decode("latin-1") if agent else None)
 
 
 def _read_body(request: IRequest) -> bytes:

@@ -42,9 +42,12 @@ def build_methods(dev: ShellyDevice) -> dict[str, Handler]:
     def device_info(params: dict, ctx: CallContext) -> Any:
         return st.device_info(dev.identity)
 
+    minimal = dev.options.payload == "minimal"
+
     def em_get_status(params: dict, ctx: CallContext) -> Any:
         component_id(params, em_ids)
-        return em_live(ctx)
+        result = em_live(ctx)
+        return st.minimal_em_status(result) if minimal else result
 
     def em_get_config(params: dict, ctx: CallContext) -> Any:
         component_id(params, em_ids)
@@ -59,7 +62,8 @@ def build_methods(dev: ShellyDevice) -> dict[str, Handler]:
         return {}
 
     def em1_get_status(params: dict, ctx: CallContext) -> Any:
-        return em1_live(component_id(params, em1_ids), ctx)
+        result = em1_live(component_id(params, em1_ids), ctx)
+        return {"id": result["id"], "act_power": result["act_power"]} if minimal else result
 
     def em1_get_config(params: dict, ctx: CallContext) -> Any:
         return st.em1_config(component_id(params, em1_ids))
@@ -171,6 +175,10 @@ def build_methods(dev: ShellyDevice) -> dict[str, Handler]:
 
     def simple(value: Any) -> Handler:
         return lambda params, ctx: value() if callable(value) else value
+
+    # The notifier builds NotifyStatus/NotifyFullStatus from these same views.
+    dev.meter_components = meter_components
+    dev.full_status = full_status
 
     table: dict[str, Handler] = {
         "Shelly.GetDeviceInfo": device_info,

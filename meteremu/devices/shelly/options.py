@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+from meteremu.configtypes import Duration
+
 DEFAULT_MODEL = "SPEM-003CEBEU"
 DEFAULT_FW_ID = "20250508-110717/1.6.1-g8dbd358"
 DEFAULT_APP = "Pro3EM"
@@ -37,6 +39,34 @@ class MdnsOptions:
 
 
 @dataclass(frozen=True)
+class ScalingOptions:
+    """Request-side scaling for several batteries on one meter.
+
+    ``divide`` splits power and current by the number of active batteries (a
+    battery counts itself); ``weights`` multiplies them by a factor per client
+    IP. Voltage, pf and frequency are never scaled; non-battery clients (Home
+    Assistant, browsers) always see the real values.
+    """
+
+    mode: Literal["none", "divide", "weights"] = _doc("none, divide or weights", "none")
+    ttl: Duration = _doc("a battery counts as active this long after its last poll", 30.0)
+    weights: dict[str, float] = _doc("factor per client IP (mode: weights)", factory=dict)
+    default_weight: float = _doc("factor for battery IPs not in weights", 1.0)
+    min_interval: Duration = _doc("per client: drop (never queue) polls closer than this; 0 = off", 0.0)
+
+    def validate(self) -> list[tuple[str, str]]:
+        errors = []
+        if self.ttl <= 0:
+            errors.append(("ttl", "expected a duration above 0"))
+        for ip, factor in self.weights.items():
+            if factor < 0:
+                errors.append((f"weights.{ip}", f"expected a factor >= 0; got {factor}"))
+        if self.mode == "weights" and not self.weights:
+            errors.append(("weights", "mode 'weights' needs at least one 'ip: factor' entry"))
+        return errors
+
+
+@dataclass(frozen=True)
 class Options:
     meter: str | None = _doc("name of the meter to serve (default: the first meter)")
     name: str | None = _doc("device name shown in GetDeviceInfo/sys.device.name")
@@ -57,6 +87,16 @@ class Options:
     modbus_bind: str | None = _doc("address for Modbus TCP (default: server.host)")
     modbus_unit_id: int = _doc("Modbus unit id", 1)
     mdns: bool | MdnsOptions = _doc("announce _http._tcp and _shelly._tcp over mDNS", False)
+    websocket: bool = _doc("answer WebSocket RPC on /rpc (Home Assistant, aioshelly)", True)
+    websocket_ports: tuple[int, ...] = _doc("extra ports serving the same endpoints", ())
+    notify_interval: Duration = _doc("at most one NotifyStatus per client this often", 1.0)
+    notify_epsilon: float = _doc("only notify values that moved more than this", 0.1)
+    udp_ports: tuple[int, ...] = _doc("UDP JSON-RPC ports (Marstek: 1010, 2220; 2222, 2223)", ())
+    udp_bind: str | None = _doc("address for UDP (default: server.host; 0.0.0.0 receives broadcasts)")
+    udp_max_bytes: int = _doc("datagrams larger than this are dropped", 2048)
+    payload: Literal["full", "minimal"] = _doc(
+        "EM.GetStatus answer: full, or minimal (act_power fields only, for picky batteries)", "full")
+    scaling: ScalingOptions = _doc("several batteries on one meter", factory=ScalingOptions)
 
     def validate(self) -> list[tuple[str, str]]:
         errors = []
@@ -64,6 +104,22 @@ class Options:
             errors.append(("mac", f"expected 12 hex digits or 'auto'; got {self.mac!r}"))
         if not FW_ID_RE.match(self.fw_id):
             errors.append(("fw_id", f"expected YYYYMMDD-HHMMSS/<version>-g<hash>; got {self.fw_id!r}"))
+        for name in ("http_port", "modbus_port"):
+            port = getattr(self, name)
+            if port is not None and not 0 <= port <= 65535:
+                errors.append((name, f"expected a port 0-65535; got {port}"))
+        if isinstance(self.mdns, MdnsOptions) and self.mdns.port is not None and not 0 < self.mdns.port <= 65535:
+            errors.append(("mdns.port", f"expected a port 1-65535; got {self.mdns.port}"))
+        if not 0 <= self.modbus_unit_id <= 255:
+            errors.append(("modbus_unit_id", f"expected 0-255; got {self.modbus_unit_id}"))
+        for name in ("websocket_ports", "udp_ports"):
+            for port in getattr(self, name):
+                if not 0 <= port <= 65535:
+                    errors.append((name, f"expected ports 0-65535; got {port}"))
+        if self.notify_interval <= 0:
+            errors.append(("notify_interval", "expected a duration above 0"))
+        if not 64 <= self.udp_max_bytes <= 65507:
+            errors.append(("udp_max_bytes", f"expected 64-65507; got {self.udp_max_bytes}"))
         if self.device_id is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", self.device_id):
             errors.append(("device_id", "expected letters, digits, '-', '_' or '.'"))
         return errors

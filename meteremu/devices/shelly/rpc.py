@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from meteremu.devices.shelly import jsonfmt
@@ -44,6 +44,7 @@ class CallContext:
     peer: str | None = None
     src: str | None = None
     local_ip: str | None = None
+    user_agent: str | None = None
 
 
 Handler = Callable[[dict[str, Any], CallContext], Any]
@@ -133,7 +134,7 @@ class RpcCore:
         if not isinstance(method, str) or not method:
             return self._error(frame_id, src, RpcError(INVALID_ARGUMENT, "Invalid frame: missing 'method'"))
         if src is not None and ctx.src != src:
-            ctx = CallContext(ctx.transport, ctx.peer, src, ctx.local_ip)
+            ctx = replace(ctx, src=src)
         try:
             result = self.call(method, frame.get("params"), ctx)
         except RpcError as err:

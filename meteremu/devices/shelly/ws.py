@@ -1,0 +1,146 @@
+"""WebSocket RPC on ``/rpc`` (Autobahn), with NotifyStatus push.
+
+Each text message is one request frame, answered in order (pipelining just
+works: every message is answered synchronously from the RPC core). A client
+that sends a frame with ``src`` subscribes: it gets ``NotifyFullStatus`` once,
+then ``NotifyStatus`` with only what changed, at most every
+``notify_interval`` and only for values that moved more than
+``notify_epsilon`` (the diffing is pure, in ``notify.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionRequest
+
+from meteremu.devices.shelly import jsonfmt
+from meteremu.devices.shelly.device import ShellyDevice
+from meteremu.devices.shelly.notify import notification, status_diff
+from meteremu.devices.shelly.rpc import CallContext, RpcError, parse_frame
+from meteremu.logs import logger
+from meteremu.meter import Meter
+from meteremu.reading import Reading
+
+log = logger(__name__)
+
+MAX_MESSAGE = 64 * 1024
+
+
+class ShellyWebSocketProtocol(WebSocketServerProtocol):
+    factory: ShellyWebSocketFactory
+
+    def onConnect(self, request: ConnectionRequest) -> None:
+        peer, host = self.transport.getPeer(), self.transport.getHost()
+        self.ctx = CallContext("ws", getattr(peer, "host", None), None, getattr(host, "host", None),
+                               request.headers.get("user-agent"))
+        self.src: str | None = None
+        self.known: dict[str, dict[str, Any]] = {}
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        started = time.perf_counter()
+        core = self.factory.device.core
+        try:
+            if isBinary:
+                raise RpcError(-103, "Binary frames are not supported: send JSON text")
+            frame = parse_frame(payload)
+        except RpcError as err:
+            self.sendMessage(jsonfmt.dumpb({"id": None, "src": core.device_id, "error": err.as_dict()}))
+            return
+        response = core.handle_frame(frame, self.ctx)
+        if response is not None:
+            self.sendMessage(jsonfmt.dumpb(response))
+        self.factory.observe_latency("ws", time.perf_counter() - started)
+        src = frame.get("src") if isinstance(frame, dict) else None
+        if self.src is None and isinstance(src, str) and src:
+            self.src = src
+            self.ctx = CallContext("ws", self.ctx.peer, src, self.ctx.local_ip, self.ctx.user_agent)
+            self.factory.hub.subscribe(self)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.factory.hub.unsubscribe(self)
+
+    def notify(self, frame: dict[str, Any]) -> None:
+        self.sendMessage(jsonfmt.dumpb(frame))
+
+
+class NotifyHub:
+    """Subscribed clients of one device, and the throttled push to them."""
+
+    def __init__(self, device: ShellyDevice, clock: Any, interval: float, epsilon: float) -> None:
+        self.device, self.clock = device, clock
+        self.interval, self.epsilon = interval, epsilon
+        self.clients: list[ShellyWebSocketProtocol] = []
+        self._pending: Any = None
+        self._last_flush = float("-inf")
+        self.sent = 0
+
+    def start(self) -> None:
+        self.device.meter.add_listener(self._on_reading)
+
+    def stop(self) -> None:
+        self.device.meter.remove_listener(self._on_reading)
+        if self._pending is not None and self._pending.active():
+            self._pending.cancel()
+        self._pending = None
+
+    def subscribe(self, client: ShellyWebSocketProtocol) -> None:
+        self.clients.append(client)
+        self._send_full(client)
+
+    def unsubscribe(self, client: ShellyWebSocketProtocol) -> None:
+        if client in self.clients:
+            self.clients.remove(client)
+
+    def _send_full(self, client: ShellyWebSocketProtocol) -> None:
+        dev = self.device
+        status = dev.full_status(client.ctx)
+        client.known = {k: dict(v) for k, v in dev.meter_components(client.ctx).items()}
+        client.notify(notification(dev.identity.device_id, client.src or "", "NotifyFullStatus",
+                                   self.clock.seconds(), status))
+        self.sent += 1
+
+    def _on_reading(self, meter: Meter, reading: Reading) -> None:
+        if not self.clients or (self._pending is not None and self._pending.active()):
+            return
+        delay = max(0.0, self._last_flush + self.interval - self.clock.seconds())
+        self._pending = self.clock.callLater(delay, self.flush)
+
+    def flush(self) -> None:
+        """Send each subscriber what changed for it (values are per client: scaling)."""
+        self._pending = None
+        self._last_flush = self.clock.seconds()
+        dev = self.device
+        for client in list(self.clients):
+            try:
+                diff = status_diff(client.known, dev.meter_components(client.ctx), self.epsilon)
+                if diff is None:
+                    self._send_full(client)
+                elif diff:
+                    client.notify(notification(dev.identity.device_id, client.src or "", "NotifyStatus",
+                                               self._last_flush, diff))
+                    self.sent += 1
+            except Exception:
+                log.failure("notifying {peer} failed", peer=client.ctx.peer)
+
+
+class ShellyWebSocketFactory(WebSocketServerFactory):
+    protocol = ShellyWebSocketProtocol
+
+    def __init__(self, device: ShellyDevice, hub: NotifyHub,
+                 observe_latency: Callable[[str, float], None] | None = None) -> None:
+        super().__init__()
+        self.device, self.hub = device, hub
+        self.observe_latency = observe_latency or (lambda transport, seconds: None)
+        self.setProtocolOptions(
+            maxFramePayloadSize=MAX_MESSAGE, maxMessagePayloadSize=MAX_MESSAGE,
+            autoPingInterval=60, autoPingTimeout=30, openHandshakeTimeout=10, closeHandshakeTimeout=5,
+        )
+
+
+def websocket_resource(factory: ShellyWebSocketFactory) -> WebSocketResource:
+    return WebSocketResource(factory)
