@@ -618,7 +618,6 @@ class DefaultsTests(ConfigTestMixin, SynchronousTestCase):
         self.assertEqual(len(config.devices), 1)
         self.assertEqual(config.devices[0].type, "shelly_pro_3em")
         self.assertEqual(config.devices[0].options.meter, "grid")
-
     def test_device_meter_defaults_to_first_meter(self) -> None:
         config = self.load("""
             meters:
@@ -709,6 +708,17 @@ class ShippedFilesTests(SynchronousTestCase):
         self.assertGreaterEqual(config.server.http_port, 1024)
         self.assertEqual(len(config.devices), 1)
         self.assertEqual(config.devices[0].options.meter, "grid")
+        options = config.devices[0].options
+        ports = [config.server.http_port, options.modbus_port, *options.udp_ports]
+        self.assertTrue(all(port >= 1024 for port in ports), ports)  # runs as any user
+        self.assertTrue(options.udp_ports and options.websocket and options.modbus_port)
+
+    def test_pi_config_loads(self) -> None:
+        config = load_config(os.path.join(ETC, "meteremu.pi.yaml"), env={})
+        options = config.devices[0].options
+        self.assertEqual((config.server.http_port, options.udp_ports, options.modbus_port), (80, (1010, 2220), 502))
+        self.assertEqual(options.mdns.interfaces, ("eth0",))
+        self.assertEqual(config.store.path, "/var/lib/meteremu/state.db")
 
 
 class TapTests(ConfigTestMixin, SynchronousTestCase):

@@ -164,6 +164,31 @@ class TwistdTests(TestCase):
         self.assertNotIn("Traceback", text)
 
 
+class AsyncStartFailureTests(TestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def test_busy_modbus_port_stops_the_process(self):
+        # Modbus may start asynchronously; its failure must still end the
+        # process with one clear line and a non-zero status (design.md §3).
+        blocker = socket.socket()
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen(1)
+        self.addCleanup(blocker.close)
+        port = blocker.getsockname()[1]
+        directory = os.path.abspath(self.mktemp())
+        config = write_config(directory, extra=f"""devices:
+  - {{type: shelly_pro_3em, modbus_port: {port}, modbus_bind: 127.0.0.1}}
+""")
+        proto = spawn(self, [*RUN, "--config", config], directory)
+        reason = yield proto.ended
+        self.assertIsInstance(reason, ProcessTerminated)
+        self.assertEqual(reason.exitCode, 1)
+        text = (proto.output + proto.stderr).decode()
+        self.assertIn(f"meteremu: Modbus TCP: cannot listen on 127.0.0.1:{port}", text)
+        self.assertNotIn("Traceback", text)
+
+
 class OptionsTests(SynchronousTestCase):
     def test_embedded_default_without_config(self):
         options = Options()
