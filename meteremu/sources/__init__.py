@@ -2,25 +2,30 @@
 
 Each entry names a module that provides ``Options`` (a frozen dataclass the
 config validator builds) and ``make_source(meter, options, reactor, store)``
-returning a ``Service`` that feeds the meter. Modules are imported lazily so a
-setup that uses only the simulator never imports the HTTP client stacks.
+returning a ``Service`` that feeds the meter; ``PUSH = True`` marks a push
+source (default ``stale_after`` 60 s). Modules are imported only when a
+config uses them, so a simulator-only setup never loads the HTTP client stacks.
 """
 
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
-from typing import Any
+
+from meteremu.registry import LazyOptions
 
 SOURCE_MODULES: dict[str, str] = {
     "simulator": "meteremu.sources.simulator",
+    "envoy": "meteremu.sources.envoy",
+    "homeassistant": "meteremu.sources.homeassistant",
 }
+
+_options = LazyOptions(SOURCE_MODULES)
 
 
 def source_module(kind: str) -> ModuleType:
-    return importlib.import_module(SOURCE_MODULES[kind])
+    return _options.module(kind)
 
 
-def option_types() -> dict[str, Any]:
-    """``{type name: Options dataclass}`` for the config validator."""
-    return {kind: source_module(kind).Options for kind in SOURCE_MODULES}
+def option_types() -> LazyOptions:
+    """``{type name: Options dataclass}`` for the config validator (lazy)."""
+    return _options

@@ -116,6 +116,9 @@ class Options:
             for port in getattr(self, name):
                 if not 0 <= port <= 65535:
                     errors.append((name, f"expected ports 0-65535; got {port}"))
+        if 0 in self.websocket_ports:
+            # An extra listener on a random port could never be found by a client.
+            errors.append(("websocket_ports", "expected fixed ports 1-65535; got 0"))
         if self.notify_interval <= 0:
             errors.append(("notify_interval", "expected a duration above 0"))
         if not 64 <= self.udp_max_bytes <= 65507:

@@ -17,6 +17,7 @@ from typing import Any
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionRequest
+from twisted.internet.task import LoopingCall
 
 from meteremu.devices.shelly import jsonfmt
 from meteremu.devices.shelly.device import ShellyDevice
@@ -29,6 +30,7 @@ from meteremu.reading import Reading
 log = logger(__name__)
 
 MAX_MESSAGE = 64 * 1024
+HEARTBEAT = 60.0  # spec §2.4: notify at least this often, even when nothing changed
 
 
 class ShellyWebSocketProtocol(WebSocketServerProtocol):
@@ -40,6 +42,7 @@ class ShellyWebSocketProtocol(WebSocketServerProtocol):
                                request.headers.get("user-agent"))
         self.src: str | None = None
         self.known: dict[str, dict[str, Any]] = {}
+        self.last_notified = float("-inf")
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         started = time.perf_counter()
@@ -76,7 +79,9 @@ class NotifyHub:
         self.interval, self.epsilon = interval, epsilon
         self.clients: list[ShellyWebSocketProtocol] = []
         self._pending: Any = None
+        self._watch: LoopingCall | None = None
         self._last_flush = float("-inf")
+        self._last_state = device.meter.freshness()
         self.sent = 0
 
     def start(self) -> None:
@@ -84,31 +89,77 @@ class NotifyHub:
 
     def stop(self) -> None:
         self.device.meter.remove_listener(self._on_reading)
+        self._stop_watch()
         if self._pending is not None and self._pending.active():
             self._pending.cancel()
         self._pending = None
 
+    def _tick(self) -> None:
+        """Push freshness changes (error conditions) and a periodic heartbeat."""
+        state = self.device.meter.freshness()
+        changed, self._last_state = state != self._last_state, state
+        if not self.clients:
+            return
+        now = self.clock.seconds()
+        if changed:
+            self._schedule()
+        for client in list(self.clients):
+            if now - client.last_notified >= HEARTBEAT:
+                self._heartbeat(client)
+
     def subscribe(self, client: ShellyWebSocketProtocol) -> None:
         self.clients.append(client)
         self._send_full(client)
+        if self._watch is None:
+            # Nothing arrives when a meter goes stale or down: while anyone
+            # listens, the hub looks by itself (and sends heartbeats).
+            self._last_state = self.device.meter.freshness()
+            self._watch = LoopingCall(self._tick)
+            self._watch.clock = self.clock
+            self._watch.start(self.interval, now=False)
 
     def unsubscribe(self, client: ShellyWebSocketProtocol) -> None:
         if client in self.clients:
             self.clients.remove(client)
+        if not self.clients:
+            self._stop_watch()
+
+    def _stop_watch(self) -> None:
+        if self._watch is not None and self._watch.running:
+            self._watch.stop()
+        self._watch = None
 
     def _send_full(self, client: ShellyWebSocketProtocol) -> None:
         dev = self.device
         status = dev.full_status(client.ctx)
         client.known = {k: dict(v) for k, v in dev.meter_components(client.ctx).items()}
-        client.notify(notification(dev.identity.device_id, client.src or "", "NotifyFullStatus",
-                                   self.clock.seconds(), status))
+        self._send(client, "NotifyFullStatus", status)
+
+    def _send(self, client: ShellyWebSocketProtocol, method: str, params: dict[str, Any]) -> None:
+        now = self.clock.seconds()
+        client.notify(notification(self.device.identity.device_id, client.src or "", method, now, params))
+        client.last_notified = now
         self.sent += 1
 
     def _on_reading(self, meter: Meter, reading: Reading) -> None:
-        if not self.clients or (self._pending is not None and self._pending.active()):
+        if self.clients:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        if self._pending is not None and self._pending.active():
             return
         delay = max(0.0, self._last_flush + self.interval - self.clock.seconds())
         self._pending = self.clock.callLater(delay, self.flush)
+
+    def _heartbeat(self, client: ShellyWebSocketProtocol) -> None:
+        """The whole meter components, even unchanged: clients see we are alive."""
+        dev = self.device
+        try:
+            current = dev.meter_components(client.ctx)
+            client.known = {k: dict(v) for k, v in current.items()}
+            self._send(client, "NotifyStatus", current)
+        except Exception:
+            log.failure("heartbeat to {peer} failed", peer=client.ctx.peer)
 
     def flush(self) -> None:
         """Send each subscriber what changed for it (values are per client: scaling)."""
@@ -121,9 +172,7 @@ class NotifyHub:
                 if diff is None:
                     self._send_full(client)
                 elif diff:
-                    client.notify(notification(dev.identity.device_id, client.src or "", "NotifyStatus",
-                                               self._last_flush, diff))
-                    self.sent += 1
+                    self._send(client, "NotifyStatus", diff)
             except Exception:
                 log.failure("notifying {peer} failed", peer=client.ctx.peer)
 

@@ -1,0 +1,812 @@
+"""WebSocket RPC on /rpc and NotifyStatus push (spec §2.3, §2.4, §6.1; checks 21-24).
+
+Three layers:
+
+- ``NotifyHubTests``: the hub alone, on a ``task.Clock`` with fake subscribers,
+  so throttling, epsilon and the stale/recovery transitions are deterministic.
+- ``WebSocketTests``: a real meteremu on port 0 and an Autobahn client.
+- ``AioshellyTests``: aioshelly connecting as Home Assistant does.
+
+Readings are pushed by hand (the simulator runs with ``interval: 1h`` and so
+samples once at start); nothing waits on a fixed sleep: every wait is a
+Deferred fired by a callback, with a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from meteremu.asyncbridge import as_deferred
+from meteremu.devices.shelly import ws as shelly_ws
+from meteremu.devices.shelly.options import Options
+from meteremu.devices.shelly.rpc import CallContext
+from meteremu.devices.shelly.ws import NotifyHub
+from tests.support import (
+    HTTPClient,
+    asyncio_reactor_skip,
+    make_device,
+    sample_reading,
+    start_app,
+    test_config,
+)
+
+SIM = {"grid": {"source": {"type": "simulator", "interval": "1h", "start_time": "12:00", "seed": 3}}}
+WAIT = 5.0  # bound for any single network round trip on 127.0.0.1
+
+
+def differs(old: Any, new: Any, epsilon: float) -> bool:
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (old, new))
+    return abs(new - old) > epsilon if numbers else old != new
+
+
+def merged(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursive overlay, as aioshelly's ``mergedicts`` applies NotifyStatus."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def free_tcp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --------------------------------------------------------------------------
+# The hub alone (pure: task.Clock, fake subscribers)
+# --------------------------------------------------------------------------
+
+
+class FakeSubscriber:
+    """What NotifyHub needs of a WebSocket client: ctx, src, known, notify()."""
+
+    def __init__(self, src: str = "fake-1", peer: str = "10.0.0.5") -> None:
+        self.src = src
+        self.ctx = CallContext("ws", peer, src, "127.0.0.1", None)
+        self.known: dict[str, dict[str, Any]] = {}
+        self.last_notified = float("-inf")
+        self.frames: list[dict[str, Any]] = []
+
+    def notify(self, frame: dict[str, Any]) -> None:
+        # Through JSON, as the wire would carry it.
+        self.frames.append(json.loads(json.dumps(frame)))
+
+    def methods(self) -> list[str]:
+        return [f["method"] for f in self.frames]
+
+    def of(self, method: str) -> list[dict[str, Any]]:
+        return [f for f in self.frames if f["method"] == method]
+
+
+class NotifyHubTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.device = make_device(self.clock, stale_after=10.0)
+        self.meter = self.device.meter
+        self.t = 1_700_000_000.0
+        self.push((2166.2, 3.6, -244.0))
+
+    def hub(self, interval: float = 1.0, epsilon: float = 0.1) -> NotifyHub:
+        hub = NotifyHub(self.device, self.clock, interval, epsilon)
+        hub.start()
+        self.addCleanup(hub.stop)
+        return hub
+
+    def push(self, powers: tuple[float, float, float], dt: float = 0.0) -> None:
+        """A new reading ``dt`` seconds (of the clock) after the last one."""
+        if dt:
+            self.clock.advance(dt)
+        self.t += max(dt, 0.001)
+        self.assertTrue(self.meter.update(sample_reading(self.t, powers)))
+
+    def em(self, client: FakeSubscriber) -> dict[str, Any]:
+        return self.device.core.call("EM.GetStatus", {"id": 0}, client.ctx)
+
+    def test_full_status_on_subscribe(self) -> None:
+        hub = self.hub()
+        client = FakeSubscriber()
+        self.clock.advance(42.5)
+        self.meter.alive()  # stays fresh (arrival-based freshness)
+        hub.subscribe(client)
+        self.assertEqual(client.methods(), ["NotifyFullStatus"])
+        frame = client.frames[0]
+        self.assertEqual(frame["src"], self.device.identity.device_id)
+        self.assertEqual(frame["dst"], "fake-1")
+        self.assertEqual(frame["params"]["ts"], 42.5)
+        self.assertEqual(frame["params"]["em:0"], self.em(client))
+        self.assertIn("sys", frame["params"])
+        self.assertIn("emdata:0", frame["params"])
+        self.assertEqual(hub.clients, [client])
+        self.assertEqual(hub.sent, 1)
+
+    def test_nothing_without_subscribers(self) -> None:
+        self.hub()
+        self.push((100.0, 0.0, 0.0), dt=1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_first_change_is_sent_at_once_then_throttled(self) -> None:
+        hub = self.hub(interval=1.0)
+        client = FakeSubscriber()
+        hub.subscribe(client)
+        self.push((1000.0, 3.6, -244.0))
+        self.clock.advance(0)
+        self.assertEqual(client.methods(), ["NotifyFullStatus", "NotifyStatus"])
+        self.assertEqual(client.frames[1]["params"]["em:0"]["a_act_power"], 1000.0)
+        self.assertEqual(client.frames[1]["params"]["ts"], 0.0)
+
+        # Several readings within one interval: one NotifyStatus at its end,
+        # carrying the latest values.
+        self.push((1100.0, 3.6, -244.0), dt=0.1)
+        self.push((1200.0, 3.6, -244.0), dt=0.2)
+        self.push((1300.0, 3.6, -244.0), dt=0.3)
+        self.clock.advance(0.39)  # t = 0.99
+        self.assertEqual(len(client.of("NotifyStatus")), 1)
+        self.clock.advance(0.01)  # t = 1.0
+        self.assertEqual(len(client.of("NotifyStatus")), 2)
+        last = client.of("NotifyStatus")[-1]
+        self.assertEqual(last["params"]["em:0"]["a_act_power"], 1300.0)
+        self.assertEqual(last["params"]["ts"], 1.0)
+        # No flush left pending (the freshness watch runs while anyone listens).
+        self.assertEqual([c for c in self.clock.getDelayedCalls() if c.func == hub.flush], [])
+
+    def test_at_most_one_notify_per_interval(self) -> None:
+        hub = self.hub(interval=1.0)
+        client = FakeSubscriber()
+        hub.subscribe(client)
+        times: list[float] = []
+        original = client.notify
+
+        def stamp(frame: dict[str, Any]) -> None:
+            times.append(self.clock.seconds())
+            original(frame)
+
+        client.notify = stamp  # type: ignore[method-assign]
+        # A reading every 0.1 s for 5 s, each a clear change.
+        for i in range(50):
+            self.push((1000.0 + 10 * i, 3.6, -244.0), dt=0.1)
+        self.clock.advance(1.0)
+        self.assertEqual(client.of("NotifyFullStatus"), [client.frames[0]])
+        statuses = client.of("NotifyStatus")
+        self.assertGreaterEqual(len(statuses), 5)
+        self.assertLessEqual(len(statuses), 6)
+        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        for gap in gaps:
+            self.assertGreaterEqual(gap, 1.0 - 1e-9)
+        self.assertEqual(statuses[-1]["params"]["em:0"]["a_act_power"], 1490.0)
+
+    def test_change_below_epsilon_is_not_sent(self) -> None:
+        hub = self.hub(interval=1.0, epsilon=1.0)
+        client = FakeSubscriber()
+        hub.subscribe(client)
+        # 0.4 W steps, 1 ms apart (energy moves by far less than 1 Wh).
+        self.push((2166.6, 3.6, -244.0), dt=0.001)
+        self.clock.advance(1.0)
+        self.push((2167.0, 3.6, -244.0), dt=0.001)
+        self.clock.advance(1.0)
+        self.assertEqual(client.methods(), ["NotifyFullStatus"], "a change within epsilon was sent")
+        # The drift adds up against what the client was told: 2166.2 -> 2167.4.
+        self.push((2167.4, 3.6, -244.0), dt=0.001)
+        self.clock.advance(1.0)
+        self.assertEqual(client.methods(), ["NotifyFullStatus", "NotifyStatus"])
+        em = client.frames[-1]["params"]["em:0"]
+        self.assertEqual(em["a_act_power"], 2167.4)
+        self.assertEqual(em["id"], 0)
+        self.assertNotIn("a_voltage", em)
+        self.assertNotIn("b_act_power", em)
+
+    def test_notify_status_holds_only_changes_and_merges_to_fresh_status(self) -> None:
+        hub = self.hub(interval=1.0, epsilon=0.1)
+        client = FakeSubscriber()
+        hub.subscribe(client)
+        full = client.frames[0]["params"]
+        self.push((2166.2, 503.6, -244.0), dt=1.0)  # only phase b moves
+        self.clock.advance(0)
+        note = client.frames[-1]
+        self.assertEqual(note["method"], "NotifyStatus")
+        em = note["params"]["em:0"]
+        self.assertEqual(set(em), {"id", "b_current", "b_act_power", "b_aprt_power",
+                                   "total_current", "total_act_power", "total_aprt_power"})
+        fresh = self.device.core.call("Shelly.GetStatus", {}, client.ctx)
+        result = merged(full, note["params"])
+        for component in ("em:0", "emdata:0"):
+            for key, value in fresh[component].items():
+                self.assertFalse(differs(result[component][key], value, 0.1), (component, key))
+
+    def test_stale_meter_is_notified_without_a_new_reading(self) -> None:
+        """A meter going stale is an error-condition change: it must be pushed.
+
+        Nothing but the clock moves here; the hub itself has to notice.
+        """
+        hub = self.hub(interval=1.0)
+        client = FakeSubscriber()
+        hub.subscribe(client)
+        self.clock.advance(10.0 + 5.0)  # past stale_after, and several intervals
+        self.assertIn("NotifyStatus", client.methods(),
+                      "no notification after the meter went stale (on_stale: error)")
+        em = client.of("NotifyStatus")[-1]["params"]["em:0"]
+        self.assertEqual(em.get("errors"), ["power_meter_failure"])
+
+    def test_failure_then_recovery(self) -> None:
+        hub = self.hub(interval=1.0)
+        client = FakeSubscriber()
+        hub.subscribe(client)
+        self.clock.advance(11.0)  # stale (stale_after 10 s), policy "error"
+        hub.flush()
+        self.assertEqual(client.methods(), ["NotifyFullStatus", "NotifyStatus"])
+        params = client.frames[-1]["params"]
+        em = params["em:0"]
+        self.assertEqual(em["errors"], ["power_meter_failure"])
+        self.assertIsNone(em["a_act_power"])
+        self.assertIsNone(em["total_act_power"])
+        self.assertEqual(em["id"], 0)
+        self.assertNotIn("emdata:0", params)  # the counters did not move
+        self.assertEqual(params["ts"], 11.0)
+
+        # The meter recovers: "errors" must disappear, which a merge cannot
+        # do, so the client gets a whole new status.
+        self.push((500.0, 3.6, -244.0), dt=1.0)
+        self.clock.advance(1.0)
+        self.assertEqual(client.methods()[-1], "NotifyFullStatus")
+        em = client.frames[-1]["params"]["em:0"]
+        self.assertNotIn("errors", em)
+        self.assertEqual(em["a_act_power"], 500.0)
+        self.assertNotIn("errors", client.known["em:0"])
+
+    def test_hold_policy_sends_no_failure(self) -> None:
+        self.device = make_device(self.clock, Options(meter="grid", on_stale="hold"), stale_after=10.0)
+        self.meter = self.device.meter
+        self.push((2166.2, 3.6, -244.0))
+        hub = self.hub(interval=1.0)
+        client = FakeSubscriber()
+        hub.subscribe(client)
+        self.clock.advance(11.0)
+        hub.flush()
+        self.assertEqual(client.methods(), ["NotifyFullStatus"])
+
+    def test_each_client_gets_its_own_diff(self) -> None:
+        hub = self.hub(interval=1.0)
+        first = FakeSubscriber("first")
+        hub.subscribe(first)
+        self.push((1000.0, 3.6, -244.0), dt=1.0)
+        self.clock.advance(0)
+        second = FakeSubscriber("second", peer="10.0.0.6")  # joins after the change
+        hub.subscribe(second)
+        self.push((1000.0, 3.6, -100.0), dt=1.0)
+        self.clock.advance(1.0)
+        self.assertEqual(first.methods(), ["NotifyFullStatus", "NotifyStatus", "NotifyStatus"])
+        self.assertEqual(second.methods(), ["NotifyFullStatus", "NotifyStatus"])
+        self.assertNotIn("a_act_power", second.frames[-1]["params"]["em:0"])
+        self.assertEqual(second.frames[-1]["params"]["em:0"]["c_act_power"], -100.0)
+        self.assertEqual([f["dst"] for f in first.frames], ["first"] * 3)
+        self.assertEqual([f["dst"] for f in second.frames], ["second"] * 2)
+
+    def test_watch_runs_only_while_someone_listens(self) -> None:
+        hub = self.hub(interval=1.0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        client = FakeSubscriber()
+        hub.subscribe(client)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)  # the freshness watch
+        hub.unsubscribe(client)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_heartbeat_every_60_s_without_changes(self) -> None:
+        hub = self.hub(interval=1.0)
+        client = FakeSubscriber()
+        hub.subscribe(client)
+        for _ in range(59):
+            self.clock.advance(1)
+            self.device.meter.alive()  # steady value, source alive: nothing changes
+        self.assertEqual(client.methods(), ["NotifyFullStatus"])
+        self.clock.advance(1)
+        self.device.meter.alive()
+        self.assertEqual(client.methods(), ["NotifyFullStatus", "NotifyStatus"])
+        self.assertIn("total_act_power", client.frames[-1]["params"]["em:0"])
+
+    def test_unsubscribe_and_stop(self) -> None:
+        hub = self.hub(interval=1.0)
+        client = FakeSubscriber()
+        hub.subscribe(client)
+        hub.unsubscribe(client)
+        hub.unsubscribe(client)  # twice is harmless
+        self.push((1000.0, 3.6, -244.0), dt=1.0)
+        self.clock.advance(5)
+        self.assertEqual(client.methods(), ["NotifyFullStatus"])
+
+        hub.subscribe(client)
+        self.push((1500.0, 3.6, -244.0), dt=1.0)
+        self.assertEqual(len([c for c in self.clock.getDelayedCalls() if c.func == hub.flush]), 1)
+        hub.stop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.push((1600.0, 3.6, -244.0), dt=1.0)
+        self.clock.advance(5)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(client.methods(), ["NotifyFullStatus", "NotifyFullStatus"])
+
+    def test_one_failing_client_does_not_starve_the_others(self) -> None:
+        hub = self.hub(interval=1.0)
+        broken, good = FakeSubscriber("broken"), FakeSubscriber("good")
+        hub.subscribe(broken)
+        hub.subscribe(good)
+
+        def explode(frame: dict[str, Any]) -> None:
+            raise RuntimeError("transport gone")
+
+        broken.notify = explode  # type: ignore[method-assign]
+        self.push((1000.0, 3.6, -244.0), dt=1.0)
+        self.clock.advance(0)
+        self.assertEqual(good.methods(), ["NotifyFullStatus", "NotifyStatus"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+# --------------------------------------------------------------------------
+# A real listener and an Autobahn client
+# --------------------------------------------------------------------------
+
+
+class ServerConnections:
+    """Sees the server side of each WebSocket close (so cleanup can wait for it).
+
+    Patches the device factory's protocol with a subclass that only records
+    connectionMade/connectionLost around the real implementation.
+    """
+
+    def __init__(self, case: TestCase) -> None:
+        self.live: set[Any] = set()
+        self.seen: list[Any] = []
+        self._waiters: list[Deferred[None]] = []
+        tracker = self
+
+        class Tracked(shelly_ws.ShellyWebSocketProtocol):
+            def connectionMade(self) -> None:
+                tracker.live.add(self)
+                tracker.seen.append(self)
+                super().connectionMade()
+
+            def connectionLost(self, reason: Any) -> None:
+                try:
+                    super().connectionLost(reason)
+                finally:
+                    tracker.live.discard(self)
+                    tracker._check()
+
+        case.patch(shelly_ws.ShellyWebSocketFactory, "protocol", Tracked)
+
+    def _check(self) -> None:
+        if not self.live:
+            waiters, self._waiters = self._waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def all_closed(self, timeout: float = WAIT) -> Deferred[None]:
+        if not self.live:
+            return succeed(None)
+        d: Deferred[None] = Deferred(lambda d: self._waiters.remove(d))
+        self._waiters.append(d)
+        return d.addTimeout(timeout, reactor)
+
+
+class RpcClient(WebSocketClientProtocol):
+    """Collects every frame; ``wait_for`` a frame matching a predicate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames: list[Any] = []
+        self.raw: list[bytes] = []
+        self.pongs: list[bytes] = []
+        self.close_info: tuple[bool, int | None, str | None] | None = None
+        self.closed: Deferred[bool] = Deferred()
+        self._waiters: list[tuple[Callable[[Any], bool], Deferred[Any]]] = []
+        self._pong_waiters: list[Deferred[bytes]] = []
+        self._ids = 0
+
+    # -- Autobahn callbacks --------------------------------------------
+    def onOpen(self) -> None:
+        opened, self.factory.opened = self.factory.opened, None
+        if opened is not None:
+            opened.callback(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.raw.append(payload)
+        frame = json.loads(payload.decode("utf-8"))
+        self.frames.append(frame)
+        for entry in list(self._waiters):
+            predicate, d = entry
+            if predicate(frame):
+                self._waiters.remove(entry)
+                d.callback(frame)
+
+    def onPong(self, payload: bytes) -> None:
+        self.pongs.append(payload)
+        waiters, self._pong_waiters = self._pong_waiters, []
+        for d in waiters:
+            d.callback(payload)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.close_info = (wasClean, code, reason)
+        opened, self.factory.opened = self.factory.opened, None
+        if opened is not None:
+            opened.errback(ConnectionError(f"WebSocket not opened: {code} {reason}"))
+        if not self.closed.called:
+            self.closed.callback(wasClean)
+
+    # -- helpers ---------------------------------------------------------
+    def wait_for(self, predicate: Callable[[Any], bool], start: int | None = None,
+                 timeout: float = WAIT) -> Deferred[Any]:
+        """The first frame from index ``start`` on (default: any) that matches."""
+        for frame in self.frames[start or 0:]:
+            if predicate(frame):
+                return succeed(frame)
+        entry: list[Any] = []
+        d: Deferred[Any] = Deferred(lambda d: self._waiters.remove(entry[0]))
+        entry.append((predicate, d))
+        self._waiters.append(entry[0])
+        return d.addTimeout(timeout, reactor)
+
+    def send(self, method: str, params: Any = None, src: str | None = None,
+             frame_id: Any = None) -> Any:
+        if frame_id is None:
+            self._ids += 1
+            frame_id = self._ids
+        frame: dict[str, Any] = {"id": frame_id, "method": method}
+        if src is not None:
+            frame["src"] = src
+        if params is not None:
+            frame["params"] = params
+        self.sendMessage(json.dumps(frame).encode("utf-8"))
+        return frame_id
+
+    def reply(self, frame_id: Any) -> Deferred[Any]:
+        return self.wait_for(lambda f: isinstance(f, dict) and "method" not in f
+                             and f.get("id") == frame_id and type(f.get("id")) is type(frame_id))
+
+    def call(self, method: str, params: Any = None, src: str | None = None) -> Deferred[Any]:
+        return self.reply(self.send(method, params, src))
+
+    def ping(self, payload: bytes) -> Deferred[bytes]:
+        d: Deferred[bytes] = Deferred(lambda d: self._pong_waiters.remove(d))
+        self._pong_waiters.append(d)
+        self.sendPing(payload)
+        return d.addTimeout(WAIT, reactor)
+
+    def notifications(self, method: str | None = None) -> list[dict[str, Any]]:
+        return [f for f in self.frames if isinstance(f, dict) and "method" in f
+                and (method is None or f["method"] == method)]
+
+
+class WebSocketTests(TestCase):
+    timeout = 30
+
+    @inlineCallbacks
+    def start(self, **device: Any) -> Any:
+        self.server = ServerConnections(self)
+        config = test_config(self.mktemp(), meters=SIM, devices=[{"type": "shelly_pro_3em", **device}])
+        self.app = yield start_app(self, config)
+        self.clients: list[RpcClient] = []
+        self.addCleanup(self.close_clients)  # runs before the app stops (LIFO)
+        self.device = self.app.devices[0]
+        self.hub = self.app.hubs[0] if self.app.hubs else None
+        self.meter = self.app.meters["grid"]
+        self.t = self.meter.latest.measured_at
+        self.push((2166.2, 3.6, -244.0))  # known values instead of the simulator's
+
+    def push(self, powers: tuple[float, float, float]) -> None:
+        self.t += 1.0
+        self.assertTrue(self.meter.update(sample_reading(self.t, powers)))
+
+    def connect(self, port: int | None = None) -> Deferred[RpcClient]:
+        port = self.app.http_port() if port is None else port
+        factory = WebSocketClientFactory(f"ws://127.0.0.1:{port}/rpc")
+        factory.protocol = RpcClient
+        factory.opened = Deferred()
+        opened = factory.opened
+        reactor.connectTCP("127.0.0.1", port, factory, timeout=WAIT)
+
+        def keep(client: RpcClient) -> RpcClient:
+            self.clients.append(client)
+            return client
+
+        return opened.addTimeout(WAIT, reactor).addCallback(keep)
+
+    @inlineCallbacks
+    def close_clients(self) -> Any:
+        for client in self.clients:
+            if not client.closed.called:
+                client.sendClose(1000)
+                try:
+                    yield client.closed.addTimeout(WAIT, reactor)
+                except Exception:
+                    client.transport.abortConnection()
+        yield self.server.all_closed()
+
+    # -- check 21 ------------------------------------------------------------
+    @inlineCallbacks
+    def test_pipelined_requests_are_all_answered_by_id(self) -> None:
+        yield self.start()
+        client = yield self.connect()
+        ids = [
+            client.send("Shelly.GetConfig"),
+            client.send("Shelly.GetStatus", frame_id="status-1"),
+            client.send("Shelly.GetComponents", {"dynamic_only": True}),
+            client.send("EM.GetStatus", {"id": 0}, frame_id=7),
+        ]
+        config, status, components, em = yield gatherResults([client.reply(i) for i in ids])
+        self.assertEqual(len(client.frames), 4)
+        self.assertEqual(status["id"], "status-1")
+        self.assertEqual(em["id"], 7)
+        for reply in (config, status, components, em):
+            self.assertEqual(reply["src"], self.device.identity.device_id)
+            self.assertNotIn("dst", reply)  # no src was sent
+            self.assertNotIn("error", reply)
+        self.assertIn("sys", config["result"])
+        self.assertIn("em:0", config["result"])
+        self.assertEqual(status["result"]["em:0"], em["result"])
+        self.assertIsInstance(components["result"]["components"], list)
+        self.assertLessEqual(len(components["result"]["components"]), components["result"]["total"])
+        self.assertIn("a_act_power", em["result"])
+
+    # -- check 22 ------------------------------------------------------------
+    @inlineCallbacks
+    def test_no_notification_before_a_frame_with_src(self) -> None:
+        yield self.start()
+        client = yield self.connect()
+        yield client.call("EM.GetStatus", {"id": 0})
+        yield client.call("EM.GetStatus", {"id": 0}, src="")  # empty src: not valid
+        client.sendMessage(b'{"id":"n","src":5,"method":"Sys.GetStatus"}')  # not a string
+        yield client.reply("n")
+        self.assertEqual(self.hub.clients, [])
+        self.push((1500.0, 3.6, -244.0))
+        self.push((1600.0, 30.0, -244.0))
+        self.hub.flush()  # the throttle, driven directly
+        # Barrier: any notification sent before this reply arrives before it.
+        yield client.call("Sys.GetStatus")
+        self.assertEqual(client.notifications(), [])
+        self.assertEqual(len(client.frames), 4)
+
+    @inlineCallbacks
+    def test_full_status_then_changes_after_src(self) -> None:
+        yield self.start()
+        client = yield self.connect()
+        src = "tester-1"
+        reply = yield client.call("Shelly.GetDeviceInfo", src=src)
+        self.assertEqual(reply["dst"], src)
+        full = yield client.wait_for(lambda f: f.get("method") == "NotifyFullStatus")
+        # More frames with src (even another one) do not resubscribe.
+        yield client.call("EM.GetStatus", {"id": 0}, src=src)
+        yield client.call("EM.GetStatus", {"id": 0}, src="someone-else")
+        self.assertEqual(client.notifications(), [full])
+        self.assertEqual(len(self.hub.clients), 1)
+
+        self.assertEqual(full["src"], self.device.identity.device_id)
+        self.assertEqual(full["dst"], src)
+        params = full["params"]
+        self.assertIsInstance(params["ts"], float)
+        self.assertIn("sys", params)
+        self.assertIn("emdata:0", params)
+        raw = client.raw[client.frames.index(full)].decode()
+        self.assertRegex(raw, r'"params":\{"ts":\d+\.\d{2}[,}]')
+        fresh = (yield client.call("Shelly.GetStatus", src=src))["result"]
+        self.assertEqual(params["em:0"], fresh["em:0"])
+
+        mark = len(client.frames)
+        self.push((1234.5, 3.6, -244.0))  # phase a only
+        note = yield client.wait_for(lambda f: f.get("method") == "NotifyStatus", start=mark, timeout=3.0)
+        fresh = (yield client.call("Shelly.GetStatus", src=src))["result"]
+        self.assertEqual(note["src"], self.device.identity.device_id)
+        self.assertEqual(note["dst"], src)
+        self.assertIsInstance(note["params"]["ts"], float)
+        self.assertGreaterEqual(note["params"]["ts"], params["ts"])
+        em = note["params"]["em:0"]
+        changed = {k for k, v in fresh["em:0"].items() if differs(params["em:0"][k], v, 0.1)}
+        self.assertEqual(set(em), changed | {"id"})
+        self.assertEqual(em["id"], 0)
+        self.assertEqual(em["a_act_power"], 1234.5)
+        for unchanged in ("a_voltage", "b_act_power", "c_act_power", "a_freq", "user_calibrated_phase"):
+            self.assertNotIn(unchanged, em)
+        overlay = merged(params, note["params"])
+        for component in ("em:0", "emdata:0"):
+            for key, value in fresh[component].items():
+                self.assertFalse(differs(overlay[component][key], value, 0.1), (component, key))
+        self.assertEqual(len(client.notifications("NotifyFullStatus")), 1)
+
+    # -- check 23 (part) ---------------------------------------------------
+    @inlineCallbacks
+    def test_ping_is_answered(self) -> None:
+        yield self.start()
+        client = yield self.connect()
+        payload = yield client.ping(b"meteremu-ping")
+        self.assertEqual(payload, b"meteremu-ping")
+        reply = yield client.call("EM.GetStatus", {"id": 0})
+        self.assertIn("result", reply)
+
+    # -- close --------------------------------------------------------------
+    @inlineCallbacks
+    def test_clean_close_unsubscribes(self) -> None:
+        yield self.start()
+        client = yield self.connect()
+        yield client.call("Shelly.GetDeviceInfo", src="closer")
+        self.assertEqual(len(self.hub.clients), 1)
+        client.sendClose(1000)
+        clean = yield client.closed.addTimeout(WAIT, reactor)
+        self.assertTrue(clean)
+        self.assertEqual(client.close_info[1], 1000)
+        yield self.server.all_closed()
+        self.assertEqual(self.hub.clients, [])
+        self.push((900.0, 3.6, -244.0))  # no subscriber left: nothing scheduled
+        self.assertEqual([c for c in reactor.getDelayedCalls() if c.func == self.hub.flush], [])
+
+    @inlineCallbacks
+    def test_dropped_connection_unsubscribes(self) -> None:
+        yield self.start()
+        client = yield self.connect()
+        yield client.call("Shelly.GetDeviceInfo", src="dropper")
+        self.assertEqual(len(self.hub.clients), 1)
+        client.transport.abortConnection()
+        yield client.closed.addTimeout(WAIT, reactor)
+        yield self.server.all_closed()
+        self.assertEqual(self.hub.clients, [])
+
+    # -- bad frames ----------------------------------------------------------
+    @inlineCallbacks
+    def test_bad_frames_get_errors_and_the_connection_stays(self) -> None:
+        yield self.start()
+        client = yield self.connect()
+        client.sendMessage(b"{not json")
+        error = yield client.wait_for(lambda f: "error" in f)
+        self.assertEqual(error["error"]["code"], -32700)
+        self.assertIsNone(error["id"])
+        self.assertEqual(error["src"], self.device.identity.device_id)
+        reply = yield client.call("EM.GetStatus", {"id": 0})
+        self.assertIn("result", reply)
+
+        mark = len(client.frames)
+        client.sendMessage(b'{"id":99,"method":"EM.GetStatus","params":{"id":0}}', isBinary=True)
+        error = yield client.wait_for(lambda f: "error" in f, start=mark)
+        self.assertNotIn("result", error)
+        self.assertIsInstance(error["error"]["code"], int)
+
+        mark = len(client.frames)
+        client.sendMessage(b"[1, 2]")  # JSON, but not a frame
+        error = yield client.wait_for(lambda f: "error" in f, start=mark)
+        self.assertEqual(error["error"]["code"], -103)
+
+        # A frame without id is a notification: no answer at all.
+        mark = len(client.frames)
+        client.sendMessage(b'{"method":"EM.GetStatus","params":{"id":0}}')
+        yield client.call("Sys.GetStatus")
+        self.assertEqual(len(client.frames), mark + 1)
+
+        reply = yield client.call("EM.GetStatus", {"id": 0})
+        self.assertIn("result", reply)
+        self.assertFalse(client.closed.called)
+
+    # -- websocket_ports ------------------------------------------------------
+    @inlineCallbacks
+    def test_extra_websocket_port(self) -> None:
+        # websocket_ports: [0] cannot be told apart from the main port 0 (the
+        # listeners are keyed by requested port), so use a real free port.
+        extra = free_tcp_port()
+        yield self.start(websocket_ports=[extra])
+        self.assertIn(extra, self.app.http)
+        self.assertEqual(self.app.http[extra].port, extra)
+        self.assertNotEqual(self.app.http_port(), extra)
+        client = yield self.connect(extra)
+        reply = yield client.call("EM.GetStatus", {"id": 0}, src="extra-port")
+        self.assertIn("a_act_power", reply["result"])
+        yield client.wait_for(lambda f: f.get("method") == "NotifyFullStatus")
+        self.assertEqual(len(self.hub.clients), 1)
+        http = HTTPClient(self)
+        response, body = yield http.get(f"http://127.0.0.1:{extra}/shelly")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(json.loads(body)["id"], self.device.identity.device_id)
+
+    @inlineCallbacks
+    def test_websocket_off(self) -> None:
+        yield self.start(websocket=False)
+        self.assertEqual(self.app.hubs, [])
+        yield self.assertFailure(self.connect(), ConnectionError)
+        self.assertEqual(self.server.seen, [])
+
+
+# --------------------------------------------------------------------------
+# aioshelly as Home Assistant uses it (check 24)
+# --------------------------------------------------------------------------
+
+
+class AioshellyTests(TestCase):
+    timeout = 30
+    skip = asyncio_reactor_skip()
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        self.server = ServerConnections(self)
+        config = test_config(self.mktemp(), meters=SIM,
+                             devices=[{"type": "shelly_pro_3em", "name": "Grid meter"}])
+        self.app = yield start_app(self, config)
+        self.meter = self.app.meters["grid"]
+
+    @inlineCallbacks
+    def test_home_assistant_setup_and_push_updates(self) -> Any:
+        result = yield as_deferred(self._run_aioshelly(self.app.http_port()))
+        # The emulator saw the client go away (no dirty reactor, no stale subscriber).
+        yield self.server.all_closed()
+        self.assertEqual(self.app.hubs[0].clients, [])
+        self.assertEqual(result["a_act_power"], 1234.5)
+        self.assertTrue(result["src"].startswith("aios-"))
+
+    async def _run_aioshelly(self, port: int) -> dict[str, Any]:
+        import aiohttp
+        from aioshelly.common import ConnectionOptions, get_info
+        from aioshelly.const import DEVICES
+        from aioshelly.rpc_device import RpcDevice, RpcUpdateType, WsServer
+
+        identity = self.app.devices[0].identity
+        target = 1234.5
+        updated = asyncio.Event()
+        updates: list[Any] = []
+
+        def on_update(device: Any, update_type: Any) -> None:
+            updates.append(update_type)
+            if update_type is RpcUpdateType.STATUS and device.status["em:0"].get("a_act_power") == target:
+                updated.set()
+
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+            # Step 2 of §6.1: GET /shelly.
+            info = await get_info(session, "127.0.0.1", port=port)
+            self.assertEqual(info["gen"], 2)
+            self.assertEqual(info["mac"], identity.mac)
+
+            options = ConnectionOptions(ip_address="127.0.0.1", port=port, device_mac=identity.mac)
+            device = await RpcDevice.create(session, WsServer(), options)
+            device.subscribe_updates(on_update)  # before initialize, as HA's coordinator does
+            try:
+                async with asyncio.timeout(20):
+                    await device.initialize()
+                self.assertTrue(device.initialized)
+                self.assertIsNone(device.last_error)
+                self.assertEqual(device.gen, 2)
+                self.assertEqual(device.model, "SPEM-003CEBEU")
+                self.assertIn(device.model, DEVICES)
+                self.assertTrue(device.firmware_supported, f"unsupported firmware {device.firmware_version}")
+                self.assertEqual(device.hostname, identity.device_id)
+                self.assertEqual(device.name, "Grid meter")
+                self.assertFalse(device.requires_auth)
+                self.assertIn("em:0", device.config)
+                fresh = await device.call_rpc("EM.GetStatus", {"id": 0})
+                self.assertEqual(device.status["em:0"], fresh)
+                self.assertNotEqual(fresh["a_act_power"], target)
+                self.assertIn("emdata:0", device.status)
+                self.assertIn("sys", device.status)
+
+                hub = self.app.hubs[0]
+                self.assertEqual(len(hub.clients), 1)
+                src = hub.clients[0].src
+
+                # A new reading reaches device.status through NotifyStatus.
+                t = self.meter.latest.measured_at + 1.0
+                self.meter.update(sample_reading(t, (target, 3.6, -244.0)))
+                try:
+                    async with asyncio.timeout(WAIT):
+                        await updated.wait()
+                except TimeoutError:
+                    self.fail(f"device.status['em:0'] not updated by a notification within {WAIT} s")
+                self.assertEqual(device.status["em:0"]["a_act_power"], target)
+                self.assertEqual(device.status["em:0"], await device.call_rpc("EM.GetStatus", {"id": 0}))
+                self.assertIn(RpcUpdateType.STATUS, updates)
+                self.assertTrue(device.connected)
+                return {"a_act_power": device.status["em:0"]["a_act_power"], "src": src}
+            finally:
+                await device.shutdown()
