@@ -29,9 +29,11 @@ from meteremu.devices.shelly.identity import generate_mac, make_identity
 from meteremu.devices.shelly.mdns import mdns_options
 from meteremu.devices.shelly.udp import ShellyUDP
 from meteremu.devices.shelly.ws import NotifyHub, ShellyWebSocketFactory
+from meteremu.exporters import exporter_module
 from meteremu.exporters.prometheus import Metrics
 from meteremu.logs import logger
 from meteremu.meter import Meter, default_stale_after
+from meteremu.meterset import MeterSet
 from meteremu.sources import source_module
 from meteremu.store import Store
 from meteremu.web import ops
@@ -154,12 +156,13 @@ class App:
     service: MultiService
     store: Store
     metrics: Metrics
-    meters: dict[str, Meter]
+    meters: MeterSet
     devices: list[ShellyDevice] = field(default_factory=list)
     http: dict[int, TCPListener] = field(default_factory=dict)
     udp: list[UDPListener] = field(default_factory=list)
     modbus: list[Any] = field(default_factory=list)
     hubs: list[NotifyHub] = field(default_factory=list)
+    exporters: dict[str, Any] = field(default_factory=dict)
     async_parts: list[Any] = field(default_factory=list)
 
     def overview(self) -> dict[str, Any]:
@@ -203,7 +206,7 @@ def build(config: Config, reactor: Any) -> App:
     store.setServiceParent(top)
     started_at = reactor.seconds()
 
-    meters: dict[str, Meter] = {}
+    meters = MeterSet()
     for name, mc in config.meters.items():
         module = source_module(mc.source.type)
         interval = getattr(mc.source.options, "interval", None)
@@ -215,7 +218,7 @@ def build(config: Config, reactor: Any) -> App:
         if isinstance(saved, dict):
             meter.energy.restore(saved)
         store.register(key, meter.energy.to_dict)
-        meters[name] = meter
+        meters.add(meter)
         module.make_source(meter, mc.source.options, reactor, store).setServiceParent(top)
 
     app = App(config, top, store, Metrics(lambda: meters.values()), meters)
@@ -291,6 +294,14 @@ def build(config: Config, reactor: Any) -> App:
     # After the HTTP listeners, so mDNS can announce their real ports.
     for part in device_parts:
         part.setServiceParent(top)
+    # Exporters last: MultiService stops them first, so MQTT says "offline"
+    # and InfluxDB flushes while the meters are still there.
+    for kind, options in config.exporters.others.items():
+        exporter = exporter_module(kind).make_exporter(options, meters, reactor, metrics, store)
+        exporter.setServiceParent(top)
+        app.exporters[kind] = exporter
+        if hasattr(exporter, "ready"):
+            app.async_parts.append(exporter)
     return app
 
 

@@ -313,7 +313,35 @@ class PrometheusOptions:
 
 @dataclass(frozen=True)
 class ExportersOptions:
+    """``exporters:``: prometheus is built in; the others come from the registry."""
+
     prometheus: PrometheusOptions = PrometheusOptions()
+    others: dict[str, Any] = field(default_factory=dict)
+
+
+def _exporters(data: Any, env: typing.Mapping[str, str]) -> ExportersOptions:
+    from meteremu.exporters import option_types as exporter_types
+
+    if data is None:
+        return ExportersOptions()
+    if not isinstance(data, dict):
+        raise _Invalid("exporters", f"expected a mapping of exporter name to options; got {_describe(data)}")
+    registry = exporter_types()
+    known = ["prometheus", *registry]
+    others = {}
+    for name, body in data.items():
+        key = _join("exporters", str(name))
+        if name == "prometheus":
+            continue
+        if name not in registry:
+            near = difflib.get_close_matches(str(name), known, n=1, cutoff=0.5)
+            hint_txt = f"; did you mean {near[0]!r}?" if near else f"; valid keys: {', '.join(known)}"
+            raise _Invalid(key, f"unknown key{hint_txt}")
+        options = build(registry[name], body, key, env)
+        if getattr(options, "enabled", True):
+            others[str(name)] = options
+    return ExportersOptions(prometheus=build(PrometheusOptions, data.get("prometheus"), "exporters.prometheus", env),
+                            others=others)
 
 
 @dataclass(frozen=True)
@@ -349,10 +377,9 @@ class Config:
 _SIMPLE_SECTIONS = {
     "logging": LoggingOptions,
     "server": ServerOptions,
-    "exporters": ExportersOptions,
     "store": StoreOptions,
 }
-_TOP_KEYS = (*_SIMPLE_SECTIONS, "meters", "devices")
+_TOP_KEYS = (*_SIMPLE_SECTIONS, "exporters", "meters", "devices")
 
 DEFAULT_METER = {"grid": {"source": {"type": "simulator"}}}
 
@@ -426,6 +453,7 @@ def parse_config(data: Any, path: str, env: typing.Mapping[str, str] | None = No
         kwargs: dict[str, Any] = {
             name: build(cls, data.get(name), name, env) for name, cls in _SIMPLE_SECTIONS.items()
         }
+        kwargs["exporters"] = _exporters(data.get("exporters"), env)
         raw_meters = data.get("meters", DEFAULT_METER)
         if raw_meters is None:
             raw_meters = {}

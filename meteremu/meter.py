@@ -77,6 +77,13 @@ class Meter:
         self.energy = EnergyCounters(phases)
         self.stats = SourceStats()
         self.history: deque[tuple[float, float]] = deque(maxlen=history_size)
+        # Set by sources, read by exporters and /healthz:
+        # - extra_labels: tags for Reading.extras keys, e.g. {"inverter.1234": {"array": "east"}}
+        #   (extras keys are "<kind>.<name>": "inverter.<serial>", "circuit.<name>", "gas"…)
+        # - details: what the source wants shown in /healthz (firmware, chosen mapping…);
+        #   never secrets.
+        self.extra_labels: dict[str, dict[str, str]] = {}
+        self.details: dict[str, object] = {}
         self._listeners: list[Listener] = []
         self._last_new_arrival: float | None = None
         self._last_alive: float | None = None

@@ -24,7 +24,7 @@ def meter_health(meter: Meter) -> dict[str, Any]:
     stats = meter.stats
     rate = stats.success_rate
     age = meter.age()
-    return {
+    body = {
         "state": meter.freshness().value,
         "source": meter.source_type,
         "age_s": None if age is None else round(age, 3),
@@ -34,6 +34,9 @@ def meter_health(meter: Meter) -> dict[str, Any]:
         "failures": stats.failures,
         "success_rate": None if rate is None else round(rate, 4),
     }
+    if meter.details:
+        body["details"] = meter.details
+    return body
 
 
 def health(meters: Iterable[Meter], uptime: float) -> tuple[int, dict[str, Any]]:
