@@ -18,11 +18,11 @@ from typing import Any
 from autobahn.twisted.resource import WebSocketResource
 from klein import Klein
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.error import CannotListenError
 from twisted.web.server import Site
 
-from meteremu.config import Config
+from meteremu.config import Config, MeterConfig
 from meteremu.devices.shelly import http as shelly_http
 from meteremu.devices.shelly.device import ShellyDevice
 from meteremu.devices.shelly.identity import generate_mac, make_identity
@@ -163,11 +163,63 @@ class App:
     modbus: list[Any] = field(default_factory=list)
     hubs: list[NotifyHub] = field(default_factory=list)
     exporters: dict[str, Any] = field(default_factory=dict)
+    reactor: Any = None
+    sources: dict[str, Service] = field(default_factory=dict)
+    retired: dict[str, Meter] = field(default_factory=dict)
+    watcher: Any = None
+
+    # -- meters at runtime (conf.d hot reload) --------------------------------
+    def add_meter(self, mc: MeterConfig) -> Meter:
+        """Create (or revive) a meter and start its source.
+
+        A meter removed earlier and added again gets its old Meter object
+        back, so a device still serving it and its counters carry on.
+        """
+        meter = self.retired.pop(mc.name, None)
+        if meter is None:
+            meter = Meter(mc.name, self.reactor, source_type=mc.source.type)
+            key = f"meter:{mc.name}:energy"
+            saved = self.store.get(key)
+            if isinstance(saved, dict):
+                meter.energy.restore(saved)
+            self.store.register(key, meter.energy.to_dict)
+        self._configure(meter, mc)
+        self.meters.add(meter)
+        return meter
+
+    def _configure(self, meter: Meter, mc: MeterConfig) -> None:
+        module = source_module(mc.source.type)
+        interval = getattr(mc.source.options, "interval", None)
+        meter.stale_after = mc.stale_after or default_stale_after(interval, getattr(module, "PUSH", False))
+        meter.source_type = mc.source.type
+        source = module.make_source(meter, mc.source.options, self.reactor, self.store)
+        self.sources[mc.name] = source
+        source.setServiceParent(self.service)
+
+    def replace_meter(self, mc: MeterConfig) -> Deferred[None]:
+        """Restart just this meter's source with new options (same Meter)."""
+        meter = self.meters[mc.name]
+        d = self._stop_source(mc.name)
+        d.addCallback(lambda _: self._configure(meter, mc))
+        return d
+
+    def remove_meter(self, name: str) -> Deferred[None]:
+        """Stop the source and take the meter out (exporters follow)."""
+        meter = self.meters.remove(name)
+        self.retired[name] = meter
+        return self._stop_source(name)
+
+    def _stop_source(self, name: str) -> Deferred[None]:
+        source = self.sources.pop(name, None)
+        if source is None:
+            return succeed(None)
+        return maybeDeferred(source.disownServiceParent).addCallback(lambda _: None)
     async_parts: list[Any] = field(default_factory=list)
 
     def overview(self) -> dict[str, Any]:
         """``/admin/overview``: the clients of every device."""
-        return {"devices": {
+        errors = dict(self.watcher.errors) if self.watcher is not None else {}
+        return {"config_errors": errors, "devices": {
             (device.options.name or str(index)): {
                 "id": device.identity.device_id, "meter": device.meter.name,
                 "model": device.identity.model, "serial": device.identity.serial,
@@ -207,22 +259,10 @@ def build(config: Config, reactor: Any) -> App:
     started_at = reactor.seconds()
 
     meters = MeterSet()
-    for name, mc in config.meters.items():
-        module = source_module(mc.source.type)
-        interval = getattr(mc.source.options, "interval", None)
-        push = getattr(module, "PUSH", False)
-        stale = mc.stale_after or default_stale_after(interval, push)
-        meter = Meter(name, reactor, stale_after=stale, source_type=mc.source.type)
-        key = f"meter:{name}:energy"
-        saved = store.get(key)
-        if isinstance(saved, dict):
-            meter.energy.restore(saved)
-        store.register(key, meter.energy.to_dict)
-        meters.add(meter)
-        module.make_source(meter, mc.source.options, reactor, store).setServiceParent(top)
-
-    app = App(config, top, store, Metrics(lambda: meters.values()), meters)
+    app = App(config, top, store, Metrics(lambda: meters.values()), meters, reactor=reactor)
     metrics = app.metrics
+    for mc in config.meters.values():
+        app.add_meter(mc)
 
     sites: dict[int, Klein] = {}
     main_port = config.server.http_port
@@ -294,6 +334,12 @@ def build(config: Config, reactor: Any) -> App:
     # After the HTTP listeners, so mDNS can announce their real ports.
     for part in device_parts:
         part.setServiceParent(top)
+    if config.conf_dir is not None and config.reload.enabled:
+        from meteremu.confdir import ConfDirWatcher
+
+        app.watcher = ConfDirWatcher(config.conf_dir, app, reactor, config.reload.debounce,
+                                     config.reload.poll_interval)
+        app.watcher.setServiceParent(top)
     # Exporters last: MultiService stops them first, so MQTT says "offline"
     # and InfluxDB flushes while the meters are still there.
     for kind, options in config.exporters.others.items():

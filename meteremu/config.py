@@ -307,6 +307,21 @@ class StoreOptions:
 
 
 @dataclass(frozen=True)
+class ReloadOptions:
+    """Hot reload of ``conf_dir`` meter files."""
+
+    enabled: bool = True
+    debounce: Duration = 1.0
+    poll_interval: Duration = 1.0
+
+    def validate(self) -> list[tuple[str, str]]:
+        errors = []
+        if self.poll_interval <= 0:
+            errors.append(("poll_interval", "expected a duration above 0"))
+        return errors
+
+
+@dataclass(frozen=True)
 class PrometheusOptions:
     enabled: bool = True
 
@@ -372,14 +387,19 @@ class Config:
     devices: tuple[DeviceConfig, ...] = ()
     exporters: ExportersOptions = ExportersOptions()
     store: StoreOptions = StoreOptions()
+    conf_dir: str | None = None
+    reload: ReloadOptions = ReloadOptions()
 
 
 _SIMPLE_SECTIONS = {
+    "reload": ReloadOptions,
     "logging": LoggingOptions,
     "server": ServerOptions,
     "store": StoreOptions,
 }
-_TOP_KEYS = (*_SIMPLE_SECTIONS, "exporters", "meters", "devices")
+_TOP_KEYS = (*_SIMPLE_SECTIONS, "exporters", "meters", "devices", "conf_dir")
+
+_METER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 DEFAULT_METER = {"grid": {"source": {"type": "simulator"}}}
 
@@ -435,7 +455,8 @@ def _check_ports(server: ServerOptions, devices: list[DeviceConfig]) -> None:
         seen[port] = i
 
 
-def parse_config(data: Any, path: str, env: typing.Mapping[str, str] | None = None) -> Config:
+def parse_config(data: Any, path: str, env: typing.Mapping[str, str] | None = None,
+                 extra_meters: dict[str, MeterConfig] | None = None, conf_dir: str | None = None) -> Config:
     """Validate an already-parsed YAML document. Raises :class:`ConfigError`."""
     from meteremu.devices import option_types as device_types
 
@@ -454,6 +475,8 @@ def parse_config(data: Any, path: str, env: typing.Mapping[str, str] | None = No
             name: build(cls, data.get(name), name, env) for name, cls in _SIMPLE_SECTIONS.items()
         }
         kwargs["exporters"] = _exporters(data.get("exporters"), env)
+        if data.get("conf_dir") is not None and not isinstance(data.get("conf_dir"), str):
+            raise _Invalid("conf_dir", f"expected a directory path or null; got {_describe(data['conf_dir'])}")
         raw_meters = data.get("meters", DEFAULT_METER)
         if raw_meters is None:
             raw_meters = {}
@@ -461,9 +484,13 @@ def parse_config(data: Any, path: str, env: typing.Mapping[str, str] | None = No
             raise _Invalid("meters", f"expected a mapping of meter name to meter; got {_describe(raw_meters)}")
         meters = {}
         for name, body in raw_meters.items():
-            if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", str(name)):
+            if not _METER_NAME.fullmatch(str(name)):
                 raise _Invalid(_join("meters", str(name)), "expected a meter name of letters, digits, '_', '-' or '.'")
             meters[str(name)] = _meter(str(name), body, _join("meters", str(name)), env)
+        for name, meter in (extra_meters or {}).items():
+            if name in meters:
+                raise _Invalid(_join("meters", name), f"also defined by {name}.yaml in {conf_dir}; define each meter once")
+            meters[name] = meter
         raw_devices = data.get("devices")
         if raw_devices is None:
             raw_devices = [{"type": "shelly_pro_3em"}] if "devices" not in data else []
@@ -485,7 +512,7 @@ def parse_config(data: Any, path: str, env: typing.Mapping[str, str] | None = No
                 raise _Invalid(_join(key, "meter"), f"unknown meter {meter!r}; configured meters: {', '.join(meters) or 'none'}")
             devices.append(DeviceConfig(kind, options))
         _check_ports(kwargs["server"], devices)
-        return Config(path=path, meters=meters, devices=tuple(devices), **kwargs)
+        return Config(path=path, meters=meters, devices=tuple(devices), conf_dir=conf_dir, **kwargs)
     except _Invalid as exc:
         raise ConfigError(path, exc.key, exc.why) from None
 
@@ -562,8 +589,7 @@ _Loader.add_implicit_resolver(
 )
 
 
-def load_config(path: str, env: typing.Mapping[str, str] | None = None) -> Config:
-    """Read and validate a YAML file. Raises :class:`ConfigError`."""
+def _read_yaml(path: str) -> Any:
     try:
         with open(path, encoding="utf-8") as handle:
             text = handle.read()
@@ -572,14 +598,67 @@ def load_config(path: str, env: typing.Mapping[str, str] | None = None) -> Confi
     except UnicodeDecodeError:
         raise ConfigError(path, "(file)", "expected UTF-8 text") from None
     try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(syntax)"
         raise ConfigError(path, where, f"invalid YAML: {exc.problem or exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(path, "(syntax)", f"invalid YAML: {exc}") from None
-    return parse_config(data, path, env)
+
+
+METER_FILE_SUFFIX = ".yaml"
+
+
+def meter_name_for(path: str) -> str:
+    """``conf.d/heatpump.yaml`` holds the meter ``heatpump``."""
+    return os.path.basename(path)[: -len(METER_FILE_SUFFIX)]
+
+
+def load_meter_file(path: str, env: typing.Mapping[str, str] | None = None) -> MeterConfig:
+    """One ``conf.d`` file: file name = meter name, body = the meter's body."""
+    env = os.environ if env is None else env
+    name = meter_name_for(path)
+    data = _read_yaml(path)
+    try:
+        if not _METER_NAME.fullmatch(name):
+            raise _Invalid("(file name)", "expected a meter name of letters, digits, '_', '-' or '.' before .yaml")
+        return _meter(name, data, "", env)
+    except _Invalid as exc:
+        raise ConfigError(path, exc.key or "(top level)", exc.why) from None
+
+
+def conf_dir_files(directory: str) -> list[str]:
+    """The meter files of a conf.d directory, sorted (hidden files skipped)."""
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return []
+    return [os.path.join(directory, n) for n in names
+            if n.endswith(METER_FILE_SUFFIX) and not n.startswith(".")
+            and os.path.isfile(os.path.join(directory, n))]
+
+
+def resolve_conf_dir(data: Any, path: str) -> str | None:
+    """``conf_dir`` (default ``conf.d``) relative to the main file's folder; null = off."""
+    raw = data.get("conf_dir", "conf.d") if isinstance(data, dict) else "conf.d"
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not raw:
+        raise ConfigError(path, "conf_dir", f"expected a directory path or null; got {_describe(raw)}")
+    return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)), raw))
+
+
+def load_config(path: str, env: typing.Mapping[str, str] | None = None) -> Config:
+    """Read and validate a YAML file and its conf.d meters. Raises :class:`ConfigError`."""
+    data = _read_yaml(path)
+    conf_dir = resolve_conf_dir(data, path)
+    extra: dict[str, MeterConfig] = {}
+    if conf_dir is not None:
+        for file in conf_dir_files(conf_dir):
+            meter = load_meter_file(file, env)
+            extra[meter.name] = meter
+    return parse_config(data, path, env, extra_meters=extra, conf_dir=conf_dir)
 
 
 def default_config() -> Config:

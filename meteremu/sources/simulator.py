@@ -27,9 +27,9 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 
 from meteremu.configtypes import Duration
+from meteremu.logs import logger
 from meteremu.meter import Meter
 from meteremu.reading import PhaseReading, Reading
 
@@ -261,7 +261,7 @@ class SimulatorSource(Service):
     """Feeds a Meter from a Household every ``interval`` real seconds."""
 
     type_name = "simulator"
-    log = Logger()
+    log = logger(__name__)
 
     def __init__(self, meter: Meter, options: SimulatorOptions, clock: Any,
                  tz: tzinfo | None = None) -> None:

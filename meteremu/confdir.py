@@ -1,0 +1,136 @@
+"""Hot reload of ``conf.d``: one meter per ``<name>.yaml``, watched by checksum.
+
+Polling (default every second) with sha256 checksums rather than mtimes:
+editors that keep mtimes, clocks that jump and network filesystems all fool
+mtime checks, and a few small files are cheap to hash. A change is applied
+only once the file's content has been stable for ``debounce`` (an editor
+writing in several steps is seen once). Created → the meter starts; changed →
+just its source restarts; deleted → it stops. An invalid file is logged with
+file/key/why and the running meter keeps going.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.task import LoopingCall
+
+from meteremu.config import ConfigError, conf_dir_files, load_meter_file, meter_name_for
+from meteremu.logs import logger
+
+log = logger(__name__)
+
+
+def checksums(directory: str) -> dict[str, str]:
+    """``{meter name: sha256 of the file}`` for every meter file now present."""
+    out = {}
+    for path in conf_dir_files(directory):
+        try:
+            with open(path, "rb") as handle:
+                out[meter_name_for(path)] = hashlib.sha256(handle.read()).hexdigest()
+        except OSError:
+            continue  # vanished between listing and reading: seen next scan
+    return out
+
+
+@dataclass
+class Changes:
+    created: list[str]
+    changed: list[str]
+    deleted: list[str]
+
+
+def diff(applied: dict[str, str], current: dict[str, str]) -> Changes:
+    """What differs between the applied state and the files now (pure)."""
+    return Changes(
+        created=sorted(n for n in current if n not in applied),
+        changed=sorted(n for n in current if n in applied and current[n] != applied[n]),
+        deleted=sorted(n for n in applied if n not in current),
+    )
+
+
+class ConfDirWatcher(Service):
+    """Polls the directory and applies stable changes to the running App."""
+
+    def __init__(self, directory: str, app: Any, clock: Any, debounce: float = 1.0,
+                 poll_interval: float = 1.0) -> None:
+        self.directory, self.app, self.clock = directory, app, clock
+        self.debounce, self.poll_interval = debounce, poll_interval
+        # The state applied at start: the meters load_config read from files.
+        self.applied: dict[str, str] = {}
+        self._seen: dict[str, tuple[str | None, float]] = {}
+        self.errors: dict[str, str] = {}
+        self.main_meters: set[str] = set()
+        self._loop: LoopingCall | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        on_disk = checksums(self.directory)
+        self.applied = {name: digest for name, digest in on_disk.items() if name in self.app.meters}
+        # Meters of the main file: a conf.d file may not redefine them.
+        self.main_meters = set(self.app.meters) - set(on_disk)
+        self._loop = LoopingCall(self.scan)
+        self._loop.clock = self.clock
+        self._loop.start(self.poll_interval, now=False).addErrback(
+            lambda f: log.failure("conf.d watcher stopped", f))
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+
+    def scan(self) -> None:
+        """One poll: apply whatever has been stable for ``debounce``."""
+        try:
+            self._scan()
+        except Exception:
+            log.failure("scanning {dir} failed", dir=self.directory)
+
+    def _scan(self) -> None:
+        now = self.clock.seconds()
+        current = checksums(self.directory)
+        names = set(current) | set(self.applied)
+        for name in names:
+            digest = current.get(name)
+            seen = self._seen.get(name)
+            if seen is None or seen[0] != digest:
+                self._seen[name] = (digest, now)  # changed again: restart the debounce
+                if self.debounce > 0:
+                    continue
+            elif now - seen[1] < self.debounce:
+                continue
+            if self.applied.get(name) != digest:
+                self._apply(name, digest)
+
+    def _apply(self, name: str, digest: str | None) -> None:
+        path = os.path.join(self.directory, name + ".yaml")
+        if digest is None:
+            self.applied.pop(name, None)
+            self.errors.pop(name, None)
+            if name in self.app.meters and name not in self.main_meters:
+                log.info("conf.d: {name}.yaml deleted: stopping meter {name}", name=name)
+                self.app.remove_meter(name)
+            return
+        try:
+            if name in self.main_meters:
+                raise ConfigError(path, "(file name)", f"meter {name!r} is defined in the main "
+                                  "config file already; define each meter once")
+            mc = load_meter_file(path)
+        except ConfigError as exc:
+            # Keep the running meter (if any) and do not retry until it changes.
+            self.applied[name] = digest
+            self.errors[name] = str(exc)
+            log.error("conf.d: {error}; meter {name} keeps running as it was", error=str(exc), name=name)
+            return
+        self.applied[name] = digest
+        self.errors.pop(name, None)
+        if name in self.app.meters:
+            log.info("conf.d: {name}.yaml changed: restarting its source", name=name)
+            self.app.replace_meter(mc)
+        else:
+            log.info("conf.d: {name}.yaml created: starting meter {name}", name=name)
+            self.app.add_meter(mc)

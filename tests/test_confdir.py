@@ -1,0 +1,160 @@
+"""conf.d meters: loaded at start, hot reloaded while running (issue: many meters)."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from meteremu.confdir import ConfDirWatcher, checksums, diff
+from meteremu.config import ConfigError, load_config
+from tests.support import start_app, test_config
+
+SIM = {"grid": {"source": {"type": "simulator", "interval": "1h"}}}
+
+
+def write(directory: str, name: str, text: str) -> None:
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, name), "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+class LoadTests(SynchronousTestCase):
+    def setUp(self):
+        self.dir = os.path.abspath(self.mktemp())
+        write(self.dir, "main.yaml", "meters:\n  grid: {source: {type: simulator}}\ndevices: []\n")
+
+    def test_files_add_meters(self):
+        write(os.path.join(self.dir, "conf.d"), "heatpump.yaml", "source: {type: simulator, seed: 4}\nstale_after: 20s\n")
+        write(os.path.join(self.dir, "conf.d"), "notes.txt", "ignored")
+        config = load_config(os.path.join(self.dir, "main.yaml"), env={})
+        self.assertEqual(list(config.meters), ["grid", "heatpump"])
+        self.assertEqual(config.meters["heatpump"].stale_after, 20.0)
+        self.assertEqual(config.meters["heatpump"].source.options.seed, 4)
+        self.assertEqual(config.conf_dir, os.path.join(self.dir, "conf.d"))
+
+    def test_error_names_the_meter_file(self):
+        path = os.path.join(self.dir, "conf.d", "heat.yaml")
+        write(os.path.dirname(path), "heat.yaml", "source: {type: simulator, sped: 2}\n")
+        err = self.assertRaises(ConfigError, load_config, os.path.join(self.dir, "main.yaml"), {})
+        self.assertEqual(str(err), f"{path}: source.sped: unknown key; did you mean 'speed'?")
+
+    def test_duplicate_meter(self):
+        write(os.path.join(self.dir, "conf.d"), "grid.yaml", "source: {type: simulator}\n")
+        err = self.assertRaises(ConfigError, load_config, os.path.join(self.dir, "main.yaml"), {})
+        self.assertEqual(err.key, "meters.grid")
+
+    def test_conf_dir_null_and_custom(self):
+        write(os.path.join(self.dir, "meters"), "x.yaml", "source: {type: simulator}\n")
+        write(self.dir, "a.yaml", "conf_dir: meters\ndevices: []\n")
+        self.assertIn("x", load_config(os.path.join(self.dir, "a.yaml"), env={}).meters)
+        write(self.dir, "b.yaml", "conf_dir: null\nmeters: {}\ndevices: []\n")
+        self.assertEqual(load_config(os.path.join(self.dir, "b.yaml"), env={}).meters, {})
+
+
+class DiffTests(SynchronousTestCase):
+    def test_diff(self):
+        changes = diff({"a": "1", "b": "2", "c": "3"}, {"a": "1", "b": "9", "d": "4"})
+        self.assertEqual((changes.created, changes.changed, changes.deleted), (["d"], ["b"], ["c"]))
+
+    def test_checksums_by_content_not_mtime(self):
+        directory = os.path.abspath(self.mktemp())
+        write(directory, "m.yaml", "x")
+        before = checksums(directory)
+        os.utime(os.path.join(directory, "m.yaml"), (0, 0))
+        self.assertEqual(checksums(directory), before)
+        write(directory, "m.yaml", "y")
+        self.assertNotEqual(checksums(directory), before)
+
+
+class HotReloadTests(TestCase):
+    timeout = 30
+
+    @inlineCallbacks
+    def setUp(self):
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.app = yield start_app(self, test_config(
+            self.mktemp(), meters=SIM, devices=[{"type": "shelly_pro_3em", "meter": "grid"}]))
+        self.clock = Clock()
+        self.watcher = ConfDirWatcher(self.dir, self.app, self.clock, debounce=1.0, poll_interval=0.5)
+        self.app.watcher = self.watcher
+        self.watcher.startService()
+        self.addCleanup(self.watcher.stopService)
+        self.errors = []
+        from twisted.logger import globalLogPublisher
+
+        def observe(event):
+            if event.get("log_namespace") == "meteremu.confdir" and event.get("log_level").name == "error":
+                self.errors.append(event["error"])
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+
+    def settle(self, seconds: float = 1.5) -> None:
+        for _ in range(int(seconds / 0.5)):
+            self.clock.advance(0.5)
+
+    def test_create_change_invalid_delete_recreate(self):
+        added = []
+        removed = []
+        self.app.meters.subscribe(lambda m: added.append(m.name), lambda m: removed.append(m.name))
+        write(self.dir, "heat.yaml", "source: {type: simulator, interval: 1h, seed: 2}\n")
+        self.clock.advance(0.5)
+        self.assertNotIn("heat", self.app.meters)  # debounce: not yet
+        self.settle()
+        self.assertIn("heat", self.app.meters)
+        meter = self.app.meters["heat"]
+        self.assertIsNotNone(meter.latest)  # its source is running
+        source = self.app.sources["heat"]
+        self.assertTrue(source.running)
+
+        write(self.dir, "heat.yaml", "source: {type: simulator, interval: 1h, seed: 3}\nstale_after: 42s\n")
+        self.settle()
+        self.assertIs(self.app.meters["heat"], meter)  # same meter: counters, devices carry on
+        self.assertEqual(meter.stale_after, 42.0)
+        self.assertIsNot(self.app.sources["heat"], source)
+        self.assertFalse(source.running)
+        self.assertTrue(self.app.sources["heat"].running)
+        self.assertTrue(self.app.sources["grid"].running)  # other meters untouched
+
+        running = self.app.sources["heat"]
+        write(self.dir, "heat.yaml", "source: {type: simulatr}\n")
+        self.settle()
+        self.assertIs(self.app.sources["heat"], running)  # the running meter keeps going
+        self.assertTrue(running.running)
+        self.assertEqual(len(self.errors), 1)
+        self.assertIn("heat.yaml: source.type: unknown source type 'simulatr'", self.errors[0])
+        self.assertIn("heat", self.app.overview()["config_errors"])
+
+        os.remove(os.path.join(self.dir, "heat.yaml"))
+        self.settle()
+        self.assertNotIn("heat", self.app.meters)
+        self.assertFalse(running.running)
+        self.assertEqual(removed, ["heat"])
+
+        write(self.dir, "heat.yaml", "source: {type: simulator, interval: 1h}\n")
+        self.settle()
+        self.assertIs(self.app.meters["heat"], meter)  # revived with its counters
+        self.assertEqual(added, ["grid", "heat", "heat"])
+
+    def test_debounce_applies_a_burst_once(self):
+        for seed in range(5):
+            write(self.dir, "burst.yaml", f"source: {{type: simulator, interval: 1h, seed: {seed}}}\n")
+            self.clock.advance(0.5)
+        self.assertNotIn("burst", self.app.meters)
+        self.settle()
+        self.assertEqual(self.app.sources["burst"].options.seed, 4)  # the last version only
+        self.assertEqual(len([n for n in self.app.meters if n == "burst"]), 1)
+
+    def test_main_file_meter_cannot_be_redefined(self):
+        source = self.app.sources["grid"]
+        write(self.dir, "grid.yaml", "source: {type: simulator}\n")
+        self.settle()
+        self.assertIs(self.app.sources["grid"], source)
+        self.assertIn("defined in the main config file already", self.errors[0])
+        os.remove(os.path.join(self.dir, "grid.yaml"))
+        self.settle()
+        self.assertIn("grid", self.app.meters)
