@@ -45,23 +45,23 @@ class StartupError(Exception):
     """A part could not start (port taken, bad certificate…): stop the process."""
 
 
-class TCPListener(Service):
-    """Listens in ``privilegedStartService`` and knows its real port.
+class Listener(Service):
+    """A port bound in ``privilegedStartService``, that knows its real port.
 
     A port that cannot be bound raises :class:`StartupError` with a message
     naming the address, so the process stops at once instead of limping on.
+    ``listen`` is ``reactor.listenTCP``/``listenUDP`` with its arguments bound.
     """
 
-    def __init__(self, reactor: Any, port: int, factory: Any, interface: str, what: str) -> None:
-        self.reactor, self.requested, self.factory = reactor, port, factory
-        self.interface, self.what = interface, what
+    def __init__(self, listen: Any, port: int, interface: str, what: str) -> None:
+        self.listen, self.requested, self.interface, self.what = listen, port, interface, what
         self.listening: Any = None
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
         if self.listening is None:
             try:
-                self.listening = self.reactor.listenTCP(self.requested, self.factory, interface=self.interface)
+                self.listening = self.listen(self.requested, interface=self.interface)
             except CannotListenError as exc:
                 raise StartupError(
                     f"cannot listen for {self.what} on {self.interface or '*'}:{self.requested}: "
@@ -75,6 +75,10 @@ class TCPListener(Service):
     def port(self) -> int:
         return self.listening.getHost().port
 
+    @property
+    def protocol(self) -> Any:
+        return self.listening.protocol
+
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
         if self.listening is not None:
@@ -82,6 +86,15 @@ class TCPListener(Service):
             self.listening = None
             return d
         return None
+
+
+def tcp_listener(reactor: Any, port: int, factory: Any, interface: str, what: str) -> Listener:
+    return Listener(lambda p, interface: reactor.listenTCP(p, factory, interface=interface), port, interface, what)
+
+
+def udp_listener(reactor: Any, port: int, protocol: Any, interface: str) -> Listener:
+    return Listener(lambda p, interface: reactor.listenUDP(p, protocol, interface=interface),
+                    port, interface, "UDP RPC")
 
 
 class QuietSite(Site):
@@ -96,39 +109,6 @@ class QuietSite(Site):
 
     def log(self, request: Any) -> None:
         pass
-
-
-class UDPListener(Service):
-    """A UDP port, bound in ``privilegedStartService`` (fail fast, like TCPListener)."""
-
-    def __init__(self, reactor: Any, port: int, protocol: Any, interface: str) -> None:
-        self.reactor, self.requested, self.protocol, self.interface = reactor, port, protocol, interface
-        self.listening: Any = None
-
-    def privilegedStartService(self) -> None:
-        super().privilegedStartService()
-        if self.listening is None:
-            try:
-                self.listening = self.reactor.listenUDP(self.requested, self.protocol, interface=self.interface)
-            except CannotListenError as exc:
-                raise StartupError(f"cannot listen for UDP RPC on {self.interface or '*'}:{self.requested}: "
-                                   f"{exc.socketError}") from None
-
-    def startService(self) -> None:
-        self.privilegedStartService()
-        super().startService()
-
-    @property
-    def port(self) -> int:
-        return self.listening.getHost().port
-
-    def stopService(self) -> Deferred[None] | None:
-        super().stopService()
-        if self.listening is not None:
-            d = self.listening.stopListening()
-            self.listening = None
-            return d
-        return None
 
 
 class _HubService(Service):
@@ -158,8 +138,8 @@ class App:
     metrics: Metrics
     meters: MeterSet
     devices: list[ShellyDevice] = field(default_factory=list)
-    http: dict[int, TCPListener] = field(default_factory=dict)
-    udp: list[UDPListener] = field(default_factory=list)
+    http: dict[int, Listener] = field(default_factory=dict)
+    udp: list[Listener] = field(default_factory=list)
     modbus: list[Any] = field(default_factory=list)
     hubs: list[NotifyHub] = field(default_factory=list)
     exporters: dict[str, Any] = field(default_factory=dict)
@@ -305,7 +285,7 @@ def build(config: Config, reactor: Any) -> App:
         for udp_port in options.udp_ports:
             proto = ShellyUDP(device.core, options.udp_max_bytes, options.udp_bind or host,
                               on_drop=_drop_counter(metrics, identity.device_id), observe_latency=latency)
-            listener = UDPListener(reactor, udp_port, proto, options.udp_bind or host)
+            listener = udp_listener(reactor, udp_port, proto, options.udp_bind or host)
             device_parts.append(listener)
             app.udp.append(listener)
         if options.modbus_port is not None:
@@ -328,7 +308,7 @@ def build(config: Config, reactor: Any) -> App:
         root: Any = klein_app.resource()
         if config.server.cors.enabled:
             root = ops.CORS(root, config.server.cors.origins)
-        listener = TCPListener(reactor, port, QuietSite(root), config.server.host, "HTTP")
+        listener = tcp_listener(reactor, port, QuietSite(root), config.server.host, "HTTP")
         listener.setServiceParent(top)
         app.http[port] = listener
     # After the HTTP listeners, so mDNS can announce their real ports.

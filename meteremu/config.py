@@ -240,6 +240,16 @@ def convert(value: Any, hint: Any, key: str, env: typing.Mapping[str, str]) -> A
     raise _Invalid(key, f"expected {_type_name(hint)}; got {_describe(value)}")
 
 
+def check_keys(data: dict[Any, Any], valid: typing.Iterable[str], key: str) -> None:
+    """Every key must be a valid one; an unknown key names the closest valid key."""
+    valid = list(valid)
+    for name in data:
+        if str(name) not in valid:
+            near = difflib.get_close_matches(str(name), valid, n=1, cutoff=0.5)
+            hint_txt = f"; did you mean {near[0]!r}?" if near else f"; valid keys: {', '.join(valid)}"
+            raise _Invalid(_join(key, str(name)), f"unknown key{hint_txt}")
+
+
 def build(cls: type, data: Any, key: str, env: typing.Mapping[str, str]) -> Any:
     """Build dataclass ``cls`` from a YAML mapping, checking every key."""
     if data is None:
@@ -248,11 +258,7 @@ def build(cls: type, data: Any, key: str, env: typing.Mapping[str, str]) -> Any:
         raise _Invalid(key, f"expected a mapping; got {_describe(data)}")
     hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    for name in data:
-        if str(name) not in fields:
-            near = difflib.get_close_matches(str(name), list(fields), n=1, cutoff=0.5)
-            hint_txt = f"; did you mean {near[0]!r}?" if near else f"; valid keys: {', '.join(sorted(fields))}"
-            raise _Invalid(_join(key, str(name)), f"unknown key{hint_txt}")
+    check_keys(data, sorted(fields), key)
     kwargs = {}
     for name, f in fields.items():
         sub = _join(key, name)
@@ -344,14 +350,11 @@ def _exporters(data: Any, env: typing.Mapping[str, str]) -> ExportersOptions:
     registry = exporter_types()
     known = ["prometheus", *registry]
     others = {}
+    check_keys(data, known, "exporters")
     for name, body in data.items():
         key = _join("exporters", str(name))
         if name == "prometheus":
             continue
-        if name not in registry:
-            near = difflib.get_close_matches(str(name), known, n=1, cutoff=0.5)
-            hint_txt = f"; did you mean {near[0]!r}?" if near else f"; valid keys: {', '.join(known)}"
-            raise _Invalid(key, f"unknown key{hint_txt}")
         options = build(registry[name], body, key, env)
         if getattr(options, "enabled", True):
             others[str(name)] = options
@@ -424,12 +427,7 @@ def _meter(name: str, data: Any, key: str, env: typing.Mapping[str, str]) -> Met
 
     if not isinstance(data, dict):
         raise _Invalid(key, f"expected a mapping with a 'source' key; got {_describe(data)}")
-    allowed = {"source", "stale_after"}
-    for k in data:
-        if k not in allowed:
-            near = difflib.get_close_matches(str(k), sorted(allowed), n=1, cutoff=0.5)
-            hint_txt = f"; did you mean {near[0]!r}?" if near else f"; valid keys: {', '.join(sorted(allowed))}"
-            raise _Invalid(_join(key, str(k)), f"unknown key{hint_txt}")
+    check_keys(data, ("source", "stale_after"), key)
     if "source" not in data:
         raise _Invalid(_join(key, "source"), "required key is missing (a mapping with a 'type' key)")
     kind, options = _typed(source_types(), data["source"], _join(key, "source"), env, "source")
@@ -466,11 +464,7 @@ def parse_config(data: Any, path: str, env: typing.Mapping[str, str] | None = No
             data = {}
         if not isinstance(data, dict):
             raise _Invalid("(top level)", f"expected a mapping of sections; got {_describe(data)}")
-        for k in data:
-            if k not in _TOP_KEYS:
-                near = difflib.get_close_matches(str(k), _TOP_KEYS, n=1, cutoff=0.5)
-                hint_txt = f"; did you mean {near[0]!r}?" if near else f"; valid keys: {', '.join(_TOP_KEYS)}"
-                raise _Invalid(str(k), f"unknown key{hint_txt}")
+        check_keys(data, _TOP_KEYS, "")
         kwargs: dict[str, Any] = {
             name: build(cls, data.get(name), name, env) for name, cls in _SIMPLE_SECTIONS.items()
         }

@@ -1,0 +1,663 @@
+"""Home Assistant, the I/O part: WebSocket push (autobahn) and REST via treq.
+
+Connection life (``mode: websocket``)::
+
+    connect ──> auth_required ─auth─> auth_ok ─> supported_features (coalescing)
+        │                                │
+        │            (no mapping yet) energy/get_prefs, get_states ─> discover
+        │                                │
+        │                       subscribe_entities [watched ids] ─> result ─> events …
+        │                                └─ ping every ping_interval, pong within ping_timeout
+        └── at the same time: REST GET /api/states/<id> for every watched entity (seed)
+
+Any failure (refused, handshake timeout, ``auth_invalid``, no pong, close)
+ends the connection and schedules the next attempt with exponential backoff
+and jitter (``reconnect_min`` … ``reconnect_max``); the backoff resets once a
+subscription succeeds. A rejected token waits ``reconnect_max`` before trying
+again (no retry storm) and marks the meter down with "bad token".
+
+Freshness (design.md §4, push source): every message on a working
+subscription, pongs included, calls ``Meter.alive()``, so a steady value that
+HA never re-sends stays fresh while the connection lives. A lost connection
+is a *soft* failure (the meter decays to stale after ``stale_after``), because
+the Meter only leaves ``down`` on a new sample and a reconnect that finds the
+same values brings none. ``unavailable``, a removed entity, a missing power
+entity, a bad token or a failed discovery mark the meter down.
+
+``mode: poll`` fetches each watched entity with ``GET /api/states/<id>``
+every ``interval``; each successful poll is a heartbeat, as above.
+
+Secrets: the token only ever goes into the ``auth`` message and the
+``Authorization`` header. Errors are built from exception *types*, status
+codes and HA's own error messages, never from requests.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import treq
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.protocol import Protocol
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.internet.task import LoopingCall
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.http import PotentialDataLoss
+
+from meteremu.logs import logger
+from meteremu.meter import Meter
+from meteremu.sources.homeassistant import protocol as ha
+from meteremu.sources.homeassistant.options import HomeAssistantOptions
+
+log = logger(__name__)
+
+MAX_BODY = 32 * 1024 * 1024
+MAX_MESSAGE = 64 * 1024 * 1024
+CLOSE_WAIT = 2.0
+
+
+class AuthError(Exception):
+    """HA rejected the token (``auth_invalid``, HTTP 401/403)."""
+
+
+class NotFound(Exception):
+    """REST 404: the entity does not exist."""
+
+
+class HTTPStatusError(Exception):
+    pass
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def describe(failure: Failure | BaseException) -> str:
+    """A short, secret-free description of an error for logs and /healthz."""
+    exc = failure.value if isinstance(failure, Failure) else failure
+    if isinstance(exc, AuthError | HTTPStatusError | NotFound | BodyTooLarge):
+        return str(exc)
+    if isinstance(exc, defer.TimeoutError | defer.CancelledError):
+        return "timed out"
+    name = type(exc).__name__
+    reason = getattr(exc, "osError", None) or getattr(exc, "socketError", None)
+    return f"{name}: {reason}" if reason else name
+
+
+class _BodyReader(Protocol):
+    """Collects a response body up to ``limit`` bytes; cancelling closes the socket."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.done: Deferred[bytes] = Deferred(lambda d: self._abort())
+
+    def _abort(self) -> None:
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.limit:
+            self._abort()
+            if not self.done.called:
+                self.done.errback(BodyTooLarge(f"response larger than {self.limit} bytes"))
+            return
+        self.parts.append(data)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self.done.called:
+            return
+        if reason is None or reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(b"".join(self.parts))
+        else:
+            self.done.errback(reason)
+
+
+def read_body(response: Any, limit: int = MAX_BODY) -> Deferred[bytes]:
+    reader = _BodyReader(limit)
+    response.deliverBody(reader)
+    return reader.done
+
+
+class _Connection(WebSocketClientProtocol):
+    """Autobahn callbacks → the source (one instance per connection)."""
+
+    source: HomeAssistantSource
+
+    def onOpen(self) -> None:
+        self.factory.source.ws_opened(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.factory.source.ws_message(self, payload, isBinary)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.factory.source.ws_closed(self, code, reason)
+
+
+class _Session:
+    """State of one WebSocket connection."""
+
+    def __init__(self, conn: _Connection) -> None:
+        self.conn = conn
+        self.ids = ha.MessageIds()
+        self.authenticated = False
+        self.subscription: int | None = None
+        self.pending: dict[int, Callable[[dict[str, Any]], None]] = {}
+        self.ping_loop: LoopingCall | None = None
+        self.ping_id: int | None = None
+        self.timer: Any = None  # auth / pong deadline
+        self.closed: Deferred[None] = Deferred()
+        self.reason: str | None = None
+
+
+class HomeAssistantSource(Service):
+    """Feeds a Meter from Home Assistant (see the module docstring)."""
+
+    type_name = "homeassistant"
+
+    def __init__(self, meter: Meter, options: HomeAssistantOptions, reactor: Any,
+                 clock: Any = None, rng: Callable[[], float] = random.random) -> None:
+        self.meter = meter
+        self.options = options
+        self.reactor = reactor
+        self.clock = clock if clock is not None else reactor
+        self.rng = rng
+        parts = urlsplit(options.url)
+        self.base_url = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+        if options.websocket_url:
+            self.ws_url = options.websocket_url
+        else:
+            scheme = "wss" if parts.scheme == "https" else "ws"
+            self.ws_url = urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/api/websocket", "", ""))
+        self.smoother = ha.Smoother(options.smoothing.window, options.smoothing.alpha) \
+            if options.smoothing else ha.Smoother()
+        self.mapping: ha.EntityMapping | None = None
+        self.tracker: ha.Tracker | None = None
+        if options.entities is not None and options.circuits != "auto":
+            self._use_mapping(ha.EntityMapping(
+                entities=options.entities.as_dict(),
+                circuits=dict(options.circuits) if isinstance(options.circuits, dict) else {},
+                invert=options.invert, origin="configured"))
+        self.session: _Session | None = None
+        self.attempts = 0
+        self.connections = 0
+        self.state = "stopped"
+        self._timer: Any = None
+        self._connecting: Deferred[Any] | None = None
+        self._inflight: set[Deferred[Any]] = set()
+        self._pool: HTTPConnectionPool | None = None
+        self._http: Any = None
+        self._stopping = False
+        self._auth_failed = False
+        self._said: dict[str, str] = {}
+        self._details()
+
+    # -- lifecycle -------------------------------------------------------------------
+    def startService(self) -> None:
+        super().startService()
+        self._stopping = False
+        self._pool = HTTPConnectionPool(self.reactor, persistent=True)
+        self._pool.maxPersistentPerHost = 4
+        self._pool.retryAutomatically = False
+        self._http = treq.client.HTTPClient(Agent(self.reactor, pool=self._pool,
+                                                  connectTimeout=self.options.timeout))
+        self._schedule(0.0)
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        self._stopping = True
+        self._set_state("stopped")
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self._connecting is not None:
+            self._connecting.cancel()
+        for d in list(self._inflight):
+            d.cancel()
+        waits: list[Deferred[Any]] = []
+        session = self.session
+        if session is not None:
+            self._end_session(session)
+            if not session.closed.called:
+                session.conn.sendClose(1000)
+                closing = session.closed
+                timer = self.reactor.callLater(CLOSE_WAIT, session.conn.dropConnection, abort=True)
+                closing.addBoth(lambda r, t=timer: t.cancel() if t.active() else None)
+                waits.append(closing)
+        if self._pool is not None:
+            waits.append(self._pool.closeCachedConnections())
+            self._pool = None
+        return DeferredList(waits, consumeErrors=True)
+
+    # -- mapping, status ---------------------------------------------------------------
+    def _use_mapping(self, mapping: ha.EntityMapping) -> None:
+        self.mapping = mapping
+        self.tracker = ha.Tracker(mapping, self.smoother)
+        log.info("meter {meter}: Home Assistant mapping ({origin}): {mapping}", meter=self.meter.name,
+                 origin=mapping.origin, mapping=json.dumps(mapping.describe(), sort_keys=True))
+        self._details()
+
+    def _details(self) -> None:
+        """What /healthz can show about this source (no secrets)."""
+        self.meter.details = {  # type: ignore[attr-defined]
+            "url": self.base_url,
+            "mode": self.options.mode,
+            "connection": self.state,
+            "mapping": self.mapping.describe() if self.mapping else None,
+        }
+
+    def _set_state(self, state: str) -> None:
+        self.state = state
+        details = getattr(self.meter, "details", None)
+        if isinstance(details, dict):
+            details["connection"] = state
+
+    def _say(self, topic: str, message: str, level: str = "warn") -> None:
+        """Log ``message`` only when it differs from the last one on ``topic``."""
+        if self._said.get(topic) != message:
+            self._said[topic] = message
+            getattr(log, level)("meter {meter}: {message}", meter=self.meter.name, message=message)
+
+    def _fail(self, message: str, down: bool) -> None:
+        self.meter.report_failure(message, down=down)
+        self._say("failure", message)
+
+    def _handle(self, outcome: ha.Outcome) -> None:
+        for warning in outcome.warnings:
+            log.warn("meter {meter}: {warning}", meter=self.meter.name, warning=warning)
+        for entity in outcome.not_found:
+            self._say(f"404:{entity}", f"{entity} does not exist in Home Assistant")
+        if outcome.down is not None:
+            self._fail(outcome.down, down=True)
+        elif outcome.reading is not None:
+            self.meter.update(outcome.reading)
+            self._said.pop("failure", None)
+        elif outcome.waiting:
+            self._say("waiting", "waiting for a value from " + ", ".join(outcome.waiting), "info")
+
+    def _heartbeat(self) -> None:
+        if self.tracker is not None and self.tracker.ready:
+            self.meter.alive()
+
+    # -- scheduling ----------------------------------------------------------------------
+    def _schedule(self, delay: float) -> None:
+        if self._stopping:
+            return
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        run = self._poll if self.options.mode == "poll" else self._connect
+        self._timer = self.clock.callLater(delay, run)
+
+    def _backoff(self) -> float:
+        if self._auth_failed:
+            return self.options.reconnect_max
+        base = self.options.reconnect_min * 2 ** max(0, self.attempts - 1)
+        return min(self.options.reconnect_max, base) * (0.5 + 0.5 * self.rng())
+
+    # -- REST ------------------------------------------------------------------------------
+    def get_json(self, path: str) -> Deferred[Any]:
+        """GET ``/api/<path>``; the whole exchange is bounded by ``timeout``."""
+        assert self._http is not None
+        url = f"{self.base_url}/api/{path}"
+        headers = {"Authorization": [f"Bearer {self.options.token}"],
+                   "Accept": ["application/json"]}
+        d = self._http.get(url, headers=headers, unbuffered=True)
+
+        def check(response: Any) -> Deferred[bytes]:
+            code = response.code
+            if code in (401, 403):
+                response.deliverBody(_BodyReader(0))
+                raise AuthError(f"Home Assistant rejected the access token (HTTP {code})")
+            if code == 404:
+                response.deliverBody(_BodyReader(0))
+                raise NotFound(f"HTTP 404 for /api/{path}")
+            if code != 200:
+                response.deliverBody(_BodyReader(0))
+                raise HTTPStatusError(f"HTTP {code} from /api/{path.split('/')[0]}")
+            return read_body(response)
+
+        d.addCallback(check)
+        d.addCallback(json.loads)
+        d.addTimeout(self.options.timeout, self.clock)
+        self._inflight.add(d)
+        d.addBoth(self._done_inflight, d)
+        return d
+
+    def _done_inflight(self, result: Any, d: Deferred[Any]) -> Any:
+        self._inflight.discard(d)
+        return result
+
+    def _fetch_entities(self, entities: list[str]) -> Deferred[list[tuple[str, Any]]]:
+        """GET every entity; → ``[(entity_id, state object | Failure)]``."""
+        ds = [self.get_json("states/" + quote(entity, safe=".")) for entity in entities]
+        d = DeferredList(ds, consumeErrors=True)
+        return d.addCallback(lambda results: [(e, r if ok else r) for e, (ok, r) in zip(entities, results, strict=True)])
+
+    def _apply_fetched(self, results: list[tuple[str, Any]]) -> bool:
+        """Feed fetched states to the tracker; True when every fetch worked."""
+        assert self.tracker is not None
+        objects, ok = [], True
+        for entity, result in results:
+            if isinstance(result, Failure):
+                if result.check(NotFound):
+                    self._handle(self.tracker.not_found(entity))
+                    continue
+                if result.check(AuthError):
+                    raise AuthError(result.getErrorMessage())
+                ok = False
+                self._last_error = describe(result)
+                continue
+            if isinstance(result, dict):
+                objects.append(result)
+        if objects:
+            self._handle(self.tracker.apply_rest(objects))
+        return ok
+
+    def _seed(self) -> None:
+        """REST seeding on (re)connect: values even for entities the snapshot lacks."""
+        if self.tracker is None:
+            return
+        d = self._fetch_entities(self.tracker.watched)
+
+        def apply(results: list[tuple[str, Any]]) -> None:
+            if self._stopping or self.tracker is None:
+                return
+            try:
+                if not self._apply_fetched(results):
+                    self._say("seed", f"REST seed incomplete: {self._last_error}", "info")
+            except AuthError as err:
+                self._auth_failed = True
+                self._fail(str(err), down=True)
+
+        d.addCallback(apply)
+        d.addErrback(lambda f: log.failure("REST seed failed", f))
+
+    # -- poll mode ---------------------------------------------------------------------------
+    @defer.inlineCallbacks
+    def _poll(self) -> Any:
+        delay = self.options.interval
+        try:
+            if self.tracker is None or self.options.circuits == "auto" and self.mapping is not None \
+                    and self.mapping.origin == "configured" and not self.mapping.circuits:
+                states = yield self.get_json("states")
+                if self._stopping:
+                    return
+                if not self._discovered(None, states if isinstance(states, list) else []):
+                    delay = self.options.reconnect_max
+                    return
+            assert self.tracker is not None
+            results = yield self._fetch_entities(self.tracker.watched)
+            if self._stopping:
+                return
+            ok = self._apply_fetched(results)
+            if ok:
+                self._set_state("polling")
+                self.attempts = 0
+                self._auth_failed = False
+                self._heartbeat()
+            else:
+                self.attempts += 1
+                self._set_state("failing")
+                self._fail(f"poll failed: {self._last_error}", down=False)
+        except AuthError as err:
+            self._auth_failed = True
+            delay = self.options.reconnect_max
+            self._set_state("bad token")
+            self._fail(str(err), down=True)
+        except Exception as exc:  # never let one poll stop the loop
+            if self._stopping:
+                return
+            self.attempts += 1
+            self._set_state("failing")
+            self._fail(f"poll failed: {describe(exc)}", down=False)
+        finally:
+            self._schedule(delay)
+
+    # -- discovery ------------------------------------------------------------------------------
+    def _discovered(self, prefs: Any, states: list[Any]) -> bool:
+        """Choose the mapping from prefs/states; False (and meter down) when none fits."""
+        objects = [s for s in states if isinstance(s, dict)]
+        if self.options.entities is not None:  # configured entities, circuits: auto
+            base = ha.EntityMapping(entities=self.options.entities.as_dict(), invert=self.options.invert)
+            used = base.entity_ids()
+            circuits = ha.circuits_from_prefs(prefs)
+            for name, entity in ha.circuits_from_states(objects, [*used, *circuits.values()]).items():
+                circuits.setdefault(name, entity)
+            mapping = ha.EntityMapping(entities=base.entities, invert=base.invert,
+                                       circuits=dict(list(circuits.items())[:ha.MAX_CIRCUITS]),
+                                       origin="configured")
+        else:
+            want = self.options.circuits in (None, "auto")
+            found = ha.discover(prefs, objects, want_circuits=want)
+            if found is None:
+                self._set_state("no power sensor")
+                self._fail("auto-discovery found no grid power sensor in Home Assistant; "
+                           "set source.entities.power", down=True)
+                return False
+            circuits = dict(self.options.circuits) if isinstance(self.options.circuits, dict) \
+                else dict(found.circuits)
+            mapping = ha.EntityMapping(entities=found.entities, circuits=circuits,
+                                       invert=found.invert != self.options.invert, origin=found.origin)
+        self._use_mapping(mapping)
+        assert self.tracker is not None
+        self._handle(self.tracker.apply_rest(o for o in objects if o.get("entity_id") in self.tracker.watched))
+        return True
+
+    # -- WebSocket ----------------------------------------------------------------------------
+    def _connect(self) -> None:
+        self._timer = None
+        if self._stopping:
+            return
+        self.attempts += 1
+        self._set_state("connecting")
+        parts = urlsplit(self.ws_url)
+        factory = WebSocketClientFactory(self.ws_url)
+        factory.protocol = _Connection
+        factory.source = self
+        factory.setProtocolOptions(openHandshakeTimeout=self.options.timeout,
+                                   maxMessagePayloadSize=MAX_MESSAGE, maxFramePayloadSize=MAX_MESSAGE)
+        port = parts.port or (443 if parts.scheme == "wss" else 80)
+        endpoint: Any = HostnameEndpoint(self.reactor, parts.hostname, port, timeout=self.options.timeout)
+        if parts.scheme == "wss":
+            endpoint = wrapClientTLS(optionsForClientTLS(parts.hostname), endpoint)
+        d = endpoint.connect(factory)
+        self._connecting = d
+
+        def connected(_: Any) -> None:
+            self._connecting = None
+
+        def failed(failure: Failure) -> None:
+            self._connecting = None
+            if self._stopping:
+                return
+            self._set_state("disconnected")
+            self._fail(f"cannot connect to Home Assistant: {describe(failure)}", down=False)
+            self._schedule(self._backoff())
+
+        d.addCallbacks(connected, failed)
+        self._seed()
+
+    def ws_opened(self, conn: _Connection) -> None:
+        if self._stopping:
+            conn.dropConnection(abort=True)
+            return
+        session = self.session = _Session(conn)
+        self._set_state("authenticating")
+        session.timer = self.clock.callLater(self.options.timeout, self._abort, session,
+                                             "no auth_ok within the timeout")
+
+    def _send(self, session: _Session, message: dict[str, Any]) -> None:
+        session.conn.sendMessage(ha.dumps(message))
+
+    def _command(self, session: _Session, kind: str, reply: Callable[[dict[str, Any]], None] | None,
+                 **fields: Any) -> int:
+        msg_id = session.ids.next()
+        if reply is not None:
+            session.pending[msg_id] = reply
+        self._send(session, ha.command(msg_id, kind, **fields))
+        return msg_id
+
+    def _abort(self, session: _Session, reason: str) -> None:
+        session.reason = reason
+        session.timer = None
+        log.warn("meter {meter}: Home Assistant connection: {reason}; reconnecting",
+                 meter=self.meter.name, reason=reason)
+        session.conn.dropConnection(abort=True)
+
+    def ws_message(self, conn: _Connection, payload: bytes, is_binary: bool) -> None:
+        session = self.session
+        if session is None or session.conn is not conn or self._stopping:
+            return
+        try:
+            messages = ha.parse_frame(payload)
+        except ValueError:
+            self._say("frame", "ignoring a frame that is not JSON messages")
+            return
+        for message in messages:
+            if self.session is not session:
+                return
+            self._dispatch(session, message)
+        if session.subscription is not None:
+            self._heartbeat()
+
+    def _dispatch(self, session: _Session, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if not session.authenticated:
+            if kind == "auth_required":
+                self._send(session, ha.auth_message(self.options.token))
+            elif kind == "auth_ok":
+                session.authenticated = True
+                if session.timer is not None and session.timer.active():
+                    session.timer.cancel()
+                session.timer = None
+                self._auth_failed = False
+                self._authenticated(session)
+            elif kind == "auth_invalid":
+                self._auth_failed = True
+                session.reason = "auth_invalid"
+                self._set_state("bad token")
+                why = message.get("message") if isinstance(message.get("message"), str) else ""
+                self._fail(f"Home Assistant rejected the access token (auth_invalid: {why[:80]})",
+                           down=True)
+            return
+        msg_id = message.get("id")
+        if kind == "event":
+            if msg_id == session.subscription and self.tracker is not None:
+                event = message.get("event")
+                if isinstance(event, dict):
+                    self._handle(self.tracker.apply_event(event))
+        elif kind == "result":
+            reply = session.pending.pop(msg_id, None) if isinstance(msg_id, int) else None
+            if reply is not None:
+                reply(message)
+        elif kind == "pong":
+            if msg_id == session.ping_id:
+                session.ping_id = None
+                if session.timer is not None and session.timer.active():
+                    session.timer.cancel()
+                session.timer = None
+
+    def _authenticated(self, session: _Session) -> None:
+        self._set_state("authenticated")
+        self._command(session, "supported_features", None, features={"coalesce_messages": 1})
+        needs_discovery = self.tracker is None or (
+            self.options.circuits == "auto" and self.mapping is not None
+            and self.mapping.origin == "configured" and not self.mapping.circuits)
+        if not needs_discovery:
+            self._subscribe(session)
+            return
+        found: dict[str, Any] = {}
+
+        def got_prefs(message: dict[str, Any]) -> None:
+            found["prefs"] = message.get("result") if message.get("success") else None
+            if not message.get("success"):
+                error = message.get("error") or {}
+                self._say("prefs", f"no energy preferences ({error.get('code')}); using heuristics", "info")
+            self._command(session, "get_states", got_states)
+
+        def got_states(message: dict[str, Any]) -> None:
+            states = message.get("result")
+            if not message.get("success") or not isinstance(states, list):
+                self._abort(session, "get_states failed")
+                return
+            if self._discovered(found.get("prefs"), states):
+                self._subscribe(session)
+            else:
+                self._auth_failed = True  # wait reconnect_max before looking again
+                self._abort(session, "no grid power sensor found")
+
+        self._command(session, "energy/get_prefs", got_prefs)
+
+    def _subscribe(self, session: _Session) -> None:
+        assert self.tracker is not None
+        watched = self.tracker.watched
+
+        def subscribed(message: dict[str, Any]) -> None:
+            if not message.get("success"):
+                error = message.get("error") or {}
+                session.subscription = None
+                self._abort(session, f"subscribe_entities failed: {error.get('code')}")
+                return
+            self.attempts = 0
+            self.connections += 1
+            self._set_state("connected")
+            self._said.pop("failure", None)
+            log.info("meter {meter}: subscribed to {n} Home Assistant entities", meter=self.meter.name,
+                     n=len(watched))
+            session.ping_loop = LoopingCall(self._ping, session)
+            session.ping_loop.clock = self.clock
+            session.ping_loop.start(self.options.ping_interval, now=False)
+
+        # Events can follow the result in the same frame: accept them from now on.
+        session.subscription = self._command(session, "subscribe_entities", subscribed, entity_ids=watched)
+
+    def _ping(self, session: _Session) -> None:
+        if session.ping_id is not None:
+            return  # the deadline handles a missing pong
+        session.ping_id = self._command(session, "ping", None)
+        session.timer = self.clock.callLater(self.options.ping_timeout, self._abort, session,
+                                             f"no pong within {self.options.ping_timeout:g} s")
+
+    def _end_session(self, session: _Session) -> None:
+        if session.ping_loop is not None and session.ping_loop.running:
+            session.ping_loop.stop()
+        session.ping_loop = None
+        if session.timer is not None and session.timer.active():
+            session.timer.cancel()
+        session.timer = None
+        session.pending.clear()
+        session.subscription = None
+
+    def ws_closed(self, conn: _Connection, code: int | None, reason: str | None) -> None:
+        session = self.session
+        if session is None or session.conn is not conn:
+            return
+        self.session = None
+        self._end_session(session)
+        if not session.closed.called:
+            session.closed.callback(None)
+        if self._stopping:
+            return
+        self._set_state("bad token" if session.reason == "auth_invalid" else "disconnected")
+        if session.reason != "auth_invalid":
+            why = session.reason or f"closed ({code}{': ' + reason[:80] if reason else ''})"
+            self._fail(f"Home Assistant connection lost: {why}", down=False)
+        self._schedule(self._backoff())
+
+
+def make_source(meter: Meter, options: HomeAssistantOptions, reactor: Any, store: Any = None) -> HomeAssistantSource:
+    return HomeAssistantSource(meter, options, reactor)
+
+
+__all__ = ["HomeAssistantSource", "make_source", "read_body", "succeed"]
