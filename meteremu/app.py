@@ -147,6 +147,7 @@ class App:
     sources: dict[str, Service] = field(default_factory=dict)
     retired: dict[str, Meter] = field(default_factory=dict)
     watcher: Any = None
+    forecast: Any = None  # meteremu.forecast.trainer.ForecastService when forecast.enabled
 
     # -- meters at runtime (conf.d hot reload) --------------------------------
     def add_meter(self, mc: MeterConfig) -> Meter:
@@ -304,6 +305,18 @@ def build(config: Config, reactor: Any) -> App:
             device_parts.append(service)
             app.async_parts.append(service)
 
+    # --- forecasting and dashboard (meteremu.forecast, meteremu.web.dashboard) ---
+    # numpy/scikit-learn are imported only here, only when forecasting is on.
+    # The dashboard (/ui) is always there; without forecasting it says so.
+    if config.forecast.enabled:
+        from meteremu.forecast.trainer import ForecastService
+
+        app.forecast = ForecastService(config.forecast, meters, store, reactor)
+        app.forecast.setServiceParent(top)
+    from meteremu.web import dashboard
+
+    dashboard.install_routes(main_app, meters, reactor, store=store, forecast=app.forecast)
+    # --- end forecasting and dashboard ---
     for port, klein_app in sites.items():
         root: Any = klein_app.resource()
         if config.server.cors.enabled:

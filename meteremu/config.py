@@ -20,6 +20,7 @@ import difflib
 import math
 import os
 import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from typing import Any, Literal
 import yaml
 
 from meteremu.configtypes import DURATION, Duration
+from meteremu.forecast import ForecastOptions  # a plain dataclass: no numpy/sklearn
 
 # --------------------------------------------------------------------------
 # errors
@@ -59,9 +61,12 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError(value)
     if isinstance(value, int | float):
-        if value < 0 or not math.isfinite(value):
-            raise ValueError(value)
-        return float(value)
+        try:
+            if value < 0 or not math.isfinite(value):
+                raise ValueError(value)
+            return float(value)
+        except OverflowError:
+            raise ValueError(value) from None
     if not isinstance(value, str):
         raise ValueError(value)
     text = value.strip().lower()
@@ -106,8 +111,19 @@ def substitute_env(text: str, env: typing.Mapping[str, str], key: str) -> str:
     return _Substituted(_ENV.sub(repl, text))
 
 
+_MAX_INT = 2**63
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60
+_REPR.maxlong = 40
+
+
 def _describe(value: Any) -> str:
-    text = repr(value)
+    """A short, safe rendering of a bad value (huge ints and deep YAML included)."""
+    try:
+        text = _REPR.repr(value)
+    except (ValueError, RecursionError):
+        text = f"<{type(value).__name__}>"
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -233,9 +249,13 @@ def convert(value: Any, hint: Any, key: str, env: typing.Mapping[str, str]) -> A
             return value
     elif hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) > _MAX_INT:
+                raise _Invalid(key, f"expected a whole number between -2^63 and 2^63; got {_describe(value)}")
             return int(value)
     elif hint is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
+            if isinstance(value, int) and abs(value) > _MAX_INT:
+                raise _Invalid(key, f"expected a number between -2^63 and 2^63; got {_describe(value)}")
             return float(value)
     raise _Invalid(key, f"expected {_type_name(hint)}; got {_describe(value)}")
 
@@ -392,6 +412,7 @@ class Config:
     store: StoreOptions = StoreOptions()
     conf_dir: str | None = None
     reload: ReloadOptions = ReloadOptions()
+    forecast: ForecastOptions = ForecastOptions()
 
 
 _SIMPLE_SECTIONS = {
@@ -399,6 +420,7 @@ _SIMPLE_SECTIONS = {
     "logging": LoggingOptions,
     "server": ServerOptions,
     "store": StoreOptions,
+    "forecast": ForecastOptions,
 }
 _TOP_KEYS = (*_SIMPLE_SECTIONS, "exporters", "meters", "devices", "conf_dir")
 
@@ -412,6 +434,8 @@ def _typed(registry: dict[str, Any], data: Any, key: str, env: typing.Mapping[st
     if not isinstance(data, dict):
         raise _Invalid(key, f"expected a mapping with a 'type' key; got {_describe(data)}")
     kind = _expand(data.get("type"), env, _join(key, "type"))
+    if kind is not None and not isinstance(kind, str):
+        raise _Invalid(_join(key, "type"), f"expected one of {', '.join(sorted(registry))}; got {_describe(kind)}")
     if kind is None:
         raise _Invalid(_join(key, "type"), f"required key is missing (one of {', '.join(sorted(registry))})")
     if kind not in registry:
@@ -599,6 +623,10 @@ def _read_yaml(path: str) -> Any:
         raise ConfigError(path, where, f"invalid YAML: {exc.problem or exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(path, "(syntax)", f"invalid YAML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(path, "(syntax)", "invalid YAML: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer with thousands of digits
+        raise ConfigError(path, "(syntax)", f"invalid YAML: {str(exc)[:80]}") from None
 
 
 METER_FILE_SUFFIX = ".yaml"
@@ -622,12 +650,20 @@ def load_meter_file(path: str, env: typing.Mapping[str, str] | None = None) -> M
         raise ConfigError(path, exc.key or "(top level)", exc.why) from None
 
 
-def conf_dir_files(directory: str) -> list[str]:
-    """The meter files of a conf.d directory, sorted (hidden files skipped)."""
+def conf_dir_files(directory: str, owner: str | None = None) -> list[str]:
+    """The meter files of a conf.d directory, sorted (hidden files skipped).
+
+    ``owner`` is the main config file, named in the error if the directory
+    cannot be read.
+    """
     try:
         names = sorted(os.listdir(directory))
     except FileNotFoundError:
         return []
+    except (OSError, ValueError, UnicodeError) as exc:
+        where = str(directory).encode("utf-8", "backslashreplace").decode()
+        raise ConfigError(owner or where, "conf_dir",
+                          f"cannot read the directory {where}: {getattr(exc, 'strerror', None) or exc}") from None
     return [os.path.join(directory, n) for n in names
             if n.endswith(METER_FILE_SUFFIX) and not n.startswith(".")
             and os.path.isfile(os.path.join(directory, n))]
@@ -649,7 +685,7 @@ def load_config(path: str, env: typing.Mapping[str, str] | None = None) -> Confi
     conf_dir = resolve_conf_dir(data, path)
     extra: dict[str, MeterConfig] = {}
     if conf_dir is not None:
-        for file in conf_dir_files(conf_dir):
+        for file in conf_dir_files(conf_dir, owner=path):
             meter = load_meter_file(file, env)
             extra[meter.name] = meter
     return parse_config(data, path, env, extra_meters=extra, conf_dir=conf_dir)

@@ -130,6 +130,17 @@ class Store(Service):
     def get(self, key: str, default: Any = None) -> Any:
         return self.values.get(key, default)
 
+    def run_interaction(self, interaction: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """Run ``interaction(txn, *args)`` in one transaction on the store's single
+        connection (off the reactor thread). For parts with tables of their own
+        (e.g. the forecast dataset); they create them with CREATE TABLE IF NOT EXISTS.
+        """
+        if self._pool is None:
+            from twisted.internet.defer import fail
+
+            return fail(StoreError("the store is not running"))
+        return self._pool.runInteraction(interaction, *args)
+
     def startService(self) -> None:
         super().startService()
         self._pool = adbapi.ConnectionPool(

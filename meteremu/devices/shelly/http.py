@@ -50,7 +50,7 @@ def parse_query_params(query: bytes) -> dict[str, Any]:
     for key, value in parse_qsl(text, keep_blank_values=True):
         try:
             params[key] = json.loads(value) if value else value
-        except ValueError:
+        except (ValueError, RecursionError):
             params[key] = value
     return params
 

@@ -93,4 +93,6 @@ def dumps(obj: object) -> str:
 
 
 def dumpb(obj: object) -> bytes:
-    return dumps(obj).encode("utf-8")
+    # A lone surrogate echoed back from a request (an id, a src, a method
+    # name) cannot be UTF-8: write it as the JSON escape \udXXX instead.
+    return dumps(obj).encode("utf-8", "backslashreplace")

@@ -7,6 +7,7 @@ Each handler takes ``(params, ctx)`` and returns the result object or raises
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 from meteremu.devices.shelly import status as st
@@ -20,7 +21,8 @@ def component_id(params: dict[str, Any], valid: range) -> int:
     if "id" not in params:
         raise RpcError(INVALID_ARGUMENT, "Missing required 'id'")
     value = params["id"]
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or (isinstance(value, float) and not math.isfinite(value)) or value != int(value)):
         raise RpcError(INVALID_ARGUMENT, "Invalid argument 'id'")
     value = int(value)
     if value not in valid:

@@ -30,7 +30,15 @@ from meteremu.reading import Reading
 log = logger(__name__)
 
 MAX_MESSAGE = 64 * 1024
+MAX_BACKLOG = 512 * 1024  # unsent bytes before a non-reading client is dropped
 HEARTBEAT = 60.0  # spec §2.4: notify at least this often, even when nothing changed
+
+
+def backlog(transport: Any) -> int:
+    """Bytes written to a Twisted TCP transport and not yet sent."""
+    data = getattr(transport, "dataBuffer", b"")
+    offset = getattr(transport, "offset", 0)
+    return max(0, len(data) - offset) + getattr(transport, "_tempDataLen", 0)
 
 
 class ShellyWebSocketProtocol(WebSocketServerProtocol):
@@ -52,11 +60,11 @@ class ShellyWebSocketProtocol(WebSocketServerProtocol):
                 raise RpcError(-103, "Binary frames are not supported: send JSON text")
             frame = parse_frame(payload)
         except RpcError as err:
-            self.sendMessage(jsonfmt.dumpb({"id": None, "src": core.device_id, "error": err.as_dict()}))
+            self.send(jsonfmt.dumpb({"id": None, "src": core.device_id, "error": err.as_dict()}))
             return
         response = core.handle_frame(frame, self.ctx)
         if response is not None:
-            self.sendMessage(jsonfmt.dumpb(response))
+            self.send(jsonfmt.dumpb(response))
         self.factory.observe_latency("ws", time.perf_counter() - started)
         src = frame.get("src") if isinstance(frame, dict) else None
         if self.src is None and isinstance(src, str) and src:
@@ -68,7 +76,24 @@ class ShellyWebSocketProtocol(WebSocketServerProtocol):
         self.factory.hub.unsubscribe(self)
 
     def notify(self, frame: dict[str, Any]) -> None:
-        self.sendMessage(jsonfmt.dumpb(frame))
+        self.send(jsonfmt.dumpb(frame))
+
+    def send(self, payload: bytes) -> None:
+        """Send, unless the client stopped reading: then drop it.
+
+        A client that never reads would make us buffer every notification
+        forever; past MAX_BACKLOG of unsent bytes it is cut off (it can
+        reconnect, as Home Assistant does).
+        """
+        if self.transport is None or self.state != WebSocketServerProtocol.STATE_OPEN:
+            return
+        if backlog(self.transport) > MAX_BACKLOG:
+            log.warn("dropping WebSocket client {peer}: it stopped reading ({n} bytes unsent)",
+                     peer=self.ctx.peer, n=backlog(self.transport))
+            self.factory.hub.unsubscribe(self)
+            self.transport.abortConnection()
+            return
+        self.sendMessage(payload)
 
 
 class NotifyHub:
@@ -163,6 +188,8 @@ class NotifyHub:
 
     def flush(self) -> None:
         """Send each subscriber what changed for it (values are per client: scaling)."""
+        if self._pending is not None and self._pending.active():
+            self._pending.cancel()  # flushed early (tests, heartbeats): no second flush
         self._pending = None
         self._last_flush = self.clock.seconds()
         dev = self.device

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 
 from meteremu.logs import logger
 
@@ -394,6 +394,7 @@ class TokenManager:
         self._refreshing: Deferred[Any] | None = None
         self._next_refresh_attempt = 0.0
         self._warned_expiry = False
+        self._stopped = False
         self.cloud_fetches = 0
 
     @property
@@ -458,13 +459,17 @@ class TokenManager:
         self.serial = serial
         now = self.clock.seconds()
         candidates: list[tuple[str, str]] = []
-        if self.token and not self._suspect and self.origin:
-            candidates.append((self.token, self.origin))
-        if self.static_token and self.static_token != self.token:
-            candidates.append((self.static_token, "config"))
+
+        def add(token: str | None, origin: str | None) -> None:
+            if token and origin and token not in (c for c, _ in candidates):
+                candidates.append((token, origin))
+
+        if not self._suspect:
+            add(self.token, self.origin)
+        add(self.static_token, "config")  # always worth a check: it is all there is without credentials
         cached = self._cached()
-        if cached and cached not in (c for c, _ in candidates):
-            candidates.append((cached, "store"))
+        if not (self._suspect and cached == self.token):
+            add(cached, "store")
         rejected = False
         for token, origin in candidates:
             claims = self._usable(token)
@@ -545,14 +550,11 @@ class TokenManager:
             self._fresh = token
 
         def failed(failure: Any) -> None:
-            if failure.check(AuthError):
-                log.warn("token renewal failed (next try in {retry:.0f} s): {why}",
-                         retry=retry, why=self.redact(str(failure.value)))
-            elif not failure.check(Exception):
-                return failure
-            else:
-                log.warn("token renewal failed (next try in {retry:.0f} s): {why}",
-                         retry=retry, why=describe_error(failure.value))
+            if failure.check(CancelledError) and self._stopped:
+                return None
+            why = str(failure.value) if failure.check(AuthError) else describe_error(failure.value)
+            log.warn("token renewal failed (next try in {retry:.0f} s): {why}",
+                     retry=retry, why=self.redact(why))
             return None
 
         def finished(result: Any) -> Any:
@@ -579,6 +581,7 @@ class TokenManager:
         return False
 
     def stop(self) -> None:
+        self._stopped = True
         if self._refreshing is not None:
             self._refreshing.cancel()
             self._refreshing = None

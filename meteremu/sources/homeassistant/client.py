@@ -44,13 +44,14 @@ import treq
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet import error as net_error
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, _HTTP11ClientFactory
 from twisted.web.http import PotentialDataLoss
 
 from meteremu.logs import logger
@@ -63,6 +64,10 @@ log = logger(__name__)
 MAX_BODY = 32 * 1024 * 1024
 MAX_MESSAGE = 64 * 1024 * 1024
 CLOSE_WAIT = 2.0
+
+
+class _QuietHTTPFactory(_HTTP11ClientFactory):
+    noisy = False  # no "Starting factory" line per pooled connection
 
 
 class AuthError(Exception):
@@ -88,9 +93,9 @@ def describe(failure: Failure | BaseException) -> str:
         return str(exc)
     if isinstance(exc, defer.TimeoutError | defer.CancelledError):
         return "timed out"
-    name = type(exc).__name__
-    reason = getattr(exc, "osError", None) or getattr(exc, "socketError", None)
-    return f"{name}: {reason}" if reason else name
+    if isinstance(exc, net_error.ConnectError | net_error.ConnectionLost | net_error.ConnectionDone):
+        return f"{type(exc).__name__}: {str(exc)[:120]}"
+    return type(exc).__name__
 
 
 class _BodyReader(Protocol):
@@ -159,6 +164,8 @@ class _Session:
         self.timer: Any = None  # auth / pong deadline
         self.closed: Deferred[None] = Deferred()
         self.reason: str | None = None
+        self.fatal = False  # the failure was reported already (bad token, no sensor)
+        self.opened = False
 
 
 class HomeAssistantSource(Service):
@@ -184,6 +191,7 @@ class HomeAssistantSource(Service):
             if options.smoothing else ha.Smoother()
         self.mapping: ha.EntityMapping | None = None
         self.tracker: ha.Tracker | None = None
+        self.state = "stopped"
         if options.entities is not None and options.circuits != "auto":
             self._use_mapping(ha.EntityMapping(
                 entities=options.entities.as_dict(),
@@ -192,15 +200,15 @@ class HomeAssistantSource(Service):
         self.session: _Session | None = None
         self.attempts = 0
         self.connections = 0
-        self.state = "stopped"
         self._timer: Any = None
         self._connecting: Deferred[Any] | None = None
         self._inflight: set[Deferred[Any]] = set()
         self._pool: HTTPConnectionPool | None = None
         self._http: Any = None
         self._stopping = False
-        self._auth_failed = False
+        self._slow_retry = False
         self._said: dict[str, str] = {}
+        self._last_error = ""
         self._details()
 
     # -- lifecycle -------------------------------------------------------------------
@@ -210,6 +218,7 @@ class HomeAssistantSource(Service):
         self._pool = HTTPConnectionPool(self.reactor, persistent=True)
         self._pool.maxPersistentPerHost = 4
         self._pool.retryAutomatically = False
+        self._pool._factory = _QuietHTTPFactory
         self._http = treq.client.HTTPClient(Agent(self.reactor, pool=self._pool,
                                                   connectTimeout=self.options.timeout))
         self._schedule(0.0)
@@ -230,7 +239,10 @@ class HomeAssistantSource(Service):
         if session is not None:
             self._end_session(session)
             if not session.closed.called:
-                session.conn.sendClose(1000)
+                if session.opened:
+                    session.conn.sendClose(1000)
+                else:
+                    session.conn.dropConnection(abort=True)
                 closing = session.closed
                 timer = self.reactor.callLater(CLOSE_WAIT, session.conn.dropConnection, abort=True)
                 closing.addBoth(lambda r, t=timer: t.cancel() if t.active() else None)
@@ -300,7 +312,8 @@ class HomeAssistantSource(Service):
         self._timer = self.clock.callLater(delay, run)
 
     def _backoff(self) -> float:
-        if self._auth_failed:
+        self.attempts += 1
+        if self._slow_retry:
             return self.options.reconnect_max
         base = self.options.reconnect_min * 2 ** max(0, self.attempts - 1)
         return min(self.options.reconnect_max, base) * (0.5 + 0.5 * self.rng())
@@ -308,7 +321,8 @@ class HomeAssistantSource(Service):
     # -- REST ------------------------------------------------------------------------------
     def get_json(self, path: str) -> Deferred[Any]:
         """GET ``/api/<path>``; the whole exchange is bounded by ``timeout``."""
-        assert self._http is not None
+        if self._stopping or self._http is None:
+            return defer.fail(defer.CancelledError("source stopped"))
         url = f"{self.base_url}/api/{path}"
         headers = {"Authorization": [f"Bearer {self.options.token}"],
                    "Accept": ["application/json"]}
@@ -317,13 +331,13 @@ class HomeAssistantSource(Service):
         def check(response: Any) -> Deferred[bytes]:
             code = response.code
             if code in (401, 403):
-                response.deliverBody(_BodyReader(0))
+                response.deliverBody(Protocol())  # discard
                 raise AuthError(f"Home Assistant rejected the access token (HTTP {code})")
             if code == 404:
-                response.deliverBody(_BodyReader(0))
+                response.deliverBody(Protocol())  # discard
                 raise NotFound(f"HTTP 404 for /api/{path}")
             if code != 200:
-                response.deliverBody(_BodyReader(0))
+                response.deliverBody(Protocol())  # discard
                 raise HTTPStatusError(f"HTTP {code} from /api/{path.split('/')[0]}")
             return read_body(response)
 
@@ -342,7 +356,7 @@ class HomeAssistantSource(Service):
         """GET every entity; → ``[(entity_id, state object | Failure)]``."""
         ds = [self.get_json("states/" + quote(entity, safe=".")) for entity in entities]
         d = DeferredList(ds, consumeErrors=True)
-        return d.addCallback(lambda results: [(e, r if ok else r) for e, (ok, r) in zip(entities, results, strict=True)])
+        return d.addCallback(lambda results: [(e, r) for e, (_, r) in zip(entities, results, strict=True)])
 
     def _apply_fetched(self, results: list[tuple[str, Any]]) -> bool:
         """Feed fetched states to the tracker; True when every fetch worked."""
@@ -377,7 +391,7 @@ class HomeAssistantSource(Service):
                 if not self._apply_fetched(results):
                     self._say("seed", f"REST seed incomplete: {self._last_error}", "info")
             except AuthError as err:
-                self._auth_failed = True
+                self._slow_retry = True
                 self._fail(str(err), down=True)
 
         d.addCallback(apply)
@@ -388,8 +402,7 @@ class HomeAssistantSource(Service):
     def _poll(self) -> Any:
         delay = self.options.interval
         try:
-            if self.tracker is None or self.options.circuits == "auto" and self.mapping is not None \
-                    and self.mapping.origin == "configured" and not self.mapping.circuits:
+            if self.tracker is None:  # discovery (REST has no energy prefs: heuristics only)
                 states = yield self.get_json("states")
                 if self._stopping:
                     return
@@ -404,14 +417,14 @@ class HomeAssistantSource(Service):
             if ok:
                 self._set_state("polling")
                 self.attempts = 0
-                self._auth_failed = False
+                self._slow_retry = False
                 self._heartbeat()
             else:
                 self.attempts += 1
                 self._set_state("failing")
                 self._fail(f"poll failed: {self._last_error}", down=False)
         except AuthError as err:
-            self._auth_failed = True
+            self._slow_retry = True
             delay = self.options.reconnect_max
             self._set_state("bad token")
             self._fail(str(err), down=True)
@@ -459,11 +472,11 @@ class HomeAssistantSource(Service):
         self._timer = None
         if self._stopping:
             return
-        self.attempts += 1
         self._set_state("connecting")
         parts = urlsplit(self.ws_url)
         factory = WebSocketClientFactory(self.ws_url)
         factory.protocol = _Connection
+        factory.noisy = False
         factory.source = self
         factory.setProtocolOptions(openHandshakeTimeout=self.options.timeout,
                                    maxMessagePayloadSize=MAX_MESSAGE, maxFramePayloadSize=MAX_MESSAGE)
@@ -474,8 +487,9 @@ class HomeAssistantSource(Service):
         d = endpoint.connect(factory)
         self._connecting = d
 
-        def connected(_: Any) -> None:
+        def connected(conn: _Connection) -> None:
             self._connecting = None
+            self.session = _Session(conn)
 
         def failed(failure: Failure) -> None:
             self._connecting = None
@@ -489,16 +503,18 @@ class HomeAssistantSource(Service):
         self._seed()
 
     def ws_opened(self, conn: _Connection) -> None:
-        if self._stopping:
+        session = self.session
+        if session is None or session.conn is not conn or self._stopping:
             conn.dropConnection(abort=True)
             return
-        session = self.session = _Session(conn)
+        session.opened = True
         self._set_state("authenticating")
         session.timer = self.clock.callLater(self.options.timeout, self._abort, session,
                                              "no auth_ok within the timeout")
 
     def _send(self, session: _Session, message: dict[str, Any]) -> None:
-        session.conn.sendMessage(ha.dumps(message))
+        if session is self.session and session.conn.state == WebSocketClientProtocol.STATE_OPEN:
+            session.conn.sendMessage(ha.dumps(message))
 
     def _command(self, session: _Session, kind: str, reply: Callable[[dict[str, Any]], None] | None,
                  **fields: Any) -> int:
@@ -509,10 +525,9 @@ class HomeAssistantSource(Service):
         return msg_id
 
     def _abort(self, session: _Session, reason: str) -> None:
+        """End the connection; ``ws_closed`` reports ``reason`` and schedules the retry."""
         session.reason = reason
         session.timer = None
-        log.warn("meter {meter}: Home Assistant connection: {reason}; reconnecting",
-                 meter=self.meter.name, reason=reason)
         session.conn.dropConnection(abort=True)
 
     def ws_message(self, conn: _Connection, payload: bytes, is_binary: bool) -> None:
@@ -541,11 +556,11 @@ class HomeAssistantSource(Service):
                 if session.timer is not None and session.timer.active():
                     session.timer.cancel()
                 session.timer = None
-                self._auth_failed = False
+                self._slow_retry = False
                 self._authenticated(session)
             elif kind == "auth_invalid":
-                self._auth_failed = True
-                session.reason = "auth_invalid"
+                self._slow_retry = True
+                session.reason, session.fatal = "auth_invalid", True
                 self._set_state("bad token")
                 why = message.get("message") if isinstance(message.get("message"), str) else ""
                 self._fail(f"Home Assistant rejected the access token (auth_invalid: {why[:80]})",
@@ -571,10 +586,7 @@ class HomeAssistantSource(Service):
     def _authenticated(self, session: _Session) -> None:
         self._set_state("authenticated")
         self._command(session, "supported_features", None, features={"coalesce_messages": 1})
-        needs_discovery = self.tracker is None or (
-            self.options.circuits == "auto" and self.mapping is not None
-            and self.mapping.origin == "configured" and not self.mapping.circuits)
-        if not needs_discovery:
+        if self.tracker is not None:  # mapping known: configured or discovered earlier
             self._subscribe(session)
             return
         found: dict[str, Any] = {}
@@ -594,8 +606,9 @@ class HomeAssistantSource(Service):
             if self._discovered(found.get("prefs"), states):
                 self._subscribe(session)
             else:
-                self._auth_failed = True  # wait reconnect_max before looking again
-                self._abort(session, "no grid power sensor found")
+                self._slow_retry = True  # wait reconnect_max before looking again
+                session.fatal = True
+                session.conn.dropConnection(abort=True)
 
         self._command(session, "energy/get_prefs", got_prefs)
 
@@ -649,8 +662,8 @@ class HomeAssistantSource(Service):
             session.closed.callback(None)
         if self._stopping:
             return
-        self._set_state("bad token" if session.reason == "auth_invalid" else "disconnected")
-        if session.reason != "auth_invalid":
+        if not session.fatal:
+            self._set_state("disconnected")
             why = session.reason or f"closed ({code}{': ' + reason[:80] if reason else ''})"
             self._fail(f"Home Assistant connection lost: {why}", down=False)
         self._schedule(self._backoff())
@@ -659,5 +672,3 @@ class HomeAssistantSource(Service):
 def make_source(meter: Meter, options: HomeAssistantOptions, reactor: Any, store: Any = None) -> HomeAssistantSource:
     return HomeAssistantSource(meter, options, reactor)
 
-
-__all__ = ["HomeAssistantSource", "make_source", "read_body", "succeed"]

@@ -142,12 +142,16 @@ def convert(state: Any, unit: Any, kind: str) -> float:
 
 
 def parse_time(value: Any) -> float | None:
-    """ISO-8601 (REST) or epoch seconds (compressed states) → epoch seconds."""
+    """ISO-8601 (REST) or epoch seconds (compressed states) → epoch seconds.
+
+    Rounded to the microsecond, core's resolution, so that the same instant
+    read from REST (ISO) and from a compressed state (float) compares equal.
+    """
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+        return round(float(value), 6)
     if isinstance(value, str):
         try:
-            return datetime.fromisoformat(value).timestamp()
+            return round(datetime.fromisoformat(value).timestamp(), 6)
         except ValueError:
             return None
     return None
@@ -176,8 +180,7 @@ def compressed_from_rest(obj: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
 
 def last_updated(state: Mapping[str, Any]) -> float | None:
     """``lu`` if present, else ``lc`` (core omits ``lu`` when it equals ``lc``)."""
-    value = state.get("lu", state.get("lc"))
-    return float(value) if isinstance(value, int | float) else None
+    return parse_time(state.get("lu", state.get("lc")))
 
 
 def unit_of(state: Mapping[str, Any]) -> Any:
@@ -191,11 +194,11 @@ def merge_diff(state: dict[str, Any], diff: Mapping[str, Any]) -> None:
     if "s" in plus:
         state["s"] = plus["s"]
     if "lc" in plus:
-        state["lc"] = plus["lc"]
+        state["lc"] = parse_time(plus["lc"])
         if "lu" not in plus:
             state.pop("lu", None)  # a state write: last_updated == last_changed again
     if "lu" in plus:
-        state["lu"] = plus["lu"]
+        state["lu"] = parse_time(plus["lu"])
     if "c" in plus:
         context = plus["c"]
         if isinstance(context, dict):
@@ -224,7 +227,10 @@ def apply_event(states: dict[str, dict[str, Any]], event: Mapping[str, Any]) -> 
     removed: set[str] = set()
     for entity_id, state in (event.get("a") or {}).items():
         if isinstance(state, dict):
-            states[entity_id] = {**state, "a": dict(state.get("a") or {})}
+            held = states[entity_id] = {**state, "a": dict(state.get("a") or {})}
+            for key in ("lc", "lu"):
+                if key in held:
+                    held[key] = parse_time(held[key])
             updated.add(entity_id)
     for entity_id, diff in (event.get("c") or {}).items():
         current = states.get(entity_id)
@@ -346,6 +352,12 @@ class Tracker:
     @property
     def watched(self) -> list[str]:
         return self.mapping.entity_ids()
+
+    @property
+    def ready(self) -> bool:
+        """Every power entity has a value and none is unavailable: the meter can be served."""
+        return not self._unavailable and all(
+            entity in self.values for entity, (_, required) in self._roles.items() if required)
 
     # -- input ---------------------------------------------------------------
     def apply_event(self, event: Mapping[str, Any]) -> Outcome:

@@ -1,0 +1,22 @@
+"""DSMR / P1 smart meters (``source: {type: dsmr, serial: …}`` or ``tcp: host:port``).
+
+``parse`` is the pure part (framing, CRC, spec detection, telegram → Reading),
+``source`` the Twisted part (serial port or TCP stream, idle watchdog,
+reconnects, line-setting probing), ``options`` the configuration.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from meteremu.meter import Meter
+from meteremu.sources.dsmr.options import DsmrOptions
+
+Options = DsmrOptions
+PUSH = False  # telegrams come every `interval`; stale_after defaults to 3x that
+
+
+def make_source(meter: Meter, options: DsmrOptions, reactor: Any, store: Any = None) -> Any:
+    from meteremu.sources.dsmr.source import DsmrSource
+
+    return DsmrSource(meter, options, reactor)
