@@ -83,6 +83,9 @@ class Meter:
         # - details: what the source wants shown in /healthz (firmware, chosen mapping…);
         #   never secrets.
         self.extra_labels: dict[str, dict[str, str]] = {}
+        # The last value of every extra, with its source timestamp: extras a
+        # source reports only now and then (an inverter's watts) stay visible.
+        self.extras: dict[str, tuple[float, float]] = {}
         self.details: dict[str, object] = {}
         self._listeners: list[Listener] = []
         self._last_new_arrival: float | None = None
@@ -122,6 +125,8 @@ class Meter:
                     reading.measured_at - previous.measured_at,
                 )
         self.latest = reading
+        for key, value in reading.extras.items():
+            self.extras[key] = (value, reading.measured_at)
         self._last_new_arrival = now
         self._last_alive = now
         self._down_reason = None

@@ -75,6 +75,7 @@ def open_state(path: str, now: Callable[[], float] = time.time) -> dict[str, Any
     """Load every stored value; move an unreadable file aside and start empty."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
+    _create_private(path)
     try:
         return _check(path)
     except sqlite3.DatabaseError as exc:
@@ -84,8 +85,18 @@ def open_state(path: str, now: Callable[[], float] = time.time) -> dict[str, Any
                 os.replace(path + suffix, aside + suffix)
         log.error("store {path} could not be read ({why}); moved it to {aside} and started empty",
                   path=path, why=str(exc), aside=aside)
+        _create_private(path)
         _check(path)
         return {}
+
+
+def _create_private(path: str) -> None:
+    """Create the file owner-only (it may hold an Envoy token); SQLite gives
+    its -wal/-shm files the same permissions."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        pass
 
 
 def _write(txn: Any, items: dict[str, Any], stamp: float) -> None:
@@ -173,7 +184,7 @@ class Store(Service):
         def done(_: object) -> None:
             self.saves += 1
             for key in items:
-                if self._pending.get(key) is items[key]:
+                if key in self._pending and self._pending[key] is items[key]:
                     del self._pending[key]
 
         def failed(failure: Any) -> None:

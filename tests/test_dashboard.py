@@ -227,7 +227,7 @@ def seed_store(path: str, days: float, end: float, resolution: float = 10.0) -> 
                          [b.row("grid") for b in bucket_readings(samples, resolution)])
 
 
-FORECAST = {"enabled": True, "window": 30, "horizon": 30, "hidden_layers": [16], "max_iter": 8,
+FORECAST = {"enabled": True, "window": 30, "horizon": 30, "hidden_layers": [32], "max_iter": 15,
             "max_samples": 3000, "train_interval": "1h", "flush_interval": "1s"}
 
 
@@ -340,7 +340,11 @@ def browse(url: str, out: str, trainer: Any) -> dict[str, Any]:
         seen["train_states"] = sorted(states)
         seen["train_message"] = find(By.ID, "train-message").text
         seen["runs"] = (runs, trainer.runs)
-        for name, width, mobile in (("dashboard", 1280, False), ("dashboard-phone", 390, True)):
+        for name, width, mobile, scheme in (("dashboard", 1280, False, "light"),
+                                            ("dashboard-phone", 390, True, "light"),
+                                            ("dashboard-dark", 1280, False, "dark")):
+            driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {
+                "features": [{"name": "prefers-color-scheme", "value": scheme}]})
             height = 900
             for _ in range(2):  # lay out at this width, then grow the viewport to the whole page
                 driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
@@ -385,12 +389,12 @@ class BrowserTests(TestCase):
         self.assertEqual(seen["forecast_d"].count("L"), 30)
         for row, value in seen["metrics"].items():
             self.assertRegex(value, r"^[\d,.]+$", row)
-        self.assertRegex(seen["skill"], r"^[+−-]?[\d.,]+ %$")
+        self.assertRegex(seen["skill"], r"^[+−]?[\d.,]+ %$")
         self.assertTrue(seen["admin_href"].endswith("/admin/overview"))
         self.assertIn("no client has asked yet", seen["clients"])
         self.assertEqual(seen["runs"][1], seen["runs"][0] + 1)
         self.assertIn("trained 1 model", seen["train_message"])
         self.assertEqual(seen["console"], [])
-        for shot in ("dashboard", "dashboard-phone"):
+        for shot in ("dashboard", "dashboard-phone", "dashboard-dark"):
             with open(seen[shot], "rb") as handle:
                 self.assertEqual(handle.read(8), b"\x89PNG\r\n\x1a\n")

@@ -187,6 +187,8 @@ class ModelTests(SynchronousTestCase):
         self.assertEqual(model.meta["trained_at"], 42.0)
         self.assertEqual(model.meta["samples"], 3000)
         self.assertEqual(model.meta["features"], fm.feature_spec(30, 10, 10.0))
+        self.assertEqual(len(model.meta["shrink"]), 10)  # kept with the model, used by forecast()
+        self.assertTrue(all(0.0 <= f <= 1.0 for f in model.meta["shrink"]))
         # the forecast continues the series from the step after its last sample
         points = model.forecast(ts[-40:], vs[-40:], UTC)
         self.assertEqual([p[0] for p in points], [ts[-1] + 10 * (k + 1) for k in range(10)])

@@ -24,6 +24,12 @@ class OpenStateTests(SynchronousTestCase):
         self.assertEqual(open_state(path), {})
         self.assertTrue(os.path.exists(path))
 
+    def test_new_file_is_owner_only(self):
+        # It may hold an Envoy token.
+        path = os.path.join(self.mktemp(), "state.db")
+        open_state(path)
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+
     def test_corrupt_file_is_moved_aside_not_overwritten(self):
         directory = self.mktemp()
         os.makedirs(directory)
@@ -58,6 +64,7 @@ class StoreServiceTests(TestCase):
         store = Store(path, 30, clock=clock)
         counter = {"n": 0}
         store.register("counter", lambda: dict(counter))
+        store.register("nothing_yet", lambda: None)  # a part with nothing to save yet
         store.put("mac", "C8F09E000001")
         store.startService()
         counter["n"] = 1
@@ -65,7 +72,7 @@ class StoreServiceTests(TestCase):
         self.assertEqual(store.saves, 0)
         clock.advance(1)
         yield store._saving
-        self.assertEqual(open_state(path), {"counter": {"n": 1}, "mac": "C8F09E000001"})
+        self.assertEqual(open_state(path), {"counter": {"n": 1}, "mac": "C8F09E000001", "nothing_yet": None})
         counter["n"] = 2
         yield store.stopService()
         self.assertEqual(open_state(path)["counter"], {"n": 2})

@@ -57,8 +57,8 @@ class MeterCollector(Collector):
                     gauges["pf"].add_metric(labels, p.pf)
                     gauges["freq"].add_metric(labels, p.freq)
                 gauges["power"].add_metric([name, "total"], reading.total_act_power)
-                for key, value in reading.extras.items():
-                    extras.add_metric([name, key], value)
+            for key, (value, _at) in meter.extras.items():
+                extras.add_metric([name, key], value)
             for i, counter in enumerate(meter.energy.phases):
                 energy_in.add_metric([name, PHASE_NAMES[i]], counter.import_wh)
                 energy_out.add_metric([name, PHASE_NAMES[i]], counter.export_wh)

@@ -451,6 +451,7 @@ def train(ts: Sequence[float] | np.ndarray, values: Sequence[float] | np.ndarray
         "test_start": float(series.start + split * resolution),
         "mean": mean,
         "std": std,
+        "shrink": [float(f) for f in shrink],
         "max_gap": float(options.max_gap),
         "mape_floor": float(floor),
         "metrics": scores,

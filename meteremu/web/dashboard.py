@@ -174,9 +174,14 @@ class Dashboard:
         meter: Meter = self.meters[name]
         span = max(MIN_SPAN, min(MAX_SPAN, span))
         reading = meter.latest
+        phases: dict[str, Any] = {}
         if reading is not None:
             power = {"total": round(reading.total_act_power, 1),
                      **{p: round(reading.phase(i).act_power, 1) for i, p in enumerate(PHASE_NAMES)}}
+            for i, p in enumerate(PHASE_NAMES):
+                ph = reading.phase(i)
+                phases[p] = {"voltage": round(ph.voltage, 1), "current": round(ph.current, 2),
+                             "pf": round(ph.pf, 2), "freq": round(ph.freq, 2)}
             now = reading.measured_at
         else:
             power = {"total": None, "a": None, "b": None, "c": None}
@@ -195,6 +200,7 @@ class Dashboard:
             "meter": name,
             "meters": names,
             "power": power,
+            "phases": phases,
             "energy_today": self.energy.today(meter),
             "health": meter_health(meter),
             "span": span,

@@ -471,14 +471,16 @@ class TokenManager:
         if not (self._suspect and cached == self.token):
             add(cached, "store")
         rejected = False
+        cloud_failed: AuthError | None = None
         for token, origin in candidates:
             claims = self._usable(token)
             if claims is None:
                 continue
-            if claims.refresh_due(now) and self.has_credentials:
+            if claims.refresh_due(now) and self.has_credentials and cloud_failed is None:
                 try:
                     fresh = await self._from_cloud()
                 except AuthError as exc:
+                    cloud_failed = exc
                     log.warn("token renewal failed, using the current one until {expiry}: {why}",
                              expiry=describe_expiry(claims), why=self.redact(str(exc)))
                 else:
@@ -489,6 +491,8 @@ class TokenManager:
                 self._adopt(token, origin)
                 return
             rejected = True
+        if cloud_failed is not None:
+            raise cloud_failed  # the cloud just failed: do not ask it twice in one attempt
         if self.has_credentials:
             fresh = await self._from_cloud()
             if await check(fresh):

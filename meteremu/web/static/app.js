@@ -41,6 +41,11 @@
     if (a >= 1e4) return Math.round(x / 1e3) + "k";
     return fmtNum(x, 0);
   }
+  function fmtSpan(s) {
+    if (s < 120) return Math.round(s) + " s";
+    if (s < 7200) return Math.round(s / 60) + " min";
+    return fmtNum(s / 3600, 1) + " h";
+  }
   function fmtAge(s) {
     if (s === null || s === undefined) return "never";
     if (s < 1.5) return "just now";
@@ -151,6 +156,9 @@
       var fill = el.querySelector(".bar-fill"), pct = w === null ? 0 : Math.min(50, Math.abs(w) / scale * 50);
       fill.style.width = pct + "%";
       fill.style.left = (pdir === "export" ? 50 - pct : 50) + "%";
+      var e = d.phases && d.phases[p];
+      text(el.querySelector(".phase-elec"), e ? fmtNum(e.voltage, 1) + " V\n" + fmtNum(e.current, 2) + " A\npf " +
+        fmtNum(e.pf, 2) : "");
     });
   }
 
@@ -240,7 +248,7 @@
   function renderModel(d) {
     var t = d.training, off = !d.forecasting;
     $("model-off").hidden = !off;
-    $("metrics").hidden = off;
+    document.querySelector(".model-body").hidden = off;
     var rows = { model: d.model, persistence: d.baselines && d.baselines.persistence,
                  seasonal_naive: d.baselines && d.baselines.seasonal_naive };
     var best = {};
@@ -259,16 +267,18 @@
       });
     });
     var skill = $("skill");
-    skill.setAttribute("data-sign", d.skill === null ? "none" : d.skill > 0 ? "good" : "bad");
-    text($("skill-value"), d.skill === null ? "–" : (d.skill > 0 ? "+" : "") + fmtNum(d.skill * 100, 1) + " %");
+    var flat = d.skill === null || Math.abs(d.skill) < 0.005;  // within ±0.5 %: on a par
+    skill.setAttribute("data-sign", flat ? "none" : d.skill > 0 ? "good" : "bad");
+    text($("skill-value"), d.skill === null ? "–"
+      : (d.skill >= 0.0005 ? "+" : d.skill <= -0.0005 ? "−" : "") + fmtNum(Math.abs(d.skill) * 100, 1) + " %");
     var meta = "no model yet";
     if (off) meta = "";
     else if (d.model) {
       var m = d.model, days = m.samples * m.resolution / 86400;
-      meta = "trained " + fmtDateTime(m.trained_at) + " on " + fmtNum(m.samples, 0) + " samples (" +
-        (days >= 1 ? fmtNum(days, 1) + " days" : fmtNum(days * 24, 1) + " h") + "), " +
-        m.window + " → " + m.horizon + " × " + m.resolution + " s; scored on " +
-        fmtNum(m.test_examples, 0) + " held-out windows";
+      meta = "Trained " + fmtDateTime(m.trained_at) + " on " + fmtNum(m.samples, 0) + " samples (" +
+        (days >= 1 ? fmtNum(days, 1) + " days" : fmtNum(days * 24, 1) + " h") + "). Looks at the last " +
+        fmtSpan(m.window * m.resolution) + ", forecasts " + fmtSpan(m.horizon * m.resolution) + " ahead in " +
+        m.resolution + " s steps; scored on " + fmtNum(m.test_examples, 0) + " held-out windows.";
     }
     text($("model-meta"), meta);
 
