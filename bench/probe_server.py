@@ -4,9 +4,10 @@ Builds and runs the real service tree exactly as ``twistd meteremu`` does
 (``meteremu.app.build`` on the asyncio reactor, same config file), and adds one
 thing: a listener registered on the meter *before* the service starts, so it
 runs first of all listeners, which records ``time.time()`` the moment each
-Reading enters the Meter. The WebSocket notification hub, registered after it,
-then does its normal work. On SIGTERM the recorded times are written as JSON
-to the file named by ``--entries``.
+Reading enters the Meter, with the reading's phase A power rounded as served
+(the clients match their notifications to readings by it). The WebSocket
+notification hub, registered after it, then does its normal work. On SIGTERM
+the ``[time, a_act_power]`` pairs are written as JSON to ``--entries``.
 
 ``python bench/probe_server.py --config FILE --entries OUT`` prints
 ``probe serving on HTTP port N`` once every part is up.
@@ -35,8 +36,9 @@ def main() -> None:
     parser.add_argument("--meter", default="grid")
     args = parser.parse_args()
     app = build(load_config(args.config), reactor)
-    entries: list[float] = []
-    app.meters[args.meter].add_listener(lambda meter, reading: entries.append(time.time()))
+    entries: list[tuple[float, float]] = []
+    app.meters[args.meter].add_listener(
+        lambda meter, reading: entries.append((time.time(), round(reading.phase(0).act_power, 1))))
 
     def save() -> None:
         with open(args.entries, "w", encoding="utf-8") as handle:

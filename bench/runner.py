@@ -25,7 +25,6 @@ import tempfile
 import threading
 import time
 import urllib.error
-from bisect import bisect_left
 from typing import Any
 
 import common
@@ -238,28 +237,39 @@ devices:
         rows.append(row)
         print(f"  ws {clients:3} clients: {row['n']} readings, last client p50 {row['p50']:.2f} "
               f"p99 {row['p99']:.2f} max {row['max']:.2f} ms (first client p50 {row['first_p50']:.2f}); "
-              f"incomplete {row['incomplete']}, closed {row['closed']}", flush=True)
+              f"incomplete {row['incomplete']}, not notified {row['skipped']}, closed {row['closed']}", flush=True)
     return {"rows": rows}
 
 
-def fanout(entries: list[float], arrivals: list[list[float]], clients: int) -> dict[str, Any]:
-    """Per reading: first NotifyStatus each client got before the next reading.
+def fanout(entries: list[list[float]], arrivals: list[list[list[Any]]], clients: int) -> dict[str, Any]:
+    """Per reading: when each client got the NotifyStatus that carries it.
 
-    A reading that changed nothing notifies nobody and is skipped; one that
-    reached only some clients (while they were still connecting) counts as
-    incomplete.
+    A notification is matched to a reading by the served phase A power (the
+    probe records it as served, rounded to 0.1 W), looking forward from the
+    reading's entry time; so a flush that spills past the next reading is
+    still attributed right. A reading no client was told about (nothing moved
+    enough, or two readings fell into one flush) is skipped; one that some
+    clients never got (they were still connecting) counts as incomplete.
     """
     last: list[float] = []
     first: list[float] = []
-    incomplete = 0
-    for k in range(len(entries) - 1):
-        t0, t1 = entries[k], entries[k + 1]
+    incomplete = skipped = 0
+    pointers = [0] * len(arrivals)
+    for t0, value in entries:
         got = []
-        for times in arrivals:
-            j = bisect_left(times, t0)
-            if j < len(times) and times[j] < t1:
-                got.append(times[j])
+        for c, times in enumerate(arrivals):
+            j = pointers[c]
+            while j < len(times) and times[j][0] < t0:
+                j += 1
+            pointers[c] = j
+            while j < len(times) and times[j][0] < t0 + 2.0:
+                if times[j][1] == value:
+                    got.append(times[j][0])
+                    pointers[c] = j + 1
+                    break
+                j += 1
         if not got:
+            skipped += 1
             continue
         if len(got) < clients:
             incomplete += 1
@@ -270,7 +280,7 @@ def fanout(entries: list[float], arrivals: list[list[float]], clients: int) -> d
     first.sort()
     return {"n": len(last), "p50": percentile(last, 50), "p99": percentile(last, 99),
             "max": last[-1] if last else float("nan"), "first_p50": percentile(first, 50),
-            "incomplete": incomplete}
+            "incomplete": incomplete, "skipped": skipped}
 
 
 # -- 4. Freshness --------------------------------------------------------------------------------------
@@ -563,6 +573,9 @@ def report(info: dict[str, Any], results: dict[str, Any], d: Durations, started:
                   "listener registered before the notification hub's, which records `time.time()` as each",
                   "Reading enters the Meter. `bench/ws_clients.py` (raw sockets, one epoll loop, RFC 6455",
                   "framing by hand) subscribes N clients and stamps `time.time()` as soon as `recv` returns.",
+                  "A notification is matched to its reading by the phase A power it carries (the probe",
+                  "records each reading's value as served), so a flush that spills past the next reading",
+                  "is still attributed right.",
                   "Both processes run on the same machine, so their wall clocks are the same clock. The",
                   "notification's own `ts` is not used: the firmware format gives it only 2 decimals",
                   "(10 ms). Readings come every 100 ms (simulator, speed 10, so every reading moves the",
@@ -570,11 +583,13 @@ def report(info: dict[str, Any], results: dict[str, Any], d: Durations, started:
                   "is flushed at once: this measures the fan-out, not the throttle (with the default",
                   "`notify_interval: 1s` the same path runs once a second).",
                   "",
-                  "| clients | readings | last client p50 ms | p99 ms | max ms | first client p50 ms | server CPU | other load |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| clients | readings | last client p50 ms | p99 ms | max ms | first client p50 ms | incomplete | server CPU | other load |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in ws["rows"]:
             lines.append(f"| {r['clients']} | {r['n']} | {f(r['p50'])} | {f(r['p99'])} | {f(r['max'])} | "
-                         f"{f(r['first_p50'])} | {r['server_cpu']:.0%} | {r['foreign_cores']:.2f} |")
+                         f"{f(r['first_p50'])} | {r['incomplete']} | {r['server_cpu']:.0%} | "
+                         f"{r['foreign_cores']:.2f} |")
+        lines += ["", "\"incomplete\": readings some clients never got (they were still connecting).", ""]
         top = next(r for r in ws["rows"] if r["clients"] == 200)
         goals.append(("WebSocket fan-out p99 at 200 clients", "< 20 ms", f"{top['p99']:.1f} ms",
                       top["p99"] < 20))
@@ -759,6 +774,8 @@ def main() -> None:
     parser.add_argument("--no-install", action="store_true", help="measure what is installed already")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     parser.add_argument("--source", help="what is measured, for the report (default: git describe)")
+    parser.add_argument("--merge", action="store_true",
+                        help="with --only: keep the other sections from bench/results/last.json")
     parser.add_argument("--report-only", metavar="JSON",
                         help="only rewrite the report from a results file (bench/results/last.json)")
     args = parser.parse_args()
@@ -799,6 +816,13 @@ def main() -> None:
         if unknown:
             parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
         results: dict[str, Any] = {}
+        raw = os.path.join(BENCH, "results", "last.json")
+        if args.merge and os.path.exists(raw):
+            with open(raw, encoding="utf-8") as handle:
+                previous = json.load(handle)
+            results.update(previous["results"])
+            started = previous.get("started", "an earlier run") + f" (sections {args.only} remeasured {started})"
+            t0 -= previous.get("seconds", 0.0)
         for name in ("udp", "http", "ws", "freshness", "micro"):
             if name in only:
                 print(f"[{name}]", flush=True)
@@ -809,7 +833,6 @@ def main() -> None:
         saved = {"machine": info, "results": results, "quick": args.quick, "started": started,
                  "seconds": time.monotonic() - t0, "load_before": load_before,
                  "load_after": common.loadavg(), "command": "bench/run " + " ".join(sys.argv[1:])}
-        raw = os.path.join(BENCH, "results", "last.json")
         os.makedirs(os.path.dirname(raw), exist_ok=True)
         with open(raw, "w", encoding="utf-8") as handle:
             json.dump(saved, handle, indent=1, default=str)

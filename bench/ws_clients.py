@@ -5,9 +5,11 @@ the receive time is taken with ``time.time()`` right after ``recv`` returns,
 before any parsing, and a client costs microseconds per message, so the
 timestamps measure the server, not the client library. Each client sends one
 ``EM.GetStatus`` with a ``src`` (that subscribes it, as a real client), then
-only reads; pings are answered. After ``--duration`` seconds it writes
-``{"clients": N, "arrivals": [[t, ...] per client], "closed": k}`` as JSON
-to ``--out``.
+only reads; pings are answered. Of each NotifyStatus it keeps the arrival
+time and ``a_act_power`` (a regex on the raw bytes, no JSON parse, so it stays
+cheap), by which the runner matches it to the reading that caused it. After
+``--duration`` seconds it writes ``{"clients": N, "arrivals": [[[t, a_act_power],
+...] per client], "closed": k}`` as JSON to ``--out``.
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ import argparse
 import base64
 import json
 import os
+import re
 import selectors
 import socket
 import struct
 import time
+
+A_POWER = re.compile(rb'"a_act_power":(-?[0-9.]+)')
 
 
 def handshake(host: str, port: int, path: str) -> socket.socket:
@@ -97,7 +102,7 @@ def main() -> None:
         sock.setblocking(False)
         selector.register(sock, selectors.EVENT_READ, i)
         socks.append(sock)
-    arrivals: list[list[float]] = [[] for _ in socks]
+    arrivals: list[list[tuple[float, float | None]]] = [[] for _ in socks]
     buffers = [bytearray() for _ in socks]
     closed = 0
     end = time.monotonic() + args.duration
@@ -117,7 +122,8 @@ def main() -> None:
             buffers[i] += data
             for opcode, payload in frames(buffers[i]):
                 if opcode == 1 and b'"method":"NotifyStatus"' in payload:
-                    arrivals[i].append(now)
+                    match = A_POWER.search(payload)
+                    arrivals[i].append((now, float(match.group(1)) if match else None))
                 elif opcode == 9:
                     sock.setblocking(True)
                     sock.sendall(frame(10, payload))

@@ -136,12 +136,15 @@ class Meter:
         return True
 
     def alive(self) -> None:
-        """A push source's connection is alive (heartbeat or any message).
+        """A push source's connection is alive and its values are available.
 
         A steady value that the upstream never re-sends stays fresh while this
-        is called within ``stale_after``.
+        is called within ``stale_after``; and a meter that was ``down`` (the
+        connection dropped, a value was ``unavailable``) is up again when the
+        source says so, even if the value itself did not change meanwhile.
         """
         self._last_alive = self.clock.seconds()
+        self._down_reason = None
 
     def report_failure(self, error: str, down: bool = True) -> None:
         """The source failed. ``error`` must not contain secrets.

@@ -891,6 +891,8 @@ class AppTests(TestCase):
         response, body = yield http.get(base + "/healthz")
         health = json.loads(body)["meters"]["grid"]
         self.assertEqual((health["source"], health["state"]), ("homeassistant", "fresh"))
+        self.assertEqual(health["details"]["mapping"]["entities"], {"power": "sensor.p1_meter_power"})
+        self.assertEqual(health["details"]["connection"], "connected")
         _, metrics = yield http.get(base + "/metrics")
         self.assertIn(b'meteremu_source_polls_total{meter="grid",result="ok"}', metrics)
         # a bad token later (HA restarted with the token revoked) is shown without the token

@@ -362,6 +362,7 @@ class Recorder(Resource):
         super().__init__()
         self.requests: list[Recorded] = []
         self.script: list[Any] = []
+        self.active = self.max_active = 0
 
     def render(self, request: Any) -> Any:
         headers = {k.decode().lower(): b",".join(v).decode() for k, v in request.requestHeaders.getAllRawHeaders()}
@@ -369,6 +370,17 @@ class Recorder(Resource):
                                       request.content.read()))
         action = self.script.pop(0) if self.script else (204, b"", {})
         if action == "hang":
+            return NOT_DONE_YET
+        if action == "slow":  # answer 204 a moment later, tracking overlap
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+
+            def finish() -> None:
+                self.active -= 1
+                request.setResponseCode(204)
+                request.finish()
+
+            reactor.callLater(0.02, finish)
             return NOT_DONE_YET
         code, body, extra = action
         request.setResponseCode(code)
@@ -536,6 +548,23 @@ class WriteTests(ExporterCase):
         yield exporter.high.when_idle()
         self.assertEqual(len(self.recorder.writes()), 2)
         self.assertEqual(exporter.high.size, 0)
+
+    @inlineCallbacks
+    def test_one_write_in_flight_however_many_flushes(self):
+        exporter = self.exporter(create_database=False, batch_size=4)
+        meter = self.meter()
+        self.recorder.script = ["slow"] * 6
+        meter.update(three_phase(1.0))
+        self.clock.advance(0)  # a full batch: the first write starts
+        flushes = [exporter.flush(), exporter.flush()]
+        meter.update(three_phase(2.0))
+        flushes.append(exporter.high.flush())
+        meter.update(three_phase(3.0))
+        for d in flushes:
+            yield d
+        yield exporter.flush()
+        self.assertEqual(self.recorder.max_active, 1)
+        self.assertEqual((exporter.high.size, exporter.high.points_written), (0, 12))
 
     @inlineCallbacks
     def test_server_errors_are_retried_with_backoff(self):

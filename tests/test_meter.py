@@ -59,6 +59,14 @@ class FreshnessTests(SynchronousTestCase):
         self.assertIs(self.meter.freshness(), Freshness.FRESH)
         self.assertEqual(self.meter.stats.last_error, "timeout")  # kept for /healthz
 
+    def test_push_source_recovers_without_a_new_value(self):
+        self.meter.update(reading(1))
+        self.meter.report_failure("connection lost")
+        self.assertIs(self.meter.freshness(), Freshness.DOWN)
+        self.clock.advance(2)
+        self.meter.alive()  # reconnected; the value is the same as before
+        self.assertIs(self.meter.freshness(), Freshness.FRESH)
+
     def test_soft_failure_only_counts(self):
         self.meter.update(reading(1))
         self.meter.report_failure("one bad sample", down=False)

@@ -360,7 +360,8 @@ class Sink:
 
         Stops at the first failure (the points stay buffered).
         """
-        yield self.when_idle()
+        while self._busy is not None:  # several callers may wait on the same write
+            yield self.when_idle()
         if self.retry_at is not None:
             self._cancel_retry()
         if self.buffer and not self.stopped:

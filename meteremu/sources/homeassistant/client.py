@@ -262,7 +262,7 @@ class HomeAssistantSource(Service):
 
     def _details(self) -> None:
         """What /healthz can show about this source (no secrets)."""
-        self.meter.details = {  # type: ignore[attr-defined]
+        self.meter.details = {
             "url": self.base_url,
             "mode": self.options.mode,
             "connection": self.state,
