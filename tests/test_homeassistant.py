@@ -259,9 +259,9 @@ class ReadingTests(SynchronousTestCase):
     def test_circuits_are_extras_with_their_share(self) -> None:
         t = tracker(power="sensor.p", circuits={"hvac": "sensor.h", "oven": "sensor.o"})
         r = self.feed(t, {"sensor.p": ("2", "kW"), "sensor.h": ("500", "W"), "sensor.o": ("unavailable", None)})
-        self.assertEqual(dict(r.extras), {"circuit_hvac_power": 500.0, "circuit_hvac_share": 0.25})
+        self.assertEqual(dict(r.extras), {"circuit.hvac": 500.0, "circuit_share.hvac": 0.25})
         r = self.feed(t, {"sensor.p": ("-100", "W")}, ts=101.0)
-        self.assertEqual(dict(r.extras), {"circuit_hvac_power": 500.0})  # no share of an export
+        self.assertEqual(dict(r.extras), {"circuit.hvac": 500.0})  # no share of an export
 
     def test_auxiliary_unavailable_is_left_out_not_down(self) -> None:
         t = tracker(power="sensor.p", a_voltage="sensor.v")
@@ -751,7 +751,7 @@ class DiscoveryIOTests(SourceTestBase):
         reading = yield next_reading(self.meter)
         self.assertEqual(reading.total_act_power, -500.0)
         self.assertEqual(reading.energy[0], (10000.0, 2000.0))
-        self.assertEqual(dict(reading.extras), {"circuit_heat_pump_power": 250.0})
+        self.assertEqual(dict(reading.extras), {"circuit.heat_pump": 250.0})
         mapping = self.meter.details["mapping"]
         self.assertEqual(mapping, {"origin": "energy_prefs", "invert": True,
                                    "entities": {"power": "sensor.meter", "energy_import": "sensor.imp",
@@ -770,7 +770,7 @@ class DiscoveryIOTests(SourceTestBase):
         self.assertEqual(reading.total_act_power, 244.0)
         self.assertAlmostEqual(reading.energy[0][0], 6825.0)
         self.assertEqual(self.meter.details["mapping"]["origin"], "heuristics")
-        self.assertEqual(reading.extras["circuit_hvac_power"], 800.0)
+        self.assertEqual(reading.extras["circuit.hvac"], 800.0)
 
     @inlineCallbacks
     def test_nothing_to_find_is_down(self) -> Any:
@@ -795,8 +795,8 @@ class DiscoveryIOTests(SourceTestBase):
         self.fake.set_state("sensor.p", "1000", W)
         self.fake.set_state("sensor.power_hvac", "250", W)
         self.start(entities=Entities(power="sensor.p"), circuits="auto")
-        reading = yield next_reading(self.meter, lambda r: "circuit_hvac_power" in r.extras)
-        self.assertEqual(reading.extras["circuit_hvac_share"], 0.25)
+        reading = yield next_reading(self.meter, lambda r: "circuit.hvac" in r.extras)
+        self.assertEqual(reading.extras["circuit_share.hvac"], 0.25)
 
 
 class PollTests(SourceTestBase):

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 
 from prometheus_client.utils import floatToGoString
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
@@ -371,13 +371,13 @@ class Recorder(Resource):
         action = self.script.pop(0) if self.script else (204, b"", {})
         if action == "hang":
             return NOT_DONE_YET
-        if action == "slow":  # answer 204 a moment later, tracking overlap
+        if action[0] == "slow":  # ("slow", code): answer a moment later, tracking overlap
             self.active += 1
             self.max_active = max(self.max_active, self.active)
 
             def finish() -> None:
                 self.active -= 1
-                request.setResponseCode(204)
+                request.setResponseCode(action[1])
                 request.finish()
 
             reactor.callLater(0.02, finish)
@@ -553,15 +553,14 @@ class WriteTests(ExporterCase):
     def test_one_write_in_flight_however_many_flushes(self):
         exporter = self.exporter(create_database=False, batch_size=4)
         meter = self.meter()
-        self.recorder.script = ["slow"] * 6
+        self.recorder.script = [("slow", 503)] + [("slow", 204)] * 5
         meter.update(three_phase(1.0))
-        self.clock.advance(0)  # a full batch: the first write starts
+        self.clock.advance(0)  # a full batch: the first write starts (and will fail)
         flushes = [exporter.flush(), exporter.flush()]
         meter.update(three_phase(2.0))
         flushes.append(exporter.high.flush())
         meter.update(three_phase(3.0))
-        for d in flushes:
-            yield d
+        yield gatherResults(flushes)
         yield exporter.flush()
         self.assertEqual(self.recorder.max_active, 1)
         self.assertEqual((exporter.high.size, exporter.high.points_written), (0, 12))

@@ -65,7 +65,7 @@ class Options:
             problems.append(("database", "expected a database name for api v1"))
         if self.api == "v2" and not (self.bucket or self.database):
             problems.append(("bucket", "expected a bucket name for api v2"))
-        if self.password is not None and self.username is None:
+        if self.password and self.username is None:
             problems.append(("username", "expected a username with the password"))
         if self.batch_size < 1:
             problems.append(("batch_size", f"expected at least 1; got {self.batch_size}"))

@@ -501,9 +501,11 @@ class Tracker:
             value = self.values.get(entity)
             if value is None:
                 continue
-            extras[f"circuit_{name}_power"] = value
+            # The extras convention of meter.py: "<kind>.<name>" (InfluxDB
+            # writes these as smart_meter_circuit points, MQTT as circuit_<name>_power).
+            extras[f"circuit.{name}"] = value
             if total > 0:
-                extras[f"circuit_{name}_share"] = value / total
+                extras[f"circuit_share.{name}"] = value / total
         return extras
 
 
