@@ -686,22 +686,41 @@ class ShippedFilesTests(SynchronousTestCase):
         self.assertTrue(all(p >= 1024 for p in ports), ports)
 
     def test_example_documents_every_option(self) -> None:
-        """Every field of every option dataclass appears as a key in the example.
+        """Every field of every option dataclass appears as a key in an example.
 
-        The dataclasses are found from ``Config`` and the source and device
-        registries, following nested dataclass fields, so a new option fails
-        here until it is documented in etc/meteremu.example.yaml.
+        The dataclasses are found from ``Config`` and the device and exporter
+        registries (etc/meteremu.example.yaml) and from each source type
+        (etc/examples/<type>.yaml), following nested dataclass fields, so a
+        new option fails here until it is documented.
         """
         from meteremu.devices import option_types as device_types
+        from meteremu.exporters import option_types as exporter_types
         from meteremu.sources import option_types as source_types
 
-        with open(os.path.join(ETC, "meteremu.example.yaml"), encoding="utf-8") as handle:
-            text = handle.read()
-        missing = [f"{cls.__name__}.{name}" for cls, name in _option_fields(
-            [Config, *source_types().values(), *device_types().values()])
-            if name != "path" or cls is not Config
-            if not re.search(rf"(?m)(^\s*(- )?|[{{,]\s*){name}:", text)]
-        self.assertEqual(missing, [], "options missing from etc/meteremu.example.yaml")
+        def missing(path: str, roots: list[type]) -> list[str]:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
+            return [f"{cls.__name__}.{name}" for cls, name in _option_fields(roots)
+                    if not (cls is Config and name == "path")
+                    if not (cls.__name__ == "ExportersOptions" and name == "others")
+                    if not re.search(rf"(?m)(^\s*(- )?|[{{,]\s*){name}:", text)]
+
+        self.assertEqual(missing(os.path.join(ETC, "meteremu.example.yaml"),
+                                 [Config, *device_types().values(), *exporter_types().values()]),
+                         [], "options missing from etc/meteremu.example.yaml")
+        for kind, options in source_types().items():
+            path = os.path.join(ETC, "examples", f"{kind}.yaml")
+            self.assertTrue(os.path.exists(path), f"no example for source type {kind}: {path}")
+            self.assertEqual(missing(path, [options]), [], f"options missing from {path}")
+
+    def test_source_examples_load(self) -> None:
+        from meteremu.config import load_meter_file
+        from meteremu.sources import SOURCE_MODULES
+
+        env = {"HA_TOKEN": "t", "ENVOY_TOKEN": "t", "HOMEWIZARD_TOKEN": "t", "MQTT_PASSWORD": "p"}
+        for kind in SOURCE_MODULES:
+            meter = load_meter_file(os.path.join(ETC, "examples", f"{kind}.yaml"), env=env)
+            self.assertEqual(meter.source.type, kind)
 
     def test_runnable_config_loads(self) -> None:
         config = load_config(os.path.join(ETC, "meteremu.yaml"), env={})
