@@ -13,7 +13,8 @@ and the service's RSS with forecasting off and on.
    127.0.0.1 only) with ``forecast.enabled: false``; then ``true`` with the
    store seeded with the same days, so it trains on them at start (RSS sampled
    every 0.2 s: peak while training, after it); then restarted, reloading the
-   saved model (steady state with forecasting on).
+   saved model (steady state with forecasting on). Also: how long the service
+   takes to exit on SIGTERM in the middle of a (long) training run.
 
 Prints a summary and writes everything as JSON to ``argv[1]``; the numbers go
 to docs/performance.md. Loopback only; every wait is bounded.
@@ -246,6 +247,27 @@ def bench_service(work: str, ts: list[float], rows: list[tuple[float, ...]], set
     finally:
         server.stop()
 
+    # SIGTERM in the middle of fitting: the job looks at the stop flag between chunks
+    stop_dir = os.path.join(work, "stop")
+    seed(os.path.join(stop_dir, "state.db"), ts, rows)
+    stop_cfg = config(stop_dir, port, forecast=True)
+    with open(stop_cfg, "a", encoding="utf-8") as handle:
+        handle.write("  max_iter: 500\n  max_samples: 100000\n")
+    server = start(stop_dir, "stop", stop_cfg)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            training = power(server)["training"]
+            if training["state"] == "running" and 0.1 < training["progress"] < 0.9:
+                break
+            time.sleep(0.1)
+        began = time.monotonic()
+        server.stop(timeout=60)
+        result["stop_while_training"] = {"progress": training["progress"],
+                                         "seconds_to_exit": round(time.monotonic() - began, 3)}
+    finally:
+        server.stop()
+
     server = start(on_dir, "on-reload", cfg)
     try:
         deadline = time.monotonic() + 120
@@ -256,7 +278,7 @@ def bench_service(work: str, ts: list[float], rows: list[tuple[float, ...]], set
             time.sleep(0.2)
         result["on_reloaded"] = settle_rss(server, settle)
         result["on_reloaded"]["reloaded_model"] = body["model"] is not None and \
-            "loaded the model" in server.text()
+            "loaded the model trained" in server.text()
         result["on_reloaded"]["forecast_points"] = len(power(server)["forecast"])
     finally:
         server.stop()
@@ -290,7 +312,8 @@ def main() -> None:
           f"{service['on_reloaded']['VmRSS']:.1f} MiB; on, peak while training "
           f"{service['on_training']['peak_rss_mib']} MiB (model after "
           f"{service['on_training']['seconds_to_model']} s); after training "
-          f"{service['on_after_training']['VmRSS']:.1f} MiB", flush=True)
+          f"{service['on_after_training']['VmRSS']:.1f} MiB; SIGTERM while training: exit in "
+          f"{service['stop_while_training']['seconds_to_exit']} s", flush=True)
     results = {"machine": common.machine(), "days": args.days, "resolution_s": RESOLUTION,
                "data_generation_s": round(generated, 1), "training": training, "service": service,
                "work_dir": work}

@@ -584,7 +584,7 @@ class TcpEndToEndTests(TestCase):
         self.assertEqual(self.meter.details["connections"], 2)
 
     @inlineCallbacks
-    def test_refused_then_server_appears(self):
+    def test_refused_connection_is_down_and_backs_off(self):
         register_sources(self)
         server = P1Server(self)
         address = server.address

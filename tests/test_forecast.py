@@ -61,6 +61,16 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(config.forecast.hidden_layers, (8, 4))
         self.assertEqual((config.forecast.retention, config.forecast.train_interval), (172800.0, 1800.0))
 
+    def test_enabled_needs_numpy_and_sklearn(self):
+        import meteremu.forecast
+
+        self.patch(meteremu.forecast, "missing_packages", lambda: ["sklearn"])
+        with self.assertRaises(ConfigError) as caught:
+            parse_config({"forecast": {"enabled": True}}, "(test)", env={})
+        self.assertEqual(caught.exception.key, "forecast.enabled")
+        self.assertIn("install scikit-learn", caught.exception.why)
+        parse_config({"forecast": {"enabled": False}}, "(test)", env={})  # off: nothing needed
+
     def test_errors_name_the_key(self):
         cases = [({"retention": 14}, "forecast.retention", "at least 1h"),
                  ({"hidden_layers": []}, "forecast.hidden_layers", "non-empty"),

@@ -16,11 +16,18 @@ the service stays small without forecasting.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 
 from meteremu.configtypes import Duration
 
 DAY = 86400.0
+NEEDS = ("numpy", "sklearn")
+
+
+def missing_packages() -> list[str]:
+    """The packages forecasting needs that are not installed (found without importing them)."""
+    return [name for name in NEEDS if importlib.util.find_spec(name) is None]
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,11 @@ class ForecastOptions:
 
     def validate(self) -> list[tuple[str, str]]:
         errors: list[tuple[str, str]] = []
+        if self.enabled:
+            missing = missing_packages()
+            if missing:
+                names = " and ".join("scikit-learn" if m == "sklearn" else m for m in missing)
+                errors.append(("enabled", f"false, or install {names} first (pip install numpy scikit-learn)"))
         if not self.resolution > 0:
             errors.append(("resolution", "a duration above 0"))
         if self.retention < 3600:

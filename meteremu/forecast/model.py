@@ -407,18 +407,22 @@ def train(ts: Sequence[float] | np.ndarray, values: Sequence[float] | np.ndarray
         report(0.05)
         best, best_weights, waited = math.inf, None, 0
         count = len(x_fit)
+        best_epoch = 0
         for epoch in range(options.max_iter):
             order = rng.permutation(count)
+            # Progress against the earliest end early stopping allows (it moves on
+            # while the loss keeps improving; report() keeps the bar from going back).
+            expected = min(options.max_iter, best_epoch + PATIENCE + 1)
             for begin in range(0, count, CHUNK):
                 if should_stop():
                     raise TrainingCancelled("stopped")
                 chosen = order[begin:begin + CHUNK]
                 estimator.partial_fit(x_fit[chosen], y_fit[chosen])
-                report(0.05 + 0.9 * (epoch + min(count, begin + CHUNK) / count) / options.max_iter)
+                report(0.05 + 0.9 * (epoch + min(count, begin + CHUNK) / count) / expected)
             epochs = epoch + 1
             loss = float(np.mean((estimator.predict(x_val).reshape(y_val.shape) - y_val) ** 2))
             if loss < best - TOLERANCE * abs(best) or best_weights is None:
-                best, waited = loss, 0
+                best, waited, best_epoch = loss, 0, epoch
                 best_weights = ([c.copy() for c in estimator.coefs_], [i.copy() for i in estimator.intercepts_])
             else:
                 waited += 1

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -249,8 +250,10 @@ class Trainer(Service):
                 missing.append(name)
             else:
                 self.models[name] = fitted
-                log.info("forecast for {meter}: loaded the model trained at {at}", meter=name,
-                         at=fitted.meta.get("trained_at"))
+                at = fitted.meta.get("trained_at")
+                log.info("forecast for {meter}: loaded the model trained {at}", meter=name,
+                         at=datetime.fromtimestamp(at).isoformat(timespec="seconds")
+                         if isinstance(at, int | float) else "(unknown)")
         return missing
 
     def _after_load(self, missing: list[str]) -> None:

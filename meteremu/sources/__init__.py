@@ -17,6 +17,9 @@ SOURCE_MODULES: dict[str, str] = {
     "simulator": "meteremu.sources.simulator",
     "envoy": "meteremu.sources.envoy",
     "homeassistant": "meteremu.sources.homeassistant",
+    "dsmr": "meteremu.sources.dsmr",
+    "homewizard": "meteremu.sources.homewizard",
+    "kamstrup": "meteremu.sources.kamstrup",
 }
 
 _options = LazyOptions(SOURCE_MODULES)

@@ -354,10 +354,6 @@ def parse_measurement(data: Mapping[str, Any], api: str, arrival: float, tz: Any
 # -- TLS ----------------------------------------------------------------------------------
 
 
-class TLSMismatch(Exception):
-    pass
-
-
 @implementer(IOpenSSLClientConnectionCreator)
 class _Creator:
     def __init__(self, policy: DeviceTLS) -> None:
@@ -451,7 +447,7 @@ class HTTPStatusError(Exception):
 
 def describe(failure: Failure | BaseException, tls: DeviceTLS | None = None) -> str:
     exc = failure.value if isinstance(failure, Failure) else failure
-    if isinstance(exc, AuthError | HTTPStatusError | TLSMismatch):
+    if isinstance(exc, AuthError | HTTPStatusError):
         return str(exc)
     if tls is not None and tls.problem:
         return f"TLS: {tls.problem}"
