@@ -43,6 +43,12 @@ class MeterCollector(Collector):
         polls = CounterMetricFamily("meteremu_source_polls", "Source fetches by result", labels=["meter", "result"])
         last_ok = GaugeMetricFamily("meteremu_source_last_success_timestamp_seconds", "Last successful fetch", labels=["meter"])
         extras = GaugeMetricFamily("meteremu_meter_value", "Extra values a source reports", labels=["meter", "name"])
+        inverters = GaugeMetricFamily("meteremu_inverter_power_watts", "Per-inverter output (Envoy)",
+                                      labels=["meter", "serial"])
+        circuits = GaugeMetricFamily("meteremu_circuit_power_watts", "Per-circuit power", labels=["meter", "circuit"])
+        shares = GaugeMetricFamily("meteremu_circuit_share_ratio", "A circuit's share of the grid import",
+                                   labels=["meter", "circuit"])
+        by_kind = {"inverter": inverters, "circuit": circuits, "circuit_share": shares}
         for meter in self._meters():
             name = meter.name
             reading = meter.latest
@@ -58,7 +64,12 @@ class MeterCollector(Collector):
                     gauges["freq"].add_metric(labels, p.freq)
                 gauges["power"].add_metric([name, "total"], reading.total_act_power)
             for key, (value, _at) in meter.extras.items():
-                extras.add_metric([name, key], value)
+                kind, _, item = key.partition(".")
+                family = by_kind.get(kind) if item else None
+                if family is not None:
+                    family.add_metric([name, item], value)
+                else:
+                    extras.add_metric([name, key], value)
             for i, counter in enumerate(meter.energy.phases):
                 energy_in.add_metric([name, PHASE_NAMES[i]], counter.import_wh)
                 energy_out.add_metric([name, PHASE_NAMES[i]], counter.export_wh)
@@ -73,7 +84,7 @@ class MeterCollector(Collector):
             if meter.stats.last_success is not None:
                 last_ok.add_metric([name], meter.stats.last_success)
         yield from gauges.values()
-        yield from (energy_in, energy_out, fresh, age, polls, last_ok, extras)
+        yield from (energy_in, energy_out, fresh, age, polls, last_ok, extras, inverters, circuits, shares)
 
 
 class DeviceCollector(Collector):
