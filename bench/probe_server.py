@@ -4,10 +4,10 @@ Builds and runs the real service tree exactly as ``twistd meteremu`` does
 (``meteremu.app.build`` on the asyncio reactor, same config file), and adds one
 thing: a listener registered on the meter *before* the service starts, so it
 runs first of all listeners, which records ``time.time()`` the moment each
-Reading enters the Meter, with the reading's phase A power rounded as served
-(the clients match their notifications to readings by it). The WebSocket
+Reading enters the Meter, with the reading's ``total_act_power`` rounded as
+served (3 decimals; the clients match their notifications to readings by it). The WebSocket
 notification hub, registered after it, then does its normal work. On SIGTERM
-the ``[time, a_act_power]`` pairs are written as JSON to ``--entries``.
+the ``[time, total_act_power]`` pairs are written as JSON to ``--entries``.
 
 ``python bench/probe_server.py --config FILE --entries OUT`` prints
 ``probe serving on HTTP port N`` once every part is up.
@@ -27,6 +27,7 @@ from twisted.internet import reactor  # noqa: E402
 
 from meteremu.app import build  # noqa: E402
 from meteremu.config import load_config  # noqa: E402
+from meteremu.reading import Reading  # noqa: E402
 
 
 def main() -> None:
@@ -37,8 +38,15 @@ def main() -> None:
     args = parser.parse_args()
     app = build(load_config(args.config), reactor)
     entries: list[tuple[float, float]] = []
-    app.meters[args.meter].add_listener(
-        lambda meter, reading: entries.append((time.time(), round(reading.phase(0).act_power, 1))))
+
+    def entered(meter: object, reading: Reading) -> None:
+        now = time.time()
+        total = 0.0
+        for i in range(3):  # summed as status.em_status does, so it rounds the same
+            total += reading.phase(i).act_power * 1.0
+        entries.append((now, round(total, 3)))
+
+    app.meters[args.meter].add_listener(entered)
 
     def save() -> None:
         with open(args.entries, "w", encoding="utf-8") as handle:

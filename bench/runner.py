@@ -244,8 +244,8 @@ devices:
 def fanout(entries: list[list[float]], arrivals: list[list[list[Any]]], clients: int) -> dict[str, Any]:
     """Per reading: when each client got the NotifyStatus that carries it.
 
-    A notification is matched to a reading by the served phase A power (the
-    probe records it as served, rounded to 0.1 W), looking forward from the
+    A notification is matched to a reading by the served ``total_act_power``
+    (the probe records it as served, to 3 decimals), looking forward from the
     reading's entry time; so a flush that spills past the next reading is
     still attributed right. A reading no client was told about (nothing moved
     enough, or two readings fell into one flush) is skipped; one that some
@@ -255,7 +255,14 @@ def fanout(entries: list[list[float]], arrivals: list[list[list[Any]]], clients:
     first: list[float] = []
     incomplete = skipped = 0
     pointers = [0] * len(arrivals)
+    seen = [t for times in arrivals for t, _ in times]
+    if not seen:
+        return {"n": 0, "p50": float("nan"), "p99": float("nan"), "max": float("nan"),
+                "first_p50": float("nan"), "incomplete": 0, "skipped": 0}
+    begin, end = min(seen) - 0.5, max(seen) - 2.0  # readings while this run's clients listened
     for t0, value in entries:
+        if not begin <= t0 <= end:
+            continue
         got = []
         for c, times in enumerate(arrivals):
             j = pointers[c]
@@ -573,9 +580,9 @@ def report(info: dict[str, Any], results: dict[str, Any], d: Durations, started:
                   "listener registered before the notification hub's, which records `time.time()` as each",
                   "Reading enters the Meter. `bench/ws_clients.py` (raw sockets, one epoll loop, RFC 6455",
                   "framing by hand) subscribes N clients and stamps `time.time()` as soon as `recv` returns.",
-                  "A notification is matched to its reading by the phase A power it carries (the probe",
-                  "records each reading's value as served), so a flush that spills past the next reading",
-                  "is still attributed right.",
+                  "A notification is matched to its reading by the `total_act_power` it carries (the probe",
+                  "records each reading's value as served, 3 decimals), so a flush that spills past the next",
+                  "reading is still attributed right.",
                   "Both processes run on the same machine, so their wall clocks are the same clock. The",
                   "notification's own `ts` is not used: the firmware format gives it only 2 decimals",
                   "(10 ms). Readings come every 100 ms (simulator, speed 10, so every reading moves the",

@@ -6,9 +6,9 @@ before any parsing, and a client costs microseconds per message, so the
 timestamps measure the server, not the client library. Each client sends one
 ``EM.GetStatus`` with a ``src`` (that subscribes it, as a real client), then
 only reads; pings are answered. Of each NotifyStatus it keeps the arrival
-time and ``a_act_power`` (a regex on the raw bytes, no JSON parse, so it stays
+time and ``total_act_power`` (a regex on the raw bytes, no JSON parse, so it stays
 cheap), by which the runner matches it to the reading that caused it. After
-``--duration`` seconds it writes ``{"clients": N, "arrivals": [[[t, a_act_power],
+``--duration`` seconds it writes ``{"clients": N, "arrivals": [[[t, total_act_power],
 ...] per client], "closed": k}`` as JSON to ``--out``.
 """
 
@@ -24,7 +24,7 @@ import socket
 import struct
 import time
 
-A_POWER = re.compile(rb'"a_act_power":(-?[0-9.]+)')
+TOTAL_POWER = re.compile(rb'"total_act_power":(-?[0-9.]+)')
 
 
 def handshake(host: str, port: int, path: str) -> socket.socket:
@@ -122,7 +122,7 @@ def main() -> None:
             buffers[i] += data
             for opcode, payload in frames(buffers[i]):
                 if opcode == 1 and b'"method":"NotifyStatus"' in payload:
-                    match = A_POWER.search(payload)
+                    match = TOTAL_POWER.search(payload)
                     arrivals[i].append((now, float(match.group(1)) if match else None))
                 elif opcode == 9:
                     sock.setblocking(True)

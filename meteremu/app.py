@@ -26,7 +26,7 @@ from meteremu.config import Config, MeterConfig
 from meteremu.devices.shelly import http as shelly_http
 from meteremu.devices.shelly.device import ShellyDevice
 from meteremu.devices.shelly.identity import generate_mac, make_identity
-from meteremu.devices.shelly.mdns import mdns_options
+from meteremu.devices.shelly.options import mdns_options
 from meteremu.devices.shelly.udp import ShellyUDP
 from meteremu.devices.shelly.ws import NotifyHub, ShellyWebSocketFactory
 from meteremu.exporters import exporter_module

@@ -50,7 +50,9 @@ def makeService(options: Options) -> IService:
 
     def started(_: Any) -> None:
         from meteremu.app import log
+        from meteremu.memory import release_memory
 
+        release_memory()  # start-up garbage (imports, config parsing) back to the OS
         ports = ", ".join(str(listener.port) for listener in app.http.values())
         log.info("meteremu serving on HTTP port(s) {ports}", ports=ports)
 

@@ -41,6 +41,7 @@ from meteremu.forecast import ForecastOptions
 from meteremu.forecast import model as fmodel
 from meteremu.forecast.dataset import Dataset
 from meteremu.logs import logger
+from meteremu.memory import release_memory
 
 log = logger(__name__)
 
@@ -303,17 +304,9 @@ class Trainer(Service):
 
 
 def _release_memory() -> None:
-    """Hand the training's freed heap back to the OS (glibc keeps it per thread arena).
-
-    Without this the service's RSS stays at its training peak between runs.
-    Best effort: a no-op where there is no glibc.
-    """
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    """Hand the training's freed heap back to the OS, so the service's RSS does
+    not stay at its training peak between runs."""
+    release_memory()
 
 
 def _fmt(value: Any, digits: int = 1) -> str:

@@ -42,7 +42,7 @@ from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
 from meteremu.asyncbridge import as_deferred, require_asyncio_reactor
 from meteremu.devices.shelly.identity import Identity
-from meteremu.devices.shelly.options import MdnsOptions
+from meteremu.devices.shelly.options import MdnsOptions, mdns_options  # noqa: F401 (re-export)
 
 HTTP_TYPE = "_http._tcp.local."
 SHELLY_TYPE = "_shelly._tcp.local."
@@ -65,17 +65,6 @@ class MdnsError(Exception):
 
 
 # --- pure helpers -------------------------------------------------------------
-
-
-def mdns_options(value: bool | MdnsOptions) -> MdnsOptions | None:
-    """Normalise the device's ``mdns:`` option; ``None`` means "do not announce".
-
-    ``mdns: true`` means all defaults; ``mdns: {enabled: false, …}`` keeps the
-    settings in the file but turns announcing off.
-    """
-    if isinstance(value, MdnsOptions):
-        return value if value.enabled else None
-    return MdnsOptions() if value else None
 
 
 def txt_properties(identity: Identity) -> dict[str, str]:

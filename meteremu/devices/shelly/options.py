@@ -126,3 +126,14 @@ class Options:
         if self.device_id is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", self.device_id):
             errors.append(("device_id", "expected letters, digits, '-', '_' or '.'"))
         return errors
+
+
+def mdns_options(value: bool | MdnsOptions) -> MdnsOptions | None:
+    """Normalise the device's ``mdns:`` option; ``None`` means "do not announce".
+
+    ``mdns: true`` means all defaults; ``mdns: {enabled: false, …}`` keeps the
+    settings in the file but turns announcing off.
+    """
+    if isinstance(value, MdnsOptions):
+        return value if value.enabled else None
+    return MdnsOptions() if value else None
