@@ -20,6 +20,7 @@ SOURCE_MODULES: dict[str, str] = {
     "dsmr": "meteremu.sources.dsmr",
     "homewizard": "meteremu.sources.homewizard",
     "kamstrup": "meteremu.sources.kamstrup",
+    "mqtt": "meteremu.sources.mqtt",
 }
 
 _options = LazyOptions(SOURCE_MODULES)

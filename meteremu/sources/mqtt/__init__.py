@@ -1,0 +1,264 @@
+"""MQTT input source (``source: {type: mqtt, …}``): meter values from a broker.
+
+Two layouts, as the peers offer them (AstraMeter ``TOPICS``/``JSON_PATHS``,
+uni-meter's MQTT channels, OpenDTU's power meter values):
+
+* one topic per value, the payload being the number
+  (``values: {a_power: shellies/em3/emeter/0/power, …}``);
+* one JSON topic for all values, a JSON path per value
+  (``topic: tele/smlreader/SENSOR``, ``values: {power: "$.SML.Power"}``);
+
+and any mix of the two. Units, scale and sign are set per value; an
+availability topic (``offline`` → meter down) is respected.
+
+This module holds the options and the factory only, so validating a config
+does not import paho; the pure part is ``mapping.py``, the service
+``source.py``, the reactor-driven paho client ``meteremu.mqttclient``. User
+documentation: docs/sources.md, "MQTT".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+from meteremu.configtypes import Duration
+from meteremu.mqttclient import TLSOptions
+from meteremu.sources.mqtt.mapping import (
+    DEFAULT_UNIT,
+    KEY_KIND,
+    PathError,
+    parse_path,
+    topic_problem,
+    unit_factor,
+)
+
+__all__ = ["PUSH", "MQTTSourceOptions", "Options", "Smoothing", "TLSOptions", "Value", "Values", "make_source"]
+
+PUSH = True  # freshness follows the broker connection: default stale_after 60 s (design.md §4)
+
+
+@dataclass(frozen=True)
+class Value:
+    """Where one value comes from, and how it is converted."""
+
+    topic: str | None = field(default=None, metadata={
+        "doc": "the topic it is published on; default: the source's topic"})
+    path: str | None = field(default=None, metadata={
+        "doc": "JSON path in the payload ($.a.b[0].c, $..name, a.b.0.c); none: the payload is the number"})
+    unit: str | None = field(default=None, metadata={
+        "doc": "unit of the published number (W, kW, Wh, kWh, V, mA, %…); default W, Wh, V, A, Hz"})
+    scale: float = field(default=1.0, metadata={"doc": "multiply by this after the unit conversion"})
+    invert: bool = field(default=False, metadata={"doc": "multiply by -1 (a value that is positive on export)"})
+
+    def validate(self) -> list[tuple[str, str]]:
+        errors: list[tuple[str, str]] = []
+        if self.topic is not None:
+            problem = topic_problem(self.topic)
+            if problem:
+                errors.append(("topic", problem))
+        if self.path is not None:
+            try:
+                parse_path(self.path)
+            except PathError as err:
+                errors.append(("path", str(err)))
+        if not (self.scale == self.scale and abs(self.scale) != float("inf")):
+            errors.append(("scale", "a finite number"))
+        return errors
+
+
+ValueSource = str | Value
+"""A topic (its payload is the number), a JSON path starting with ``$`` in the
+source's ``topic``, or a :class:`Value` mapping."""
+
+
+@dataclass(frozen=True)
+class Values:
+    """Which value feeds which quantity; the keys of the Home Assistant source's ``entities``.
+
+    Power is signed (+ import, − export) unless ``*_power_export`` is given:
+    then the matching power value is the import and the export (a positive
+    number) is subtracted.
+    """
+
+    power: ValueSource | None = field(default=None, metadata={
+        "doc": "total grid power, placed on phase A (B and C read 0)"})
+    power_export: ValueSource | None = field(default=None, metadata={
+        "doc": "total export power (positive); power is then the import"})
+    a_power: ValueSource | None = field(default=None, metadata={"doc": "phase A power"})
+    b_power: ValueSource | None = field(default=None, metadata={"doc": "phase B power"})
+    c_power: ValueSource | None = field(default=None, metadata={"doc": "phase C power"})
+    a_power_export: ValueSource | None = field(default=None, metadata={"doc": "phase A export power"})
+    b_power_export: ValueSource | None = field(default=None, metadata={"doc": "phase B export power"})
+    c_power_export: ValueSource | None = field(default=None, metadata={"doc": "phase C export power"})
+    a_voltage: ValueSource | None = None
+    b_voltage: ValueSource | None = None
+    c_voltage: ValueSource | None = None
+    a_current: ValueSource | None = None
+    b_current: ValueSource | None = None
+    c_current: ValueSource | None = None
+    a_pf: ValueSource | None = None
+    b_pf: ValueSource | None = None
+    c_pf: ValueSource | None = None
+    frequency: ValueSource | None = None
+    energy_import: ValueSource | tuple[ValueSource, ...] | None = field(default=None, metadata={
+        "doc": "lifetime import counter(s); several (tariffs) are summed"})
+    energy_export: ValueSource | tuple[ValueSource, ...] | None = field(default=None, metadata={
+        "doc": "lifetime export counter(s); several (tariffs) are summed"})
+
+    def items(self) -> list[tuple[str, int, ValueSource]]:
+        """``(key, index, value)`` for every configured value."""
+        out: list[tuple[str, int, ValueSource]] = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            for index, item in enumerate(value if isinstance(value, tuple) else (value,)):
+                out.append((f.name, index, item))
+        return out
+
+    def validate(self) -> list[tuple[str, str]]:
+        errors: list[tuple[str, str]] = []
+        for key, index, item in self.items():
+            where = key if not isinstance(getattr(self, key), tuple) else f"{key}[{index}]"
+            if isinstance(item, str):
+                if item.startswith("$"):
+                    try:
+                        parse_path(item)
+                    except PathError as err:
+                        errors.append((where, str(err)))
+                else:
+                    problem = topic_problem(item)
+                    if problem:
+                        errors.append((where, problem))
+                continue
+            kind = KEY_KIND[key]
+            try:
+                unit_factor(kind, item.unit if item.unit is not None else DEFAULT_UNIT[kind])
+            except ValueError as err:
+                errors.append((f"{where}.unit", str(err)))
+        if isinstance(self.energy_import, tuple) and not self.energy_import:
+            errors.append(("energy_import", "at least one value (or leave it out)"))
+        if isinstance(self.energy_export, tuple) and not self.energy_export:
+            errors.append(("energy_export", "at least one value (or leave it out)"))
+        phases = [p for p in "abc" if getattr(self, f"{p}_power")]
+        if self.power and phases:
+            errors.append(("power", "either power (a total) or a_power/b_power/c_power, not both"))
+        if self.power_export and not self.power:
+            errors.append(("power_export", "power as well (the import value)"))
+        for p in "abc":
+            if getattr(self, f"{p}_power_export") and not getattr(self, f"{p}_power"):
+                errors.append((f"{p}_power_export", f"{p}_power as well (the import value)"))
+        if not (self.power or phases):
+            errors.append(("power", "a power value (power, or a_power/b_power/c_power)"))
+        return errors
+
+
+@dataclass(frozen=True)
+class Smoothing:
+    """Either a moving average over ``window`` samples or an EMA with ``alpha``."""
+
+    window: int | None = field(default=None, metadata={"doc": "moving average over N samples"})
+    alpha: float | None = field(default=None, metadata={"doc": "exponential moving average weight"})
+
+    def validate(self) -> list[tuple[str, str]]:
+        if (self.window is None) == (self.alpha is None):
+            return [("window", "exactly one of window (moving average) or alpha (EMA)")]
+        if self.window is not None and not 1 <= self.window <= 1000:
+            return [("window", "a number of samples from 1 to 1000")]
+        if self.alpha is not None and not 0 < self.alpha <= 1:
+            return [("alpha", "a weight greater than 0 and at most 1")]
+        return []
+
+
+@dataclass(frozen=True)
+class MQTTSourceOptions:
+    values: Values = field(metadata={"doc": "which topic / JSON path feeds which quantity"})
+    host: str = field(default="localhost", metadata={"doc": "broker host name or IP address"})
+    port: int = field(default=1883, metadata={"doc": "broker port (usually 8883 with TLS)"})
+    username: str | None = field(default=None, metadata={"doc": "user name, if the broker wants one"})
+    password: str | None = field(default=None, repr=False, metadata={
+        "doc": 'password; write "${MQTT_PASSWORD}" to keep it out of the file'})
+    client_id: str | None = field(default=None, metadata={
+        "doc": "MQTT client id; default meteremu-<meter>-<random>, new each start"})
+    tls: bool | TLSOptions = field(default=False, metadata={
+        "doc": "true (system CAs) or {ca_file, certfile, keyfile, insecure}"})
+    keepalive: Duration = field(default=30.0, metadata={
+        "doc": "MQTT keepalive; a silently dead connection is noticed within about twice this"})
+    connect_timeout: Duration = field(default=5.0, metadata={
+        "doc": "how long one connection attempt (TCP, TLS, CONNACK) may take"})
+    reconnect_delay: Duration = field(default=1.0, metadata={
+        "doc": "first wait before reconnecting; doubles per failure, with jitter"})
+    reconnect_max_delay: Duration = field(default=60.0, metadata={"doc": "longest wait between attempts"})
+    topic: str | None = field(default=None, metadata={
+        "doc": "the topic of values that name only a JSON path (one JSON topic for everything)"})
+    qos: Literal[0, 1, 2] = field(default=0, metadata={"doc": "QoS of the subscriptions"})
+    timestamp_path: str | None = field(default=None, metadata={
+        "doc": "JSON path of the sample time in JSON payloads (epoch s or ms, ISO 8601); default: arrival time"})
+    availability_topic: str | None = field(default=None, metadata={
+        "doc": "where the publisher says online/offline (its Last Will); offline marks the meter down"})
+    availability_path: str | None = field(default=None, metadata={
+        "doc": "JSON path of the state in availability payloads ({\"state\": \"offline\"})"})
+    payload_available: str = field(default="online", metadata={"doc": "availability payload meaning up"})
+    payload_not_available: str = field(default="offline", metadata={"doc": "availability payload meaning down"})
+    invert: bool = field(default=False, metadata={"doc": "multiply grid power by -1 (positive on export)"})
+    smoothing: Smoothing | None = field(default=None, metadata={"doc": "{window: N} or {alpha: a}"})
+    debounce: Duration = field(default=0.0, metadata={
+        "doc": "wait this long after a value for the others of the same burst before serving (0: at once)"})
+    expire_after: Duration = field(default=0.0, metadata={
+        "doc": "a power value without a new sample for this long marks the meter down (0: never)"})
+
+    def validate(self) -> list[tuple[str, str]]:
+        errors: list[tuple[str, str]] = []
+        if not 1 <= self.port <= 65535:
+            errors.append(("port", f"a port 1-65535; got {self.port}"))
+        if self.password is not None and self.username is None:
+            errors.append(("password", "a username as well (a password alone is never sent)"))
+        if self.client_id is not None and not self.client_id:
+            errors.append(("client_id", "a non-empty client id (or leave it out)"))
+        for name in ("topic", "availability_topic"):
+            value = getattr(self, name)
+            if value is not None:
+                problem = topic_problem(value)
+                if problem:
+                    errors.append((name, problem))
+        for name in ("timestamp_path", "availability_path"):
+            value = getattr(self, name)
+            if value is not None:
+                try:
+                    parse_path(value)
+                except PathError as err:
+                    errors.append((name, str(err)))
+        if self.availability_path is not None and self.availability_topic is None:
+            errors.append(("availability_path", "availability_topic as well"))
+        if self.payload_available.strip().lower() == self.payload_not_available.strip().lower():
+            errors.append(("payload_not_available", "a payload different from payload_available"))
+        if not self.payload_not_available.strip():
+            errors.append(("payload_not_available", "a non-empty payload"))
+        for key, index, item in self.values.items():
+            topic = item.topic if isinstance(item, Value) else (None if item.startswith("$") else item)
+            if topic is None and self.topic is None:
+                where = key if not isinstance(getattr(self.values, key), tuple) else f"{key}[{index}]"
+                errors.append((f"values.{where}", "a topic (in the value, or the source's topic: "
+                                                  "a value written as $path is read from the source's topic)"))
+        if not 5 <= self.keepalive <= 65535:
+            errors.append(("keepalive", "a duration from 5s to 65535s"))
+        if not self.connect_timeout > 0:
+            errors.append(("connect_timeout", "a duration above 0"))
+        if not self.reconnect_delay > 0:
+            errors.append(("reconnect_delay", "a duration above 0"))
+        if self.reconnect_max_delay < self.reconnect_delay:
+            errors.append(("reconnect_max_delay", "a duration at least reconnect_delay"))
+        if self.debounce > 10:
+            errors.append(("debounce", "a duration of at most 10s"))
+        return errors
+
+
+Options = MQTTSourceOptions
+
+
+def make_source(meter: Any, options: MQTTSourceOptions, reactor: Any, store: Any = None) -> Any:
+    """The MQTT source service (imports paho only now)."""
+    from meteremu.sources.mqtt.source import MQTTSource
+
+    return MQTTSource(meter, options, reactor)

@@ -1,0 +1,776 @@
+"""MQTT input, the pure part: JSON paths, payload values, units, and Readings.
+
+No reactor, no sockets, no paho: ``source.py`` hands every received message
+to :meth:`Combiner.message` and acts on the :class:`Outcome`.
+
+JSON paths (:func:`parse_path`) — a small, fully tested subset of JSONPath
+(no filters, slices, unions or wildcards; a path selects at most one value)::
+
+    $.SML.Power            $['ENERGY']["Total"]     $.Body.Data[0].P
+    $.data[-1]             $..power                 SML.Power / Body.Data.0.P
+
+``$`` is the document (optional); ``.name`` or ``['name']`` a key;
+``[N]`` a list index (negative from the end); ``..name`` the first ``name``
+anywhere below, in document order. A dotted segment of digits indexes a list
+(``Data.0``) and is a key in an object. Dotted names stop at ``.`` and ``[``;
+other keys need the bracket form.
+
+Payloads (:func:`sample`): without a path the whole payload is the number —
+plain text (``230.4``), optionally followed by its unit (``230.4 V``, as
+openHAB publishes), or a JSON number or numeric JSON string. With a path the
+payload must be JSON and the path must lead to a number or a numeric string.
+``unknown``, ``null``, an empty payload or an absent path (no sample: the last
+value stays) and ``unavailable`` (a power value: the meter is down) follow
+Home Assistant's conventions.
+
+Readings (:class:`Combiner`): the latest value of every configured key is
+kept; each message that brings a new sample builds a new Reading from all of
+them (keys as in the Home Assistant source: ``power`` or ``a/b/c_power``,
+``*_power_export``, voltages, currents, pf, frequency, ``energy_import`` /
+``energy_export``). Power values are required: none is served before each has
+arrived.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from fractions import Fraction
+from typing import Any
+
+from meteremu.reading import PhaseReading, Reading
+
+MAX_PAYLOAD = 1 << 20
+"""Larger payloads are not parsed (a meter value is a few hundred bytes)."""
+
+MAX_EXPONENT = 30
+"""Numbers beyond 10^±30 are not meter values (and would be costly to convert exactly)."""
+
+MAX_AHEAD = 300.0
+"""A payload time further ahead of the arrival time than this is a clock glitch: the arrival time is used."""
+
+# -- JSON paths ---------------------------------------------------------------------
+
+
+class PathError(ValueError):
+    """A JSON path that this subset cannot read."""
+
+
+@dataclass(frozen=True)
+class Step:
+    kind: str  # "key" | "index" | "name" (a dotted name: key, or list index if digits) | "deep"
+    arg: str | int
+
+
+@dataclass(frozen=True)
+class Path:
+    text: str
+    steps: tuple[Step, ...]
+
+    def find(self, doc: Any) -> Any:
+        """The value at this path; raises ``KeyError`` when it is not there."""
+        node = doc
+        for step in self.steps:
+            node = _step(node, step)
+        return node
+
+    def __str__(self) -> str:
+        return self.text
+
+
+_MISSING = object()
+
+
+def _step(node: Any, step: Step) -> Any:
+    if step.kind == "deep":
+        found = _deep(node, str(step.arg))
+        if found is _MISSING:
+            raise KeyError(step.arg)
+        return found
+    if step.kind == "index":
+        if isinstance(node, list) and -len(node) <= int(step.arg) < len(node):
+            return node[int(step.arg)]
+        raise KeyError(step.arg)
+    name = str(step.arg)
+    if isinstance(node, dict) and name in node:
+        return node[name]
+    if step.kind == "name" and isinstance(node, list) and name.isdigit() and int(name) < len(node):
+        return node[int(name)]
+    raise KeyError(name)
+
+
+def _deep(node: Any, name: str) -> Any:
+    """The first ``name`` below ``node`` in document order (iterative: no recursion limit)."""
+    stack: list[Any] = [node]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, dict):
+            if name in current:
+                return current[name]
+            stack.extend(reversed(list(current.values())))
+        elif isinstance(current, list):
+            stack.extend(reversed(current))
+    return _MISSING
+
+
+_NAME = re.compile(r"[^.\[\]]+")
+_INDEX = re.compile(r"\[\s*(-?\d+)\s*\]")
+_QUOTED = re.compile(r"""\[\s*(?:'((?:[^'\\]|\\.)*)'|"((?:[^"\\]|\\.)*)")\s*\]""")
+
+
+def _unescape(text: str) -> str:
+    return re.sub(r"\\(.)", r"\1", text)
+
+
+def parse_path(text: str) -> Path:
+    """Compile a JSON path of the subset described in the module docstring."""
+    if not isinstance(text, str) or not text.strip():
+        raise PathError("an empty JSON path")
+    source = text.strip()
+    steps: list[Step] = []
+    pos = 0
+    if source.startswith("$"):
+        pos = 1
+    else:
+        match = _NAME.match(source)
+        if match is None:
+            raise PathError(f"a JSON path like $.a.b[0] or a.b.0; got {text!r}")
+        steps.append(Step("name", match.group(0).strip()))
+        pos = match.end()
+    while pos < len(source):
+        rest = source[pos:]
+        if rest.startswith(".."):
+            match = _NAME.match(source, pos + 2)
+            if match is None:
+                raise PathError(f"a name after '..' at position {pos + 2} of {text!r}")
+            steps.append(Step("deep", match.group(0).strip()))
+            pos = match.end()
+        elif rest.startswith("."):
+            match = _NAME.match(source, pos + 1)
+            if match is None:
+                raise PathError(f"a name after '.' at position {pos + 1} of {text!r}")
+            steps.append(Step("name", match.group(0).strip()))
+            pos = match.end()
+        elif rest.startswith("["):
+            index = _INDEX.match(source, pos)
+            quoted = _QUOTED.match(source, pos)
+            if index is not None:
+                steps.append(Step("index", int(index.group(1))))
+                pos = index.end()
+            elif quoted is not None:
+                name = quoted.group(1) if quoted.group(1) is not None else quoted.group(2)
+                steps.append(Step("key", _unescape(name)))
+                pos = quoted.end()
+            else:
+                raise PathError(f"[N] or ['name'] at position {pos} of {text!r} "
+                                "(filters, slices and wildcards are not supported)")
+        else:
+            raise PathError(f"'.', '..' or '[' at position {pos} of {text!r}")
+    if any(s.kind in ("name", "deep") and s.arg in ("", "*") for s in steps):
+        raise PathError(f"a JSON path without wildcards; got {text!r}")
+    return Path(source, tuple(steps))
+
+
+# -- units ------------------------------------------------------------------------------
+
+POWER = "power"
+ENERGY = "energy"
+VOLTAGE = "voltage"
+CURRENT = "current"
+FREQUENCY = "frequency"
+POWER_FACTOR = "power_factor"
+
+# Factors to W, Wh, V, A, Hz and a fraction (the same table as the Home Assistant
+# source's, kept here so that this module does not import HA's client stack).
+UNITS: dict[str, dict[str | None, Fraction]] = {
+    POWER: {"mW": Fraction(1, 1000), "W": Fraction(1), "kW": Fraction(1000),
+            "MW": Fraction(10**6), "GW": Fraction(10**9), "TW": Fraction(10**12),
+            "BTU/h": Fraction("0.29307107")},
+    ENERGY: {"mWh": Fraction(1, 1000), "Wh": Fraction(1), "kWh": Fraction(1000),
+             "MWh": Fraction(10**6), "GWh": Fraction(10**9), "TWh": Fraction(10**12),
+             "J": Fraction(1, 3600), "kJ": Fraction(1000, 3600), "MJ": Fraction(10**6, 3600),
+             "GJ": Fraction(10**9, 3600),
+             "cal": Fraction("4.184") / 3600, "kcal": Fraction("4184") / 3600,
+             "Mcal": Fraction("4184000") / 3600, "Gcal": Fraction("4184000000") / 3600},
+    VOLTAGE: {"µV": Fraction(1, 10**6), "μV": Fraction(1, 10**6), "mV": Fraction(1, 1000),
+              "V": Fraction(1), "kV": Fraction(1000), "MV": Fraction(10**6)},
+    CURRENT: {"mA": Fraction(1, 1000), "A": Fraction(1)},
+    FREQUENCY: {"Hz": Fraction(1), "kHz": Fraction(1000), "MHz": Fraction(10**6),
+                "GHz": Fraction(10**9)},
+    POWER_FACTOR: {None: Fraction(1), "": Fraction(1), "%": Fraction(1, 100)},
+}
+DEFAULT_UNIT = {POWER: "W", ENERGY: "Wh", VOLTAGE: "V", CURRENT: "A", FREQUENCY: "Hz", POWER_FACTOR: None}
+
+PHASES = ("a", "b", "c")
+KEY_KIND: dict[str, str] = {"power": POWER, "power_export": POWER, "frequency": FREQUENCY,
+                            "energy_import": ENERGY, "energy_export": ENERGY}
+for _p in PHASES:
+    KEY_KIND.update({f"{_p}_power": POWER, f"{_p}_power_export": POWER, f"{_p}_voltage": VOLTAGE,
+                     f"{_p}_current": CURRENT, f"{_p}_pf": POWER_FACTOR})
+REQUIRED_KEYS = frozenset(k for k in KEY_KIND if k.endswith("power") or k.endswith("power_export"))
+"""Power values: the meter is not served before each has a value, and is down when one is unavailable."""
+
+
+def unit_factor(kind: str, unit: str | None) -> Fraction:
+    """The factor from ``unit`` to the canonical unit of ``kind``; ``ValueError`` if unknown."""
+    factors = UNITS[kind]
+    if unit not in factors:
+        known = ", ".join(u for u in factors if u)
+        raise ValueError(f"a {kind} unit ({known}); got {unit!r}")
+    return factors[unit]
+
+
+# -- payload values ----------------------------------------------------------------------
+
+
+class SampleError(ValueError):
+    """A payload that holds no usable number for a value (warned about, then ignored)."""
+
+
+class Marker(str):
+    pass
+
+
+UNKNOWN = Marker("unknown")
+"""No sample: the last value is kept."""
+UNAVAILABLE = Marker("unavailable")
+"""The publisher says the value is unavailable."""
+
+_NUMBER_UNIT = re.compile(r"^([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*([A-Za-zµμ%][\w/µμ%]*)?$")
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a number")
+
+
+def decode_json(payload: bytes) -> Any:
+    """JSON with exact numbers (``Decimal``); raises ``ValueError`` for anything else."""
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError(f"payload larger than {MAX_PAYLOAD} bytes")
+    try:
+        return json.loads(payload, parse_float=Decimal, parse_int=Decimal, parse_constant=_no_constants)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    except UnicodeDecodeError:
+        raise ValueError("payload is not UTF-8") from None
+
+
+def _from_text(text: str) -> tuple[Decimal, str | None] | Marker:
+    stripped = text.strip()
+    if stripped in ("", "unknown", "null", "None"):
+        return UNKNOWN
+    if stripped == "unavailable":
+        return UNAVAILABLE
+    match = _NUMBER_UNIT.match(stripped)
+    if match is None:
+        raise SampleError(f"{_short(stripped)} is not a number")
+    return Decimal(match.group(1)), (match.group(2).strip() if match.group(2) else None)
+
+
+def _short(text: str) -> str:
+    return repr(text if len(text) <= 40 else text[:37] + "...")
+
+
+def raw_value(node: Any) -> tuple[Decimal, str | None] | Marker:
+    """A decoded JSON value (or text) → ``(number, unit written with it)`` or a marker."""
+    if node is None:
+        return UNKNOWN
+    if isinstance(node, bool):
+        raise SampleError(f"{str(node).lower()} is not a number")
+    if isinstance(node, Decimal):
+        return node, None
+    if isinstance(node, int | float):
+        if isinstance(node, float) and not math.isfinite(node):
+            raise SampleError("not a finite number")
+        return Decimal(str(node)), None
+    if isinstance(node, str):
+        return _from_text(node)
+    raise SampleError(f"a JSON {'object' if isinstance(node, dict) else 'array'} is not a number")
+
+
+@dataclass
+class Payload:
+    """One received payload, decoded at most once however many values read it."""
+
+    data: bytes
+    _json: Any = field(default=_MISSING, repr=False)
+    _error: str | None = None
+
+    def json(self) -> Any:
+        if self._json is _MISSING and self._error is None:
+            try:
+                self._json = decode_json(self.data)
+            except ValueError as err:
+                self._error = str(err)
+        if self._error is not None:
+            raise SampleError(f"payload is not JSON ({self._error})")
+        return self._json
+
+    def text(self) -> str:
+        if len(self.data) > MAX_PAYLOAD:
+            raise SampleError(f"payload larger than {MAX_PAYLOAD} bytes")
+        try:
+            return self.data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SampleError("payload is not UTF-8") from None
+
+
+def sample(payload: Payload, path: Path | None) -> tuple[Decimal, str | None] | Marker:
+    """The number (and the unit written beside it) a payload holds for one value."""
+    if path is None:
+        text = payload.text().strip()
+        if text.startswith(("{", "[")):
+            raise SampleError("payload is a JSON object or array: set path")
+        if text.startswith('"'):
+            return raw_value(payload.json())
+        return _from_text(text)
+    try:
+        node = path.find(payload.json())
+    except KeyError:
+        return UNKNOWN  # the publisher left it out this time: no sample
+    return raw_value(node)
+
+
+def convert(raw: tuple[Decimal, str | None], kind: str, unit: str | None, factor: Fraction) -> float:
+    """``raw`` in the canonical unit of ``kind``; a unit written in the payload wins over ``unit``."""
+    number, written = raw
+    if not number.is_finite():
+        raise SampleError("not a finite number")
+    if number and not -MAX_EXPONENT <= number.adjusted() <= MAX_EXPONENT:
+        # 1e999999999 would make Fraction build a billion-digit integer.
+        raise SampleError(f"{_short(str(number))} is out of range")
+    if written is not None:
+        try:
+            unit_scale = unit_factor(kind, written)
+        except ValueError:
+            raise SampleError(f"unknown {kind} unit {_short(written)} in the payload") from None
+    else:
+        unit_scale = UNITS[kind][unit]
+    return float(Fraction(number) * unit_scale * factor)
+
+
+def parse_time(node: Any) -> float | None:
+    """Epoch seconds (or milliseconds, as a number above 10^11) or ISO 8601 → epoch seconds.
+
+    An ISO time without a zone (Tasmota's ``Time``) is read in this host's zone.
+    """
+    if isinstance(node, bool) or node is None:
+        return None
+    if isinstance(node, Decimal | int | float):
+        value = float(node)
+    elif isinstance(node, str):
+        text = node.strip()
+        try:
+            value = float(Decimal(text))
+        except InvalidOperation:
+            try:
+                value = datetime.fromisoformat(text).timestamp()
+            except (ValueError, OverflowError, OSError):
+                return None
+            return value if value > 0 else None
+    else:
+        return None
+    if not math.isfinite(value) or value <= 0:
+        return None
+    return value / 1000.0 if value > 1e11 else value
+
+
+# -- the layout ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Spec:
+    """One configured value: where it comes from and how it is converted (hashed by identity)."""
+
+    key: str
+    index: int  # position in a summed list (energy tariffs); 0 otherwise
+    topic: str
+    path: Path | None
+    unit: str | None
+    factor: Fraction  # scale, and -1 for invert
+    kind: str
+
+    @property
+    def required(self) -> bool:
+        return self.key in REQUIRED_KEYS
+
+    @property
+    def label(self) -> str:
+        name = self.key if self.index == 0 else f"{self.key}[{self.index}]"
+        return f"{name} ({self.topic}{' ' + self.path.text if self.path else ''})"
+
+
+@dataclass(frozen=True)
+class Layout:
+    specs: tuple[Spec, ...]
+    timestamp_path: Path | None = None
+    availability_topic: str | None = None
+    availability_path: Path | None = None
+    payload_available: str = "online"
+    payload_not_available: str = "offline"
+    invert: bool = False
+
+    def topics(self) -> list[str]:
+        """Every topic to subscribe to, in a stable order, without duplicates."""
+        topics: list[str] = []
+        for topic in [*(s.topic for s in self.specs), self.availability_topic]:
+            if topic is not None and topic not in topics:
+                topics.append(topic)
+        return topics
+
+    def keys(self) -> set[str]:
+        return {s.key for s in self.specs}
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able, for the log and ``meter.details``."""
+        values: dict[str, Any] = {}
+        for s in self.specs:
+            entry = {"topic": s.topic, **({"path": s.path.text} if s.path else {}),
+                     **({"unit": s.unit} if s.unit else {}),
+                     **({"factor": float(s.factor)} if s.factor != 1 else {})}
+            if s.key in values:
+                values[s.key] = [*(values[s.key] if isinstance(values[s.key], list) else [values[s.key]]), entry]
+            else:
+                values[s.key] = entry
+        return {"values": values, "invert": self.invert,
+                "timestamp_path": self.timestamp_path.text if self.timestamp_path else None,
+                "availability_topic": self.availability_topic}
+
+
+def _value_spec(key: str, index: int, value: Any, default_topic: str | None) -> Spec:
+    """A configured value (a topic string, ``$path`` string or a Value mapping) → Spec."""
+    kind = KEY_KIND[key]
+    if isinstance(value, str):
+        topic, path, unit, scale, invert = value, None, None, 1.0, False
+        if value.startswith("$"):
+            topic, path = default_topic, value
+    else:
+        topic = value.topic or default_topic
+        path, unit, scale, invert = value.path, value.unit, value.scale, value.invert
+    if topic is None:
+        raise ValueError(f"{key}: no topic (set it here or the source's topic)")
+    if unit is None:
+        unit = DEFAULT_UNIT[kind]
+    unit_factor(kind, unit)
+    factor = Fraction(scale) * (-1 if invert else 1)
+    return Spec(key, index, topic, parse_path(path) if path else None, unit, factor, kind)
+
+
+def layout_from_options(options: Any) -> Layout:
+    """The Layout of validated source options (``meteremu.sources.mqtt.Options``)."""
+    specs = [_value_spec(key, index, item, options.topic) for key, index, item in options.values.items()]
+    return Layout(
+        specs=tuple(specs),
+        timestamp_path=parse_path(options.timestamp_path) if options.timestamp_path else None,
+        availability_topic=options.availability_topic,
+        availability_path=parse_path(options.availability_path) if options.availability_path else None,
+        payload_available=options.payload_available,
+        payload_not_available=options.payload_not_available,
+        invert=options.invert,
+    )
+
+
+# -- smoothing ---------------------------------------------------------------------------
+
+
+class Smoother:
+    """Moving average over ``window`` samples, or EMA with weight ``alpha``, per value."""
+
+    def __init__(self, window: int | None = None, alpha: float | None = None) -> None:
+        self.window, self.alpha = window, alpha
+        self._windows: dict[Any, deque[float]] = {}
+        self._ema: dict[Any, float] = {}
+
+    def __call__(self, key: Any, value: float) -> float:
+        if self.window is not None:
+            window = self._windows.setdefault(key, deque(maxlen=self.window))
+            window.append(value)
+            return sum(window) / len(window)
+        if self.alpha is not None:
+            previous = self._ema.get(key)
+            smoothed = value if previous is None else self.alpha * value + (1 - self.alpha) * previous
+            self._ema[key] = smoothed
+            return smoothed
+        return value
+
+    def reset(self, key: Any) -> None:
+        self._windows.pop(key, None)
+        self._ema.pop(key, None)
+
+
+# -- building readings -------------------------------------------------------------------
+
+
+def build_phase(power: float, voltage: float | None, current: float | None, pf: float | None,
+                freq: float | None) -> PhaseReading:
+    """One phase from what is known; the rest derived consistently (as the HA source does).
+
+    With a measured current, apparent power is V×I, raised to |P| when the
+    published values disagree, so that |pf| ≤ 1 always holds.
+    """
+    volts = voltage if voltage is not None and voltage > 0 else 230.0
+    hertz = freq if freq is not None and freq > 0 else 50.0
+    if current is None:
+        return PhaseReading.from_power(power, voltage=volts, pf=abs(pf) if pf else 1.0, freq=hertz)
+    aprt = max(volts * abs(current), abs(power))
+    if pf is not None and power:
+        factor = min(1.0, abs(pf))
+    else:
+        factor = abs(power) / aprt if aprt else 0.0
+    signed_pf = factor if power >= 0 else -factor
+    return PhaseReading(voltage=volts, current=aprt / volts, act_power=power, aprt_power=aprt,
+                        pf=signed_pf if power else 0.0, freq=hertz)
+
+
+@dataclass
+class Outcome:
+    """What one message (or check) means for the Meter."""
+
+    reading: Reading | None = None
+    down: str | None = None
+    up: bool = False  # the availability topic said online again
+    new: bool = False  # a new sample arrived (a reading may still wait for the others)
+    waiting: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+class Combiner:
+    """The latest value of every configured key → Readings. Pure and synchronous.
+
+    Time: ``now`` is passed in by the caller (arrival time). A sample's time
+    is the payload's timestamp (``timestamp_path``) when it has one, else its
+    arrival (also when the payload's time is more than :data:`MAX_AHEAD`
+    ahead of the arrival: a clock glitch). A sample with the same payload
+    timestamp as the value's current one is a repeat; so is a *retained*
+    message whose payload is
+    byte-identical to the last one on its topic (the broker re-sends retained
+    messages on every subscribe). A Reading's ``measured_at`` is the newest
+    time of the samples it brings, nudged 1 ms past the previous Reading if
+    it is not later (two topics published in the same instant).
+    """
+
+    def __init__(self, layout: Layout, smoother: Smoother | None = None, expire_after: float = 0.0) -> None:
+        self.layout = layout
+        self.smoother = smoother or Smoother()
+        self.expire_after = expire_after
+        self.by_topic: dict[str, list[Spec]] = {}
+        for spec in layout.specs:
+            self.by_topic.setdefault(spec.topic, []).append(spec)
+        self.values: dict[Spec, float] = {}
+        self.stamps: dict[Spec, float] = {}  # sample time of the value held
+        self.arrived: dict[Spec, float] = {}  # when the value held arrived (expiry)
+        self.unavailable: set[Spec] = set()
+        self.offline = False  # the availability topic says not available
+        self.held = False  # a new sample arrived while offline: build a reading once online
+        self.last_payload: dict[str, bytes] = {}
+        self.last_measured_at: float | None = None
+        self._warned: set[tuple[str, str]] = set()
+        keys = layout.keys()
+        self.phase_count = max([1] + [i + 1 for i, p in enumerate(PHASES) if any(k.startswith(f"{p}_") for k in keys)])
+
+    # -- state -------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        """Every power value is there, none is unavailable, and the publisher is not offline."""
+        return not self.offline and not self.unavailable and not self.missing()
+
+    def missing(self) -> list[Spec]:
+        return [s for s in self.layout.specs if s.required and s not in self.values]
+
+    def expired(self, now: float) -> list[Spec]:
+        """Power values without a new sample for longer than ``expire_after`` (if set)."""
+        if not self.expire_after:
+            return []
+        return [s for s in self.layout.specs
+                if s.required and s in self.arrived and now - self.arrived[s] > self.expire_after]
+
+    def healthy(self, now: float) -> bool:
+        """Ready, and no power value has expired: the meter may be called alive."""
+        return self.ready and not self.expired(now)
+
+    def expiry(self, now: float) -> str | None:
+        """Why the values are too old to serve, if they are."""
+        expired = self.expired(now)
+        if not expired:
+            return None
+        return f"no new sample of {expired[0].label} for over {self.expire_after:g} s (expire_after)"
+
+    # -- input ----------------------------------------------------------------------
+    def _warn(self, outcome: Outcome, what: str, why: str) -> None:
+        if (what, why) not in self._warned:
+            self._warned.add((what, why))
+            outcome.warnings.append(f"{what}: {why}; sample ignored")
+
+    def message(self, topic: str, data: bytes, retained: bool, now: float) -> Outcome:
+        outcome = Outcome()
+        payload = Payload(data)
+        if topic == self.layout.availability_topic:
+            self._availability(payload, outcome)
+        specs = self.by_topic.get(topic)
+        if not specs:
+            return self._finish(outcome, [], now)
+        repeat = retained and self.last_payload.get(topic) == data
+        self.last_payload[topic] = data
+        if repeat:
+            return self._finish(outcome, [], now)
+        stamp = now
+        if self.layout.timestamp_path is not None:
+            stamp = self._timestamp(payload, topic, now, retained, outcome)
+        stamps: list[float] = []
+        for spec in specs:
+            self._sample(spec, payload, stamp, now, outcome, stamps)
+        return self._finish(outcome, stamps, now)
+
+    def _timestamp(self, payload: Payload, topic: str, now: float, retained: bool, outcome: Outcome) -> float:
+        path = self.layout.timestamp_path
+        assert path is not None
+        try:
+            node = path.find(payload.json())
+        except (SampleError, KeyError):
+            return now  # plain payloads and payloads without it: the arrival time
+        stamp = parse_time(node)
+        if stamp is None:
+            self._warn(outcome, f"{topic} {path.text}", f"{_short(str(node))} is not a time")
+            return now
+        if stamp > now + MAX_AHEAD:
+            # One glitch stamped years ahead must not make every later sample "not new".
+            self._warn(outcome, f"{topic} {path.text}",
+                       f"{_short(str(node))} is more than {MAX_AHEAD:g} s ahead of this host's clock "
+                       "(the arrival time is used)")
+            return now
+        return stamp
+
+    def _sample(self, spec: Spec, payload: Payload, stamp: float, now: float, outcome: Outcome,
+                stamps: list[float]) -> None:
+        try:
+            raw = sample(payload, spec.path)
+            if raw is UNKNOWN:
+                return
+            if raw is UNAVAILABLE:
+                self.arrived.pop(spec, None)
+                self.stamps.pop(spec, None)
+                self.smoother.reset(spec)
+                if spec.required:
+                    self.unavailable.add(spec)
+                    outcome.down = f"{spec.label} is unavailable"
+                elif self.values.pop(spec, None) is not None:
+                    stamps.append(stamp)  # drop it from the served values
+                return
+            assert isinstance(raw, tuple)
+            value = convert(raw, spec.kind, spec.unit, spec.factor)
+        except SampleError as err:
+            self._warn(outcome, spec.label, str(err))
+            return
+        if self.layout.timestamp_path is not None and self.stamps.get(spec) == stamp:
+            return  # the same sample again (an older time is taken: the publisher's clock stepped back)
+        self.unavailable.discard(spec)
+        if spec.kind == POWER:
+            value = self.smoother(spec, value)
+        self.values[spec] = value
+        self.stamps[spec] = stamp
+        self.arrived[spec] = now
+        stamps.append(stamp)
+
+    def _availability(self, payload: Payload, outcome: Outcome) -> None:
+        path = self.layout.availability_path
+        try:
+            node: Any = payload.text() if path is None else path.find(payload.json())
+        except (SampleError, KeyError):
+            return
+        if isinstance(node, bool):
+            text = "true" if node else "false"
+        elif isinstance(node, Decimal | int | float):
+            text = str(node)
+        elif isinstance(node, str):
+            text = node.strip()
+        else:
+            return
+        topic = self.layout.availability_topic
+        if text.lower() == self.layout.payload_not_available.lower():
+            self.offline = True
+            outcome.down = f"{topic} says {text!r}"
+        elif text.lower() == self.layout.payload_available.lower():
+            if self.offline:
+                self.offline = False
+                outcome.up = True
+        elif text:
+            self._warn(outcome, f"availability topic {topic}",
+                       f"{_short(text)} is neither {self.layout.payload_available!r} "
+                       f"nor {self.layout.payload_not_available!r}")
+
+    def _finish(self, outcome: Outcome, stamps: list[float], now: float) -> Outcome:
+        if stamps:
+            outcome.new = True
+        if outcome.down is not None:
+            return outcome
+        if self.offline:
+            # The meter was marked down when the publisher said so; the samples
+            # are kept and served once it says it is available again.
+            self.held = self.held or bool(stamps)
+            return outcome
+        if outcome.up and self.held:
+            self.held = False
+            stamps = [*stamps, max(self.stamps.values(), default=0.0)]
+        if not stamps:
+            return outcome
+        if self.unavailable:
+            outcome.down = f"{sorted(s.label for s in self.unavailable)[0]} is unavailable"
+            return outcome
+        missing = self.missing()
+        if missing:
+            outcome.waiting = [s.label for s in missing]
+            return outcome
+        expiry = self.expiry(now)
+        if expiry is not None:
+            outcome.down = expiry
+            return outcome
+        measured_at = max(stamps)
+        if self.last_measured_at is not None and measured_at <= self.last_measured_at:
+            measured_at = self.last_measured_at + 0.001
+        self.last_measured_at = measured_at
+        outcome.reading = self.reading(measured_at)
+        return outcome
+
+    # -- the reading -------------------------------------------------------------------
+    def value(self, key: str) -> float | None:
+        """The value of ``key`` (several are summed; None until each has one)."""
+        specs = [s for s in self.layout.specs if s.key == key]
+        if not specs or any(s not in self.values for s in specs):
+            return None
+        return sum(self.values[s] for s in specs)
+
+    def phase_power(self, phase: str) -> float:
+        keys = self.layout.keys()
+        if phase == "a" and "power" in keys:
+            power = (self.value("power") or 0.0) - (self.value("power_export") or 0.0)
+        else:
+            power = (self.value(f"{phase}_power") or 0.0) - (self.value(f"{phase}_power_export") or 0.0)
+        return -power if self.layout.invert else power
+
+    def reading(self, measured_at: float) -> Reading:
+        keys = self.layout.keys()
+        freq = self.value("frequency")
+        phases = tuple(build_phase(self.phase_power(p), self.value(f"{p}_voltage"), self.value(f"{p}_current"),
+                                   self.value(f"{p}_pf"), freq) for p in PHASES[:self.phase_count])
+        energy = None
+        if "energy_import" in keys or "energy_export" in keys:
+            imp, exp = self.value("energy_import"), self.value("energy_export")
+            if ("energy_import" not in keys or imp is not None) and ("energy_export" not in keys or exp is not None):
+                energy = ((imp or 0.0, exp or 0.0),) + ((0.0, 0.0),) * (len(phases) - 1)
+        return Reading(phases=phases, measured_at=measured_at, energy=energy)
+
+
+def topic_problem(value: str, what: str = "topic") -> str | None:
+    """Why ``value`` cannot be subscribed to as one exact topic (None if it can)."""
+    if not value:
+        return f"a non-empty {what}"
+    if any(c in value for c in "+#\x00"):
+        return f"an exact {what} without the wildcards + and #; got {value!r}"
+    if len(value.encode("utf-8")) > 65535:
+        return f"a {what} shorter than 65536 bytes"
+    return None
