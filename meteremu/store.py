@@ -134,9 +134,16 @@ class Store(Service):
         self._parts[key] = snapshot
 
     def put(self, key: str, value: Any) -> None:
-        """Save a value once (at the next persist), e.g. a generated MAC."""
+        """Save a value now, e.g. a generated MAC.
+
+        Written at once (or as soon as the store starts), not at the next
+        periodic persist: a MAC lost to a crash in the first seconds would
+        give the device a new identity (and Home Assistant a new device).
+        """
         self.values[key] = value
         self._pending[key] = value
+        if self._pool is not None:
+            self.persist()
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.values.get(key, default)
@@ -163,6 +170,8 @@ class Store(Service):
             self._loop.clock = self._clock
         self._loop.start(self.persist_interval, now=False).addErrback(
             lambda f: log.failure("persist loop stopped", f))
+        if self._pending:  # e.g. a MAC generated while the tree was built
+            self.persist()
 
     def persist(self) -> Deferred[None]:
         """Write every registered snapshot in one transaction.

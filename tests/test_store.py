@@ -67,16 +67,20 @@ class StoreServiceTests(TestCase):
         store.register("nothing_yet", lambda: None)  # a part with nothing to save yet
         store.put("mac", "C8F09E000001")
         store.startService()
+        # The value put before the start is written at once, not 30 s later.
+        yield store._saving
+        self.assertEqual(open_state(path)["mac"], "C8F09E000001")
+        self.assertEqual(store.saves, 1)
         counter["n"] = 1
         clock.advance(29)
-        self.assertEqual(store.saves, 0)
+        self.assertEqual(store.saves, 1)
         clock.advance(1)
         yield store._saving
         self.assertEqual(open_state(path), {"counter": {"n": 1}, "mac": "C8F09E000001", "nothing_yet": None})
         counter["n"] = 2
         yield store.stopService()
         self.assertEqual(open_state(path)["counter"], {"n": 2})
-        self.assertEqual(store.saves, 2)
+        self.assertEqual(store.saves, 3)
 
 
 class CountersSurviveRestartTests(TestCase):
