@@ -359,7 +359,7 @@ def fail_fast(reactor: Any, message: str) -> None:
     """Report a fatal start-up problem on one line and stop with status 1."""
     import os
 
-    log.critical("{message}", message=message)
+    log.critical("{text}", text=message)
     sys.stderr.write(f"meteremu: {message}\n")
     sys.stderr.flush()
     reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)

@@ -57,6 +57,7 @@ from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
+from meteremu.configtypes import Duration
 from meteremu.logs import logger
 
 log = logger(__name__)
@@ -113,6 +114,90 @@ def make_ssl_context(tls: TLSOptions) -> ssl.SSLContext:
 
 
 @dataclass(frozen=True)
+class BrokerOptions:
+    """The broker connection options shared by the MQTT exporter and the MQTT source.
+
+    Each extends this with its own keys (and, for ``client_id`` and
+    ``keepalive``, its own default and doc); the YAML keys are the same for both.
+    """
+
+    host: str = field(default="localhost", metadata={"doc": "broker host name or IP address"})
+    port: int = field(default=1883, metadata={"doc": "broker port (usually 8883 with TLS)"})
+    username: str | None = field(default=None, metadata={"doc": "user name, if the broker wants one"})
+    password: str | None = field(default=None, repr=False, metadata={
+        "doc": 'password; write "${MQTT_PASSWORD}" to keep it out of the file'})
+    client_id: str | None = field(default=None, metadata={"doc": "MQTT client id"})
+    tls: bool | TLSOptions = field(default=False, metadata={
+        "doc": "true (system CAs) or {ca_file, certfile, keyfile, insecure}"})
+    keepalive: Duration = field(default=60.0, metadata={"doc": "MQTT keepalive (pings when idle)"})
+    connect_timeout: Duration = field(default=5.0, metadata={
+        "doc": "how long one connection attempt (TCP, TLS, CONNACK) may take"})
+    reconnect_delay: Duration = field(default=1.0, metadata={
+        "doc": "first wait before reconnecting; doubles per failure, with jitter"})
+    reconnect_max_delay: Duration = field(default=60.0, metadata={"doc": "longest wait between attempts"})
+
+    @property
+    def tls_options(self) -> TLSOptions | None:
+        """``tls`` as TLSOptions (``true``: all defaults), or None without TLS."""
+        if not self.tls:
+            return None
+        return self.tls if isinstance(self.tls, TLSOptions) else TLSOptions()
+
+    @property
+    def insecure(self) -> bool:
+        """TLS without checking the broker's certificate (worth a warning at start)."""
+        tls = self.tls_options
+        return tls is not None and tls.insecure
+
+    @property
+    def address(self) -> str:
+        return broker_address(self.host, self.port, bool(self.tls))
+
+    def broker_errors(self) -> list[tuple[str, str]]:
+        """validate() errors of the address and the credentials."""
+        errors: list[tuple[str, str]] = []
+        if not 1 <= self.port <= 65535:
+            errors.append(("port", f"a port 1-65535; got {self.port}"))
+        if self.password is not None and self.username is None:
+            errors.append(("password", "a username as well (a password alone is never sent)"))
+        return errors
+
+    def client_id_errors(self) -> list[tuple[str, str]]:
+        if self.client_id is not None and not self.client_id:
+            return [("client_id", "a non-empty client id (or leave it out)")]
+        return []
+
+    def timing_errors(self) -> list[tuple[str, str]]:
+        """validate() errors of keepalive, connect timeout and reconnect delays."""
+        errors: list[tuple[str, str]] = []
+        if not 5 <= self.keepalive <= 65535:
+            errors.append(("keepalive", "a duration from 5s to 65535s"))
+        if not self.connect_timeout > 0:
+            errors.append(("connect_timeout", "a duration above 0"))
+        if not self.reconnect_delay > 0:
+            errors.append(("reconnect_delay", "a duration above 0"))
+        if self.reconnect_max_delay < self.reconnect_delay:
+            errors.append(("reconnect_max_delay", "a duration at least reconnect_delay"))
+        return errors
+
+
+def broker_address(host: str, port: int, tls: bool) -> str:
+    """``mqtt(s)://host:port`` for logs and status (an IPv6 host in brackets)."""
+    host = f"[{host}]" if ":" in host else host
+    return f"{'mqtts' if tls else 'mqtt'}://{host}:{port}"
+
+
+def broker_settings(options: BrokerOptions, client_id: str, will: Message | None = None) -> BrokerSettings:
+    """The client's settings from validated options; :class:`MQTTConfigError` names a bad TLS file."""
+    tls = options.tls_options
+    return BrokerSettings(
+        host=options.host, port=options.port, client_id=client_id, username=options.username,
+        password=options.password, ssl_context=make_ssl_context(tls) if tls is not None else None,
+        keepalive=int(round(options.keepalive)), connect_timeout=options.connect_timeout,
+        reconnect_delay=options.reconnect_delay, reconnect_max_delay=options.reconnect_max_delay, will=will)
+
+
+@dataclass(frozen=True)
 class Message:
     topic: str
     payload: bytes | str
@@ -139,8 +224,7 @@ class BrokerSettings:
 
     @property
     def address(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{'mqtts' if self.ssl_context else 'mqtt'}://{host}:{self.port}"
+        return broker_address(self.host, self.port, self.ssl_context is not None)
 
 
 def backoff_delay(failures: int, first: float, cap: float, rnd: Callable[[], float] = random.random) -> float:

@@ -45,7 +45,6 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from hashlib import sha256
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -56,7 +55,6 @@ from twisted.internet import defer
 from twisted.internet import error as net_error
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import CertificateOptions
 from twisted.python.failure import Failure
@@ -70,6 +68,14 @@ from meteremu.configtypes import Duration
 from meteremu.logs import logger
 from meteremu.meter import Meter, default_stale_after
 from meteremu.reading import PhaseReading, Reading
+from meteremu.sources.common import SourceStatus
+from meteremu.tls import (
+    ContextCreator,
+    fingerprint,
+    parse_fingerprint,
+    pem_blocks,
+    show_fingerprint,
+)
 
 log = logger(__name__)
 
@@ -82,15 +88,6 @@ FAILURES_BEFORE_DOWN = 3
 
 
 # -- options ---------------------------------------------------------------------------
-
-
-def _fingerprint_bytes(value: str) -> bytes:
-    text = value.strip().replace(":", "").replace(" ", "")
-    if text.lower().startswith("sha256"):
-        text = text[6:].lstrip("/=")
-    if len(text) != 64:
-        raise ValueError(value)
-    return bytes.fromhex(text)
 
 
 @dataclass(frozen=True)
@@ -153,7 +150,7 @@ class HomeWizardOptions:
                                     "see docs/sources.md)"))
         if self.tls_fingerprint is not None:
             try:
-                _fingerprint_bytes(self.tls_fingerprint)
+                parse_fingerprint(self.tls_fingerprint)
             except ValueError:
                 errors.append(("tls_fingerprint", "a SHA-256 fingerprint: 64 hex digits, colons allowed"))
         chosen = [n for n, v in (("tls_fingerprint", self.tls_fingerprint), ("ca_file", self.ca_file),
@@ -176,8 +173,7 @@ class HomeWizardOptions:
 def load_pem_certificates(path: str) -> list[crypto.X509]:
     with open(path, "rb") as handle:
         pem = handle.read()
-    marker = b"-----END CERTIFICATE-----"
-    blocks = [block + marker for block in pem.split(marker) if b"-----BEGIN CERTIFICATE-----" in block]
+    blocks = pem_blocks(pem)
     if not blocks:
         raise ValueError("no PEM certificate found")
     return [crypto.load_certificate(crypto.FILETYPE_PEM, block) for block in blocks]
@@ -354,18 +350,6 @@ def parse_measurement(data: Mapping[str, Any], api: str, arrival: float, tz: Any
 # -- TLS ----------------------------------------------------------------------------------
 
 
-@implementer(IOpenSSLClientConnectionCreator)
-class _Creator:
-    def __init__(self, policy: DeviceTLS) -> None:
-        self.policy = policy
-
-    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
-        connection = SSL.Connection(self.policy.context, None)
-        connection.set_app_data(tlsProtocol)
-        connection.set_connect_state()
-        return connection
-
-
 @implementer(IPolicyForHTTPS)
 class DeviceTLS:
     """Trust exactly the device: a pinned SHA-256, a CA (+ name), or anything.
@@ -391,15 +375,15 @@ class DeviceTLS:
     @classmethod
     def from_options(cls, options: HomeWizardOptions) -> DeviceTLS:
         if options.tls_fingerprint:
-            return cls(fingerprint=_fingerprint_bytes(options.tls_fingerprint))
+            return cls(fingerprint=parse_fingerprint(options.tls_fingerprint))
         if options.ca_file:
             return cls(ca=load_pem_certificates(options.ca_file), name=options.tls_name)
         return cls()
 
     def _check(self, connection: Any, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
         if depth == 0:
-            digest = sha256(crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)).digest()
-            self.seen = ":".join(f"{b:02X}" for b in digest)
+            digest = fingerprint(crypto.dump_certificate(crypto.FILETYPE_ASN1, cert))
+            self.seen = show_fingerprint(digest)
         if self.fingerprint is not None:
             if depth > 0:
                 return True
@@ -419,8 +403,8 @@ class DeviceTLS:
             return True
         return True  # verify_ssl: false
 
-    def creatorForNetloc(self, hostname: bytes, port: int) -> _Creator:
-        return _Creator(self)
+    def creatorForNetloc(self, hostname: bytes, port: int) -> ContextCreator:
+        return ContextCreator(self)
 
 
 def _names_match(cert: crypto.X509, name: str) -> bool:
@@ -553,7 +537,7 @@ class _WebSocket(WebSocketClientProtocol):
         self.factory.source.ws_closed(self, code, reason)
 
 
-class HomeWizardSource(Service):
+class HomeWizardSource(SourceStatus, Service):
     """Feeds a Meter from a HomeWizard P1 meter (see the module docstring)."""
 
     type_name = "homewizard"
@@ -639,9 +623,7 @@ class HomeWizardSource(Service):
 
     # -- status ----------------------------------------------------------------------------
     def _set_state(self, state: str) -> None:
-        self.state = state
-        if isinstance(self.meter.details, dict):
-            self.meter.details["connection"] = state
+        super()._set_state(state)
         self._emit(state)
 
     def when(self, event: str) -> Deferred[Any]:
@@ -655,11 +637,6 @@ class HomeWizardSource(Service):
         self._waiters = [(e, d) for e, d in self._waiters if e != event]
         for d in fire:
             d.callback(value)
-
-    def _say(self, topic: str, message: str, level: str = "warn") -> None:
-        if self._said.get(topic) != message:
-            self._said[topic] = message
-            getattr(log, level)("meter {meter}: {message}", meter=self.meter.name, message=message)
 
     def _schedule(self, delay: float) -> None:
         if self._stopping:

@@ -41,6 +41,7 @@ from meteremu.logs import logger
 from meteremu.meter import Meter
 from meteremu.reading import Reading
 from meteremu.sources import kmp
+from meteremu.sources.common import SourceStatus
 
 log = logger(__name__)
 
@@ -242,7 +243,7 @@ class _Factory(ClientFactory):
         return _KmpProtocol(self.source)
 
 
-class KamstrupSource(Service):
+class KamstrupSource(SourceStatus, Service):
     """Polls a MULTICAL over KMP and feeds a phaseless Meter."""
 
     type_name = "kamstrup"
@@ -291,16 +292,6 @@ class KamstrupSource(Service):
         closing = proto.closed
         timer = self.reactor.callLater(CLOSE_WAIT, lambda: closing.called or closing.callback(None))
         return closing.addBoth(lambda _: timer.cancel() if timer.active() else None)
-
-    def _set_state(self, state: str) -> None:
-        self.state = state
-        if isinstance(self.meter.details, dict):
-            self.meter.details["connection"] = state
-
-    def _say(self, topic: str, message: str, level: str = "warn") -> None:
-        if self._said.get(topic) != message:
-            self._said[topic] = message
-            getattr(log, level)("meter {meter}: {message}", meter=self.meter.name, message=message)
 
     def when_polled(self) -> Deferred[bool]:
         """Fires after the next read with True (the meter answered) or False."""

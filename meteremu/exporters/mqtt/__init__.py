@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from meteremu.configtypes import Duration
-from meteremu.mqttclient import TLSOptions
+from meteremu.mqttclient import BrokerOptions, TLSOptions
 
 __all__ = ["Options", "TLSOptions", "make_exporter"]
 
@@ -31,23 +31,12 @@ def _topic_problem(value: str, what: str) -> str | None:
 
 
 @dataclass(frozen=True)
-class Options:
+class Options(BrokerOptions):
+    """``exporters.mqtt``: the broker (:class:`~meteremu.mqttclient.BrokerOptions`) and what to publish."""
+
     enabled: bool = field(default=True, metadata={"doc": "false keeps the section but publishes nothing"})
-    host: str = field(default="localhost", metadata={"doc": "broker host name or IP address"})
-    port: int = field(default=1883, metadata={"doc": "broker port (usually 8883 with TLS)"})
-    username: str | None = field(default=None, metadata={"doc": "user name, if the broker wants one"})
-    password: str | None = field(default=None, repr=False, metadata={
-        "doc": 'password; write "${MQTT_PASSWORD}" to keep it out of the file'})
     client_id: str | None = field(default=None, metadata={
         "doc": "MQTT client id; default meteremu-<node_id> (stable, so the broker recognises us)"})
-    tls: bool | TLSOptions = field(default=False, metadata={
-        "doc": "true (system CAs) or {ca_file, certfile, keyfile, insecure}"})
-    keepalive: Duration = field(default=60.0, metadata={"doc": "MQTT keepalive (pings when idle)"})
-    connect_timeout: Duration = field(default=5.0, metadata={
-        "doc": "how long one connection attempt (TCP, TLS, CONNACK) may take"})
-    reconnect_delay: Duration = field(default=1.0, metadata={
-        "doc": "first wait before reconnecting; doubles per failure, with jitter"})
-    reconnect_max_delay: Duration = field(default=60.0, metadata={"doc": "longest wait between attempts"})
     topic_prefix: str = field(default="meters", metadata={
         "doc": "first topic level(s): <prefix>/<source type>/<meter>/<parameter>"})
     qos: Literal[0, 1, 2] = field(default=0, metadata={"doc": "QoS of the value messages"})
@@ -75,11 +64,7 @@ class Options:
         return self.client_id or f"meteremu-{self.node_id}"
 
     def validate(self) -> list[tuple[str, str]]:
-        errors: list[tuple[str, str]] = []
-        if not 1 <= self.port <= 65535:
-            errors.append(("port", f"a port 1-65535; got {self.port}"))
-        if self.password is not None and self.username is None:
-            errors.append(("password", "a username as well (a password alone is never sent)"))
+        errors = self.broker_errors()
         for name in ("topic_prefix", "discovery_prefix", "birth_topic"):
             value = getattr(self, name)
             if value is None:
@@ -89,17 +74,7 @@ class Options:
                 errors.append((name, problem))
         if not _NODE_ID.fullmatch(self.node_id):
             errors.append(("node_id", f"letters, digits, '_' or '-' only; got {self.node_id!r}"))
-        if self.client_id is not None and not self.client_id:
-            errors.append(("client_id", "a non-empty client id (or leave it out)"))
-        if not 5 <= self.keepalive <= 65535:
-            errors.append(("keepalive", "a duration from 5s to 65535s"))
-        if not self.connect_timeout > 0:
-            errors.append(("connect_timeout", "a duration above 0"))
-        if not self.reconnect_delay > 0:
-            errors.append(("reconnect_delay", "a duration above 0"))
-        if self.reconnect_max_delay < self.reconnect_delay:
-            errors.append(("reconnect_max_delay", "a duration at least reconnect_delay"))
-        return errors
+        return errors + self.client_id_errors() + self.timing_errors()
 
 
 def make_exporter(options: Options, meters: Any, reactor: Any, metrics: Any, store: Any) -> Any:

@@ -60,8 +60,7 @@ from meteremu.mqttclient import (
     Message,
     MQTTConfigError,
     ReactorMQTTClient,
-    TLSOptions,
-    make_ssl_context,
+    broker_settings,
 )
 from meteremu.reading import Reading
 
@@ -141,18 +140,11 @@ class MQTTExporter(Service):
 
     # -- service ------------------------------------------------------------------------
     def _settings(self) -> BrokerSettings:
-        o = self.options
-        ssl_context = None
-        if o.tls:
-            tls = o.tls if isinstance(o.tls, TLSOptions) else TLSOptions()
-            ssl_context = make_ssl_context(tls)
-            if tls.insecure:
-                log.warn("exporters.mqtt.tls.insecure: the broker's certificate and host name are not checked")
-        return BrokerSettings(
-            host=o.host, port=o.port, client_id=o.mqtt_client_id, username=o.username, password=o.password,
-            ssl_context=ssl_context, keepalive=int(round(o.keepalive)), connect_timeout=o.connect_timeout,
-            reconnect_delay=o.reconnect_delay, reconnect_max_delay=o.reconnect_max_delay,
-            will=Message(self.layout.status_topic, OFFLINE, 1, True))
+        settings = broker_settings(self.options, self.options.mqtt_client_id,
+                                   will=Message(self.layout.status_topic, OFFLINE, 1, True))
+        if self.options.insecure:
+            log.warn("exporters.mqtt.tls.insecure: the broker's certificate and host name are not checked")
+        return settings
 
     def startService(self) -> None:
         super().startService()

@@ -40,6 +40,7 @@ from twisted.python.failure import Failure
 
 from meteremu.logs import logger
 from meteremu.meter import Meter
+from meteremu.sources.common import SourceStatus
 from meteremu.sources.dsmr.options import DsmrOptions
 from meteremu.sources.dsmr.parse import (
     SERIAL_PROBE_ORDER,
@@ -110,7 +111,7 @@ class _Factory(ClientFactory):
         return proto
 
 
-class DsmrSource(Service):
+class DsmrSource(SourceStatus, Service):
     """Feeds a Meter from P1 telegrams (see the module docstring)."""
 
     type_name = "dsmr"
@@ -205,16 +206,8 @@ class DsmrSource(Service):
         self.meter.details = details
 
     def _set_state(self, state: str) -> None:
-        self.state = state
-        if isinstance(self.meter.details, dict):
-            self.meter.details["connection"] = state
+        super()._set_state(state)
         self._emit(state)
-
-    def _say(self, topic: str, message: str, level: str = "warn") -> None:
-        """Log ``message`` only when it differs from the last one on ``topic``."""
-        if self._said.get(topic) != message:
-            self._said[topic] = message
-            getattr(log, level)("meter {meter}: {message}", meter=self.meter.name, message=message)
 
     # -- events for tests and callers ----------------------------------------------------------
     def when(self, event: str) -> Deferred[Any]:

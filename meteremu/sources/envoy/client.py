@@ -29,7 +29,6 @@ import json
 import math
 import random
 from collections.abc import Callable
-from hashlib import sha256
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -40,7 +39,6 @@ from OpenSSL import SSL
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import Certificate, CertificateOptions, trustRootFromCertificates
 from twisted.python.failure import Failure
@@ -81,6 +79,7 @@ from meteremu.sources.envoy.parse import (
     MissingSample,
     NoGridData,
 )
+from meteremu.tls import ContextCreator, fingerprint, pem_blocks, show_fingerprint
 
 log = logger("meteremu.sources.envoy")
 
@@ -140,18 +139,6 @@ def read_body(response: Any, limit: int = MAX_BODY) -> Deferred[bytes]:
     return finished
 
 
-@implementer(IOpenSSLClientConnectionCreator)
-class _EnvoyTLSCreator:
-    def __init__(self, policy: EnvoyTLSPolicy) -> None:
-        self.policy = policy
-
-    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
-        connection = SSL.Connection(self.policy.context, None)
-        connection.set_app_data(tlsProtocol)
-        connection.set_connect_state()
-        return connection
-
-
 @implementer(IPolicyForHTTPS)
 class EnvoyTLSPolicy:
     """TLS to the Envoy: pin its certificate's SHA-256, skip checks, or verify normally.
@@ -180,8 +167,8 @@ class EnvoyTLSPolicy:
     def _check(self, connection: Any, cert: Any, errno: int, depth: int, ok: int) -> bool:
         if depth > 0:
             return True
-        digest = sha256(cert.to_cryptography().public_bytes(Encoding.DER)).digest()
-        self.seen = ":".join(f"{b:02X}" for b in digest)
+        digest = fingerprint(cert.to_cryptography().public_bytes(Encoding.DER))
+        self.seen = show_fingerprint(digest)
         if self.fingerprint is None:
             return True
         self.mismatch = digest != self.fingerprint
@@ -190,7 +177,7 @@ class EnvoyTLSPolicy:
     def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
         if self.verify and self.fingerprint is None:
             return self._default.creatorForNetloc(hostname, port)
-        return _EnvoyTLSCreator(self)
+        return ContextCreator(self)
 
 
 def cloud_policy(ca_file: str | None) -> IPolicyForHTTPS:
@@ -199,8 +186,7 @@ def cloud_policy(ca_file: str | None) -> IPolicyForHTTPS:
         return BrowserLikePolicyForHTTPS()
     with open(ca_file, "rb") as handle:
         pem = handle.read()
-    marker = b"-----END CERTIFICATE-----"
-    blocks = [block + marker for block in pem.split(marker) if b"-----BEGIN CERTIFICATE-----" in block]
+    blocks = pem_blocks(pem)
     if not blocks:
         raise ValueError(f"{ca_file}: no PEM certificate found")
     return BrowserLikePolicyForHTTPS(trustRoot=trustRootFromCertificates(
@@ -403,7 +389,7 @@ class EnvoySource(Service):
         self.next_delay = delay  # known before the Meter (and whoever watches it) hears
         self.meter.report_failure(message, down=True)
         if message != self._last_error:
-            log.warn("{meter}: {message}", meter=self.meter.name, message=message)
+            log.warn("{meter}: {text}", meter=self.meter.name, text=message)
             self._last_error = message
         return delay
 
@@ -744,8 +730,8 @@ class EnvoySource(Service):
     def _slow_failed(self, what: str, message: str) -> None:
         message = self.redact(message)
         if self._slow_errors.get(what) != message:
-            log.warn("{meter}: Envoy {what} poll failed: {message}", meter=self.meter.name,
-                     what=what, message=message)
+            log.warn("{meter}: Envoy {what} poll failed: {text}", meter=self.meter.name,
+                     what=what, text=message)
         self._slow_errors[what] = message
 
     async def _poll_totals(self) -> None:

@@ -8,27 +8,16 @@ as ``${ENV_VAR}`` in the YAML file.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit
 
 from meteremu.configtypes import Duration
+from meteremu.tls import parse_fingerprint as normalise_fingerprint
 
 ENLIGHTEN_URL = "https://enlighten.enphaseenergy.com"
 ENTREZ_URL = "https://entrez.enphaseenergy.com"
 
-_FINGERPRINT = re.compile(r"^[0-9a-fA-F]{64}$")
-
-
-def normalise_fingerprint(value: str) -> bytes:
-    """``"AB:CD:…"`` or plain hex (SHA-256 of the certificate's DER) → 32 bytes."""
-    text = value.strip().replace(":", "").replace(" ", "")
-    if text.lower().startswith("sha256"):
-        text = text[6:].lstrip("/=")
-    if not _FINGERPRINT.match(text):
-        raise ValueError(value)
-    return bytes.fromhex(text)
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,7 @@ from twisted.web.http import PotentialDataLoss
 
 from meteremu.logs import logger
 from meteremu.meter import Meter
+from meteremu.sources.common import SourceStatus
 from meteremu.sources.homeassistant import protocol as ha
 from meteremu.sources.homeassistant.options import HomeAssistantOptions
 
@@ -168,7 +169,7 @@ class _Session:
         self.opened = False
 
 
-class HomeAssistantSource(Service):
+class HomeAssistantSource(SourceStatus, Service):
     """Feeds a Meter from Home Assistant (see the module docstring)."""
 
     type_name = "homeassistant"
@@ -187,8 +188,7 @@ class HomeAssistantSource(Service):
         else:
             scheme = "wss" if parts.scheme == "https" else "ws"
             self.ws_url = urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/api/websocket", "", ""))
-        self.smoother = ha.Smoother(options.smoothing.window, options.smoothing.alpha) \
-            if options.smoothing else ha.Smoother()
+        self.smoother = ha.Smoother.from_options(options.smoothing)
         self.mapping: ha.EntityMapping | None = None
         self.tracker: ha.Tracker | None = None
         self.state = "stopped"
@@ -269,25 +269,13 @@ class HomeAssistantSource(Service):
             "mapping": self.mapping.describe() if self.mapping else None,
         }
 
-    def _set_state(self, state: str) -> None:
-        self.state = state
-        details = getattr(self.meter, "details", None)
-        if isinstance(details, dict):
-            details["connection"] = state
-
-    def _say(self, topic: str, message: str, level: str = "warn") -> None:
-        """Log ``message`` only when it differs from the last one on ``topic``."""
-        if self._said.get(topic) != message:
-            self._said[topic] = message
-            getattr(log, level)("meter {meter}: {message}", meter=self.meter.name, message=message)
-
     def _fail(self, message: str, down: bool) -> None:
         self.meter.report_failure(message, down=down)
         self._say("failure", message)
 
     def _handle(self, outcome: ha.Outcome) -> None:
         for warning in outcome.warnings:
-            log.warn("meter {meter}: {warning}", meter=self.meter.name, warning=warning)
+            log.warn("meter {meter}: {text}", meter=self.meter.name, text=warning)
         for entity in outcome.not_found:
             self._say(f"404:{entity}", f"{entity} does not exist in Home Assistant")
         if outcome.down is not None:

@@ -13,47 +13,23 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from meteremu.configtypes import Duration
+from meteremu.sources.values import Smoothing, has_power_key, power_key_errors, quantity_fields
 
 ENTITY_ID = re.compile(r"^[a-z0-9_]+\.[a-z0-9_]+$")
 CIRCUIT_NAME = re.compile(r"^[a-z0-9_]+$")
 
-PHASE_KEYS = ("a", "b", "c")
-
 
 @dataclass(frozen=True)
+@quantity_fields(str)
 class Entities:
     """Which Home Assistant entity feeds which quantity (all optional).
 
-    Power is signed (+ import, − export) unless ``*_power_export`` is given:
-    then the matching power entity is read as import and the export entity
-    (a positive number) is subtracted, as with DSMR's separate
-    ``power_consumption`` / ``power_production`` sensors.
+    The keys are those of :data:`meteremu.sources.values.KEYS` (shared with the
+    MQTT source's ``values``). Power is signed (+ import, − export) unless
+    ``*_power_export`` is given: then the matching power entity is read as
+    import and the export entity (a positive number) is subtracted, as with
+    DSMR's separate ``power_consumption`` / ``power_production`` sensors.
     """
-
-    power: str | None = field(default=None, metadata={
-        "doc": "total grid power, placed on phase A (B and C read 0)"})
-    power_export: str | None = field(default=None, metadata={
-        "doc": "total export power (positive); power is then the import"})
-    a_power: str | None = field(default=None, metadata={"doc": "phase A power"})
-    b_power: str | None = field(default=None, metadata={"doc": "phase B power"})
-    c_power: str | None = field(default=None, metadata={"doc": "phase C power"})
-    a_power_export: str | None = field(default=None, metadata={"doc": "phase A export power"})
-    b_power_export: str | None = field(default=None, metadata={"doc": "phase B export power"})
-    c_power_export: str | None = field(default=None, metadata={"doc": "phase C export power"})
-    a_voltage: str | None = None
-    b_voltage: str | None = None
-    c_voltage: str | None = None
-    a_current: str | None = None
-    b_current: str | None = None
-    c_current: str | None = None
-    a_pf: str | None = None
-    b_pf: str | None = None
-    c_pf: str | None = None
-    frequency: str | None = None
-    energy_import: str | tuple[str, ...] | None = field(default=None, metadata={
-        "doc": "lifetime import counter(s); several (tariffs) are summed"})
-    energy_export: str | tuple[str, ...] | None = field(default=None, metadata={
-        "doc": "lifetime export counter(s); several (tariffs) are summed"})
 
     def as_dict(self) -> dict[str, str | tuple[str, ...]]:
         """The configured keys only: ``{key: entity_id or (entity_id, …)}``."""
@@ -61,37 +37,15 @@ class Entities:
 
     def validate(self) -> list[tuple[str, str]]:
         errors: list[tuple[str, str]] = []
-        for key, value in self.as_dict().items():
+        configured = self.as_dict()
+        for key, value in configured.items():
             for entity in (value,) if isinstance(value, str) else value:
                 if not ENTITY_ID.match(entity):
                     errors.append((key, f"an entity id like sensor.grid_power; got {entity!r}"))
-        if self.power and any(getattr(self, f"{p}_power") for p in PHASE_KEYS):
-            errors.append(("power", "either power (a total) or a_power/b_power/c_power, not both"))
-        if self.power_export and not self.power:
-            errors.append(("power_export", "power as well (the import entity)"))
-        for p in PHASE_KEYS:
-            if getattr(self, f"{p}_power_export") and not getattr(self, f"{p}_power"):
-                errors.append((f"{p}_power_export", f"{p}_power as well (the import entity)"))
-        if self.as_dict() and not (self.power or any(getattr(self, f"{p}_power") for p in PHASE_KEYS)):
+        errors += power_key_errors(configured, "entity")
+        if configured and not has_power_key(configured):
             errors.append(("power", "a power entity (power or a_power…) when entities are given"))
         return errors
-
-
-@dataclass(frozen=True)
-class Smoothing:
-    """Either a moving average over ``window`` samples or an EMA with ``alpha``."""
-
-    window: int | None = field(default=None, metadata={"doc": "moving average over N samples"})
-    alpha: float | None = field(default=None, metadata={"doc": "exponential moving average weight"})
-
-    def validate(self) -> list[tuple[str, str]]:
-        if (self.window is None) == (self.alpha is None):
-            return [("window", "exactly one of window (moving average) or alpha (EMA)")]
-        if self.window is not None and not 1 <= self.window <= 1000:
-            return [("window", "a number of samples from 1 to 1000")]
-        if self.alpha is not None and not 0 < self.alpha <= 1:
-            return [("alpha", "a weight greater than 0 and at most 1")]
-        return []
 
 
 @dataclass(frozen=True)

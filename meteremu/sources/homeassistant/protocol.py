@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -39,7 +38,23 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Any
 
-from meteremu.reading import PhaseReading, Reading
+from meteremu.reading import Reading
+from meteremu.sources.values import (
+    CURRENT,
+    ENERGY,
+    FREQUENCY,
+    KEY_KIND,
+    PHASES,
+    POWER,
+    POWER_FACTOR,  # noqa: F401 (re-exported: a unit kind, like the others)
+    REQUIRED_KEYS,
+    UNITS,
+    VOLTAGE,
+    Smoother,
+    next_measured_at,
+    out_of_range,
+    reading_parts,
+)
 
 STATE_UNKNOWN = "unknown"
 STATE_UNAVAILABLE = "unavailable"
@@ -86,33 +101,6 @@ class MessageIds:
 
 # -- units ------------------------------------------------------------------------
 
-POWER = "power"
-ENERGY = "energy"
-VOLTAGE = "voltage"
-CURRENT = "current"
-FREQUENCY = "frequency"
-POWER_FACTOR = "power_factor"
-
-# Factors to the canonical unit of each kind: W, Wh, V, A, Hz, fraction (core's
-# homeassistant/util/unit_conversion.py; 1 kWh = 3.6 MJ, 1 cal = 4.184 J).
-UNITS: dict[str, dict[str | None, Fraction]] = {
-    POWER: {"mW": Fraction(1, 1000), "W": Fraction(1), "kW": Fraction(1000),
-            "MW": Fraction(10**6), "GW": Fraction(10**9), "TW": Fraction(10**12),
-            "BTU/h": Fraction("0.29307107")},
-    ENERGY: {"mWh": Fraction(1, 1000), "Wh": Fraction(1), "kWh": Fraction(1000),
-             "MWh": Fraction(10**6), "GWh": Fraction(10**9), "TWh": Fraction(10**12),
-             "J": Fraction(1, 3600), "kJ": Fraction(1000, 3600), "MJ": Fraction(10**6, 3600),
-             "GJ": Fraction(10**9, 3600),
-             "cal": Fraction("4.184") / 3600, "kcal": Fraction("4184") / 3600,
-             "Mcal": Fraction("4184000") / 3600, "Gcal": Fraction("4184000000") / 3600},
-    VOLTAGE: {"µV": Fraction(1, 10**6), "μV": Fraction(1, 10**6), "mV": Fraction(1, 1000),
-              "V": Fraction(1), "kV": Fraction(1000), "MV": Fraction(10**6)},
-    CURRENT: {"mA": Fraction(1, 1000), "A": Fraction(1)},
-    FREQUENCY: {"Hz": Fraction(1), "kHz": Fraction(1000), "MHz": Fraction(10**6),
-                "GHz": Fraction(10**9)},
-    POWER_FACTOR: {None: Fraction(1), "": Fraction(1), "%": Fraction(1, 100)},
-}
-
 
 class SampleError(ValueError):
     """A state that is not a usable number in a known unit (no sample)."""
@@ -128,6 +116,8 @@ def parse_number(state: Any) -> Decimal:
         raise SampleError(f"state {state!r} is not a number") from None
     if not number.is_finite():
         raise SampleError(f"state {state!r} is not a finite number")
+    if out_of_range(number):
+        raise SampleError(f"state {state!r} is out of range")
     return number
 
 
@@ -245,15 +235,6 @@ def apply_event(states: dict[str, dict[str, Any]], event: Mapping[str, Any]) -> 
 
 # -- entity mapping ---------------------------------------------------------------
 
-PHASES = ("a", "b", "c")
-KEY_KIND: dict[str, str] = {"power": POWER, "power_export": POWER, "frequency": FREQUENCY,
-                            "energy_import": ENERGY, "energy_export": ENERGY}
-for _p in PHASES:
-    KEY_KIND.update({f"{_p}_power": POWER, f"{_p}_power_export": POWER, f"{_p}_voltage": VOLTAGE,
-                     f"{_p}_current": CURRENT, f"{_p}_pf": POWER_FACTOR})
-REQUIRED_KEYS = frozenset(k for k in KEY_KIND if k.endswith("power") or k.endswith("power_export"))
-
-
 @dataclass(frozen=True)
 class EntityMapping:
     """The chosen mapping: quantity key → entity id(s), circuits, sign."""
@@ -291,34 +272,6 @@ class EntityMapping:
         return {"origin": self.origin, "invert": self.invert,
                 "entities": {k: list(v) if isinstance(v, tuple) else v for k, v in self.entities.items()},
                 "circuits": dict(self.circuits)}
-
-
-# -- smoothing --------------------------------------------------------------------
-
-
-class Smoother:
-    """Moving average over ``window`` samples, or EMA with weight ``alpha``, per key."""
-
-    def __init__(self, window: int | None = None, alpha: float | None = None) -> None:
-        self.window, self.alpha = window, alpha
-        self._windows: dict[str, deque[float]] = {}
-        self._ema: dict[str, float] = {}
-
-    def __call__(self, key: str, value: float) -> float:
-        if self.window is not None:
-            window = self._windows.setdefault(key, deque(maxlen=self.window))
-            window.append(value)
-            return sum(window) / len(window)
-        if self.alpha is not None:
-            previous = self._ema.get(key)
-            smoothed = value if previous is None else self.alpha * value + (1 - self.alpha) * previous
-            self._ema[key] = smoothed
-            return smoothed
-        return value
-
-    def reset(self, key: str) -> None:
-        self._windows.pop(key, None)
-        self._ema.pop(key, None)
 
 
 # -- the tracker ------------------------------------------------------------------
@@ -450,10 +403,7 @@ class Tracker:
                            if required and e not in self.values]
         if outcome.waiting:
             return outcome
-        measured_at = max(stamps)
-        if self.last_measured_at is not None and measured_at <= self.last_measured_at:
-            measured_at = self.last_measured_at + 0.001
-        self.last_measured_at = measured_at
+        measured_at = self.last_measured_at = next_measured_at(stamps, self.last_measured_at)
         outcome.reading = self.reading(measured_at)
         return outcome
 
@@ -467,32 +417,9 @@ class Tracker:
             return None if any(p is None for p in parts) else sum(p for p in parts if p is not None)
         return self.values.get(entity)
 
-    def phase_power(self, phase: str) -> float:
-        if phase == "a" and "power" in self.mapping.entities:
-            power = (self._value("power") or 0.0) - (self._value("power_export") or 0.0)
-        else:
-            power = (self._value(f"{phase}_power") or 0.0) - (self._value(f"{phase}_power_export") or 0.0)
-        return -power if self.mapping.invert else power
-
     def reading(self, measured_at: float) -> Reading:
-        keys = self.mapping.entities
-        count = 1
-        for index, phase in enumerate(PHASES):
-            if any(k.startswith(f"{phase}_") for k in keys):
-                count = max(count, index + 1)
-        freq = self._value("frequency")
-        phases = []
-        for phase in PHASES[:count]:
-            phases.append(build_phase(self.phase_power(phase), self._value(f"{phase}_voltage"),
-                                      self._value(f"{phase}_current"), self._value(f"{phase}_pf"), freq))
-        energy = None
-        if "energy_import" in keys or "energy_export" in keys:
-            imp, exp = self._value("energy_import"), self._value("energy_export")
-            known = ("energy_import" not in keys or imp is not None) and \
-                    ("energy_export" not in keys or exp is not None)
-            if known:
-                energy = ((imp or 0.0, exp or 0.0),) + ((0.0, 0.0),) * (len(phases) - 1)
-        return Reading(phases=tuple(phases), measured_at=measured_at, energy=energy,
+        phases, energy = reading_parts(self.mapping.entities, self._value, self.mapping.invert)
+        return Reading(phases=phases, measured_at=measured_at, energy=energy,
                        extras=self.circuit_extras(sum(p.act_power for p in phases)))
 
     def circuit_extras(self, total: float) -> dict[str, float]:
@@ -507,27 +434,6 @@ class Tracker:
             if total > 0:
                 extras[f"circuit_share.{name}"] = value / total
         return extras
-
-
-def build_phase(power: float, voltage: float | None, current: float | None, pf: float | None,
-                freq: float | None) -> PhaseReading:
-    """One phase from what is known; the rest is derived consistently.
-
-    With a measured current, apparent power is V×I, raised to |P| if HA's
-    (often averaged) values disagree, so that |pf| ≤ 1 always holds.
-    """
-    volts = voltage if voltage is not None and voltage > 0 else 230.0
-    hertz = freq if freq is not None and freq > 0 else 50.0
-    if current is None:
-        return PhaseReading.from_power(power, voltage=volts, pf=abs(pf) if pf else 1.0, freq=hertz)
-    aprt = max(volts * abs(current), abs(power))
-    if pf is not None and power:
-        factor = min(1.0, abs(pf))
-    else:
-        factor = abs(power) / aprt if aprt else 0.0
-    signed_pf = factor if power >= 0 else -factor
-    return PhaseReading(voltage=volts, current=aprt / volts, act_power=power, aprt_power=aprt,
-                        pf=signed_pf if power else 0.0, freq=hertz)
 
 
 # -- auto-discovery (spec §1.4) ------------------------------------------------------------

@@ -23,14 +23,20 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from meteremu.configtypes import Duration
-from meteremu.mqttclient import TLSOptions
+from meteremu.mqttclient import BrokerOptions, TLSOptions
 from meteremu.sources.mqtt.mapping import (
-    DEFAULT_UNIT,
-    KEY_KIND,
     PathError,
     parse_path,
     topic_problem,
     unit_factor,
+)
+from meteremu.sources.values import (
+    DEFAULT_UNIT,
+    KEY_KIND,
+    Smoothing,
+    has_power_key,
+    power_key_errors,
+    quantity_fields,
 )
 
 __all__ = ["PUSH", "MQTTSourceOptions", "Options", "Smoothing", "TLSOptions", "Value", "Values", "make_source"]
@@ -73,38 +79,15 @@ source's ``topic``, or a :class:`Value` mapping."""
 
 
 @dataclass(frozen=True)
+@quantity_fields(ValueSource)
 class Values:
-    """Which value feeds which quantity; the keys of the Home Assistant source's ``entities``.
+    """Which value feeds which quantity; the keys of the Home Assistant source's ``entities``
+    (:data:`meteremu.sources.values.KEYS`).
 
     Power is signed (+ import, − export) unless ``*_power_export`` is given:
     then the matching power value is the import and the export (a positive
     number) is subtracted.
     """
-
-    power: ValueSource | None = field(default=None, metadata={
-        "doc": "total grid power, placed on phase A (B and C read 0)"})
-    power_export: ValueSource | None = field(default=None, metadata={
-        "doc": "total export power (positive); power is then the import"})
-    a_power: ValueSource | None = field(default=None, metadata={"doc": "phase A power"})
-    b_power: ValueSource | None = field(default=None, metadata={"doc": "phase B power"})
-    c_power: ValueSource | None = field(default=None, metadata={"doc": "phase C power"})
-    a_power_export: ValueSource | None = field(default=None, metadata={"doc": "phase A export power"})
-    b_power_export: ValueSource | None = field(default=None, metadata={"doc": "phase B export power"})
-    c_power_export: ValueSource | None = field(default=None, metadata={"doc": "phase C export power"})
-    a_voltage: ValueSource | None = None
-    b_voltage: ValueSource | None = None
-    c_voltage: ValueSource | None = None
-    a_current: ValueSource | None = None
-    b_current: ValueSource | None = None
-    c_current: ValueSource | None = None
-    a_pf: ValueSource | None = None
-    b_pf: ValueSource | None = None
-    c_pf: ValueSource | None = None
-    frequency: ValueSource | None = None
-    energy_import: ValueSource | tuple[ValueSource, ...] | None = field(default=None, metadata={
-        "doc": "lifetime import counter(s); several (tariffs) are summed"})
-    energy_export: ValueSource | tuple[ValueSource, ...] | None = field(default=None, metadata={
-        "doc": "lifetime export counter(s); several (tariffs) are summed"})
 
     def items(self) -> list[tuple[str, int, ValueSource]]:
         """``(key, index, value)`` for every configured value."""
@@ -141,55 +124,22 @@ class Values:
             errors.append(("energy_import", "at least one value (or leave it out)"))
         if isinstance(self.energy_export, tuple) and not self.energy_export:
             errors.append(("energy_export", "at least one value (or leave it out)"))
-        phases = [p for p in "abc" if getattr(self, f"{p}_power")]
-        if self.power and phases:
-            errors.append(("power", "either power (a total) or a_power/b_power/c_power, not both"))
-        if self.power_export and not self.power:
-            errors.append(("power_export", "power as well (the import value)"))
-        for p in "abc":
-            if getattr(self, f"{p}_power_export") and not getattr(self, f"{p}_power"):
-                errors.append((f"{p}_power_export", f"{p}_power as well (the import value)"))
-        if not (self.power or phases):
+        configured = {f.name: getattr(self, f.name) for f in fields(self)}
+        errors += power_key_errors(configured, "value")
+        if not has_power_key(configured):
             errors.append(("power", "a power value (power, or a_power/b_power/c_power)"))
         return errors
 
 
 @dataclass(frozen=True)
-class Smoothing:
-    """Either a moving average over ``window`` samples or an EMA with ``alpha``."""
+class MQTTSourceOptions(BrokerOptions):
+    """``source: {type: mqtt}``: the broker (:class:`~meteremu.mqttclient.BrokerOptions`) and the values."""
 
-    window: int | None = field(default=None, metadata={"doc": "moving average over N samples"})
-    alpha: float | None = field(default=None, metadata={"doc": "exponential moving average weight"})
-
-    def validate(self) -> list[tuple[str, str]]:
-        if (self.window is None) == (self.alpha is None):
-            return [("window", "exactly one of window (moving average) or alpha (EMA)")]
-        if self.window is not None and not 1 <= self.window <= 1000:
-            return [("window", "a number of samples from 1 to 1000")]
-        if self.alpha is not None and not 0 < self.alpha <= 1:
-            return [("alpha", "a weight greater than 0 and at most 1")]
-        return []
-
-
-@dataclass(frozen=True)
-class MQTTSourceOptions:
-    values: Values = field(metadata={"doc": "which topic / JSON path feeds which quantity"})
-    host: str = field(default="localhost", metadata={"doc": "broker host name or IP address"})
-    port: int = field(default=1883, metadata={"doc": "broker port (usually 8883 with TLS)"})
-    username: str | None = field(default=None, metadata={"doc": "user name, if the broker wants one"})
-    password: str | None = field(default=None, repr=False, metadata={
-        "doc": 'password; write "${MQTT_PASSWORD}" to keep it out of the file'})
+    values: Values = field(kw_only=True, metadata={"doc": "which topic / JSON path feeds which quantity"})
     client_id: str | None = field(default=None, metadata={
         "doc": "MQTT client id; default meteremu-<meter>-<random>, new each start"})
-    tls: bool | TLSOptions = field(default=False, metadata={
-        "doc": "true (system CAs) or {ca_file, certfile, keyfile, insecure}"})
     keepalive: Duration = field(default=30.0, metadata={
         "doc": "MQTT keepalive; a silently dead connection is noticed within about twice this"})
-    connect_timeout: Duration = field(default=5.0, metadata={
-        "doc": "how long one connection attempt (TCP, TLS, CONNACK) may take"})
-    reconnect_delay: Duration = field(default=1.0, metadata={
-        "doc": "first wait before reconnecting; doubles per failure, with jitter"})
-    reconnect_max_delay: Duration = field(default=60.0, metadata={"doc": "longest wait between attempts"})
     topic: str | None = field(default=None, metadata={
         "doc": "the topic of values that name only a JSON path (one JSON topic for everything)"})
     qos: Literal[0, 1, 2] = field(default=0, metadata={"doc": "QoS of the subscriptions"})
@@ -209,13 +159,7 @@ class MQTTSourceOptions:
         "doc": "a power value without a new sample for this long marks the meter down (0: never)"})
 
     def validate(self) -> list[tuple[str, str]]:
-        errors: list[tuple[str, str]] = []
-        if not 1 <= self.port <= 65535:
-            errors.append(("port", f"a port 1-65535; got {self.port}"))
-        if self.password is not None and self.username is None:
-            errors.append(("password", "a username as well (a password alone is never sent)"))
-        if self.client_id is not None and not self.client_id:
-            errors.append(("client_id", "a non-empty client id (or leave it out)"))
+        errors = self.broker_errors() + self.client_id_errors()
         for name in ("topic", "availability_topic"):
             value = getattr(self, name)
             if value is not None:
@@ -241,14 +185,7 @@ class MQTTSourceOptions:
                 where = key if not isinstance(getattr(self.values, key), tuple) else f"{key}[{index}]"
                 errors.append((f"values.{where}", "a topic (in the value, or the source's topic: "
                                                   "a value written as $path is read from the source's topic)"))
-        if not 5 <= self.keepalive <= 65535:
-            errors.append(("keepalive", "a duration from 5s to 65535s"))
-        if not self.connect_timeout > 0:
-            errors.append(("connect_timeout", "a duration above 0"))
-        if not self.reconnect_delay > 0:
-            errors.append(("reconnect_delay", "a duration above 0"))
-        if self.reconnect_max_delay < self.reconnect_delay:
-            errors.append(("reconnect_max_delay", "a duration at least reconnect_delay"))
+        errors += self.timing_errors()
         if self.debounce > 10:
             errors.append(("debounce", "a duration of at most 10s"))
         return errors

@@ -36,20 +36,27 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Any
 
-from meteremu.reading import PhaseReading, Reading
+from meteremu.reading import Reading
+from meteremu.sources.values import (
+    DEFAULT_UNIT,
+    KEY_KIND,
+    POWER,
+    REQUIRED_KEYS,
+    UNITS,
+    Smoother,
+    next_measured_at,
+    out_of_range,
+    reading_parts,
+)
 
 MAX_PAYLOAD = 1 << 20
 """Larger payloads are not parsed (a meter value is a few hundred bytes)."""
-
-MAX_EXPONENT = 30
-"""Numbers beyond 10^±30 are not meter values (and would be costly to convert exactly)."""
 
 MAX_AHEAD = 300.0
 """A payload time further ahead of the arrival time than this is a clock glitch: the arrival time is used."""
@@ -178,44 +185,6 @@ def parse_path(text: str) -> Path:
 
 # -- units ------------------------------------------------------------------------------
 
-POWER = "power"
-ENERGY = "energy"
-VOLTAGE = "voltage"
-CURRENT = "current"
-FREQUENCY = "frequency"
-POWER_FACTOR = "power_factor"
-
-# Factors to W, Wh, V, A, Hz and a fraction (the same table as the Home Assistant
-# source's, kept here so that this module does not import HA's client stack).
-UNITS: dict[str, dict[str | None, Fraction]] = {
-    POWER: {"mW": Fraction(1, 1000), "W": Fraction(1), "kW": Fraction(1000),
-            "MW": Fraction(10**6), "GW": Fraction(10**9), "TW": Fraction(10**12),
-            "BTU/h": Fraction("0.29307107")},
-    ENERGY: {"mWh": Fraction(1, 1000), "Wh": Fraction(1), "kWh": Fraction(1000),
-             "MWh": Fraction(10**6), "GWh": Fraction(10**9), "TWh": Fraction(10**12),
-             "J": Fraction(1, 3600), "kJ": Fraction(1000, 3600), "MJ": Fraction(10**6, 3600),
-             "GJ": Fraction(10**9, 3600),
-             "cal": Fraction("4.184") / 3600, "kcal": Fraction("4184") / 3600,
-             "Mcal": Fraction("4184000") / 3600, "Gcal": Fraction("4184000000") / 3600},
-    VOLTAGE: {"µV": Fraction(1, 10**6), "μV": Fraction(1, 10**6), "mV": Fraction(1, 1000),
-              "V": Fraction(1), "kV": Fraction(1000), "MV": Fraction(10**6)},
-    CURRENT: {"mA": Fraction(1, 1000), "A": Fraction(1)},
-    FREQUENCY: {"Hz": Fraction(1), "kHz": Fraction(1000), "MHz": Fraction(10**6),
-                "GHz": Fraction(10**9)},
-    POWER_FACTOR: {None: Fraction(1), "": Fraction(1), "%": Fraction(1, 100)},
-}
-DEFAULT_UNIT = {POWER: "W", ENERGY: "Wh", VOLTAGE: "V", CURRENT: "A", FREQUENCY: "Hz", POWER_FACTOR: None}
-
-PHASES = ("a", "b", "c")
-KEY_KIND: dict[str, str] = {"power": POWER, "power_export": POWER, "frequency": FREQUENCY,
-                            "energy_import": ENERGY, "energy_export": ENERGY}
-for _p in PHASES:
-    KEY_KIND.update({f"{_p}_power": POWER, f"{_p}_power_export": POWER, f"{_p}_voltage": VOLTAGE,
-                     f"{_p}_current": CURRENT, f"{_p}_pf": POWER_FACTOR})
-REQUIRED_KEYS = frozenset(k for k in KEY_KIND if k.endswith("power") or k.endswith("power_export"))
-"""Power values: the meter is not served before each has a value, and is down when one is unavailable."""
-
-
 def unit_factor(kind: str, unit: str | None) -> Fraction:
     """The factor from ``unit`` to the canonical unit of ``kind``; ``ValueError`` if unknown."""
     factors = UNITS[kind]
@@ -341,8 +310,7 @@ def convert(raw: tuple[Decimal, str | None], kind: str, unit: str | None, factor
     number, written = raw
     if not number.is_finite():
         raise SampleError("not a finite number")
-    if number and not -MAX_EXPONENT <= number.adjusted() <= MAX_EXPONENT:
-        # 1e999999999 would make Fraction build a billion-digit integer.
+    if out_of_range(number):
         raise SampleError(f"{_short(str(number))} is out of range")
     if written is not None:
         try:
@@ -475,56 +443,7 @@ def layout_from_options(options: Any) -> Layout:
     )
 
 
-# -- smoothing ---------------------------------------------------------------------------
-
-
-class Smoother:
-    """Moving average over ``window`` samples, or EMA with weight ``alpha``, per value."""
-
-    def __init__(self, window: int | None = None, alpha: float | None = None) -> None:
-        self.window, self.alpha = window, alpha
-        self._windows: dict[Any, deque[float]] = {}
-        self._ema: dict[Any, float] = {}
-
-    def __call__(self, key: Any, value: float) -> float:
-        if self.window is not None:
-            window = self._windows.setdefault(key, deque(maxlen=self.window))
-            window.append(value)
-            return sum(window) / len(window)
-        if self.alpha is not None:
-            previous = self._ema.get(key)
-            smoothed = value if previous is None else self.alpha * value + (1 - self.alpha) * previous
-            self._ema[key] = smoothed
-            return smoothed
-        return value
-
-    def reset(self, key: Any) -> None:
-        self._windows.pop(key, None)
-        self._ema.pop(key, None)
-
-
 # -- building readings -------------------------------------------------------------------
-
-
-def build_phase(power: float, voltage: float | None, current: float | None, pf: float | None,
-                freq: float | None) -> PhaseReading:
-    """One phase from what is known; the rest derived consistently (as the HA source does).
-
-    With a measured current, apparent power is V×I, raised to |P| when the
-    published values disagree, so that |pf| ≤ 1 always holds.
-    """
-    volts = voltage if voltage is not None and voltage > 0 else 230.0
-    hertz = freq if freq is not None and freq > 0 else 50.0
-    if current is None:
-        return PhaseReading.from_power(power, voltage=volts, pf=abs(pf) if pf else 1.0, freq=hertz)
-    aprt = max(volts * abs(current), abs(power))
-    if pf is not None and power:
-        factor = min(1.0, abs(pf))
-    else:
-        factor = abs(power) / aprt if aprt else 0.0
-    signed_pf = factor if power >= 0 else -factor
-    return PhaseReading(voltage=volts, current=aprt / volts, act_power=power, aprt_power=aprt,
-                        pf=signed_pf if power else 0.0, freq=hertz)
 
 
 @dataclass
@@ -570,8 +489,6 @@ class Combiner:
         self.last_payload: dict[str, bytes] = {}
         self.last_measured_at: float | None = None
         self._warned: set[tuple[str, str]] = set()
-        keys = layout.keys()
-        self.phase_count = max([1] + [i + 1 for i, p in enumerate(PHASES) if any(k.startswith(f"{p}_") for k in keys)])
 
     # -- state -------------------------------------------------------------------
     @property
@@ -729,10 +646,7 @@ class Combiner:
         if expiry is not None:
             outcome.down = expiry
             return outcome
-        measured_at = max(stamps)
-        if self.last_measured_at is not None and measured_at <= self.last_measured_at:
-            measured_at = self.last_measured_at + 0.001
-        self.last_measured_at = measured_at
+        measured_at = self.last_measured_at = next_measured_at(stamps, self.last_measured_at)
         outcome.reading = self.reading(measured_at)
         return outcome
 
@@ -744,24 +658,8 @@ class Combiner:
             return None
         return sum(self.values[s] for s in specs)
 
-    def phase_power(self, phase: str) -> float:
-        keys = self.layout.keys()
-        if phase == "a" and "power" in keys:
-            power = (self.value("power") or 0.0) - (self.value("power_export") or 0.0)
-        else:
-            power = (self.value(f"{phase}_power") or 0.0) - (self.value(f"{phase}_power_export") or 0.0)
-        return -power if self.layout.invert else power
-
     def reading(self, measured_at: float) -> Reading:
-        keys = self.layout.keys()
-        freq = self.value("frequency")
-        phases = tuple(build_phase(self.phase_power(p), self.value(f"{p}_voltage"), self.value(f"{p}_current"),
-                                   self.value(f"{p}_pf"), freq) for p in PHASES[:self.phase_count])
-        energy = None
-        if "energy_import" in keys or "energy_export" in keys:
-            imp, exp = self.value("energy_import"), self.value("energy_export")
-            if ("energy_import" not in keys or imp is not None) and ("energy_export" not in keys or exp is not None):
-                energy = ((imp or 0.0, exp or 0.0),) + ((0.0, 0.0),) * (len(phases) - 1)
+        phases, energy = reading_parts(self.layout.keys(), self.value, self.layout.invert)
         return Reading(phases=phases, measured_at=measured_at, energy=energy)
 
 

@@ -42,10 +42,10 @@ from meteremu.mqttclient import (
     BrokerSettings,
     MQTTConfigError,
     ReactorMQTTClient,
-    TLSOptions,
-    make_ssl_context,
+    broker_settings,
 )
 from meteremu.reading import Reading
+from meteremu.sources.common import SourceStatus
 from meteremu.sources.mqtt import MQTTSourceOptions
 from meteremu.sources.mqtt.mapping import Combiner, Outcome, Smoother, layout_from_options
 
@@ -54,7 +54,7 @@ log = logger(__name__)
 HEARTBEAT_INTERVAL = 1.0
 
 
-class MQTTSource(Service):
+class MQTTSource(SourceStatus, Service):
     """Feeds a Meter from MQTT messages (see the module docstring)."""
 
     type_name = "mqtt"
@@ -65,9 +65,8 @@ class MQTTSource(Service):
         self.meter, self.options, self.reactor = meter, options, reactor
         self.client_factory, self.rnd = client_factory, rnd
         self.layout = layout_from_options(options)
-        smoothing = options.smoothing
-        smoother = Smoother(smoothing.window, smoothing.alpha) if smoothing else Smoother()
-        self.combiner = Combiner(self.layout, smoother, expire_after=options.expire_after)
+        self.combiner = Combiner(self.layout, Smoother.from_options(options.smoothing),
+                                 expire_after=options.expire_after)
         self.client_id = options.client_id or f"meteremu-{meter.name}-{secrets.token_hex(4)}"
         self.client: Any = None
         self.state = "stopped"
@@ -77,8 +76,7 @@ class MQTTSource(Service):
         self._tick = LoopingCall(self._check)
         self._tick.clock = reactor
         self._said: dict[str, str] = {}
-        host = f"[{options.host}]" if ":" in options.host else options.host
-        self._address = f"{'mqtts' if options.tls else 'mqtt'}://{host}:{options.port}"
+        self._address = options.address
         self._details()
 
     @property
@@ -87,18 +85,11 @@ class MQTTSource(Service):
 
     # -- lifecycle -------------------------------------------------------------------
     def _settings(self) -> BrokerSettings:
-        o = self.options
-        ssl_context = None
-        if o.tls:
-            tls = o.tls if isinstance(o.tls, TLSOptions) else TLSOptions()
-            ssl_context = make_ssl_context(tls)
-            if tls.insecure:
-                log.warn("meter {meter}: source.tls.insecure: the broker's certificate and host name "
-                         "are not checked", meter=self.meter.name)
-        return BrokerSettings(
-            host=o.host, port=o.port, client_id=self.client_id, username=o.username, password=o.password,
-            ssl_context=ssl_context, keepalive=int(round(o.keepalive)), connect_timeout=o.connect_timeout,
-            reconnect_delay=o.reconnect_delay, reconnect_max_delay=o.reconnect_max_delay)
+        settings = broker_settings(self.options, self.client_id)
+        if self.options.insecure:
+            log.warn("meter {meter}: source.tls.insecure: the broker's certificate and host name "
+                     "are not checked", meter=self.meter.name)
+        return settings
 
     def startService(self) -> None:
         super().startService()
@@ -138,18 +129,6 @@ class MQTTSource(Service):
         """What /healthz can show about this source (no secrets)."""
         self.meter.details = {"broker": self._address, "client_id": self.client_id,
                               "connection": self.state, "mapping": self.layout.describe()}
-
-    def _set_state(self, state: str) -> None:
-        self.state = state
-        details = getattr(self.meter, "details", None)
-        if isinstance(details, dict):
-            details["connection"] = state
-
-    def _say(self, topic: str, message: str, level: str = "warn") -> None:
-        """Log ``message`` only when it differs from the last one on ``topic``."""
-        if self._said.get(topic) != message:
-            self._said[topic] = message
-            getattr(log, level)("meter {meter}: {text}", meter=self.meter.name, text=message)
 
     # -- the client's callbacks ---------------------------------------------------------
     def _connected(self) -> None:
