@@ -44,10 +44,22 @@ class PhaseReading:
         Sources that only know active power (and maybe voltage) use this so
         that ``aprt_power == voltage * current`` and ``|pf| <= 1`` always hold.
         The pf sign follows the active power, as it does on most meters.
+        A voltage below 1 V counts as no voltage (current 0.0), and finite
+        inputs never give non-finite outputs.
         """
+        if not math.isfinite(pf):
+            pf = 1.0
         pf_abs = min(1.0, max(abs(pf), 0.05)) if act_power else 1.0
         aprt = abs(act_power) / pf_abs
-        current = aprt / voltage if voltage > 0 else 0.0
+        if not math.isfinite(aprt) and math.isfinite(act_power):
+            # |P| / pf overflowed (|P| near float max): keep the invariant
+            # aprt >= |P| with the largest finite value instead of inf.
+            pf_abs, aprt = 1.0, abs(act_power)
+        # Below 1 V there is no usable voltage (a sensor glitch, or 1e-306):
+        # dividing by it would give an absurd or infinite current.
+        current = aprt / voltage if voltage >= 1.0 else 0.0
+        if not math.isfinite(current) and math.isfinite(aprt):
+            current = 0.0
         signed_pf = math.copysign(pf_abs, act_power) if act_power else 0.0
         return cls(
             voltage=voltage,

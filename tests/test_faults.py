@@ -12,7 +12,7 @@ a *changed* value.
 Properties checked in every scenario:
 
 * the Meter goes ``stale``/``down`` per policy within the source's timeout
-  plus ``stale_after`` (plus a second of slack for the next poll);
+  plus ``stale_after`` (plus 1.5 s of slack for the next poll);
 * while it is not fresh the ``error`` device stays silent on UDP
   ``EM.GetStatus``, HTTP ``/rpc/EM.GetStatus`` answers 503 with -114, and the
   ``fallback`` device serves -300 W — **never a 0.0 W reading**: every
@@ -20,10 +20,11 @@ Properties checked in every scenario:
   non-null total;
 * the device transports keep answering: a background battery sends
   ``Sys.GetStatus`` every 50 ms for the whole test (hang included) and every
-  reply must come back within 250 ms. The latency goal is p99 < 2 ms on a
-  quiet machine; 250 ms is the generous bound for a loaded 2-core CI runner
-  that still proves "not blocked": a reactor stalled by a hung upstream would
-  miss it by the whole source timeout (≥ 1 s);
+  reply must come back within 500 ms. The latency goal is p99 < 2 ms on a
+  quiet machine (measured in bench/); 500 ms is the generous bound for a
+  loaded 2-core CI runner (258 ms was once seen under load) that still proves
+  "not blocked": a reactor stalled by a hung upstream would miss it by the
+  whole source timeout (≥ 1 s);
 * the source recovers **by itself** (no restart): fresh again, and the value
   served over UDP is the upstream's new one.
 
@@ -36,8 +37,8 @@ Tests named ``test_bug_*`` pin product bugs; they fail until it is fixed.
 from __future__ import annotations
 
 import copy
+import gc
 import json
-import os
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -46,6 +47,7 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 from twisted.trial.unittest import TestCase
 
 from meteremu.meter import Freshness
@@ -67,10 +69,12 @@ from tests.support.faults import (
 from tests.support.p1 import dsmr_fixture, retime
 from tests.test_shelly_udp import free_udp_ports
 
-BOUND = 0.25  # s, every UDP reply (see the module docstring)
+log = Logger(namespace="meteremu.tests.faults")
+
+BOUND = 0.5  # s, every UDP reply (see the module docstring)
 NO_REPLY_WAIT = 0.4  # s, "no reply" = none within this (longer than BOUND)
 FALLBACK = -300.0
-SLACK = 1.0  # s, on top of timeout + stale_after: the next poll / reconnect attempt
+SLACK = 1.5  # s, on top of timeout + stale_after: the next poll / reconnect attempt
 STATES = {Freshness.STALE, Freshness.DOWN}
 
 
@@ -197,17 +201,19 @@ class FaultCase(TestCase):
     @inlineCallbacks
     def outage(self, inject: Callable[[], Any], restore: Callable[[], Any], bound: float,
                new_total: float, change: Callable[[], Any], states: set[Freshness] = STATES,
-               reason: str | None = None) -> Any:
+               reason: str | tuple[str, ...] | None = None) -> Any:
         """Fresh → fault (+ upstream value changes) → stale/down within ``bound`` →
         not served → upstream back → fresh with the new value, no restart."""
         yield self.wait_fresh()
         yield inject()
         change()
         took = yield self.wait_not_fresh(bound, states)
-        if os.environ.get("FAULTS_DEBUG"):
-            print(f"\n  {self.id().rsplit('.', 1)[-1]}: {took:.2f} s -> {self.describe()}")
+        log.info("fault: {test}: {state} after {took:.2f} s (bound {bound:.2f} s)",
+                 test=self.id().rsplit(".", 2)[-2:], state=self.describe(), took=took, bound=bound)
         if reason is not None:
-            self.assertIn(reason, self.meter.stats.last_error or "", self.describe())
+            reasons = (reason,) if isinstance(reason, str) else reason
+            self.assertTrue(any(r in (self.meter.stats.last_error or "") for r in reasons),
+                            f"expected one of {reasons}; {self.describe()}")
         yield self.assert_not_served()
         yield restore()
         yield self.wait_fresh(new_total)
@@ -549,9 +555,10 @@ HW_NEW = {"active_power_w": -1000, "active_power_l1_w": -1133,  # v1 keys
 HW_NEW_TOTAL = -1133.0 + 133.0 + 0.0
 
 
-class HomeWizardFaultTests(FaultCase):
+class _HomeWizardScenarios:
     """Poll failures are soft (stale after stale_after), three in a row or a
-    refused token mark the meter down (homewizard.py's docstring)."""
+    refused token mark the meter down (homewizard.py's docstring). Shared by
+    the v1 (HTTP) and v2 (HTTPS + token) classes below."""
 
     api = "v1"
 
@@ -602,11 +609,59 @@ class HomeWizardFaultTests(FaultCase):
     def test_garbage(self) -> Any:
         return self.fault("garbage", reason="HomeWizard poll failed")
 
-    def test_garbage_json_of_another_shape(self) -> Any:
-        return self.fault("garbage", reason="unusable answer", body=b'["not", "an", "object"]')
-
     def test_401_is_down_at_once(self) -> Any:
         return self.fault("status", {Freshness.DOWN}, "rejected the token", status=401)
+
+    @inlineCallbacks
+    def test_vanishes_and_returns(self) -> Any:
+        yield self.start()
+
+        def vanish() -> Deferred[Any]:
+            port = self.fake.port
+            return self.tracker.abort_all().addCallback(lambda _: port.stopListening())
+
+        yield self.outage(vanish, self.listen, self.bound(), HW_NEW_TOTAL, self.change, STATES,
+                          "HomeWizard poll failed")
+
+    @inlineCallbacks
+    def test_bug_number_beyond_float_range_stops_the_poll_loop(self) -> Any:
+        """A body with a power of 10**400 (valid JSON): ``_number`` raises OverflowError,
+        which ``ok()`` does not catch (ValueError only): the poll is never rescheduled."""
+        yield self.start()
+        yield self.wait_fresh()
+        key = "active_power_w" if self.api == "v1" else "power_w"
+        self.plan.set("garbage", body=json.dumps({**self.fake.body, key: 10**400}).encode())
+        served = self.plan.faulted
+        yield wait_until(lambda: self.plan.faulted > served, 5.0, "the body to be served")
+        self.plan.clear()
+        self.change()
+        requests = self.plan.requests
+        try:
+            yield self.wait_fresh(HW_NEW_TOTAL, timeout=HW_STALE + 4 * HW_TIMEOUT)
+            stuck = None
+        except Exception:  # noqa: BLE001 - turned into the bug report below
+            stuck = self.describe()
+        gc.collect()  # the dead poll's Deferred logs its unhandled OverflowError here, not in a later test
+        errors = self.flushLoggedErrors()
+        if stuck is not None:
+            self.fail(f"PRODUCT BUG: after one HomeWizard {self.api} body with {key}: 1e400 (a 401-digit JSON "
+                      f"integer) the source never polls again ({self.plan.requests - requests} requests since; "
+                      f"{stuck}; logged: {[e.type.__name__ for e in errors]}). meteremu/sources/homewizard.py "
+                      "_number calls float() on an int beyond float range (OverflowError); _poll's ok() "
+                      "catches only ValueError, so the exception ends the callback chain and _schedule is "
+                      "never called. Fix: _number returns None unless math.isfinite after a guarded float(); "
+                      "and ok() should catch Exception (reschedule on any failure)")
+        self.check_transports()
+
+
+
+class HomeWizardFaultTests(_HomeWizardScenarios, FaultCase):
+    """API v1 over HTTP; the scenarios whose code path is the same for v2 run here only."""
+
+    api = "v1"
+
+    def test_garbage_json_of_another_shape(self) -> Any:
+        return self.fault("garbage", reason="unusable answer", body=b'["not", "an", "object"]')
 
     def test_500(self) -> Any:
         return self.fault("status", reason="HTTP 500", status=500)
@@ -633,19 +688,8 @@ class HomeWizardFaultTests(FaultCase):
         yield self.assert_served(HW_NEW_TOTAL)
         self.check_transports()
 
-    @inlineCallbacks
-    def test_vanishes_and_returns(self) -> Any:
-        yield self.start()
 
-        def vanish() -> Deferred[Any]:
-            port = self.fake.port
-            return self.tracker.abort_all().addCallback(lambda _: port.stopListening())
-
-        yield self.outage(vanish, self.listen, self.bound(), HW_NEW_TOTAL, self.change, STATES,
-                          "HomeWizard poll failed")
-
-
-class HomeWizardV2FaultTests(HomeWizardFaultTests):
+class HomeWizardV2FaultTests(_HomeWizardScenarios, FaultCase):
     api = "v2"
 
     @inlineCallbacks
@@ -756,8 +800,9 @@ class DsmrFaultTests(FaultCase):
     @inlineCallbacks
     def test_vanishes_and_returns(self) -> Any:
         yield self.start()
+        # The first reconnect attempt (after 50-100 ms) may already have been refused.
         yield self.outage(self.stream.vanish, self.stream.back, SLACK, DSMR_NEW_TOTAL, self.change,
-                          {Freshness.DOWN}, "P1 connection lost")
+                          {Freshness.DOWN}, ("P1 connection lost", "connection refused"))
 
     @inlineCallbacks
     def test_slow_stream(self) -> Any:

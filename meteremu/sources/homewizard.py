@@ -39,6 +39,7 @@ the authorization message.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -85,6 +86,14 @@ MAX_BODY = 1024 * 1024
 CLOSE_WAIT = 2.0
 MIN_IDLE_TIMEOUT = 30.0
 FAILURES_BEFORE_DOWN = 3
+FUTURE_SLACK = 300.0  # a device timestamp further ahead of this host's clock is worth a warning
+# Beyond these a value is a damaged body, not a measurement: it counts as absent
+# (and can never overflow to inf when scaled or multiplied).
+MAX_POWER_W = 1e9
+MAX_VOLTAGE_V = 1e5
+MAX_CURRENT_A = 1e5
+MAX_ENERGY_KWH = 1e12
+MIN_VOLTAGE_V = 1.0  # below this there is no usable voltage (nominal 230 V instead)
 
 
 # -- options ---------------------------------------------------------------------------
@@ -201,17 +210,28 @@ EXTERNAL_KINDS = {"gas_meter": "gas", "water_meter": "water", "warm_water_meter"
 _HEAT_KWH = {"GJ": 1000 / 3.6, "MJ": 1 / 3.6, "kWh": 1.0, "MWh": 1000.0}
 
 
-def _number(data: Mapping[str, Any], key: str) -> float | None:
+def _number(data: Mapping[str, Any], key: str, limit: float | None = None) -> float | None:
+    """A finite number (within ``±limit``) at ``key``, else None: JSON allows integers
+    far beyond float range (``1e400`` written out), and NaN/Infinity are accepted too."""
     value = data.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    value = float(value)
-    return value if math.isfinite(value) else None
+    try:
+        value = float(value)
+    except OverflowError:
+        return None
+    if not math.isfinite(value) or (limit is not None and abs(value) > limit):
+        return None
+    return value
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _phase(p: float, voltage: float | None, current: float | None, freq: float) -> PhaseReading:
     """Consistent phase values: a current that cannot carry ``p`` is derived instead."""
-    v = voltage if voltage is not None and voltage > 0 else NOMINAL_VOLTAGE
+    v = voltage if voltage is not None and voltage >= MIN_VOLTAGE_V else NOMINAL_VOLTAGE
     i = abs(current) if current is not None else None
     if i is not None and i > 0 and v * i >= abs(p):
         s = v * i
@@ -251,11 +271,11 @@ def parse_local_time(text: Any, tz: Any) -> float | None:
         return None
     try:
         moment = datetime.fromisoformat(text)
-    except ValueError:
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=tz) if tz is not None else moment.astimezone()
+        return moment.timestamp()
+    except (ValueError, OverflowError, OSError):  # not a time, or beyond the platform's range
         return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=tz) if tz is not None else moment.astimezone()
-    return moment.timestamp()
 
 
 def parse_measurement(data: Mapping[str, Any], api: str, arrival: float, tz: Any = None,
@@ -264,11 +284,11 @@ def parse_measurement(data: Mapping[str, Any], api: str, arrival: float, tz: Any
     if not isinstance(data, Mapping):
         raise ValueError("the answer is not a JSON object")
     keys = _V1 if api == "v1" else _V2
-    freq = _number(data, keys["freq"]) or NOMINAL_FREQUENCY
-    powers = [_number(data, keys["phase_power"].format(n=n)) for n in (1, 2, 3)]
-    volts = [_number(data, keys["voltage"].format(n=n)) for n in (1, 2, 3)]
-    amps = [_number(data, keys["current"].format(n=n)) for n in (1, 2, 3)]
-    total = _number(data, keys["power"])
+    freq = _number(data, keys["freq"], 1e3) or NOMINAL_FREQUENCY
+    powers = [_number(data, keys["phase_power"].format(n=n), MAX_POWER_W) for n in (1, 2, 3)]
+    volts = [_number(data, keys["voltage"].format(n=n), MAX_VOLTAGE_V) for n in (1, 2, 3)]
+    amps = [_number(data, keys["current"].format(n=n), MAX_CURRENT_A) for n in (1, 2, 3)]
+    total = _number(data, keys["power"], MAX_POWER_W)
     phases: list[PhaseReading] = []
     per_phase = any(p is not None for p in powers)
     if per_phase:
@@ -278,7 +298,7 @@ def parse_measurement(data: Mapping[str, Any], api: str, arrival: float, tz: Any
     elif total is not None:
         phases.append(_phase(total, volts[0], None, freq))
         for n in (1, 2):
-            if volts[n] is not None and volts[n] > 0:
+            if volts[n] is not None and volts[n] >= MIN_VOLTAGE_V:
                 phases.append(PhaseReading(volts[n], 0.0, 0.0, 0.0, 0.0, freq))
 
     extras: dict[str, float] = {}
@@ -286,11 +306,11 @@ def parse_measurement(data: Mapping[str, Any], api: str, arrival: float, tz: Any
     devices: list[dict[str, Any]] = []
     sums = {}
     for direction in ("import", "export"):
-        tariffs = [_number(data, keys[f"{direction}_t"].format(n=n)) for n in (1, 2, 3, 4)]
+        tariffs = [_number(data, keys[f"{direction}_t"].format(n=n), MAX_ENERGY_KWH) for n in (1, 2, 3, 4)]
         for n, value in enumerate(tariffs, 1):
             if value is not None:
                 extras[f"energy_{direction}_t{n}_kwh"] = value
-        value = _number(data, keys[direction])
+        value = _number(data, keys[direction], MAX_ENERGY_KWH)
         if value is None and any(t is not None for t in tariffs):
             value = sum(t for t in tariffs if t is not None)
         sums[direction] = value
@@ -319,7 +339,9 @@ def parse_measurement(data: Mapping[str, Any], api: str, arrival: float, tz: Any
         if value is None:
             continue
         if kind in ("heat", "inlet_heat") and unit in _HEAT_KWH:
-            key, value = f"{kind}_energy_kwh", value * _HEAT_KWH[unit]
+            key, value = f"{kind}_energy_kwh", _finite(value * _HEAT_KWH[unit])
+            if value is None:
+                continue
         else:
             key = f"{kind}_{_slug(unit)}"
         ident = item.get("unique_id") if isinstance(item.get("unique_id"), str) else ""
@@ -575,6 +597,8 @@ class HomeWizardSource(SourceStatus, Service):
         self._said: dict[str, str] = {}
         self._waiters: list[tuple[str, Deferred[Any]]] = []
         self._stale_adjusted = False
+        self._last_stamp: float | None = None  # the last sample's own time, as parsed
+        self._last_measured: float | None = None  # … and the time it was published with
         self.meter.details = {"url": self.ws_url if self.push else self.url, "api": options.api,
                               "mode": "websocket" if self.push else "poll", "connection": self.state}
 
@@ -666,8 +690,33 @@ class HomeWizardSource(SourceStatus, Service):
             "smr_version": measurement.smr_version, "devices": list(measurement.devices),
             "phase_power": "per phase" if measurement.per_phase_power else "total on phase A"})
         self._adjust_stale_after(measurement.smr_version)
-        self.meter.update(measurement.reading)
+        self.meter.update(self._monotonic(measurement.reading))
         return measurement
+
+    def _monotonic(self, reading: Reading) -> Reading:
+        """The device's timestamp made monotonic, as the Envoy source does.
+
+        The Meter drops a reading not newer than the latest one (a repeated
+        sample): after one timestamp from the future (a device clock glitch)
+        every later, correct one would be dropped until that date. A repeated
+        timestamp stays a repeat; a different one that is not newer than the last
+        published time is published 1 ms after it.
+        """
+        stamp = reading.measured_at
+        if stamp > self.clock.seconds() + FUTURE_SLACK:
+            self._say("clock", f"the device's timestamp is {stamp - self.clock.seconds():.0f} s ahead of this "
+                               "host's clock (timestamps: arrival ignores it)")
+        else:
+            self._said.pop("clock", None)
+        last = self._last_measured
+        if last is None or stamp > last:
+            measured = stamp
+        elif stamp == self._last_stamp:
+            measured = last  # the same sample again: not new
+        else:
+            measured = last + 0.001  # the device's clock went back: still a new sample
+        self._last_stamp, self._last_measured = stamp, measured
+        return reading if measured == stamp else dataclasses.replace(reading, measured_at=measured)
 
     def _adjust_stale_after(self, version: int | None) -> None:
         """A DSMR 2-4 meter sends every 10 s: 1 s defaults would flap between fresh and stale."""
@@ -719,6 +768,10 @@ class HomeWizardSource(SourceStatus, Service):
             try:
                 measurement = self._take(data)
             except ValueError as exc:
+                failed(Failure(exc))
+                return
+            except Exception as exc:  # noqa: BLE001 - whatever it is, the poll loop must go on
+                log.failure("HomeWizard: unexpected error taking a sample", Failure(exc))
                 failed(Failure(exc))
                 return
             self._schedule(max(0.0, self.options.interval - (self.clock.seconds() - started)))
@@ -798,7 +851,7 @@ class HomeWizardSource(SourceStatus, Service):
             return
         try:
             message = json.loads(payload)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
             self._say("frame", "ignoring a WebSocket frame that is not JSON")
             return
         if not isinstance(message, dict):
@@ -816,6 +869,10 @@ class HomeWizardSource(SourceStatus, Service):
                 measurement = self._take(data)
             except ValueError as exc:
                 self._say("frame", f"ignoring an unusable measurement: {exc}")
+                return
+            except Exception as exc:  # noqa: BLE001 - a bug must not escape into autobahn
+                log.failure("HomeWizard: unexpected error taking a measurement", Failure(exc))
+                self._say("frame", f"ignoring a measurement that could not be taken ({type(exc).__name__})")
                 return
             self._arm_watchdog(self.options.idle())
             if self.state != "connected":

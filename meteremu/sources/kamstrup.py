@@ -23,6 +23,7 @@ is tried sooner (backoff from ``retry_min`` up to ``interval``).
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -102,10 +103,12 @@ def register_extras(values: dict[int, kmp.RegisterValue], wanted: list[Register]
             continue
         converted = kmp.convert(value.value, value.unit, register.quantity) if register.quantity != "?" else None
         if converted is not None:
-            extras[register.key] = float(converted)
+            key, number = register.key, float(converted)
         else:
             slug = kmp.unit_slug(value.unit)
-            extras[f"{register.key}_{slug}" if slug != "raw" else register.key] = float(value.value)
+            key, number = (f"{register.key}_{slug}" if slug != "raw" else register.key), float(value.value)
+        if math.isfinite(number):  # a KMP float can be far beyond float range (255 mantissa bytes)
+            extras[key] = number
     return extras
 
 

@@ -191,17 +191,16 @@ def _retype(value: Any) -> Any:
         return {str(i): v for i, v in enumerate(value)}
     if isinstance(value, str):
         return [value]
-    if isinstance(value, bool | None.__class__):
+    if value is None or isinstance(value, bool):
         return str(value).lower()
     return str(value) if isinstance(value, int) and abs(value) < 10**100 else {"value": value}
 
 
 def _apply(doc: Any, path: tuple[Any, ...], op: str, value: Any) -> Any:
     """``doc`` with ``op`` applied at ``path`` (``doc`` itself is modified or replaced)."""
-    if op == "wrap":  # deep nesting around the node
-        depth = 40 if isinstance(value, bool) else 3
+    if op == "wrap":  # nesting around the node; ``value`` is the depth
         target = _get(doc, path)
-        for _ in range(depth):
+        for _ in range(value):
             target = [target]
         return _set(doc, path, target)
     if op == "retype":
@@ -244,7 +243,9 @@ def mutated_json(draw: Any, docs: tuple[Any, ...]) -> Any:
             numbers = [p for p in paths if isinstance(_get(doc, p), int | float) and not isinstance(_get(doc, p), bool)]
             paths = numbers or paths
         path = paths[draw(st.integers(0, len(paths) - 1))]
-        doc = _apply(doc, path, draw(st.sampled_from(OPS)), draw(replacement_values))
+        op = draw(st.sampled_from(OPS))
+        value = draw(st.sampled_from([2, 40, 500])) if op == "wrap" else draw(replacement_values)
+        doc = _apply(doc, path, op, value)
     return doc
 
 

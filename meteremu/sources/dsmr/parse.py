@@ -23,7 +23,10 @@ Pipeline for every chunk of bytes::
   scored by how many lines of the telegram its OBIS patterns recognise; the
   best wins, ties go to the more common spec (V5 first), and a
   ``1-3:0.2.8(4x/5x)`` header adds a point to V4/V5. The choice is cached per
-  identification line (the ``/XXX5…`` header), so it costs one scoring per meter.
+  *shape* of the telegram (identification line, the OBIS code of every line and
+  the 0.2.8 version): the scores depend on nothing else, so it costs one
+  scoring per meter, and a damaged telegram (a CRC-less DSMR 3 one on a noisy
+  line) has another shape and cannot change the spec of the good ones.
 
 Mapping (design.md §4; see ``docs/sources-p1.md``):
 
@@ -44,6 +47,7 @@ from __future__ import annotations
 import bisect
 import copy
 import logging
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -69,6 +73,15 @@ from dsmr_parser.parsers import TelegramParser  # noqa: E402
 NOMINAL_VOLTAGE = 230.0
 NOMINAL_FREQUENCY = 50.0
 MAX_BUFFER = 64 * 1024
+# Beyond these a value is a damaged line, not a measurement: the field counts as
+# absent (and can never overflow to inf when scaled or converted to float).
+MAX_POWER_W = Decimal(10**9)
+MAX_VOLTAGE_V = Decimal(10**5)
+MAX_CURRENT_A = Decimal(10**5)
+MAX_FREQUENCY_HZ = Decimal(1000)
+MAX_ENERGY_WH = Decimal(10**15)
+MAX_COUNT = Decimal(10**15)
+MIN_VOLTAGE_V = 1.0  # below this there is no usable voltage (nominal 230 V instead)
 
 
 # -- line settings ---------------------------------------------------------------------
@@ -155,6 +168,7 @@ MSN_AUTHENTICATION_KEY = bytes.fromhex(_specs.MSN["authentication_key"])
 # Detection candidates, most common first (ties go to the earlier one).
 _DETECT_ORDER = ("5", "4", "2.2", "5B", "5L", "5S", "5EONHU", "ISKRA_IE", "Q3D", "SAGEMCOM_T210_D_R")
 _VERSION_HEADER = re.compile(r"^1-3:0\.2\.8\((\d)\d\)", re.MULTILINE)
+_VERSION_HEADER_BYTES = re.compile(rb"^1-3:0\.2\.8\((\d)\d\)", re.MULTILINE)
 
 _compiled: dict[str, list[re.Pattern[str]]] = {}
 
@@ -404,9 +418,14 @@ def _plain(telegram: Any, name: str, units: Iterable[str | None] = (None,)) -> D
     return value
 
 
+def _bounded(value: Decimal | None, limit: Decimal) -> Decimal | None:
+    """``value`` if it is a plausible measurement (within ``±limit``), else None."""
+    return None if value is None or abs(value) > limit else value
+
+
 def phase_reading(p: float, voltage: float | None, current: float | None, freq: float) -> PhaseReading:
     """A consistent PhaseReading from P1 values (see the module docstring)."""
-    v = voltage if voltage is not None and voltage > 0 else NOMINAL_VOLTAGE
+    v = voltage if voltage is not None and voltage >= MIN_VOLTAGE_V else NOMINAL_VOLTAGE
     if current is not None and current > 0 and v * current >= abs(p):
         s = v * current
         return PhaseReading(voltage=v, current=current, act_power=p, aprt_power=s, pf=p / s, freq=freq)
@@ -481,7 +500,7 @@ def _mbus(telegram: Any) -> tuple[MBusValue, ...]:
         kind = MBUS_KINDS.get(dtype) if dtype is not None else ("gas" if unit == "m3" else None)
         kind = kind or "mbus"
         slug = "".join(ch if ch.isalnum() else "_" for ch in str(unit)).lower()
-        number: Decimal | None = value
+        number: Decimal = value
         if kind == "heat":
             factor = _HEAT_KWH.get(unit)
             key = "heat_energy_kwh" if factor is not None else f"heat_{slug}"
@@ -507,6 +526,8 @@ def _mbus(telegram: Any) -> tuple[MBusValue, ...]:
             at = _epoch(reading.datetime)
         except (IndexError, KeyError, TypeError):
             pass
+        if not math.isfinite(float(number)):
+            continue  # beyond float range: a damaged line, not a reading
         out.append(MBusValue(channel=channel, kind=kind, key=key, value=float(number),
                              raw=f"{value} {unit}", device_type=dtype, equipment_id=ident, at=at))
     return tuple(out)
@@ -515,14 +536,17 @@ def _mbus(telegram: Any) -> tuple[MBusValue, ...]:
 def telegram_values(telegram: Telegram) -> TelegramValues:
     """Map a parsed telegram to phases, lifetime counters and extras."""
     t = telegram
-    freq_value = _plain(t, "FREQUENCY", ("Hz", None))
+    freq_value = _bounded(_plain(t, "FREQUENCY", ("Hz", None)), MAX_FREQUENCY_HZ)
     freq = float(freq_value) if freq_value is not None else NOMINAL_FREQUENCY
-    volts = [_plain(t, f"INSTANTANEOUS_VOLTAGE_L{n}", ("V", None)) for n in (1, 2, 3)]
-    amps = [_plain(t, f"INSTANTANEOUS_CURRENT_L{n}", ("A", None)) for n in (1, 2, 3)]
-    imports = [_scaled(t, f"INSTANTANEOUS_ACTIVE_POWER_L{n}_POSITIVE", _POWER_W) for n in (1, 2, 3)]
-    exports = [_scaled(t, f"INSTANTANEOUS_ACTIVE_POWER_L{n}_NEGATIVE", _POWER_W) for n in (1, 2, 3)]
-    total_import = _scaled(t, "CURRENT_ELECTRICITY_USAGE", _POWER_W)
-    total_export = _scaled(t, "CURRENT_ELECTRICITY_DELIVERY", _POWER_W)
+    volts = [_bounded(_plain(t, f"INSTANTANEOUS_VOLTAGE_L{n}", ("V", None)), MAX_VOLTAGE_V) for n in (1, 2, 3)]
+    amps = [_bounded(_plain(t, f"INSTANTANEOUS_CURRENT_L{n}", ("A", None)), MAX_CURRENT_A)
+            for n in (1, 2, 3)]
+    imports = [_bounded(_scaled(t, f"INSTANTANEOUS_ACTIVE_POWER_L{n}_POSITIVE", _POWER_W), MAX_POWER_W)
+               for n in (1, 2, 3)]
+    exports = [_bounded(_scaled(t, f"INSTANTANEOUS_ACTIVE_POWER_L{n}_NEGATIVE", _POWER_W), MAX_POWER_W)
+               for n in (1, 2, 3)]
+    total_import = _bounded(_scaled(t, "CURRENT_ELECTRICITY_USAGE", _POWER_W), MAX_POWER_W)
+    total_export = _bounded(_scaled(t, "CURRENT_ELECTRICITY_DELIVERY", _POWER_W), MAX_POWER_W)
 
     phases: list[PhaseReading] = []
     per_phase = any(v is not None for v in (*imports, *exports))
@@ -536,15 +560,17 @@ def telegram_values(telegram: Telegram) -> TelegramValues:
         p = float((total_import or Decimal(0)) - (total_export or Decimal(0)))
         phases.append(phase_reading(p, _float(volts[0]), None, freq))
         for n in (1, 2):
-            if volts[n] is not None and volts[n] > 0:
+            if volts[n] is not None and volts[n] >= MIN_VOLTAGE_V:
                 phases.append(PhaseReading(float(volts[n]), 0.0, 0.0, 0.0, 0.0, freq))
 
-    imp = _scaled(t, "ELECTRICITY_IMPORTED_TOTAL", _ENERGY_WH)
-    tariffs_in = [_scaled(t, f"ELECTRICITY_USED_TARIFF_{n}", _ENERGY_WH) for n in (1, 2, 3, 4)]
+    imp = _bounded(_scaled(t, "ELECTRICITY_IMPORTED_TOTAL", _ENERGY_WH), MAX_ENERGY_WH)
+    tariffs_in = [_bounded(_scaled(t, f"ELECTRICITY_USED_TARIFF_{n}", _ENERGY_WH), MAX_ENERGY_WH)
+                  for n in (1, 2, 3, 4)]
     if imp is None and any(v is not None for v in tariffs_in):
         imp = sum((v for v in tariffs_in if v is not None), Decimal(0))
-    exp = _scaled(t, "ELECTRICITY_EXPORTED_TOTAL", _ENERGY_WH)
-    tariffs_out = [_scaled(t, f"ELECTRICITY_DELIVERED_TARIFF_{n}", _ENERGY_WH) for n in (1, 2, 3, 4)]
+    exp = _bounded(_scaled(t, "ELECTRICITY_EXPORTED_TOTAL", _ENERGY_WH), MAX_ENERGY_WH)
+    tariffs_out = [_bounded(_scaled(t, f"ELECTRICITY_DELIVERED_TARIFF_{n}", _ENERGY_WH), MAX_ENERGY_WH)
+                   for n in (1, 2, 3, 4)]
     if exp is None and any(v is not None for v in tariffs_out):
         exp = sum((v for v in tariffs_out if v is not None), Decimal(0))
     energy = None
@@ -566,21 +592,21 @@ def telegram_values(telegram: Telegram) -> TelegramValues:
     if tariff is not None:
         try:
             extras["tariff"] = float(int(str(tariff).strip()))
-        except ValueError:
+        except (ValueError, OverflowError):
             pass
     for name, key in (("BELGIUM_CURRENT_AVERAGE_DEMAND", "average_demand_w"),
                       ("BELGIUM_MAXIMUM_DEMAND_MONTH", "month_peak_w")):
-        value = _scaled(t, name, _POWER_W)
+        value = _bounded(_scaled(t, name, _POWER_W), MAX_POWER_W)
         if value is not None:
             extras[key] = float(value)
     for name, key in (("CURRENT_REACTIVE_IMPORTED", "reactive_import_var"),
                       ("CURRENT_REACTIVE_EXPORTED", "reactive_export_var")):
-        value = _scaled(t, name, _REACTIVE_VAR)
+        value = _bounded(_scaled(t, name, _REACTIVE_VAR), MAX_POWER_W)
         if value is not None:
             extras[key] = float(value)
     for name, key in (("SHORT_POWER_FAILURE_COUNT", "power_failures"),
                       ("LONG_POWER_FAILURE_COUNT", "long_power_failures")):
-        value = _decimal(_obj(t, name))
+        value = _bounded(_decimal(_obj(t, name)), MAX_COUNT)
         if value is not None:
             extras[key] = float(value)
     mbus = _mbus(t)
@@ -613,6 +639,16 @@ def parse_telegram(telegram: bytes, spec: SpecInfo) -> Telegram:
 
 
 # -- the decoder -----------------------------------------------------------------------------
+
+_LINE_START = re.compile(rb"^([^(\r\n]*\(?)", re.MULTILINE)
+
+
+def telegram_shape(telegram: bytes) -> tuple[bytes, ...]:
+    """What spec detection depends on: every line up to its first ``(`` (the
+    identification line whole) and the ``1-3:0.2.8`` version digit."""
+    body = telegram[: telegram.rfind(b"!") + 1]  # not the CRC: it changes with every value
+    header = _VERSION_HEADER_BYTES.search(body)
+    return (header.group(1) if header else b"", *_LINE_START.findall(body))
 
 
 @dataclass(frozen=True)
@@ -656,7 +692,9 @@ class P1Decoder:
             CipherFramer() if encryption_key is not None else TelegramFramer())
         self.counts = {"telegrams": 0, "crc_errors": 0, "parse_errors": 0, "decrypt_errors": 0}
         self.last_spec: str | None = None
-        self._detected: dict[bytes, SpecInfo] = {}
+        self._detected: dict[tuple[bytes, ...], SpecInfo] = {}
+        self._last_stamp: float | None = None  # the last telegram's own time (0-0:1.0.0)
+        self._last_measured: float | None = None  # … and the time it was published with
 
     def reset(self) -> None:
         """Forget a half-received telegram (after a reconnect)."""
@@ -684,13 +722,32 @@ class P1Decoder:
     def spec_for(self, telegram: bytes) -> SpecInfo:
         if self.version != "auto":
             return VERSIONS[self.version]
-        header = telegram.split(b"\r\n", 1)[0]
-        spec = self._detected.get(header)
+        key = telegram_shape(telegram)
+        spec = self._detected.get(key)
         if spec is None:
             if len(self._detected) > 16:
                 self._detected.clear()
-            spec = self._detected[header] = detect_spec(telegram.decode("latin-1"))
+            spec = self._detected[key] = detect_spec(telegram.decode("latin-1"))
         return spec
+
+    def _monotonic(self, stamp: float) -> float:
+        """The meter's clock made monotonic, as the Envoy source does.
+
+        The Meter drops a reading not newer than the latest one (a repeated
+        telegram): after one telegram from the future (a meter clock glitch)
+        every later, correct one would be dropped until that date. A repeated
+        timestamp stays a repeat; a different one that is not newer than the
+        last published time is published 1 ms after it.
+        """
+        last = self._last_measured
+        if last is None or stamp > last:
+            measured = stamp
+        elif stamp == self._last_stamp:
+            measured = last  # the same telegram again: not new
+        else:
+            measured = last + 0.001  # the meter's clock went back: still a new telegram
+        self._last_stamp, self._last_measured = stamp, measured
+        return measured
 
     def decode(self, telegram: bytes, arrival: float) -> Result:
         body, transmitted = split_crc(telegram)
@@ -711,7 +768,8 @@ class P1Decoder:
         if values.empty:
             self.counts["parse_errors"] += 1
             return Rejected("empty", f"no power, energy or M-Bus value in the telegram (spec {spec.name})")
-        measured = values.meter_time if self.timestamps == "meter" and values.meter_time is not None else arrival
+        stamp = values.meter_time if self.timestamps == "meter" and values.meter_time is not None else arrival
+        measured = self._monotonic(stamp)
         self.counts["telegrams"] += 1
         self.last_spec = spec.name
         reading = Reading(phases=values.phases, measured_at=measured, energy=values.energy,

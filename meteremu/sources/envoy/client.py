@@ -253,7 +253,7 @@ class EndpointMissing(EnvoyError):
 def _json(result: HttpResult, path: str) -> Any:
     try:
         return json.loads(result.body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: deeply nested arrays
         raise EnvoyParseError(f"{path} did not answer JSON") from None
 
 

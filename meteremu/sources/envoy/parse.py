@@ -58,12 +58,10 @@ def _num(value: Any, default: float = 0.0) -> float:
     """A finite float from an int/float/numeric string; ``default`` otherwise."""
     if isinstance(value, bool):
         return default
-    if isinstance(value, int | float):
-        result = float(value)
-    elif isinstance(value, str):
+    if isinstance(value, int | float | str):
         try:
             result = float(value)
-        except ValueError:
+        except (ValueError, OverflowError):  # garbage, or an int beyond float range
             return default
     else:
         return default
@@ -84,6 +82,15 @@ def guess_frequency(voltage: float) -> float:
     return 60.0 if 0 < voltage < 180 else 50.0
 
 
+# Physical bounds of one phase (a household or small commercial grid
+# connection): anything beyond is a corrupt answer, not a measurement.
+MAX_POWER_W = 1e9
+MIN_VOLTAGE = 1.0  # below this there is no usable voltage: treated as absent
+MAX_VOLTAGE = 1e5
+MAX_CURRENT_A = 1e6
+MAX_APPARENT_VA = 1e10
+
+
 def make_phase(
     act_power: float,
     voltage: float | None,
@@ -98,9 +105,21 @@ def make_phase(
     exporting); a PhaseReading keeps them unsigned and lets the power factor
     follow the sign of the active power. Without a measured current or
     apparent power, both are derived from P, U and pf.
+
+    Raises EnvoyParseError for a non-physical active power (|P| > 1 GW); a
+    voltage outside 1 V..100 kV counts as absent (nominal 230 V), and a
+    current or apparent power beyond physical bounds as not measured.
     """
-    volts = voltage if voltage and voltage > 0 else 230.0
+    if not math.isfinite(act_power) or abs(act_power) > MAX_POWER_W:
+        raise EnvoyParseError(f"non-physical active power {act_power!r} W")
+    volts = voltage if voltage is not None and MIN_VOLTAGE <= voltage <= MAX_VOLTAGE else 230.0
     hz = freq if freq and freq > 0 else guess_frequency(volts)
+    if current is not None and not (math.isfinite(current) and abs(current) <= MAX_CURRENT_A):
+        current = None
+    if apparent is not None and not (math.isfinite(apparent) and abs(apparent) <= MAX_APPARENT_VA):
+        apparent = None
+    if pf is not None and not math.isfinite(pf):
+        pf = None
     if current is None or apparent is None:
         return PhaseReading.from_power(act_power, voltage=volts, pf=abs(pf) if pf else 1.0, freq=hz)
     pf_abs = min(1.0, abs(pf)) if pf is not None else 1.0
@@ -139,7 +158,10 @@ def parse_version(software: str) -> tuple[str, tuple[int, ...]]:
     if match is None:
         raise EnvoyParseError(f"unreadable firmware version {software!r}")
     firmware = match.group(1)
-    return firmware, tuple(int(p) for p in firmware.split("."))
+    try:
+        return firmware, tuple(int(p) for p in firmware.split("."))
+    except ValueError:  # a part beyond Python's int-string digit limit
+        raise EnvoyParseError(f"unreadable firmware version {software[:40]!r}…") from None
 
 
 def _xml_bool(element: ET.Element | None) -> bool | None:

@@ -208,6 +208,8 @@ class HomeAssistantSource(SourceStatus, Service):
         self._stopping = False
         self._slow_retry = False
         self._said: dict[str, str] = {}
+        self.bad_messages = 0  # messages whose handling raised (ignored, connection kept)
+        self._unexpected: set[type] = set()  # exception types already logged with a traceback
         self._last_error = ""
         self._details()
 
@@ -530,7 +532,19 @@ class HomeAssistantSource(SourceStatus, Service):
         for message in messages:
             if self.session is not session:
                 return
-            self._dispatch(session, message)
+            try:
+                self._dispatch(session, message)
+            except Exception:  # noqa: BLE001 - last line of defence, see below
+                # A message this code did not expect must not escape into
+                # autobahn (which would drop the connection, and HA would
+                # resend the same state after the reconnect's snapshot).
+                # Log the first of each kind with its traceback, count all.
+                self.bad_messages += 1
+                failure = Failure()
+                if failure.type not in self._unexpected:
+                    self._unexpected.add(failure.type)
+                    log.failure("meter {meter}: ignoring a Home Assistant message that could not be handled",
+                                failure, meter=self.meter.name)
         if session.subscription is not None:
             self._heartbeat()
 
@@ -582,7 +596,8 @@ class HomeAssistantSource(SourceStatus, Service):
         def got_prefs(message: dict[str, Any]) -> None:
             found["prefs"] = message.get("result") if message.get("success") else None
             if not message.get("success"):
-                error = message.get("error") or {}
+                error = message.get("error")
+                error = error if isinstance(error, dict) else {}
                 self._say("prefs", f"no energy preferences ({error.get('code')}); using heuristics", "info")
             self._command(session, "get_states", got_states)
 
@@ -606,7 +621,8 @@ class HomeAssistantSource(SourceStatus, Service):
 
         def subscribed(message: dict[str, Any]) -> None:
             if not message.get("success"):
-                error = message.get("error") or {}
+                error = message.get("error")
+                error = error if isinstance(error, dict) else {}
                 session.subscription = None
                 self._abort(session, f"subscribe_entities failed: {error.get('code')}")
                 return

@@ -29,6 +29,7 @@ Rules (design.md §4, spec §1.1/§1.3):
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -79,9 +80,13 @@ def parse_frame(payload: bytes | str) -> list[dict[str, Any]]:
     """One WebSocket text frame → its messages.
 
     With ``coalesce_messages`` the server may send a JSON array of messages.
-    Raises ``ValueError`` for anything that is not a message or a list of them.
+    Raises ``ValueError`` for anything that is not a message or a list of them
+    (also for JSON nested too deeply for the decoder).
     """
-    data = json.loads(payload)
+    try:
+        data = json.loads(payload)
+    except RecursionError:
+        raise ValueError("a frame nested too deeply") from None
     items = data if isinstance(data, list) else [data]
     if not all(isinstance(item, dict) for item in items):
         raise ValueError("a frame must be a JSON object or an array of objects")
@@ -124,11 +129,17 @@ def parse_number(state: Any) -> Decimal:
 def convert(state: Any, unit: Any, kind: str) -> float:
     """The state in the canonical unit of ``kind`` (W, Wh, V, A, Hz, pf)."""
     factors = UNITS[kind]
-    if unit not in factors:
+    if not (unit is None or isinstance(unit, str)) or unit not in factors:
         if unit is None or unit == "":
             raise SampleError(f"no unit_of_measurement on a {kind} sensor")
         raise SampleError(f"unknown {kind} unit {unit!r}")
-    return float(Fraction(parse_number(state)) * factors[unit])
+    try:
+        value = float(Fraction(parse_number(state)) * factors[unit])
+    except OverflowError:
+        raise SampleError(f"state {state!r} {unit} is beyond float range") from None
+    if not math.isfinite(value):
+        raise SampleError(f"state {state!r} is not a finite number")
+    return value
 
 
 def parse_time(value: Any) -> float | None:
@@ -136,15 +147,18 @@ def parse_time(value: Any) -> float | None:
 
     Rounded to the microsecond, core's resolution, so that the same instant
     read from REST (ISO) and from a compressed state (float) compares equal.
+    Anything unusable (beyond float range, non-finite, not a time) is None.
     """
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return round(float(value), 6)
-    if isinstance(value, str):
-        try:
-            return round(datetime.fromisoformat(value).timestamp(), 6)
-        except ValueError:
+    try:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            result = round(float(value), 6)
+        elif isinstance(value, str):
+            result = round(datetime.fromisoformat(value).timestamp(), 6)
+        else:
             return None
-    return None
+    except (ValueError, OverflowError, OSError):
+        return None
+    return result if math.isfinite(result) else None
 
 
 # -- compressed state -------------------------------------------------------------
@@ -155,7 +169,9 @@ def compressed_from_rest(obj: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     entity_id = obj.get("entity_id")
     if not isinstance(entity_id, str):
         raise ValueError("state object without entity_id")
-    state: dict[str, Any] = {"s": obj.get("state"), "a": dict(obj.get("attributes") or {})}
+    attributes = obj.get("attributes")
+    state: dict[str, Any] = {"s": obj.get("state"),
+                             "a": dict(attributes) if isinstance(attributes, Mapping) else {}}
     changed = parse_time(obj.get("last_changed"))
     updated = parse_time(obj.get("last_updated"))
     state["lc"] = changed if changed is not None else updated
@@ -178,9 +194,20 @@ def unit_of(state: Mapping[str, Any]) -> Any:
     return attributes.get("unit_of_measurement") if isinstance(attributes, dict) else None
 
 
-def merge_diff(state: dict[str, Any], diff: Mapping[str, Any]) -> None:
-    """Apply one ``c`` entry (``{"+": additions, "-": removals}``) in place."""
+def _malformed(malformed: list[str] | None, what: str) -> None:
+    if malformed is not None:
+        malformed.append(what)
+
+
+def merge_diff(state: dict[str, Any], diff: Mapping[str, Any], malformed: list[str] | None = None) -> None:
+    """Apply one ``c`` entry (``{"+": additions, "-": removals}``) in place.
+
+    Parts of the wrong JSON type are skipped (and named in ``malformed``).
+    """
     plus = diff.get("+") or {}
+    if not isinstance(plus, Mapping):
+        _malformed(malformed, "'+' of a diff is not an object")
+        plus = {}
     if "s" in plus:
         state["s"] = plus["s"]
     if "lc" in plus:
@@ -198,37 +225,73 @@ def merge_diff(state: dict[str, Any], diff: Mapping[str, Any]) -> None:
             state["c"] = merged
         else:
             state["c"] = context
-    attributes = state.setdefault("a", {})
-    if isinstance(plus.get("a"), dict):
+    attributes = state.get("a")
+    if not isinstance(attributes, dict):
+        attributes = state["a"] = {}
+    if isinstance(plus.get("a"), Mapping):
         attributes.update(plus["a"])
+    elif "a" in plus:
+        _malformed(malformed, "attributes ('+'.a) of a diff are not an object")
     minus = diff.get("-") or {}
-    for name in minus.get("a") or ():
-        attributes.pop(name, None)
+    if not isinstance(minus, Mapping):
+        _malformed(malformed, "'-' of a diff is not an object")
+        return
+    removals = minus.get("a") or ()
+    if not isinstance(removals, list | tuple):
+        _malformed(malformed, "removed attributes ('-'.a) of a diff are not a list")
+        return
+    for name in removals:
+        if isinstance(name, str):
+            attributes.pop(name, None)
 
 
-def apply_event(states: dict[str, dict[str, Any]], event: Mapping[str, Any]) -> tuple[set[str], set[str]]:
+def apply_event(states: dict[str, dict[str, Any]], event: Mapping[str, Any],
+                malformed: list[str] | None = None) -> tuple[set[str], set[str]]:
     """Apply a ``subscribe_entities`` event; return ``(updated, removed)`` ids.
 
     An event may carry ``a``, ``c`` and ``r`` together (core batches them, at
     most one update per entity), so the order of application does not matter.
-    A diff for an entity we hold no state for is ignored.
+    A diff for an entity we hold no state for is ignored. Parts of the wrong
+    JSON type are skipped; a description of each is added to ``malformed``.
     """
     updated: set[str] = set()
     removed: set[str] = set()
-    for entity_id, state in (event.get("a") or {}).items():
-        if isinstance(state, dict):
-            held = states[entity_id] = {**state, "a": dict(state.get("a") or {})}
-            for key in ("lc", "lu"):
-                if key in held:
-                    held[key] = parse_time(held[key])
-            updated.add(entity_id)
-    for entity_id, diff in (event.get("c") or {}).items():
+    additions = event.get("a") or {}
+    if not isinstance(additions, Mapping):
+        _malformed(malformed, "'a' of an event is not an object")
+        additions = {}
+    for entity_id, state in additions.items():
+        if not isinstance(state, Mapping):
+            _malformed(malformed, f"state of {entity_id} in 'a' is not an object")
+            continue
+        attributes = state.get("a") or {}
+        if not isinstance(attributes, Mapping):
+            # A whole new state replaces the held one: keep the held one
+            # (its unit) rather than a state we cannot read.
+            _malformed(malformed, f"attributes of {entity_id} in 'a' are not an object")
+            continue
+        held = states[entity_id] = {**state, "a": dict(attributes)}
+        for key in ("lc", "lu"):
+            if key in held:
+                held[key] = parse_time(held[key])
+        updated.add(entity_id)
+    changes = event.get("c") or {}
+    if not isinstance(changes, Mapping):
+        _malformed(malformed, "'c' of an event is not an object")
+        changes = {}
+    for entity_id, diff in changes.items():
         current = states.get(entity_id)
-        if current is not None and isinstance(diff, dict):
-            merge_diff(current, diff)
+        if not isinstance(diff, Mapping):
+            _malformed(malformed, f"diff of {entity_id} in 'c' is not an object")
+        elif current is not None:
+            merge_diff(current, diff, malformed)
             updated.add(entity_id)
-    for entity_id in event.get("r") or ():
-        if states.pop(entity_id, None) is not None:
+    removals = event.get("r") or ()
+    if not isinstance(removals, list | tuple):
+        _malformed(malformed, "'r' of an event is not a list")
+        removals = ()
+    for entity_id in removals:
+        if isinstance(entity_id, str) and states.pop(entity_id, None) is not None:
             removed.add(entity_id)
     return updated, removed
 
@@ -301,6 +364,7 @@ class Tracker:
         self._unavailable: set[str] = set()
         self._warned: set[tuple[str, str]] = set()
         self.last_measured_at: float | None = None
+        self.malformed = 0  # parts of events skipped for having the wrong JSON type
 
     @property
     def watched(self) -> list[str]:
@@ -314,13 +378,23 @@ class Tracker:
 
     # -- input ---------------------------------------------------------------
     def apply_event(self, event: Mapping[str, Any]) -> Outcome:
-        updated, removed = apply_event(self.states, event)
-        return self.evaluate(updated, removed)
+        malformed: list[str] = []
+        updated, removed = apply_event(self.states, event, malformed)
+        outcome = self.evaluate(updated, removed)
+        if malformed:
+            self.malformed += len(malformed)
+            for what in malformed:
+                if ("event", what) not in self._warned:
+                    self._warned.add(("event", what))
+                    outcome.warnings.append(f"malformed subscribe_entities event: {what}; part ignored")
+        return outcome
 
     def apply_rest(self, objects: Iterable[Mapping[str, Any]]) -> Outcome:
         """Merge REST / ``get_states`` objects; an older one never overwrites a newer one."""
         updated: set[str] = set()
         for obj in objects:
+            if not isinstance(obj, Mapping):
+                continue
             try:
                 entity_id, state = compressed_from_rest(obj)
             except ValueError:
@@ -457,9 +531,16 @@ NOT_A_LOAD = ("solar", "pv", "inverter", "battery", "generation", "yield")
 MAX_CIRCUITS = 16
 
 
+def _attributes(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    attributes = obj.get("attributes")
+    return attributes if isinstance(attributes, Mapping) else {}
+
+
 def _text(obj: Mapping[str, Any]) -> str:
-    name = (obj.get("attributes") or {}).get("friendly_name") or ""
-    text = f"{obj.get('entity_id', '')} {name}".lower()
+    name = _attributes(obj).get("friendly_name")
+    name = name if isinstance(name, str) else ""
+    entity_id = obj.get("entity_id")
+    text = f"{entity_id if isinstance(entity_id, str) else ''} {name}".lower()
     return re.sub(r"[\s\-]+", "_", text)
 
 
@@ -491,6 +572,11 @@ def _is_entity(value: Any) -> bool:
     return isinstance(value, str) and ":" not in value and "." in value
 
 
+def _list(value: Any) -> list[Any]:
+    """A JSON array as a list; anything else (a wrong type in prefs) as empty."""
+    return value if isinstance(value, list) else []
+
+
 def mapping_from_prefs(prefs: Mapping[str, Any] | None) -> tuple[dict[str, Any], bool]:
     """Energy dashboard preferences → ``(entities, invert)``; both prefs shapes.
 
@@ -504,17 +590,19 @@ def mapping_from_prefs(prefs: Mapping[str, Any] | None) -> tuple[dict[str, Any],
     invert = False
     if not isinstance(prefs, Mapping):
         return entities, invert
-    imports: list[str] = []
-    exports: list[str] = []
+    imports: list[Any] = []
+    exports: list[Any] = []
     powers: list[Mapping[str, Any]] = []
-    for source in prefs.get("energy_sources") or ():
+    for source in _list(prefs.get("energy_sources")):
         if not isinstance(source, Mapping) or source.get("type") != "grid":
             continue
-        for flow in source.get("flow_from") or ():
-            imports.append(flow.get("stat_energy_from"))
-        for flow in source.get("flow_to") or ():
-            exports.append(flow.get("stat_energy_to"))
-        powers.extend(p for p in source.get("power") or () if isinstance(p, Mapping))
+        for flow in _list(source.get("flow_from")):
+            if isinstance(flow, Mapping):
+                imports.append(flow.get("stat_energy_from"))
+        for flow in _list(source.get("flow_to")):
+            if isinstance(flow, Mapping):
+                exports.append(flow.get("stat_energy_to"))
+        powers.extend(p for p in _list(source.get("power")) if isinstance(p, Mapping))
         imports.append(source.get("stat_energy_from"))
         exports.append(source.get("stat_energy_to"))
         powers.append(source)
@@ -548,7 +636,7 @@ def circuits_from_prefs(prefs: Mapping[str, Any] | None) -> dict[str, str]:
     circuits: dict[str, str] = {}
     if not isinstance(prefs, Mapping):
         return circuits
-    for device in prefs.get("device_consumption") or ():
+    for device in _list(prefs.get("device_consumption")):
         if isinstance(device, Mapping) and _is_entity(device.get("stat_rate")):
             circuits[circuit_name(device["stat_rate"], device.get("name"))] = device["stat_rate"]
     return circuits
@@ -561,16 +649,24 @@ def circuit_name(entity_id: str, name: Any = None) -> str:
     return base or "circuit"
 
 
+def _scalar(value: Any) -> bool:
+    return not isinstance(value, list | dict)
+
+
 def _candidates(states: Iterable[Mapping[str, Any]], kind: str) -> list[Mapping[str, Any]]:
     found = []
     for obj in states:
+        if not isinstance(obj, Mapping):
+            continue
         entity_id = obj.get("entity_id")
         if not isinstance(entity_id, str) or not entity_id.startswith("sensor."):
             continue
-        attributes = obj.get("attributes") or {}
+        attributes = _attributes(obj)
         unit = attributes.get("unit_of_measurement")
         device_class = attributes.get("device_class")
         state_class = attributes.get("state_class")
+        if not all(_scalar(v) for v in (unit, device_class, state_class)):
+            continue  # a list or object where HA writes a string: not a sensor we can use
         if kind == POWER:
             ok = unit in UNITS[POWER] and device_class in (None, "power") and \
                 state_class in (None, "measurement")
@@ -587,7 +683,8 @@ def _candidates(states: Iterable[Mapping[str, Any]], kind: str) -> list[Mapping[
 def mapping_from_states(states: list[Mapping[str, Any]]) -> dict[str, Any]:
     """Attribute filter plus name heuristics over ``get_states`` (spec §1.4 2-3)."""
     entities: dict[str, Any] = {}
-    by_id = {obj.get("entity_id"): obj for obj in states}
+    states = [obj for obj in states if isinstance(obj, Mapping) and isinstance(obj.get("entity_id"), str)]
+    by_id = {obj["entity_id"]: obj for obj in states}
     # Well-known ids first.
     for entity in KNOWN_NET_POWER:
         if entity in by_id and _candidates([by_id[entity]], POWER):
@@ -663,7 +760,7 @@ def circuits_from_states(states: list[Mapping[str, Any]], used: Iterable[str]) -
     for obj in sorted(_candidates(states, POWER), key=lambda o: o["entity_id"]):
         entity_id = obj["entity_id"]
         text = _text(obj)
-        attributes = obj.get("attributes") or {}
+        attributes = _attributes(obj)
         if entity_id in taken or _has(text, GRID_WORDS) or _has(text, EXPORT_WORDS) \
                 or _has(text, NOT_A_LOAD):
             continue
