@@ -349,6 +349,18 @@ def footprint_config(directory: str) -> tuple[str, dict[str, int]]:
     return text, {"http": http, "udp": udp1, "modbus": modbus}
 
 
+def forecast_footprint_config(directory: str, train_interval: str) -> tuple[str, dict[str, int]]:
+    """The footprint config with forecasting on; the simulated clock runs 60× so that the
+    model has hours of data to train on within the soak."""
+    path, ports = footprint_config(directory)
+    with open(path, encoding="utf-8") as handle:
+        body = handle.read().replace("      interval: 1s\n", "      interval: 1s\n      speed: 60\n")
+    body += f"forecast:\n  enabled: true\n  train_interval: {train_interval}\n"
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(body)
+    return path, ports
+
+
 def startup_time(directory: str, config: str, port: int) -> tuple[float, Server]:
     """Seconds from spawning twistd to the first HTTP answer of EM.GetStatus."""
     url = f"http://127.0.0.1:{port}/rpc/EM.GetStatus?id=0"
@@ -370,13 +382,14 @@ def bench_footprint(d: Durations, work: str, soak_seconds: float | None) -> dict
     config, ports = footprint_config(directory)
     startups = []
     server = None
+    foreign = ForeignLoad([])
     for i in range(d.startups):
         seconds, server = startup_time(directory, config, ports["http"])
         startups.append(seconds)
         if i < d.startups - 1:
             server.stop()
     assert server is not None
-    out: dict[str, Any] = {"startup": sorted(startups)}
+    out: dict[str, Any] = {"startup": sorted(startups), "startup_foreign_cores": foreign.cores()}
     print(f"  start-up to first answer: {', '.join(f'{s:.2f}' for s in startups)} s", flush=True)
     try:
         time.sleep(3)
@@ -402,8 +415,46 @@ def bench_footprint(d: Durations, work: str, soak_seconds: float | None) -> dict
         out["idle_answered"] = idle["answered"]
         out["idle_foreign_cores"] = foreign.cores()
         print(f"  idle CPU (2 batteries at 1 Hz, {d.idle:.0f} s): {out['idle_cpu']:.2%} of a core", flush=True)
-        out["soak"] = soak(server, ports, soak_seconds if soak_seconds is not None else d.soak,
-                           d.soak_sample)
+        # Forecast on: a second server (on the load core, so its training runs do
+        # not disturb the first), started now and soaked with the same load at the
+        # same time, each by its own generator.
+        seconds = soak_seconds if soak_seconds is not None else d.soak
+        fc_dir = os.path.join(work, "footprint-forecast")
+        fc_config, fc_ports = forecast_footprint_config(
+            fc_dir, "30s" if d.quick else f"{max(60, int(seconds * 0.4))}s")
+        forecast = start_process("forecast", [common.TWISTD, *common.RUN, "--config", fc_config], fc_dir,
+                                 core=LOAD_CORE)
+        try:
+            try:
+                forecast.wait_line(r"serving on HTTP port\(s\)")
+            except RuntimeError as exc:  # e.g. the forecast extra (numpy, scikit-learn) is missing
+                why = next((line for line in str(exc).splitlines() if line.startswith("meteremu:")),
+                           str(exc).splitlines()[0])
+                out["forecast_error"] = why
+                print(f"  forecast on: could not start ({why})", flush=True)
+                forecast.stop()
+                forecast = None
+            if forecast is None:
+                out["soak"] = soak(server, ports, seconds, d.soak_sample)
+            else:
+                time.sleep(3)
+                fc_server = forecast
+                out["memory_start_forecast"] = common.memory_mib(fc_server.pid)
+                print(f"  forecast on, RSS after start: {out['memory_start_forecast']}", flush=True)
+                box: dict[str, Any] = {}
+                other = threading.Thread(target=lambda: box.update(
+                    result=soak(fc_server, fc_ports, seconds, d.soak_sample)), daemon=True)
+                other.start()
+                out["soak"] = soak(server, ports, seconds, d.soak_sample)
+                other.join(seconds + 180)
+                out["soak_forecast"] = box.get("result")
+                out["memory_loaded_forecast"] = common.memory_mib(fc_server.pid)
+                text = fc_server.text()
+                out["forecast_trainings"] = len(re.findall(r"forecast for \S+ trained on", text))
+                out["forecast_log"] = re.findall(r"forecast[^\n]*", text)[-5:]
+        finally:
+            if forecast is not None:
+                forecast.stop()
         out["rss_loaded"] = out["soak"]["rss_end"]
         out["memory_loaded"] = common.memory_mib(server.pid)
     finally:
@@ -667,26 +718,33 @@ def report(info: dict[str, Any], results: dict[str, Any], d: Durations, started:
                   "RssFile (mapped files, mostly shared libraries such as OpenSSL that other processes share)",
                   "and PSS (shared pages divided among the processes that map them).", "",
                   "| what | measured |", "|---|---|",
-                  f"| start-up: spawn → first HTTP answer ({len(foot['startup'])} starts) | median "
-                  f"{percentile(foot['startup'], 50):.2f} s, max {foot['startup'][-1]:.2f} s |",
+                  f"| start-up: spawn → first HTTP answer ({len(foot['startup'])} starts) | min "
+                  f"{foot['startup'][0]:.2f} s, median {percentile(foot['startup'], 50):.2f} s, max "
+                  f"{foot['startup'][-1]:.2f} s{other_load(foot.get('startup_foreign_cores'))} |",
                   f"| RSS 3 s after start | {foot['rss_start']:.1f} MiB ({mem(foot['memory_start'])}) |",
                   f"| RSS after {s['seconds'] / 60:.0f} min of load (forecast off) | {foot['rss_loaded']:.1f} MiB "
                   f"({mem(foot['memory_loaded'])}) |",
                   f"| baseline: a bare Klein hello process (`bench/klein_hello.py`) | "
                   f"{foot['memory_hello']['VmRSS']:.1f} MiB ({mem(foot['memory_hello'])}) |",
-                  "| RSS after load, forecast on | n/a (no forecasting yet) |",
+                  *forecast_rows(foot, s),
                   f"| CPU at idle, two batteries polling UDP at 1 Hz ({d.idle:.0f} s, {foot['idle_answered']} answers) | "
                   f"{foot['idle_cpu']:.2%} of a core (other load {foot['idle_foreign_cores']:.2f} cores) |",
                   ""]
         rss = max(foot["rss_start"], foot["rss_loaded"])
         goals.append(("RSS with forecast off (after start and after load)", "< 60 MB",
                       f"{foot['rss_start']:.1f} / {foot['rss_loaded']:.1f} MiB", rss * 1.048576 < 60))
-        goals.append(("RSS with forecast on", "-", "n/a (no forecasting yet)", None))
+        if foot.get("memory_start_forecast"):
+            after = foot.get("memory_loaded_forecast") or {}
+            goals.append(("RSS with forecast on (after start and after load)", "report",
+                          f"{foot['memory_start_forecast']['VmRSS']:.1f} / {after.get('VmRSS', float('nan')):.1f} MiB"
+                          f" ({foot.get('forecast_trainings', 0)} training runs)", None))
+        else:
+            goals.append(("RSS with forecast on", "-", "n/a (not measured)", None))
         goals.append(("Idle CPU, two batteries at 1 Hz", "< 1 % of a core", f"{foot['idle_cpu']:.2%}",
                       foot["idle_cpu"] < 0.01))
         start = percentile(foot["startup"], 50)
         goals.append(("Start-up to first answer (median)", "< 2 s", f"{start:.2f} s", start < 2))
-        lines += soak_lines(s)
+        lines += soak_lines(s, foot.get("soak_forecast"))
         goals.append((f"Soak ({s['seconds'] / 60:.0f} min): RSS growth per hour", "report",
                       f"{s['growth_mib_per_h']:+.2f} MiB/h", None))
 
@@ -722,6 +780,24 @@ def report(info: dict[str, Any], results: dict[str, Any], d: Durations, started:
     return "\n".join(lines)
 
 
+def other_load(cores: float | None) -> str:
+    return "" if cores is None else f" (other load {cores:.2f} cores)"
+
+
+def forecast_rows(foot: dict[str, Any], s: dict[str, Any]) -> list[str]:
+    start = foot.get("memory_start_forecast")
+    if not start:
+        return [f"| RSS, forecast on | not measured ({foot.get('forecast_error', 'n/a')}) |"]
+    after = foot.get("memory_loaded_forecast") or {}
+    soaked = foot.get("soak_forecast") or {}
+    rows = [f"| RSS 3 s after start, forecast on | {start['VmRSS']:.1f} MiB ({mem(start)}) |"]
+    if after:
+        rows.append(f"| RSS after {s['seconds'] / 60:.0f} min of the same load, forecast on "
+                    f"({foot.get('forecast_trainings', 0)} training runs; simulator at 60× so there is data "
+                    f"to train on) | {after['VmRSS']:.1f} MiB ({mem(after)}); max {soaked.get('rss_max', float('nan')):.1f} |")
+    return rows
+
+
 def foreign_loads(results: dict[str, Any]) -> list[float]:
     values = []
     udp = results.get("udp") or {}
@@ -730,8 +806,9 @@ def foreign_loads(results: dict[str, Any]) -> list[float]:
     values += [r["foreign_cores"] for r in (results.get("http") or {}).get("rows", [])]
     values += [r["foreign_cores"] for r in (results.get("ws") or {}).get("rows", [])]
     foot = results.get("footprint") or {}
-    if "idle_foreign_cores" in foot:
-        values.append(foot["idle_foreign_cores"])
+    for key in ("idle_foreign_cores", "startup_foreign_cores"):
+        if key in foot:
+            values.append(foot[key])
     return values
 
 
@@ -743,8 +820,13 @@ def mem(m: dict[str, float]) -> str:
     return ", ".join(parts)
 
 
-def soak_lines(s: dict[str, Any]) -> list[str]:
+def soak_lines(s: dict[str, Any], forecast: dict[str, Any] | None = None) -> list[str]:
     counts = s["counts"]
+    extra = []
+    if forecast:
+        extra = [f"| forecast on, the same load at the same time: RSS start → end (max), growth | "
+                 f"{forecast['rss_begin']:.1f} → {forecast['rss_end']:.1f} MiB ({forecast['rss_max']:.1f}), "
+                 f"{forecast['growth_mib_per_h']:+.2f} MiB/h |"]
     return [
         "## 6. Soak", "",
         f"{s['seconds'] / 60:.0f} minutes of mixed load (`bench/soak_load.py`): 10 UDP batteries × 10 polls/s",
@@ -756,6 +838,7 @@ def soak_lines(s: dict[str, Any]) -> list[str]:
         "| what | measured |", "|---|---|",
         f"| RSS at start → end (max) | {s['rss_begin']:.1f} → {s['rss_end']:.1f} MiB ({s['rss_max']:.1f}) |",
         f"| RSS growth per hour (after warm-up) | {s['growth_mib_per_h']:+.2f} MiB/h |",
+        *extra,
         f"| server CPU under this load | {s['server_cpu']:.1%} of a core |",
         f"| answers | {', '.join(f'{k} {v}' for k, v in sorted(counts.items()))} |",
         "",
@@ -828,6 +911,11 @@ def main() -> None:
                              f"{info['versions']}\n\n" + "\n".join(soak_lines(foot["soak"])) + "\n"
                              + "| t (s) | RSS MiB |\n|---:|---:|\n"
                              + "\n".join(f"| {t:.0f} | {r:.1f} |" for t, r in foot["soak"]["samples"]) + "\n")
+                forecast = foot.get("soak_forecast")
+                if forecast:
+                    handle.write(f"\n## Forecast on ({foot.get('forecast_trainings', 0)} training runs)\n\n"
+                                 + "\n".join(soak_lines(forecast)[8:]) + "\n| t (s) | RSS MiB |\n|---:|---:|\n"
+                                 + "\n".join(f"| {t:.0f} | {r:.1f} |" for t, r in forecast["samples"]) + "\n")
             print(f"wrote {path}")
             return
         only = set(args.only.split(",")) if args.only else set(SECTIONS)

@@ -167,14 +167,19 @@ special_values = fz.lazy_choice(SPECIAL_VALUES)
 replacement_values = st.one_of(special_values, fz.json_scalars, fz.json_values(max_leaves=6))
 
 
-def json_paths(doc: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out = [path]
-    if isinstance(doc, dict):
-        for key, value in doc.items():
-            out.extend(json_paths(value, (*path, key)))
-    elif isinstance(doc, list):
-        for index, value in enumerate(doc):
-            out.extend(json_paths(value, (*path, index)))
+def json_paths(doc: Any, path: tuple[Any, ...] = (), max_depth: int = 64) -> list[tuple[Any, ...]]:
+    """Every path into ``doc`` (iterative: fuzzed documents can nest deeply)."""
+    out: list[tuple[Any, ...]] = []
+    stack = [(doc, path)]
+    while stack:
+        node, here = stack.pop()
+        out.append(here)
+        if len(here) >= max_depth:
+            continue
+        if isinstance(node, dict):
+            stack.extend((value, (*here, key)) for key, value in reversed(list(node.items())))
+        elif isinstance(node, list):
+            stack.extend((value, (*here, index)) for index, value in reversed(list(enumerate(node))))
     return out
 
 
@@ -245,7 +250,10 @@ def mutated_json(draw: Any, docs: tuple[Any, ...]) -> Any:
         path = paths[draw(st.integers(0, len(paths) - 1))]
         op = draw(st.sampled_from(OPS))
         value = draw(st.sampled_from([2, 40, 500])) if op == "wrap" else draw(replacement_values)
-        doc = _apply(doc, path, op, value)
+        try:
+            doc = _apply(doc, path, op, value)
+        except RecursionError:  # a deep "wrap" made the document too deep to copy again
+            break
     return doc
 
 
