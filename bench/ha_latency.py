@@ -30,7 +30,6 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -49,50 +48,13 @@ sys.path.insert(0, ROOT)
 import treq  # noqa: E402
 from twisted.web.client import Agent, HTTPConnectionPool  # noqa: E402
 
+from bench.push_latency import UDPAsker, deferLater, summary  # noqa: E402
 from meteremu.app import build  # noqa: E402
 from meteremu.config import parse_config  # noqa: E402
 from meteremu.logs import set_level  # noqa: E402
 from tests.support.fake_homeassistant import HOMEWIZARD_POWER, FakeHomeAssistant  # noqa: E402
 
 ENTITY = "sensor.p1_meter_power"
-REQUEST = b'{"id":1,"method":"EM.GetStatus","params":{"id":0}}'
-
-
-class UDPAsker(DatagramProtocol):
-    """Sends EM.GetStatus until the answer shows ``want``; fires with the elapsed time."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.want: float | None = None
-        self.t0 = 0.0
-        self.done: defer.Deferred[float] | None = None
-
-    def ask_until(self, want: float, t0: float) -> defer.Deferred[float]:
-        self.want, self.t0 = want, t0
-        self.done = defer.Deferred()
-        self.transport.write(REQUEST, ("127.0.0.1", self.port))
-        return self.done
-
-    def datagramReceived(self, data: bytes, addr: Any) -> None:
-        now = time.perf_counter()
-        if self.done is None:
-            return
-        value = json.loads(data)["result"]["a_act_power"]
-        if value == self.want:
-            done, self.done = self.done, None
-            done.callback(now - self.t0)
-        else:
-            self.transport.write(REQUEST, ("127.0.0.1", self.port))
-
-
-def summary(samples: list[float]) -> dict[str, float]:
-    ms = sorted(s * 1000 for s in samples)
-
-    def pct(p: float) -> float:
-        return round(ms[min(len(ms) - 1, int(p / 100 * len(ms)))], 3)
-
-    return {"n": len(ms), "p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99),
-            "max_ms": round(ms[-1], 3), "mean_ms": round(statistics.fmean(ms), 3)}
 
 
 @defer.inlineCallbacks
@@ -172,12 +134,6 @@ def run(args: argparse.Namespace) -> Any:
         yield app.service.stopService()
         yield fake.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def deferLater(seconds: float) -> defer.Deferred[None]:
-    from twisted.internet.task import deferLater as later
-
-    return later(reactor, seconds, lambda: None)
 
 
 def main() -> int:

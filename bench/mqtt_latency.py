@@ -33,7 +33,6 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -54,6 +53,7 @@ import treq  # noqa: E402
 from twisted.web.client import Agent, HTTPConnectionPool  # noqa: E402
 
 import meteremu.sources  # noqa: E402
+from bench.push_latency import UDPAsker, deferLater, summary  # noqa: E402
 from meteremu.app import build  # noqa: E402
 from meteremu.config import parse_config  # noqa: E402
 from meteremu.logs import set_level  # noqa: E402
@@ -61,34 +61,6 @@ from meteremu.mqttclient import BrokerSettings, Message, ReactorMQTTClient  # no
 from tests.support.mosquitto import MOSQUITTO, Mosquitto  # noqa: E402
 
 TOPIC = "bench/grid/power"
-REQUEST = b'{"id":1,"method":"EM.GetStatus","params":{"id":0}}'
-
-
-class UDPAsker(DatagramProtocol):
-    """Sends EM.GetStatus until the answer shows ``want``; fires with the elapsed time."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.want: float | None = None
-        self.t0 = 0.0
-        self.done: defer.Deferred[float] | None = None
-
-    def ask_until(self, want: float, t0: float) -> defer.Deferred[float]:
-        self.want, self.t0 = want, t0
-        self.done = defer.Deferred()
-        self.transport.write(REQUEST, ("127.0.0.1", self.port))
-        return self.done
-
-    def datagramReceived(self, data: bytes, addr: Any) -> None:
-        now = time.perf_counter()
-        if self.done is None:
-            return
-        value = json.loads(data)["result"]["a_act_power"]
-        if value == self.want:
-            done, self.done = self.done, None
-            done.callback(now - self.t0)
-        else:
-            self.transport.write(REQUEST, ("127.0.0.1", self.port))
 
 
 class _Fixture:
@@ -103,16 +75,6 @@ class _Fixture:
 
     def addCleanup(self, function: Callable[[], Any]) -> None:
         self.cleanups.append(function)
-
-
-def summary(samples: list[float]) -> dict[str, float]:
-    ms = sorted(s * 1000 for s in samples)
-
-    def pct(p: float) -> float:
-        return round(ms[min(len(ms) - 1, int(p / 100 * len(ms)))], 3)
-
-    return {"n": len(ms), "p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99),
-            "max_ms": round(ms[-1], 3), "mean_ms": round(statistics.fmean(ms), 3)}
 
 
 def until(condition: Callable[[], bool], timeout: float = 10.0) -> defer.Deferred[None]:
@@ -215,12 +177,6 @@ def run(args: argparse.Namespace, fixture: _Fixture) -> Any:
         if app is not None:
             yield app.service.stopService()
         yield broker.stop()
-
-
-def deferLater(seconds: float) -> defer.Deferred[None]:
-    from twisted.internet.task import deferLater as later
-
-    return later(reactor, seconds, lambda: None)
 
 
 def main() -> int:
