@@ -57,6 +57,7 @@ from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
+from meteremu.backoff import next_delay
 from meteremu.configtypes import Duration
 from meteremu.logs import logger
 
@@ -229,8 +230,7 @@ class BrokerSettings:
 
 def backoff_delay(failures: int, first: float, cap: float, rnd: Callable[[], float] = random.random) -> float:
     """Wait before attempt number ``failures + 1``: ``first * 2**failures`` capped, times 0.5-1.0."""
-    step = min(cap, first * (2 ** min(failures, 30)))
-    return step * (0.5 + 0.5 * rnd())
+    return next_delay(failures + 1, first, cap, rnd)
 
 
 def _error_text(exc: BaseException) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import Deferred
+
 from meteremu.logs import logger
 
 
@@ -17,6 +19,9 @@ class SourceStatus:
     meter: Any
     state: str
     _said: dict[str, str]
+    clock: Any
+    _timer: Any
+    _stopping: bool
 
     def _set_state(self, state: str) -> None:
         self.state = state
@@ -30,3 +35,37 @@ class SourceStatus:
             self._said[topic] = message
             log = logger(type(self).__module__)
             getattr(log, level)("meter {meter}: {text}", meter=self.meter.name, text=message)
+
+    # -- the retry/poll timer (``self.clock``, ``self._timer``, ``self._stopping``) ---------------
+    def _call_later(self, delay: float, run: Any) -> None:
+        """(Re)arm ``self._timer`` to call ``run`` after ``delay``, unless stopping."""
+        if self._stopping:
+            return
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = self.clock.callLater(delay, run)
+
+    def _cancel_timers(self, *names: str) -> None:
+        """Cancel the delayed calls held in the attributes ``names`` and clear them."""
+        for name in names:
+            timer = getattr(self, name)
+            if timer is not None and timer.active():
+                timer.cancel()
+            setattr(self, name, None)
+
+
+class SourceEvents:
+    """``when(event)`` Deferreds fired by ``_emit``; the source sets ``self._waiters = []``."""
+
+    _waiters: list[tuple[str, Any]]
+
+    def _wait_for(self, event: str) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self._waiters.append((event, d))
+        return d
+
+    def _emit(self, event: str, value: Any = None) -> None:
+        fire = [d for e, d in self._waiters if e == event]
+        self._waiters = [(e, d) for e, d in self._waiters if e != event]
+        for d in fire:
+            d.callback(value)

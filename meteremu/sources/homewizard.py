@@ -65,11 +65,12 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
+from meteremu.backoff import next_delay
 from meteremu.configtypes import Duration
 from meteremu.logs import logger
 from meteremu.meter import Meter, default_stale_after
 from meteremu.reading import PhaseReading, Reading
-from meteremu.sources.common import SourceStatus
+from meteremu.sources.common import SourceEvents, SourceStatus
 from meteremu.tls import (
     ContextCreator,
     fingerprint,
@@ -559,7 +560,7 @@ class _WebSocket(WebSocketClientProtocol):
         self.factory.source.ws_closed(self, code, reason)
 
 
-class HomeWizardSource(SourceStatus, Service):
+class HomeWizardSource(SourceStatus, SourceEvents, Service):
     """Feeds a Meter from a HomeWizard P1 meter (see the module docstring)."""
 
     type_name = "homewizard"
@@ -620,10 +621,7 @@ class HomeWizardSource(SourceStatus, Service):
         super().stopService()
         self._stopping = True
         self._set_state("stopped")
-        for timer in (self._timer, self._watchdog):
-            if timer is not None and timer.active():
-                timer.cancel()
-        self._timer = self._watchdog = None
+        self._cancel_timers("_timer", "_watchdog")
         for d in (self._inflight, self._connecting):
             if d is not None and not d.called:
                 d.cancel()
@@ -652,28 +650,15 @@ class HomeWizardSource(SourceStatus, Service):
 
     def when(self, event: str) -> Deferred[Any]:
         """Fires at the next ``event``: a connection state, "sample" or "failure"."""
-        d: Deferred[Any] = Deferred()
-        self._waiters.append((event, d))
-        return d
-
-    def _emit(self, event: str, value: Any = None) -> None:
-        fire = [d for e, d in self._waiters if e == event]
-        self._waiters = [(e, d) for e, d in self._waiters if e != event]
-        for d in fire:
-            d.callback(value)
+        return self._wait_for(event)
 
     def _schedule(self, delay: float) -> None:
-        if self._stopping:
-            return
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = self.clock.callLater(delay, self._connect if self.push else self._poll)
+        self._call_later(delay, self._connect if self.push else self._poll)
 
     def _backoff(self) -> float:
         if self.auth_failed:
             return self.options.reconnect_max
-        base = self.options.reconnect_min * 2 ** max(0, self.failures_in_row - 1)
-        return min(self.options.reconnect_max, base) * (0.5 + 0.5 * self.rng())
+        return next_delay(self.failures_in_row, self.options.reconnect_min, self.options.reconnect_max, self.rng)
 
     # -- samples ----------------------------------------------------------------------------
     def _take(self, data: Any) -> Measurement:

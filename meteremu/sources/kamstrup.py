@@ -37,6 +37,7 @@ from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
 
+from meteremu.backoff import next_delay
 from meteremu.configtypes import Duration
 from meteremu.logs import logger
 from meteremu.meter import Meter
@@ -143,16 +144,9 @@ class KamstrupOptions:
         return split_host_port(self.tcp)
 
     def validate(self) -> list[tuple[str, str]]:
-        from meteremu.sources.dsmr.options import split_host_port
+        from meteremu.sources.dsmr.options import endpoint_errors
 
-        errors: list[tuple[str, str]] = []
-        if (self.serial is None) == (self.tcp is None):
-            errors.append(("serial", "either serial: /dev/ttyUSB0 or tcp: host:port, not both"))
-        if self.tcp is not None:
-            try:
-                split_host_port(self.tcp)
-            except ValueError:
-                errors.append(("tcp", f"host:port like 192.168.1.20:4001; got {self.tcp!r}"))
+        errors = endpoint_errors(self.serial, self.tcp, "192.168.1.20:4001", check_serial=False)
         if not self.registers:
             errors.append(("registers", "at least one register"))
         for i, name in enumerate(self.registers):
@@ -283,9 +277,7 @@ class KamstrupSource(SourceStatus, Service):
         super().stopService()
         self._stopping = True
         self._set_state("stopped")
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self._cancel_timers("_timer")
         if self._polling is not None:
             self._polling.cancel()
         proto, self.proto = self.proto, None
@@ -303,9 +295,7 @@ class KamstrupSource(SourceStatus, Service):
         return d
 
     def _schedule(self, delay: float) -> None:
-        if self._stopping:
-            return
-        self._timer = self.clock.callLater(delay, self._tick)
+        self._call_later(delay, self._tick)
 
     # -- the line -----------------------------------------------------------------------------
     def _connected(self, proto: _KmpProtocol) -> None:
@@ -355,8 +345,8 @@ class KamstrupSource(SourceStatus, Service):
             if ok:
                 self._schedule(self.options.interval)
             else:
-                delay = self.options.retry_min * 2 ** max(0, self.failures_in_row - 1)
-                self._schedule(min(self.options.interval, delay) * (0.75 + 0.25 * self.rng()))
+                self._schedule(next_delay(self.failures_in_row, self.options.retry_min, self.options.interval,
+                                          self.rng, jitter=0.25))
             waiters, self._waiters = self._waiters, []
             for waiter in waiters:
                 waiter.callback(ok)

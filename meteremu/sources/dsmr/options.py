@@ -12,6 +12,23 @@ VERSION_NAMES = ("auto", "2.2", "3", "4", "4+", "5", "5B", "5L", "5S", "Q3D", "I
 MIN_IDLE_TIMEOUT = 30.0
 
 
+def endpoint_errors(serial: str | None, tcp: str | None, tcp_example: str,
+                    check_serial: bool = True) -> list[tuple[str, str]]:
+    """Errors of a ``serial:`` / ``tcp:`` pair: exactly one set, ``tcp`` a host:port, and
+    (with ``check_serial``) ``serial`` not blank."""
+    errors: list[tuple[str, str]] = []
+    if (serial is None) == (tcp is None):
+        errors.append(("serial", "either serial: /dev/ttyUSB0 or tcp: host:port, not both"))
+    if check_serial and serial is not None and not serial.strip():
+        errors.append(("serial", "a serial device path like /dev/ttyUSB0"))
+    if tcp is not None:
+        try:
+            split_host_port(tcp)
+        except ValueError:
+            errors.append(("tcp", f"host:port like {tcp_example}; got {tcp!r}"))
+    return errors
+
+
 def split_host_port(text: str) -> tuple[str, int]:
     """``"host:port"`` or ``"[v6]:port"`` → ``(host, port)``; ValueError if not."""
     value = text.strip()
@@ -94,16 +111,7 @@ class DsmrOptions:
     def validate(self) -> list[tuple[str, str]]:
         from meteremu.sources.dsmr.parse import parse_line
 
-        errors: list[tuple[str, str]] = []
-        if (self.serial is None) == (self.tcp is None):
-            errors.append(("serial", "either serial: /dev/ttyUSB0 or tcp: host:port, not both"))
-        if self.serial is not None and not self.serial.strip():
-            errors.append(("serial", "a serial device path like /dev/ttyUSB0"))
-        if self.tcp is not None:
-            try:
-                split_host_port(self.tcp)
-            except ValueError:
-                errors.append(("tcp", f"host:port like 192.168.1.20:2000; got {self.tcp!r}"))
+        errors = endpoint_errors(self.serial, self.tcp, "192.168.1.20:2000")
         if normalise_version(self.version) is None:
             errors.append(("version", "one of " + ", ".join(VERSION_NAMES) + f"; got {self.version!r}"))
         if self.line is not None:

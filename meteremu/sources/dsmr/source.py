@@ -38,9 +38,10 @@ from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
 
+from meteremu.backoff import next_delay
 from meteremu.logs import logger
 from meteremu.meter import Meter
-from meteremu.sources.common import SourceStatus
+from meteremu.sources.common import SourceEvents, SourceStatus
 from meteremu.sources.dsmr.options import DsmrOptions
 from meteremu.sources.dsmr.parse import (
     SERIAL_PROBE_ORDER,
@@ -111,7 +112,7 @@ class _Factory(ClientFactory):
         return proto
 
 
-class DsmrSource(SourceStatus, Service):
+class DsmrSource(SourceStatus, SourceEvents, Service):
     """Feeds a Meter from P1 telegrams (see the module docstring)."""
 
     type_name = "dsmr"
@@ -160,10 +161,7 @@ class DsmrSource(SourceStatus, Service):
         super().stopService()
         self._stopping = True
         self._set_state("stopped")
-        for timer in (self._timer, self._watchdog):
-            if timer is not None and timer.active():
-                timer.cancel()
-        self._timer = self._watchdog = None
+        self._cancel_timers("_timer", "_watchdog")
         if self._connecting is not None:
             self._connecting.cancel()
             self._connecting = None
@@ -213,27 +211,14 @@ class DsmrSource(SourceStatus, Service):
     def when(self, event: str) -> Deferred[Any]:
         """A Deferred that fires at the next ``event``: a state ("connected",
         "disconnected", …), "telegram" or "rejected"."""
-        d: Deferred[Any] = Deferred()
-        self._waiters.append((event, d))
-        return d
-
-    def _emit(self, event: str, value: Any = None) -> None:
-        fire = [d for e, d in self._waiters if e == event]
-        self._waiters = [(e, d) for e, d in self._waiters if e != event]
-        for d in fire:
-            d.callback(value)
+        return self._wait_for(event)
 
     # -- connecting ----------------------------------------------------------------------------
     def _schedule(self, delay: float) -> None:
-        if self._stopping:
-            return
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = self.clock.callLater(delay, self._connect)
+        self._call_later(delay, self._connect)
 
     def _backoff(self) -> float:
-        base = self.options.reconnect_min * 2 ** max(0, self.attempts - 1)
-        return min(self.options.reconnect_max, base) * (0.5 + 0.5 * self.rng())
+        return next_delay(self.attempts, self.options.reconnect_min, self.options.reconnect_max, self.rng)
 
     def _connect(self) -> None:
         self._timer = None

@@ -54,6 +54,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, _HTTP11ClientFactory
 from twisted.web.http import PotentialDataLoss
 
+from meteremu.backoff import next_delay
 from meteremu.logs import logger
 from meteremu.meter import Meter
 from meteremu.sources.common import SourceStatus
@@ -229,9 +230,7 @@ class HomeAssistantSource(SourceStatus, Service):
         super().stopService()
         self._stopping = True
         self._set_state("stopped")
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self._cancel_timers("_timer")
         if self._connecting is not None:
             self._connecting.cancel()
         for d in list(self._inflight):
@@ -294,19 +293,13 @@ class HomeAssistantSource(SourceStatus, Service):
 
     # -- scheduling ----------------------------------------------------------------------
     def _schedule(self, delay: float) -> None:
-        if self._stopping:
-            return
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        run = self._poll if self.options.mode == "poll" else self._connect
-        self._timer = self.clock.callLater(delay, run)
+        self._call_later(delay, self._poll if self.options.mode == "poll" else self._connect)
 
     def _backoff(self) -> float:
         self.attempts += 1
         if self._slow_retry:
             return self.options.reconnect_max
-        base = self.options.reconnect_min * 2 ** max(0, self.attempts - 1)
-        return min(self.options.reconnect_max, base) * (0.5 + 0.5 * self.rng())
+        return next_delay(self.attempts, self.options.reconnect_min, self.options.reconnect_max, self.rng)
 
     # -- REST ------------------------------------------------------------------------------
     def get_json(self, path: str) -> Deferred[Any]:
