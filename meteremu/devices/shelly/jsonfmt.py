@@ -94,5 +94,5 @@ def dumps(obj: object) -> str:
 
 def dumpb(obj: object) -> bytes:
     # A lone surrogate echoed back from a request (an id, a src, a method
-    # name) cannot be UTF-8: write it as the JSON escape \udXXX instead.
+    # name) cannot be UTF-8: write it as a JSON escape (e.g. \ud800) instead.
     return dumps(obj).encode("utf-8", "backslashreplace")
