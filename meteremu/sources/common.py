@@ -69,3 +69,19 @@ class SourceEvents:
         self._waiters = [(e, d) for e, d in self._waiters if e != event]
         for d in fire:
             d.callback(value)
+
+
+def quiet_factory(protocol: Any, *args: Any) -> Any:
+    """A client factory building ``protocol(*args)`` without "Starting factory" log lines
+    (sources reconnect often; those lines would flood the journal)."""
+    from twisted.internet.protocol import ClientFactory
+
+    class _Factory(ClientFactory):
+        noisy = False
+
+        def buildProtocol(self, addr: Any) -> Any:
+            proto = protocol(*args)
+            proto.factory = self
+            return proto
+
+    return _Factory()

@@ -34,7 +34,7 @@ from twisted.internet import defer
 from twisted.internet import error as net_error
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
 from meteremu.backoff import next_delay
@@ -43,7 +43,7 @@ from meteremu.logs import logger
 from meteremu.meter import Meter
 from meteremu.reading import Reading
 from meteremu.sources import kmp
-from meteremu.sources.common import SourceStatus
+from meteremu.sources.common import SourceStatus, quiet_factory
 
 log = logger(__name__)
 
@@ -230,16 +230,6 @@ class _KmpProtocol(Protocol):
         self.source._lost(self, reason)
 
 
-class _Factory(ClientFactory):
-    noisy = False
-
-    def __init__(self, source: KamstrupSource) -> None:
-        self.source = source
-
-    def buildProtocol(self, addr: Any) -> _KmpProtocol:
-        return _KmpProtocol(self.source)
-
-
 class KamstrupSource(SourceStatus, Service):
     """Polls a MULTICAL over KMP and feeds a phaseless Meter."""
 
@@ -314,7 +304,7 @@ class KamstrupSource(SourceStatus, Service):
         if self.options.tcp is not None:
             host, port = self.options.host_port()
             endpoint = HostnameEndpoint(self.reactor, host, port, timeout=self.options.connect_timeout)
-            return endpoint.connect(_Factory(self))
+            return endpoint.connect(quiet_factory(_KmpProtocol, self))
         try:
             from twisted.internet.serialport import SerialPort  # needs pyserial
         except ImportError:

@@ -35,13 +35,13 @@ from twisted.internet import defer
 from twisted.internet import error as net_error
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
 from meteremu.backoff import next_delay
 from meteremu.logs import logger
 from meteremu.meter import Meter
-from meteremu.sources.common import SourceEvents, SourceStatus
+from meteremu.sources.common import SourceEvents, SourceStatus, quiet_factory
 from meteremu.sources.dsmr.options import DsmrOptions
 from meteremu.sources.dsmr.parse import (
     SERIAL_PROBE_ORDER,
@@ -98,18 +98,6 @@ class _P1Protocol(Protocol):
         if not self.closed.called:
             self.closed.callback(None)
         self.source._lost(self, reason)
-
-
-class _Factory(ClientFactory):
-    noisy = False
-
-    def __init__(self, source: DsmrSource) -> None:
-        self.source = source
-
-    def buildProtocol(self, addr: Any) -> _P1Protocol:
-        proto = _P1Protocol(self.source, None)
-        proto.factory = self
-        return proto
 
 
 class DsmrSource(SourceStatus, SourceEvents, Service):
@@ -235,7 +223,7 @@ class DsmrSource(SourceStatus, SourceEvents, Service):
     def _connect_tcp(self) -> None:
         host, port = self.options.host_port()
         endpoint = HostnameEndpoint(self.reactor, host, port, timeout=self.options.connect_timeout)
-        d = endpoint.connect(_Factory(self))
+        d = endpoint.connect(quiet_factory(_P1Protocol, self, None))
         self._connecting = d
 
         def done(result: Any) -> None:
