@@ -127,7 +127,8 @@ class _HubService(Service):
 
 
 def _drop_counter(metrics: Metrics, device_id: str) -> Any:
-    return lambda reason: metrics.dropped.labels(device_id, reason).inc()
+    inc = metrics.dropped.inc
+    return lambda reason: inc(device_id, reason)
 
 
 @dataclass
@@ -345,14 +346,17 @@ def build(config: Config, reactor: Any) -> App:
 
 
 def _observe_requests(device: ShellyDevice, metrics: Metrics) -> None:
-    known = {name.lower(): name for name in device.core.methods}
-    counter = metrics.requests
+    inc = metrics.requests.inc
 
     def observe(method: str, ctx: Any) -> None:
-        label = known.get(method.lower(), "unknown")
-        counter.labels(device.identity.device_id, ctx.transport, label).inc()
+        inc(device.identity.device_id, ctx.transport, method)  # canonical names only: bounded labels
 
+    def observe_error(code: int, ctx: Any) -> None:
+        error(device.identity.device_id, ctx.transport, str(code))
+
+    error = metrics.errors.inc
     device.core.observers.append(observe)
+    device.core.error_observers.append(observe_error)
 
 
 def fail_fast(reactor: Any, message: str) -> None:

@@ -55,7 +55,7 @@ from meteremu.devices.shelly.modbus import ModbusTcpFactory
 from meteremu.devices.shelly.modbus_map import MAX_READ_COUNT, ModbusError, RegisterMap
 from meteremu.devices.shelly.options import FallbackPolicy, Options, ScalingOptions
 from meteremu.devices.shelly.rpc import CallContext, RpcError
-from meteremu.devices.shelly.udp import answer_datagram
+from meteremu.devices.shelly.udp import POLL, answer_datagram, fast_poll, general_answer
 from tests.support import fuzz as fz
 from tests.support import make_device, sample_reading, start_app, test_config
 
@@ -281,6 +281,81 @@ class UdpFuzzTests(PureFuzzCase):
 
         prop()
         fz.record(self, "udp.answer_datagram", count[0], 800)
+
+
+class UdpFastPathTests(PureFuzzCase):
+    """The canonical-poll fast path answers exactly as the general path does.
+
+    Two identical devices side by side (same clock, same options): one
+    answers through ``fast_poll``, the other through ``general_answer``; the
+    replies, drop reasons, client trackers and error reports must match for
+    every poll, including the ones that fail (bad component id, stale meter,
+    throttled by ``min_interval``, wrong profile).
+    """
+
+    VARIANTS = [
+        ("triphase", Options(meter="grid"), True),
+        ("monophase", Options(meter="grid", profile="monophase"), True),
+        ("stale-error", Options(meter="grid"), False),
+        ("stale-hold", Options(meter="grid", on_stale="hold"), False),
+        ("stale-fallback", Options(meter="grid", on_stale=FallbackPolicy(-300.0)), False),
+        ("minimal-divide", Options(meter="grid", payload="minimal",
+                                   scaling=ScalingOptions(mode="divide", min_interval=0.5)), True),
+        ("weights", Options(meter="grid", scaling=ScalingOptions(mode="weights", weights={"10.0.0.7": 0.3})), True),
+    ]
+
+    def twins(self, options: Options, fresh: bool) -> tuple[Any, Any, Clock, list[Any], list[Any]]:
+        clock = Clock()
+        clock.advance(T0)
+        pair, errors = [], ([], [])
+        for log in errors:
+            device = make_device(clock, options)
+            device.meter.update(sample_reading(T0 - 0.5))
+            device.core.error_observers.append(lambda code, ctx, log=log: log.append((code, ctx.peer)))
+            pair.append(device)
+        if not fresh:
+            clock.advance(60.0)
+        return pair[0], pair[1], clock, errors[0], errors[1]
+
+    def test_fast_path_equals_general_path(self) -> None:
+        count = [0]
+        polls = st.tuples(st.one_of(st.integers(0, 10**16 - 1), st.integers(0, 99)),
+                          st.sampled_from(["EM.GetStatus", "EM1.GetStatus"]), st.integers(0, 9),
+                          st.sampled_from(["10.0.0.7", "10.0.0.8"]), st.sampled_from([0.0, 0.2, 1.0]))
+
+        @fz.fuzz_settings(300)
+        @given(st.sampled_from(range(len(self.VARIANTS))), st.lists(polls, min_size=1, max_size=6))
+        def prop(variant: int, sequence: list[tuple[int, str, int, str, float]]) -> None:
+            count[0] += 1
+            name, options, fresh = self.VARIANTS[variant]
+            fast, general, clock, fast_errors, general_errors = self.twins(options, fresh)
+            for number, method, component, peer, dt in sequence:
+                clock.advance(dt)
+                data = b'{"id":%d,"method":"%s","params":{"id":%d}}' % (number, method.encode(), component)
+                self.assertIsNotNone(POLL.match(data), data)
+                ctx = CallContext("udp", peer, None, "127.0.0.1")
+                got = fast_poll(fast.core, data, ctx)
+                want = general_answer(general.core, data, ctx)
+                self.assertEqual(got, want, f"{name}: {data!r}")
+            self.assertEqual(fast.clients.overview(), general.clients.overview(), name)
+            self.assertEqual(fast_errors, general_errors, name)
+
+        prop()
+        fz.record(self, "udp.fast_poll vs general path", count[0], 300)
+
+    def test_other_forms_take_the_general_path(self) -> None:
+        device = make_device(Clock())
+        ctx = CallContext("udp", "10.0.0.7", None, "127.0.0.1")
+        for data in [b'{"id":07,"method":"EM.GetStatus","params":{"id":0}}',  # not JSON
+                     b'{"id":-1,"method":"EM.GetStatus","params":{"id":0}}',
+                     b'{"id":1.0,"method":"EM.GetStatus","params":{"id":0}}',
+                     b'{"id":1,"src":"x","method":"EM.GetStatus","params":{"id":0}}',
+                     b'{"id":1,"method":"em.getstatus","params":{"id":0}}',
+                     b'{"id": 1,"method":"EM.GetStatus","params":{"id":0}}',
+                     b'{"id":1,"method":"EM.GetStatus","params":{"id":0}}\n',
+                     b'{"id":12345678901234567,"method":"EM.GetStatus","params":{"id":0}}',
+                     b'{"id":1,"method":"EM.GetStatus","params":{"id":10}}']:
+            self.assertIsNone(fast_poll(device.core, data, ctx), data)
 
 
 # --------------------------------------------------------------------------

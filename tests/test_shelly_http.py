@@ -128,6 +128,18 @@ class HTTPFormsTests(TestCase):
         self.assertIn('meteremu_source_polls_total{meter="grid",result="ok"} 1.0', text)
         self.assertIn('meteremu_rpc_request_duration_seconds_count{transport="http"} 2.0', text)
 
+    @inlineCallbacks
+    def test_metrics_count_errors_by_code(self):
+        yield self.http.get(self.base + "/rpc/EM.GetStatus")  # no id: -103
+        yield self.http.get(self.base + "/rpc/EM.GetStatus?id=5")  # -105
+        yield self.http.post(self.base + "/rpc", b'{"id":1,"method":"No.Such"}')  # 404
+        yield self.http.post(self.base + "/rpc", b'{"id":1,')  # -32700
+        _, body = yield self.http.get(self.base + "/metrics")
+        text = body.decode()
+        for code in ("-103", "-105", "404", "-32700"):
+            pattern = r'meteremu_rpc_errors_total\{code="CODE",device="shellypro3em-[0-9a-f]{12}",transport="http"\} 1.0'
+            self.assertRegex(text, pattern.replace("CODE", code))
+
 
 class CORSTests(TestCase):
     @inlineCallbacks

@@ -360,7 +360,84 @@ class StalePolicyTests(SynchronousTestCase):
         self.assertEqual(self.em(device)["error"]["code"], -114)
 
 
+class ResultCacheTests(SynchronousTestCase):
+    """EM(1).GetStatus is built and encoded once per reading and scale."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.device = make_device(self.clock)
+        self.device.meter.update(sample_reading(self.clock.seconds()))
+
+    def em_bytes(self) -> bytes:
+        return self.device.core.handle_bytes(b'{"id":1,"method":"EM.GetStatus","params":{"id":0}}', CTX)
+
+    def test_cached_text_equals_a_fresh_encoding(self) -> None:
+        from meteremu.devices.shelly import status as st
+
+        first, second = self.em_bytes(), self.em_bytes()
+        self.assertEqual(first, second)
+        fresh = st.em_status(self.device.meter.latest)
+        self.assertEqual(json.loads(first)["result"], fresh)
+        self.assertIn(b'"result":' + jsonfmt.dumpb(fresh) + b"}", first)
+
+    def test_same_object_until_the_reading_changes(self) -> None:
+        reading = self.device.meter.latest
+        cached = self.device.em_result(reading, 1.0)
+        self.assertIs(self.device.em_result(reading, 1.0), cached)
+        self.assertIsNot(self.device.em_result(reading, 0.5), cached)
+        self.assertEqual(self.device.em_result(reading, 0.5)["a_act_power"], round(2166.2 * 0.5, 1))
+        self.clock.advance(1)
+        self.device.meter.update(sample_reading(self.clock.seconds(), powers=(100.0, 0.0, 0.0)))
+        before = self.em_bytes()
+        self.assertEqual(json.loads(before)["result"]["a_act_power"], 100.0)
+        self.assertEqual(json.loads(before)["result"]["total_act_power"], 100.0)
+
+    def test_minimal_and_em1_shapes_are_cached_separately(self) -> None:
+        reading = self.device.meter.latest
+        full = self.device.em_result(reading, 1.0)
+        minimal = self.device.em_result(reading, 1.0, minimal=True)
+        self.assertEqual(list(minimal), ["a_act_power", "b_act_power", "c_act_power", "total_act_power"])
+        self.assertEqual(len(full), 24)
+        channel = self.device.em1_result(reading, 2, 1.0)
+        self.assertEqual(channel["act_power"], -244.0)
+        self.assertEqual(dict(self.device.em1_result(reading, 2, 1.0, minimal=True)), {"id": 2, "act_power": -244.0})
+
+    def test_cached_results_are_read_only(self) -> None:
+        cached = self.device.em_result(self.device.meter.latest, 1.0)
+        with self.assertRaises(TypeError):
+            cached["a_act_power"] = 1.0
+        with self.assertRaises(TypeError):
+            cached.update(a_act_power=1.0)
+        with self.assertRaises(TypeError):
+            del cached["id"]
+        copy = dict(cached)
+        copy["a_act_power"] = 1.0  # a copy is an ordinary dict
+        self.assertEqual(cached["a_act_power"], 2166.2)
+
+    def test_cache_is_bounded(self) -> None:
+        from meteremu.devices.shelly.device import MAX_CACHED
+
+        reading = self.device.meter.latest
+        for i in range(MAX_CACHED * 2):
+            self.assertEqual(self.device.em_result(reading, 1.0 / (i + 1))["id"], 0)
+        self.assertEqual(len(self.device._cache), MAX_CACHED)
+
+
 class JsonFormatTests(SynchronousTestCase):
+    def test_encoded_is_written_verbatim(self) -> None:
+        value = jsonfmt.Encoded({"a_act_power": 12, "id": 0})
+        self.assertEqual(value.json, '{"a_act_power":12.0,"id":0}')
+        self.assertEqual(jsonfmt.dumps({"id": 7, "result": value}), '{"id":7,"result":{"a_act_power":12.0,"id":0}}')
+        self.assertEqual(jsonfmt.dumps(value), value.json)
+
+    def test_decimals_memo_is_bounded(self) -> None:
+        for i in range(jsonfmt._KEYS_MAX + 10):
+            jsonfmt.decimals_for(f"key{i}_voltage")
+        self.assertLessEqual(len(jsonfmt._KEYS), jsonfmt._KEYS_MAX)
+        self.assertEqual(jsonfmt.decimals_for("zz_unseen_voltage"), 1)
+        self.assertIsNone(jsonfmt.decimals_for("zz_unseen"))
+
     def test_fixed_decimals(self) -> None:
         self.assertEqual(jsonfmt.dumps({"b_pf": 0.5, "a_act_power": 12, "total_act": 0, "a_current": 0.02}),
                          '{"b_pf":0.50,"a_act_power":12.0,"total_act":0.00,"a_current":0.020}')

@@ -72,7 +72,7 @@ def free_tcp_port() -> int:
 
 
 class FakeSubscriber:
-    """What NotifyHub needs of a WebSocket client: ctx, src, known, notify()."""
+    """What NotifyHub needs of a WebSocket client: ctx, src, known, send()."""
 
     def __init__(self, src: str = "fake-1", peer: str = "10.0.0.5") -> None:
         self.src = src
@@ -80,10 +80,12 @@ class FakeSubscriber:
         self.known: dict[str, dict[str, Any]] = {}
         self.last_notified = float("-inf")
         self.frames: list[dict[str, Any]] = []
+        self.payloads: list[bytes] = []
 
-    def notify(self, frame: dict[str, Any]) -> None:
-        # Through JSON, as the wire would carry it.
-        self.frames.append(json.loads(json.dumps(frame)))
+    def send(self, payload: bytes) -> None:
+        # The bytes the wire would carry.
+        self.payloads.append(payload)
+        self.frames.append(json.loads(payload))
 
     def methods(self) -> list[str]:
         return [f["method"] for f in self.frames]
@@ -168,13 +170,13 @@ class NotifyHubTests(SynchronousTestCase):
         client = FakeSubscriber()
         hub.subscribe(client)
         times: list[float] = []
-        original = client.notify
+        original = client.send
 
-        def stamp(frame: dict[str, Any]) -> None:
+        def stamp(payload: bytes) -> None:
             times.append(self.clock.seconds())
-            original(frame)
+            original(payload)
 
-        client.notify = stamp  # type: ignore[method-assign]
+        client.send = stamp  # type: ignore[method-assign]
         # A reading every 0.1 s for 5 s, each a clear change.
         for i in range(50):
             self.push((1000.0 + 10 * i, 3.6, -244.0), dt=0.1)
@@ -294,6 +296,81 @@ class NotifyHubTests(SynchronousTestCase):
         self.assertEqual([f["dst"] for f in first.frames], ["first"] * 3)
         self.assertEqual([f["dst"] for f in second.frames], ["second"] * 2)
 
+    def test_clients_told_the_same_share_one_diff(self) -> None:
+        """200 clients at one scale: one diff and one encoding per flush, not 200."""
+        hub = self.hub(interval=1.0)
+        clients = [FakeSubscriber(f"c{i}", peer=f"10.0.1.{i % 250}") for i in range(200)]
+        for client in clients:
+            hub.subscribe(client)
+        calls: list[int] = []
+        real = shelly_ws.diff_status
+
+        def counting(*args: Any) -> Any:
+            calls.append(1)
+            return real(*args)
+
+        self.patch(shelly_ws, "diff_status", counting)
+        self.push((1000.0, 300.0, -100.0), dt=1.0)
+        self.clock.advance(0)
+        # First flush: each client still holds its own copy of the full status.
+        self.assertEqual(len(calls), 200)
+        self.assertEqual(len({id(c.known) for c in clients}), 1, "equal states were not merged")
+        del calls[:]
+        self.push((1200.0, 300.0, -100.0), dt=1.0)
+        self.clock.advance(0)
+        self.assertEqual(len(calls), 1)
+        # Same notification for everyone, but each addressed to its own src.
+        for client in clients:
+            self.assertEqual(client.frames[-1]["dst"], client.src)
+            self.assertEqual(client.frames[-1]["params"], clients[0].frames[-1]["params"])
+        self.assertEqual(client.frames[-1]["params"]["em:0"]["a_act_power"], 1200.0)
+
+    def test_scaled_clients_get_their_own_values(self) -> None:
+        """Weighted scaling: each battery is told its own share, diffs per scale."""
+        from meteremu.devices.shelly.options import ScalingOptions
+
+        scaling = ScalingOptions(mode="weights", weights={"10.0.0.7": 0.25}, default_weight=1.0)
+        self.device = make_device(self.clock, Options(meter="grid", scaling=scaling), stale_after=10.0)
+        self.meter = self.device.meter
+        self.push((2000.0, 0.0, 0.0))
+        hub = self.hub(interval=1.0)
+        whole, quarter = FakeSubscriber("whole", peer="10.0.0.6"), FakeSubscriber("quarter", peer="10.0.0.7")
+        for client in (whole, quarter):
+            for _ in range(2):  # two polls make it a battery (scaling applies to batteries only)
+                self.device.core.call("EM.GetStatus", {"id": 0}, client.ctx)
+            hub.subscribe(client)
+        self.push((4000.0, 0.0, 0.0), dt=1.0)
+        self.clock.advance(0)
+        self.assertEqual(whole.frames[-1]["params"]["em:0"]["a_act_power"], 4000.0)
+        self.assertEqual(quarter.frames[-1]["params"]["em:0"]["a_act_power"], 1000.0)
+        self.assertIsNot(whole.known, quarter.known)
+        for client in (whole, quarter):
+            fresh = self.device.core.call("Shelly.GetStatus", {}, client.ctx)
+            view = merged(client.frames[0]["params"], client.frames[-1]["params"])
+            for key, value in fresh["em:0"].items():
+                self.assertFalse(differs(view["em:0"][key], value, 0.1), (client.src, key))
+
+    def test_late_joiner_merges_to_fresh_status(self) -> None:
+        """A client that joined later keeps its own view until the states meet."""
+        hub = self.hub(interval=1.0, epsilon=0.1)
+        early = FakeSubscriber("early")
+        hub.subscribe(early)
+        self.push((1000.0, 3.6, -244.0), dt=1.0)
+        self.clock.advance(0)
+        late = FakeSubscriber("late", peer="10.0.0.6")
+        hub.subscribe(late)
+        for step, powers in enumerate([(1000.0, 50.0, -244.0), (1000.05, 50.0, -200.0), (3.0, 4.0, 5.0)]):
+            self.push(powers, dt=1.0)
+            self.clock.advance(0)
+            fresh = self.device.core.call("Shelly.GetStatus", {}, early.ctx)
+            for client in (early, late):
+                view: dict[str, Any] = {}
+                for frame in client.frames:
+                    view = frame["params"] if frame["method"] == "NotifyFullStatus" else merged(view, frame["params"])
+                for component in ("em:0", "emdata:0"):
+                    for key, value in fresh[component].items():
+                        self.assertFalse(differs(view[component][key], value, 0.1), (step, client.src, component, key))
+
     def test_watch_runs_only_while_someone_listens(self) -> None:
         hub = self.hub(interval=1.0)
         self.assertEqual(self.clock.getDelayedCalls(), [])
@@ -342,10 +419,10 @@ class NotifyHubTests(SynchronousTestCase):
         hub.subscribe(broken)
         hub.subscribe(good)
 
-        def explode(frame: dict[str, Any]) -> None:
+        def explode(payload: bytes) -> None:
             raise RuntimeError("transport gone")
 
-        broken.notify = explode  # type: ignore[method-assign]
+        broken.send = explode  # type: ignore[method-assign]
         self.push((1000.0, 3.6, -244.0), dt=1.0)
         self.clock.advance(0)
         self.assertEqual(good.methods(), ["NotifyFullStatus", "NotifyStatus"])
@@ -810,3 +887,43 @@ class AioshellyTests(TestCase):
                 return {"a_act_power": device.status["em:0"]["a_act_power"], "src": src}
             finally:
                 await device.shutdown()
+
+
+class NotifyBuildingTests(SynchronousTestCase):
+    """The pure pieces of notify.py."""
+
+    def test_notification_bytes_equal_the_generic_encoding(self) -> None:
+        from meteremu.devices.shelly import jsonfmt
+        from meteremu.devices.shelly.notify import notification, notification_bytes, params_json
+
+        params = {"em:0": {"id": 0, "a_act_power": 12, "a_pf": 0.5}, "emdata:0": {"total_act": 3}}
+        for dst in ("ha-1", "é\"\\", "\ud800lone", ""):
+            self.assertEqual(
+                notification_bytes("shellypro3em-x", dst, "NotifyStatus", params_json(1.7e9, params)),
+                jsonfmt.dumpb(notification("shellypro3em-x", dst, "NotifyStatus", 1.7e9, params)))
+
+    def test_diff_status_leaves_known_alone(self) -> None:
+        from meteremu.devices.shelly.notify import diff_status
+
+        known = {"em:0": {"id": 0, "a": 1.0, "b": 2.0}}
+        snapshot = {"em:0": dict(known["em:0"])}
+        diff, new = diff_status(known, {"em:0": {"id": 0, "a": 1.05, "b": 3.0}}, 0.1)
+        self.assertEqual(diff, {"em:0": {"id": 0, "b": 3.0}})
+        self.assertEqual(new, {"em:0": {"id": 0, "a": 1.0, "b": 3.0}})  # a moved less than epsilon
+        self.assertEqual(known, snapshot)
+        diff, same = diff_status(known, {"em:0": {"id": 0, "a": 1.05, "b": 2.0}}, 0.1)
+        self.assertEqual(diff, {})
+        self.assertIs(same, known)
+        lost, kept = diff_status({"em:0": {"id": 0, "errors": ["x"]}}, {"em:0": {"id": 0}}, 0.1)
+        self.assertIsNone(lost)
+
+    def test_numbers_bools_and_subclasses(self) -> None:
+        from meteremu.devices.shelly.notify import changed_fields
+
+        class Float(float):
+            pass
+
+        self.assertEqual(changed_fields({"x": 1.0}, {"x": Float(1.05)}, 0.1), {})
+        self.assertEqual(changed_fields({"x": True}, {"x": False}, 0.1), {"x": False})
+        self.assertEqual(changed_fields({"x": 1}, {"x": True}, 5), {})  # True == 1: unchanged
+        self.assertEqual(changed_fields({"x": None}, {"x": 1.0}, 0.1), {"x": 1.0})

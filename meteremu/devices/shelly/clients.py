@@ -21,7 +21,7 @@ from meteremu.devices.shelly.options import ScalingOptions
 from meteremu.devices.shelly.rpc import CallContext, RpcError
 from meteremu.meter import IClock
 
-POLL_METHODS = frozenset({"em.getstatus", "em1.getstatus"})
+POLL_METHODS = frozenset({"EM.GetStatus", "EM1.GetStatus"})
 THROTTLED = -108  # RESOURCE_EXHAUSTED in the firmware's gRPC-derived numbering
 
 
@@ -59,7 +59,10 @@ class ClientTracker:
 
     # -- bookkeeping -----------------------------------------------------
     def observe(self, method: str, ctx: CallContext) -> None:
-        """Record one call. Raises RpcError(THROTTLED) for a poll inside min_interval."""
+        """Record one call of ``method`` (its canonical name, as RpcCore reports it).
+
+        Raises RpcError(THROTTLED) for a poll inside min_interval.
+        """
         if ctx.peer is None:
             return
         now = self.clock.seconds()
@@ -72,10 +75,12 @@ class ClientTracker:
         client.last_seen = now
         client.requests += 1
         client.last_method = method
-        state = self._ips.setdefault(ctx.peer, _IpState())
+        state = self._ips.get(ctx.peer)
+        if state is None:
+            state = self._ips[ctx.peer] = _IpState()
         if ctx.user_agent and ctx.user_agent.startswith("Mozilla/"):
             state.browser = True
-        if method.lower() in POLL_METHODS:
+        if method in POLL_METHODS:
             gap = self.scaling.min_interval
             if gap > 0 and client.last_answered_poll is not None and now - client.last_answered_poll < gap:
                 raise RpcError(THROTTLED, f"Too many requests: at most one poll per {gap:g} s")

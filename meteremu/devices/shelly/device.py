@@ -10,13 +10,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from meteremu.devices.shelly import status as st
 from meteremu.devices.shelly.clients import ClientTracker
 from meteremu.devices.shelly.identity import Identity
+from meteremu.devices.shelly.jsonfmt import Encoded
 from meteremu.devices.shelly.options import FallbackPolicy, Options
 from meteremu.devices.shelly.rpc import UNAVAILABLE, CallContext, RpcCore, RpcError
 from meteremu.meter import Freshness, IClock, Meter
 from meteremu.reading import PhaseReading, Reading
 
+# Distinct cached results per reading (scales x shapes): a handful in practice
+# (one scale per weighted battery); the bound only guards against odd configs.
+MAX_CACHED = 64
 THERMAL_ZONE = "/sys/class/thermal/thermal_zone0/temp"
 
 
@@ -61,11 +66,14 @@ class ShellyDevice:
         self.started_at = clock.seconds()
         self.cfg_rev = 1
         self.meter_components: Callable[[CallContext], dict[str, Any]]  # set by build_methods
+        self.components_at: Callable[[float], dict[str, Any]]
         self.full_status: Callable[[CallContext], dict[str, Any]]
         self.clients = ClientTracker(clock, options.scaling)
         self.scale_for: Callable[[CallContext], float] = self.clients.scale_for
         self.core = RpcCore(lambda: self.identity.device_id, build_methods(self))
         self.core.observers.append(self.clients.observe)
+        self._cached_reading: Reading | None = None
+        self._cache: dict[tuple[Any, ...], Encoded] = {}
 
     @property
     def monophase(self) -> bool:
@@ -93,3 +101,43 @@ class ShellyDevice:
             return Reading(phases=(phase, zero, zero), measured_at=self.clock.seconds())
         reason = f": {meter.down_reason}" if state is Freshness.DOWN and meter.down_reason else ""
         raise RpcError(UNAVAILABLE, f"Meter '{meter.name}' is {state.value}{reason}")
+
+    # -- cached results ---------------------------------------------------------------
+    def em_result(self, reading: Reading, scale: float, minimal: bool = False) -> Encoded:
+        """``EM.GetStatus`` of ``reading`` at ``scale``, built and encoded once.
+
+        Batteries poll several times a second, each poll needs the same
+        answer until the next reading arrives: the result and its JSON text
+        are kept per (reading, scale, shape) and dropped when the reading
+        changes. Only the frame around it (id, src, dst) is per request.
+        """
+        key = ("em", scale, minimal)
+        hit = self._cached(reading, key)
+        if hit is None:
+            result = st.em_status(reading, scale)
+            hit = self._store(key, st.minimal_em_status(result) if minimal else result)
+        return hit
+
+    def em1_result(self, reading: Reading, index: int, scale: float, minimal: bool = False) -> Encoded:
+        """``EM1.GetStatus`` of channel ``index``, cached as :meth:`em_result`."""
+        key = ("em1", index, scale, minimal)
+        hit = self._cached(reading, key)
+        if hit is None:
+            result = st.em1_status(reading, index, scale)
+            if minimal:
+                result = {"id": result["id"], "act_power": result["act_power"]}
+            hit = self._store(key, result)
+        return hit
+
+    def _cached(self, reading: Reading, key: tuple[Any, ...]) -> Encoded | None:
+        if reading is not self._cached_reading:
+            self._cached_reading = reading
+            self._cache.clear()
+            return None
+        return self._cache.get(key)
+
+    def _store(self, key: tuple[Any, ...], result: dict[str, Any]) -> Encoded:
+        encoded = Encoded(result)
+        if len(self._cache) < MAX_CACHED:
+            self._cache[key] = encoded
+        return encoded

@@ -79,10 +79,11 @@ def install_routes(
     def bare(request: IRequest, method: str, params: Any) -> bytes:
         started = time.perf_counter()
         request.setHeader(b"content-type", JSON)
+        ctx = _context(request)
         try:
-            result = core.call(method, params, _context(request))
-            body = jsonfmt.dumpb(result)
+            body = jsonfmt.dumpb(core.call(method, params, ctx))
         except RpcError as err:
+            core.report_error(err.code, ctx)
             request.setResponseCode(HTTP_STATUS.get(err.code, 500))
             body = jsonfmt.dumpb(err.as_dict())
         if observe_latency is not None:

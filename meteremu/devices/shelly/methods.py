@@ -35,12 +35,6 @@ def build_methods(dev: ShellyDevice) -> dict[str, Handler]:
     em_ids = range(0) if dev.monophase else range(1)
     em1_ids = range(3) if dev.monophase else range(0)
 
-    def em_live(ctx: CallContext) -> dict[str, Any]:
-        return st.em_status(dev.serving_reading(), dev.scale_for(ctx))
-
-    def em1_live(index: int, ctx: CallContext) -> dict[str, Any]:
-        return st.em1_status(dev.serving_reading(), index, dev.scale_for(ctx))
-
     def device_info(params: dict, ctx: CallContext) -> Any:
         return st.device_info(dev.identity)
 
@@ -48,8 +42,7 @@ def build_methods(dev: ShellyDevice) -> dict[str, Handler]:
 
     def em_get_status(params: dict, ctx: CallContext) -> Any:
         component_id(params, em_ids)
-        result = em_live(ctx)
-        return st.minimal_em_status(result) if minimal else result
+        return dev.em_result(dev.serving_reading(), dev.scale_for(ctx), minimal)
 
     def em_get_config(params: dict, ctx: CallContext) -> Any:
         component_id(params, em_ids)
@@ -64,8 +57,8 @@ def build_methods(dev: ShellyDevice) -> dict[str, Handler]:
         return {}
 
     def em1_get_status(params: dict, ctx: CallContext) -> Any:
-        result = em1_live(component_id(params, em1_ids), ctx)
-        return {"id": result["id"], "act_power": result["act_power"]} if minimal else result
+        index = component_id(params, em1_ids)
+        return dev.em1_result(dev.serving_reading(), index, dev.scale_for(ctx), minimal)
 
     def em1_get_config(params: dict, ctx: CallContext) -> Any:
         return st.em1_config(component_id(params, em1_ids))
@@ -93,19 +86,24 @@ def build_methods(dev: ShellyDevice) -> dict[str, Handler]:
         whole call: Home Assistant polls Shelly.GetStatus and must not drop
         the device because one meter is stale.
         """
+        return components_at(dev.scale_for(ctx))
+
+    def components_at(scale: float) -> dict[str, Any]:
+        """:func:`meter_components` for a caller served at ``scale`` (the notifier
+        builds them once per distinct scale, not once per client)."""
         try:
             reading, failure = dev.serving_reading(), False
         except RpcError:
             reading, failure = None, True
-        scale = dev.scale_for(ctx)
         out: dict[str, Any] = {}
         if dev.monophase:
             for i in em1_ids:
-                out[f"em1:{i}"] = st.em1_status(reading, i, scale, failure)
+                out[f"em1:{i}"] = (st.em1_status(None, i, scale, failure) if reading is None
+                                   else dev.em1_result(reading, i, scale))
             for i in em1_ids:
                 out[f"em1data:{i}"] = st.em1data_status(dev.meter.energy, i)
         else:
-            out["em:0"] = st.em_status(reading, scale, failure)
+            out["em:0"] = st.em_status(None, scale, failure) if reading is None else dev.em_result(reading, scale)
             out["emdata:0"] = st.emdata_status(dev.meter.energy)
         return out
 
@@ -180,6 +178,7 @@ def build_methods(dev: ShellyDevice) -> dict[str, Handler]:
 
     # The notifier builds NotifyStatus/NotifyFullStatus from these same views.
     dev.meter_components = meter_components
+    dev.components_at = components_at
     dev.full_status = full_status
 
     table: dict[str, Handler] = {

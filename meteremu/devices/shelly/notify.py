@@ -6,11 +6,26 @@ after that, ``NotifyStatus`` holds only the fields of ``em:0``/``emdata:0``
 (or ``em1:N``/``em1data:N``) that moved more than ``epsilon`` since what that
 client was last told, so a merge of the notifications onto the last status
 equals a fresh ``Shelly.GetStatus`` (within epsilon).
+
+Nothing here modifies its arguments: a "known" state (what a client was last
+told) can then be shared by every client that was told the same, and the
+notifier diffs and encodes once per distinct state instead of once per client.
 """
 
 from __future__ import annotations
 
+from json.encoder import encode_basestring
 from typing import Any
+
+from meteremu.devices.shelly import jsonfmt
+
+Status = dict[str, dict[str, Any]]
+
+
+def _is_number(value: Any) -> bool:
+    """int or float (subclasses too, e.g. numpy's float64), but not bool."""
+    kind = type(value)
+    return kind is float or kind is int or (kind is not bool and isinstance(value, int | float))
 
 
 def changed_fields(old: dict[str, Any] | None, new: dict[str, Any], epsilon: float) -> dict[str, Any]:
@@ -35,32 +50,43 @@ def changed_fields(old: dict[str, Any] | None, new: dict[str, Any], epsilon: flo
     return diff
 
 
-def status_diff(known: dict[str, dict[str, Any]], current: dict[str, dict[str, Any]],
-                epsilon: float) -> dict[str, dict[str, Any]] | None:
-    """Per component, what changed since ``known``; updates ``known`` in place.
+def diff_status(known: Status, current: Status, epsilon: float) -> tuple[Status | None, Status]:
+    """``(what changed per component, the new known state)``; ``known`` is left as is.
 
-    Returns None when a component *lost* a key (``errors`` once the meter is
-    healthy again): a merge cannot delete a key, so the caller sends
-    ``NotifyFullStatus`` instead, which clients take as a replacement.
+    The diff is None when a component *lost* a key (``errors`` once the meter
+    is healthy again): a merge cannot delete a key, so the caller sends
+    ``NotifyFullStatus`` instead, which clients take as a replacement. When
+    nothing changed, the new known state is ``known`` itself.
     """
-    out: dict[str, dict[str, Any]] = {}
+    out: Status = {}
+    new_known: Status | None = None
     for component, value in current.items():
         before = known.get(component)
-        if before is not None and set(before) - set(value):
-            return None
+        if before is not None and not before.keys() <= value.keys():
+            return None, known
         diff = changed_fields(before, value, epsilon)
         if diff:
             out[component] = diff
-            known[component] = {**(before or {}), **diff}
-    return out
+            if new_known is None:
+                new_known = dict(known)
+            new_known[component] = {**(before or {}), **diff}
+    return out, known if new_known is None else new_known
 
 
 def notification(device_id: str, dst: str, method: str, ts: float, params: dict[str, Any]) -> dict[str, Any]:
     return {"src": device_id, "dst": dst, "method": method, "params": {"ts": ts, **params}}
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+def params_json(ts: float, params: dict[str, Any]) -> str:
+    """The JSON text of a notification's ``params`` (encoded once, sent to many)."""
+    return jsonfmt.dumps({"ts": ts, **params})
+
+
+def notification_bytes(device_id: str, dst: str, method: str, params_text: str) -> bytes:
+    """``jsonfmt.dumpb(notification(...))`` around params already encoded by :func:`params_json`."""
+    text = (f'{{"src":{encode_basestring(device_id)},"dst":{encode_basestring(dst)},'
+            f'"method":{encode_basestring(method)},"params":{params_text}}}')
+    return text.encode("utf-8", "backslashreplace")
 
 
 _MISSING = object()

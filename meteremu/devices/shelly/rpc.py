@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from json.encoder import encode_basestring
 from typing import Any
 
 from meteremu.devices.shelly import jsonfmt
@@ -64,6 +65,17 @@ def _depth_ok(obj: Any, limit: int = MAX_DEPTH) -> bool:
     return True
 
 
+def _shallow(data: bytes | str) -> bool:
+    """True when ``data`` has too few brackets to nest deeper than MAX_DEPTH.
+
+    A C-speed count that spares the walk of :func:`_depth_ok` for every
+    ordinary request (brackets inside strings only make it more cautious).
+    """
+    if isinstance(data, bytes):
+        return data.count(b"[") + data.count(b"{") <= MAX_DEPTH
+    return data.count("[") + data.count("{") <= MAX_DEPTH
+
+
 def parse_frame(data: bytes | str) -> Any:
     """Decode one JSON frame, or raise RpcError(PARSE_ERROR)."""
     if len(data) > MAX_FRAME_BYTES:
@@ -73,7 +85,7 @@ def parse_frame(data: bytes | str) -> Any:
         frame = json.loads(text)
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise RpcError(PARSE_ERROR, "Invalid JSON frame") from None
-    if not _depth_ok(frame):
+    if not _shallow(data) and not _depth_ok(frame):
         raise RpcError(PARSE_ERROR, "Frame nested too deeply")
     return frame
 
@@ -93,13 +105,26 @@ class RpcCore:
 
     def __init__(self, device_id: Callable[[], str], methods: dict[str, Handler]) -> None:
         self._device_id = device_id
+        self._id_json: tuple[str | None, bytes] = (None, b"")
         self.methods = dict(methods)
-        self._lookup = {name.lower(): handler for name, handler in methods.items()}
+        self._lookup = {name.lower(): (name, handler) for name, handler in methods.items()}
+        # Told the canonical method name (as in ``methods``) of every call to
+        # a known method, before it runs; an observer may refuse it by raising.
         self.observers: list[Callable[[str, CallContext], None]] = []
+        # Told the error code of every error frame answered (metrics).
+        self.error_observers: list[Callable[[int, CallContext], None]] = []
 
     @property
     def device_id(self) -> str:
         return self._device_id()
+
+    @property
+    def device_id_json(self) -> bytes:
+        """The device id as JSON text (UTF-8), for frames spliced by hand."""
+        device_id = self._device_id()
+        if device_id != self._id_json[0]:
+            self._id_json = (device_id, encode_basestring(device_id).encode("utf-8", "backslashreplace"))
+        return self._id_json[1]
 
     def call(self, method: str, params: Any, ctx: CallContext) -> Any:
         """Run one method; raise :class:`RpcError` for any failure."""
@@ -107,11 +132,12 @@ class RpcCore:
             params = {}
         if not isinstance(params, dict):
             raise RpcError(INVALID_ARGUMENT, "Invalid argument 'params': expected an object")
-        handler = self._lookup.get(method.lower())
-        if handler is None:
+        entry = self._lookup.get(method.lower())
+        if entry is None:
             raise RpcError(NO_HANDLER, f"No handler for {method}")
+        name, handler = entry
         for observe in self.observers:
-            observe(method, ctx)
+            observe(name, ctx)
         return handler(params, ctx)
 
     def handle_frame(self, frame: Any, ctx: CallContext) -> dict[str, Any] | None:
@@ -121,7 +147,7 @@ class RpcCore:
         is a notification (JSON-RPC semantics, as aioshelly treats it).
         """
         if not isinstance(frame, dict):
-            return self._error(None, None, RpcError(INVALID_ARGUMENT, "Invalid frame: expected an object"))
+            return self._error(None, None, RpcError(INVALID_ARGUMENT, "Invalid frame: expected an object"), ctx)
         src = frame.get("src")
         if not isinstance(src, str) or not src:
             src = None
@@ -129,34 +155,42 @@ class RpcCore:
         if frame_id is None:
             return None
         if not valid_frame_id(frame_id):
-            return self._error(None, src, RpcError(INVALID_ARGUMENT, "Invalid frame: 'id' must be a number or a string"))
+            return self._error(None, src, RpcError(INVALID_ARGUMENT, "Invalid frame: 'id' must be a number or a string"),
+                               ctx)
         method = frame.get("method")
         if not isinstance(method, str) or not method:
-            return self._error(frame_id, src, RpcError(INVALID_ARGUMENT, "Invalid frame: missing 'method'"))
+            return self._error(frame_id, src, RpcError(INVALID_ARGUMENT, "Invalid frame: missing 'method'"), ctx)
         if src is not None and ctx.src != src:
-            ctx = replace(ctx, src=src)
+            ctx = CallContext(ctx.transport, ctx.peer, src, ctx.local_ip, ctx.user_agent)
         try:
             result = self.call(method, frame.get("params"), ctx)
         except RpcError as err:
-            return self._error(frame_id, src, err)
+            return self._error(frame_id, src, err, ctx)
         response: dict[str, Any] = {"id": frame_id, "src": self.device_id}
         if src is not None:
             response["dst"] = src
         response["result"] = result
         return response
 
-    def _error(self, frame_id: Any, src: str | None, err: RpcError) -> dict[str, Any]:
+    def _error(self, frame_id: Any, src: str | None, err: RpcError, ctx: CallContext | None = None) -> dict[str, Any]:
+        if ctx is not None:
+            self.report_error(err.code, ctx)
         response: dict[str, Any] = {"id": frame_id, "src": self.device_id}
         if src is not None:
             response["dst"] = src
         response["error"] = err.as_dict()
         return response
 
+    def report_error(self, code: int, ctx: CallContext) -> None:
+        """Tell the error observers that ``ctx`` was answered with error ``code``."""
+        for observe in self.error_observers:
+            observe(code, ctx)
+
     def handle_bytes(self, data: bytes | str, ctx: CallContext) -> bytes | None:
         """Bytes in, bytes out (with the firmware's number formatting)."""
         try:
             frame = parse_frame(data)
         except RpcError as err:
-            return jsonfmt.dumpb(self._error(None, None, err))
+            return jsonfmt.dumpb(self._error(None, None, err, ctx))
         response = self.handle_frame(frame, ctx)
         return None if response is None else jsonfmt.dumpb(response)

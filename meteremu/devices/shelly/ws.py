@@ -16,12 +16,14 @@ from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import PreparedMessage
 from autobahn.websocket.types import ConnectionRequest
+from twisted.internet import tcp
 from twisted.internet.task import LoopingCall
 
 from meteremu.devices.shelly import jsonfmt
 from meteremu.devices.shelly.device import ShellyDevice
-from meteremu.devices.shelly.notify import notification, status_diff
+from meteremu.devices.shelly.notify import Status, diff_status, notification_bytes, params_json
 from meteremu.devices.shelly.rpc import CallContext, RpcError, parse_frame
 from meteremu.logs import logger
 from meteremu.meter import Meter
@@ -41,6 +43,32 @@ def backlog(transport: Any) -> int:
     return max(0, len(data) - offset) + getattr(transport, "_tempDataLen", 0)
 
 
+def write_now(transport: Any, data: bytes) -> bool:
+    """Send ``data`` on a plain TCP transport right away; False if it must be queued.
+
+    Twisted queues every ``write`` until the reactor's next turn, and on the
+    asyncio reactor each queued write costs an ``add_writer``/``remove_writer``
+    pair (two epoll_ctl calls and a callback): in a fan-out to hundreds of
+    clients the last one waits for all of them (measured: about 40 µs a
+    client). When nothing is queued on the transport, a ``send()`` now is what
+    the reactor would do on its next turn anyway; whatever the kernel does not
+    take is queued with ``write`` behind it, so the byte order is kept. TLS
+    transports, closing ones and ones with queued bytes take the normal path.
+    """
+    if (type(transport) is not tcp.Server or transport.TLS or transport.disconnecting
+            or transport.connected != 1 or backlog(transport)):
+        return False
+    try:
+        sent = transport.getHandle().send(data)
+    except BlockingIOError:
+        sent = 0
+    except OSError:
+        return False  # let the transport meet the error and close as it does
+    if sent < len(data):
+        transport.write(data[sent:])
+    return True
+
+
 class ShellyWebSocketProtocol(WebSocketServerProtocol):
     factory: ShellyWebSocketFactory
 
@@ -49,7 +77,7 @@ class ShellyWebSocketProtocol(WebSocketServerProtocol):
         self.ctx = CallContext("ws", getattr(peer, "host", None), None, getattr(host, "host", None),
                                request.headers.get("user-agent"))
         self.src: str | None = None
-        self.known: dict[str, dict[str, Any]] = {}
+        self.known: Status = {}  # what this client was last told; shared, never modified in place
         self.last_notified = float("-inf")
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
@@ -75,9 +103,6 @@ class ShellyWebSocketProtocol(WebSocketServerProtocol):
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.hub.unsubscribe(self)
 
-    def notify(self, frame: dict[str, Any]) -> None:
-        self.send(jsonfmt.dumpb(frame))
-
     def send(self, payload: bytes) -> None:
         """Send, unless the client stopped reading: then drop it.
 
@@ -93,7 +118,10 @@ class ShellyWebSocketProtocol(WebSocketServerProtocol):
             self.factory.hub.unsubscribe(self)
             self.transport.abortConnection()
             return
-        self.sendMessage(payload)
+        # One unfragmented, uncompressed text frame, framed by Autobahn.
+        frame = PreparedMessage(payload, False, False, True).payloadHybi
+        if not write_now(self.transport, frame):
+            self.sendData(frame)
 
 
 class NotifyHub:
@@ -157,13 +185,13 @@ class NotifyHub:
     def _send_full(self, client: ShellyWebSocketProtocol) -> None:
         dev = self.device
         status = dev.full_status(client.ctx)
-        client.known = {k: dict(v) for k, v in dev.meter_components(client.ctx).items()}
-        self._send(client, "NotifyFullStatus", status)
+        client.known = dev.meter_components(client.ctx)
+        self._send(client, "NotifyFullStatus", params_json(self.clock.seconds(), status))
 
-    def _send(self, client: ShellyWebSocketProtocol, method: str, params: dict[str, Any]) -> None:
-        now = self.clock.seconds()
-        client.notify(notification(self.device.identity.device_id, client.src or "", method, now, params))
-        client.last_notified = now
+    def _send(self, client: ShellyWebSocketProtocol, method: str, params: str) -> None:
+        """Send ``params`` (JSON text, see :func:`params_json`) to ``client``."""
+        client.send(notification_bytes(self.device.identity.device_id, client.src or "", method, params))
+        client.last_notified = self.clock.seconds()
         self.sent += 1
 
     def _on_reading(self, meter: Meter, reading: Reading) -> None:
@@ -181,27 +209,66 @@ class NotifyHub:
         dev = self.device
         try:
             current = dev.meter_components(client.ctx)
-            client.known = {k: dict(v) for k, v in current.items()}
-            self._send(client, "NotifyStatus", current)
+            client.known = current
+            self._send(client, "NotifyStatus", params_json(self.clock.seconds(), current))
         except Exception:
             log.failure("heartbeat to {peer} failed", peer=client.ctx.peer)
 
     def flush(self) -> None:
-        """Send each subscriber what changed for it (values are per client: scaling)."""
+        """Send each subscriber what changed for it (values are per client: scaling).
+
+        Clients told the same so far, at the same scale, get the same
+        notification: the components are built once per distinct scale, and
+        the diff and its JSON once per distinct (scale, known state); only the
+        frame around it (``dst``) is per client. Clients whose states end up
+        equal share one state object from then on, so with 200 clients and
+        one scale a flush diffs and encodes once.
+        """
         if self._pending is not None and self._pending.active():
             self._pending.cancel()  # flushed early (tests, heartbeats): no second flush
         self._pending = None
-        self._last_flush = self.clock.seconds()
+        now = self._last_flush = self.clock.seconds()
         dev = self.device
+        components: dict[float, Status] = {}
+        # (scale, id(known)) -> (known, diff or None, new known, params JSON or None)
+        outcomes: dict[tuple[float, int], tuple[Status, Status | None, Status, str | None]] = {}
+        states: dict[float, list[Status]] = {}  # new known states of this flush, per scale
         for client in list(self.clients):
             try:
-                diff = status_diff(client.known, dev.meter_components(client.ctx), self.epsilon)
+                scale = dev.scale_for(client.ctx)
+                outcome = outcomes.get((scale, id(client.known)))
+                if outcome is None or outcome[0] is not client.known:
+                    current = components.get(scale)
+                    if current is None:
+                        current = components[scale] = dev.components_at(scale)
+                    diff, known = diff_status(client.known, current, self.epsilon)
+                    if diff is not None:
+                        known = _shared(states.setdefault(scale, []), known)
+                    outcome = (client.known, diff, known, params_json(now, diff) if diff else None)
+                    outcomes[(scale, id(client.known))] = outcome
+                _, diff, known, params = outcome
                 if diff is None:
                     self._send_full(client)
-                elif diff:
-                    self._send(client, "NotifyStatus", diff)
+                    continue
+                client.known = known  # equal content, possibly a shared object now
+                if params is not None:
+                    self._send(client, "NotifyStatus", params)
             except Exception:
                 log.failure("notifying {peer} failed", peer=client.ctx.peer)
+
+
+def _shared(states: list[Status], state: Status, look_back: int = 8) -> Status:
+    """An equal state already made in this flush, else ``state`` (now remembered).
+
+    Clients that subscribed at different moments hold different states until
+    every field has moved once; from then on they are equal and share one
+    object. Only the last few states are compared, so a flush stays linear.
+    """
+    for other in states[-look_back:]:
+        if other == state:
+            return other
+    states.append(state)
+    return state
 
 
 class ShellyWebSocketFactory(WebSocketServerFactory):
