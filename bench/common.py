@@ -7,6 +7,7 @@ core 1, so a figure is "what one core of this machine does".
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -253,6 +254,15 @@ def summary_ms(values_ns: Sequence[int] | Sequence[float], scale: float = 1e-6) 
             "p50": percentile(ordered, 50) * scale, "p99": percentile(ordered, 99) * scale,
             "p999": percentile(ordered, 99.9) * scale,
             "max": (ordered[-1] * scale) if ordered else float("nan")}
+
+
+def window_slopes(points: Sequence[tuple[float, float]], parts: int) -> list[tuple[float, float, float]]:
+    """(start, end, slope per hour) of ``parts`` equal time windows of the points."""
+    if len(points) < 2 * parts:
+        return []
+    end = points[-1][0]
+    edges = [end * i / parts for i in range(parts + 1)]
+    return [(a, b, slope_per_hour([p for p in points if a <= p[0] <= b])) for a, b in itertools.pairwise(edges)]
 
 
 def slope_per_hour(points: Sequence[tuple[float, float]]) -> float:

@@ -377,7 +377,10 @@ def startup_time(directory: str, config: str, port: int) -> tuple[float, Server]
     raise RuntimeError("meteremu did not answer within 30 s")
 
 
-def bench_footprint(d: Durations, work: str, soak_seconds: float | None) -> dict[str, Any]:
+def bench_footprint(d: Durations, work: str, soak_seconds: float | None,
+                    samples_prefix: str | None = None) -> dict[str, Any]:
+    """Start-up, RSS, idle CPU, and the soak; ``samples_prefix`` (long soaks) names the
+    files the RSS samples are appended to as they are taken."""
     directory = os.path.join(work, "footprint")
     config, ports = footprint_config(directory)
     startups = []
@@ -419,6 +422,10 @@ def bench_footprint(d: Durations, work: str, soak_seconds: float | None) -> dict
         # not disturb the first), started now and soaked with the same load at the
         # same time, each by its own generator.
         seconds = soak_seconds if soak_seconds is not None else d.soak
+
+        def samples(suffix: str) -> str | None:
+            return None if samples_prefix is None else f"{samples_prefix}{suffix}.rss"
+
         fc_dir = os.path.join(work, "footprint-forecast")
         fc_config, fc_ports = forecast_footprint_config(
             fc_dir, "30s" if d.quick else f"{max(60, int(seconds * 0.4))}s")
@@ -435,7 +442,7 @@ def bench_footprint(d: Durations, work: str, soak_seconds: float | None) -> dict
                 forecast.stop()
                 forecast = None
             if forecast is None:
-                out["soak"] = soak(server, ports, seconds, d.soak_sample)
+                out["soak"] = soak(server, ports, seconds, d.soak_sample, samples(""))
             else:
                 time.sleep(3)
                 fc_server = forecast
@@ -443,9 +450,10 @@ def bench_footprint(d: Durations, work: str, soak_seconds: float | None) -> dict
                 print(f"  forecast on, RSS after start: {out['memory_start_forecast']}", flush=True)
                 box: dict[str, Any] = {}
                 other = threading.Thread(target=lambda: box.update(
-                    result=soak(fc_server, fc_ports, seconds, d.soak_sample)), daemon=True)
+                    result=soak(fc_server, fc_ports, seconds, d.soak_sample, samples("-forecast"))),
+                    daemon=True)
                 other.start()
-                out["soak"] = soak(server, ports, seconds, d.soak_sample)
+                out["soak"] = soak(server, ports, seconds, d.soak_sample, samples(""))
                 other.join(seconds + 180)
                 out["soak_forecast"] = box.get("result")
                 out["memory_loaded_forecast"] = common.memory_mib(fc_server.pid)
@@ -462,20 +470,39 @@ def bench_footprint(d: Durations, work: str, soak_seconds: float | None) -> dict
     return out
 
 
-def soak(server: Server, ports: dict[str, int], seconds: float, sample_every: float) -> dict[str, Any]:
-    """Mixed load for ``seconds``; RSS sampled all along, growth per hour by least squares."""
+SOAK_WARMUP = 120.0  # seconds of 5x load before growth is measured (at most 20 % of a soak)
+
+
+def soak(server: Server, ports: dict[str, int], seconds: float, sample_every: float,
+         samples_file: str | None = None) -> dict[str, Any]:
+    """Mixed load for ``seconds``; RSS sampled all along, growth per hour by least squares.
+
+    Long runs print a progress line every ~5 % and append each sample to
+    ``samples_file`` as it is taken, so an interrupted run of hours still leaves
+    its data behind."""
+    warmup = min(SOAK_WARMUP, seconds * 0.2)
     argv = pinned(LOAD_CORE, [PYTHON, script("soak_load.py"), "--http-port", str(ports["http"]),
                               "--udp-port", str(ports["udp"]), "--modbus-port", str(ports["modbus"]),
-                              "--duration", str(seconds)])
+                              "--duration", str(seconds), "--warmup", str(warmup)])
     samples: list[tuple[float, float]] = []
     cpu0 = cpu_seconds(server.pid)
     t0 = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=BENCH)
     stop = threading.Event()
 
+    progress_every = max(60.0, seconds / 20) if seconds >= 3600 else float("inf")
+
     def sampler() -> None:
+        next_progress = progress_every
         while not stop.is_set():
-            samples.append((time.monotonic() - t0, rss_mib(server.pid)))
+            point = (time.monotonic() - t0, rss_mib(server.pid))
+            samples.append(point)
+            if samples_file is not None:
+                with open(samples_file, "a", encoding="utf-8") as handle:
+                    handle.write(f"{point[0]:.0f} {point[1]:.2f}\n")
+            if point[0] >= next_progress:
+                next_progress += progress_every
+                print(f"  soak: {point[0] / 60:.0f} min, RSS {point[1]:.1f} MiB", flush=True)
             stop.wait(sample_every)
 
     thread = threading.Thread(target=sampler, daemon=True)
@@ -491,11 +518,12 @@ def soak(server: Server, ports: dict[str, int], seconds: float, sample_every: fl
     if proc.returncode != 0:
         raise RuntimeError(f"soak load failed:\n{stderr[-3000:]}")
     counts = json.loads(stdout.strip().splitlines()[-1])
-    settled = [p for p in samples if p[0] >= elapsed * 0.2]  # after warm-up (caches, pools)
+    settled = [p for p in samples if p[0] >= warmup]  # after the warm-up burst (allocator pools)
     result = {
-        "seconds": elapsed, "counts": counts, "samples": samples,
+        "seconds": elapsed, "counts": counts, "samples": samples, "warmup": warmup,
         "rss_begin": samples[0][1], "rss_end": samples[-1][1], "rss_max": max(v for _, v in samples),
         "growth_mib_per_h": common.slope_per_hour(settled),
+        "windows": common.window_slopes(samples, 4),
         "server_cpu": (cpu_seconds(server.pid) - cpu0) / elapsed,
         "requests": sum(v for k, v in counts.items() if k.endswith("_ok") or k == "ws_notify"),
     }
@@ -820,6 +848,22 @@ def mem(m: dict[str, float]) -> str:
     return ", ".join(parts)
 
 
+def windows(s: dict[str, Any]) -> str:
+    """Growth per quarter of a soak: allocator warm-up shows as a falling slope,
+    a leak as a steady one."""
+    if "windows" not in s:  # results saved before the windows were measured
+        return "n/a"
+    unit, div = ("s", 1) if s["seconds"] <= 1200 else ("min", 60)
+    return ", ".join(f"{a / div:.0f}-{b / div:.0f} {unit} {g:+.1f}" for a, b, g in s["windows"]) + " MiB/h"
+
+
+def warmup_text(s: dict[str, Any]) -> str:
+    if "warmup" not in s:  # results saved before the warm-up burst existed
+        return "few seconds; growth is the least-squares slope after the first 20 % of the run (warm-up)."
+    return (f"few seconds; the first {s['warmup']:.0f} s run everything 5× faster (the allocator's pools fill "
+            "as they would over hours), growth is the least-squares slope after them.")
+
+
 def soak_lines(s: dict[str, Any], forecast: dict[str, Any] | None = None) -> list[str]:
     counts = s["counts"]
     extra = []
@@ -833,11 +877,12 @@ def soak_lines(s: dict[str, Any], forecast: dict[str, Any] | None = None) -> lis
         "from their own addresses, 10 HTTP requests/s each on a new connection (EM, EMData, Shelly.GetStatus,",
         "/shelly), 10 WebSocket subscribers with one replaced every 10 s, and a Modbus TCP client reading",
         "the em and emdata registers twice a second (reconnecting every minute). RSS sampled every",
-        "few seconds; growth is the least-squares slope after the first 20 % of the run (warm-up).",
+        warmup_text(s),
         "",
         "| what | measured |", "|---|---|",
         f"| RSS at start → end (max) | {s['rss_begin']:.1f} → {s['rss_end']:.1f} MiB ({s['rss_max']:.1f}) |",
         f"| RSS growth per hour (after warm-up) | {s['growth_mib_per_h']:+.2f} MiB/h |",
+        f"| the same by quarter of the run (does it level off?) | {windows(s)} |",
         *extra,
         f"| server CPU under this load | {s['server_cpu']:.1%} of a core |",
         f"| answers | {', '.join(f'{k} {v}' for k, v in sorted(counts.items()))} |",
@@ -902,10 +947,13 @@ def main() -> None:
     print(f"bench: {info['cpu']}, {info['cores']} cores; work dir {work}", flush=True)
     try:
         if args.soak is not None:
-            foot = bench_footprint(d, work, soak_seconds=args.soak * 3600)
-            name = datetime.datetime.now(datetime.UTC).strftime("soak-%Y%m%d-%H%M.md")
-            path = os.path.join(BENCH, "results", name)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+            name = datetime.datetime.now(datetime.UTC).strftime("soak-%Y%m%d-%H%M")
+            prefix = os.path.join(BENCH, "results", name)
+            os.makedirs(os.path.dirname(prefix), exist_ok=True)
+            print(f"bench: RSS samples go to {prefix}.rss and {prefix}-forecast.rss as they are taken",
+                  flush=True)
+            foot = bench_footprint(d, work, soak_seconds=args.soak * 3600, samples_prefix=prefix)
+            path = prefix + ".md"
             with open(path, "w", encoding="utf-8") as handle:
                 handle.write(f"# Soak, {started}, {args.soak} h\n\n{info['cpu']}, Python {info['python']}, "
                              f"{info['versions']}\n\n" + "\n".join(soak_lines(foot["soak"])) + "\n"

@@ -14,7 +14,12 @@ minutes rather than days:
   second, reconnecting every minute.
 
 Runs ``--duration`` seconds, then prints one JSON object of counts; errors
-are counted, never fatal.
+are counted, never fatal. ``--warmup`` seconds at the start of it run every
+rate (and the subscriber count) ``--warmup-factor`` times higher: the
+allocator's pools and free lists grow until they hold the load's working set,
+which at the normal rates takes tens of minutes and would read as a leak in a
+10-minute run (measured: at 5x the growth fell from 1.7 MiB in the first
+minute to 0.4 MiB/h after ten).
 """
 
 from __future__ import annotations
@@ -182,14 +187,26 @@ def main() -> None:
     parser.add_argument("--http-rate", type=float, default=10.0)
     parser.add_argument("--ws", type=int, default=10)
     parser.add_argument("--duration", type=float, default=600.0)
+    parser.add_argument("--warmup", type=float, default=0.0, help="seconds of the duration at higher rates")
+    parser.add_argument("--warmup-factor", type=float, default=5.0)
     args = parser.parse_args()
     random.seed(1)
     counts = Counts()
-    end = time.monotonic() + args.duration
+    start = time.monotonic()
+    warm = min(args.warmup, args.duration)
+    if warm > 0:
+        k = args.warmup_factor
+        run_phase(args, start + warm, counts, k, warm + 30)
+    run_phase(args, start + args.duration, counts, 1.0, args.duration - warm + 30)
+    print(json.dumps(counts.values))
+
+
+def run_phase(args: argparse.Namespace, end: float, counts: Counts, k: float, timeout: float) -> None:
+    """Every load at ``k`` times its rate (and subscriber count) until ``end``."""
     jobs = [
-        (udp_batteries, (args.udp_port, args.batteries, args.rate, end, counts)),
-        (http_requests, (args.http_port, args.http_rate, end, counts)),
-        (ws_clients, (args.http_port, args.ws, end, counts)),
+        (udp_batteries, (args.udp_port, args.batteries, args.rate * k, end, counts)),
+        (http_requests, (args.http_port, args.http_rate * k, end, counts)),
+        (ws_clients, (args.http_port, round(args.ws * k), end, counts)),
     ]
     if args.modbus_port:
         jobs.append((modbus_client, (args.modbus_port, end, counts)))
@@ -197,8 +214,7 @@ def main() -> None:
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(args.duration + 30)
-    print(json.dumps(counts.values))
+        thread.join(timeout)
 
 
 if __name__ == "__main__":
