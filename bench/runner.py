@@ -978,6 +978,9 @@ def main() -> None:
             results.update(previous["results"])
             started = previous.get("started", "an earlier run") + f" (sections {args.only} remeasured {started})"
             t0 -= previous.get("seconds", 0.0)
+            earlier = previous.get("machine", {}).get("source")
+            if earlier and earlier != info["source"]:
+                info["source"] = f"{earlier}; sections {args.only} at {info['source']}"
         for name in ("udp", "http", "ws", "freshness", "micro"):
             if name in only:
                 print(f"[{name}]", flush=True)
