@@ -664,7 +664,10 @@ class SlowBrokerTests(BrokerCase):
             self.assertLessEqual(exporter.client.backlog(), exporter.max_backlog + 100)
         # The updates that found the socket backed up were skipped (and coalesced), not queued.
         self.assertGreaterEqual(self.metric("meteremu_mqtt_dropped_total", {"reason": "backlog"}), 1)
-        self.assertLess(slowest, 0.1)
+        # A publish that blocked on the hung broker would stall for good; the bound only
+        # has to tell "never blocks" from that, not measure speed (that is bench/'s job),
+        # so it leaves room for a busy CI machine (0.4 s seen once at 0.1).
+        self.assertLess(slowest, 2.0)
         stopping = time.monotonic()
         yield exporter.stopService()  # offline cannot be delivered: bounded wait, then closed
         self.assertLess(time.monotonic() - stopping, 5.0)
