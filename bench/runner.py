@@ -470,7 +470,8 @@ def bench_footprint(d: Durations, work: str, soak_seconds: float | None,
     return out
 
 
-SOAK_WARMUP = 120.0  # seconds of 5x load before growth is measured (at most 20 % of a soak)
+SOAK_WARMUP = 120.0  # seconds of faster load before growth is measured (at most 20 % of a soak)
+SOAK_WARMUP_FACTOR = 5  # how much faster
 
 
 def soak(server: Server, ports: dict[str, int], seconds: float, sample_every: float,
@@ -483,7 +484,8 @@ def soak(server: Server, ports: dict[str, int], seconds: float, sample_every: fl
     warmup = min(SOAK_WARMUP, seconds * 0.2)
     argv = pinned(LOAD_CORE, [PYTHON, script("soak_load.py"), "--http-port", str(ports["http"]),
                               "--udp-port", str(ports["udp"]), "--modbus-port", str(ports["modbus"]),
-                              "--duration", str(seconds), "--warmup", str(warmup)])
+                              "--duration", str(seconds), "--warmup", str(warmup),
+                              "--warmup-factor", str(SOAK_WARMUP_FACTOR)])
     samples: list[tuple[float, float]] = []
     cpu0 = cpu_seconds(server.pid)
     t0 = time.monotonic()
@@ -860,7 +862,7 @@ def windows(s: dict[str, Any]) -> str:
 def warmup_text(s: dict[str, Any]) -> str:
     if "warmup" not in s:  # results saved before the warm-up burst existed
         return "few seconds; growth is the least-squares slope after the first 20 % of the run (warm-up)."
-    return (f"few seconds; the first {s['warmup']:.0f} s run everything 5× faster (the allocator's pools fill "
+    return (f"few seconds; the first {s['warmup']:.0f} s run everything {SOAK_WARMUP_FACTOR}× faster (the allocator's pools fill "
             "as they would over hours), growth is the least-squares slope after them.")
 
 

@@ -195,8 +195,7 @@ def main() -> None:
     start = time.monotonic()
     warm = min(args.warmup, args.duration)
     if warm > 0:
-        k = args.warmup_factor
-        run_phase(args, start + warm, counts, k, warm + 30)
+        run_phase(args, start + warm, counts, args.warmup_factor, warm + 30)
     run_phase(args, start + args.duration, counts, 1.0, args.duration - warm + 30)
     print(json.dumps(counts.values))
 
