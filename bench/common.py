@@ -126,7 +126,7 @@ def start_process(name: str, argv: Sequence[str], workdir: str, core: int = SERV
     return Server(name, proc, log, started)
 
 
-RUN = ["--reactor=asyncio", "-n", "--pidfile=", "--logfile=-", "meteremu"]
+RUN = ["-n", "--pidfile=", "--logfile=-", "meteremu"]
 
 
 def write_config(workdir: str, text: str) -> str:

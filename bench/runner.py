@@ -556,7 +556,7 @@ def report(info: dict[str, Any], results: dict[str, Any], d: Durations, started:
         "Written by `bench/run` (do not edit by hand; rerun it). Every figure is measured in one",
         "run next to its baseline: a ratio to a bare Twisted server on the same reactor, or a",
         "percentile, so it holds on a noisy machine. The server under test is a separate process",
-        "(the installed package under `twistd --reactor=asyncio`) pinned to core 0 with `taskset`;",
+        "(the installed package under `twistd meteremu`, its own reactor) pinned to core 0 with `taskset`;",
         "the load generators run pinned to core 1. Nothing leaves 127.0.0.0/8.",
         "",
         "## Machine and versions",

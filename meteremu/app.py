@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from autobahn.twisted.resource import WebSocketResource
 from klein import Klein
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
@@ -28,7 +27,7 @@ from meteremu.devices.shelly.device import ShellyDevice
 from meteremu.devices.shelly.identity import generate_mac, make_identity
 from meteremu.devices.shelly.options import mdns_options
 from meteremu.devices.shelly.udp import ShellyUDP
-from meteremu.devices.shelly.ws import NotifyHub, ShellyWebSocketFactory
+from meteremu.devices.shelly.ws import NotifyHub, ShellyWebSocketFactory, websocket_resource
 from meteremu.exporters import exporter_module
 from meteremu.exporters.prometheus import Metrics
 from meteremu.logs import logger
@@ -276,7 +275,7 @@ def build(config: Config, reactor: Any) -> App:
             hub = NotifyHub(device, reactor, options.notify_interval, options.notify_epsilon)
             factory = ShellyWebSocketFactory(device, hub, latency)
             device_parts.append(_HubService(hub))
-            ws_resource = lambda factory=factory: WebSocketResource(factory)  # noqa: E731
+            ws_resource = lambda factory=factory: websocket_resource(factory)  # noqa: E731
             app.hubs.append(hub)
         shelly_http.install_routes(klein_app, device, ws_resource=ws_resource, observe_latency=latency)
         for extra in options.websocket_ports:

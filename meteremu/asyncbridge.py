@@ -32,4 +32,4 @@ def require_asyncio_reactor(reactor: object) -> None:
     from twisted.internet.asyncioreactor import AsyncioSelectorReactor
 
     if not isinstance(reactor, AsyncioSelectorReactor):
-        raise RuntimeError("this part of meteremu needs the asyncio reactor: run twistd --reactor=asyncio")
+        raise RuntimeError("this part of meteremu needs the asyncio reactor: run twistd without --reactor, or with --reactor=meteremu or asyncio")

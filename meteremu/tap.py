@@ -33,11 +33,22 @@ class Options(usage.Options):
 
 
 def makeService(options: Options) -> IService:
+    if "twisted.internet.reactor" not in sys.modules:
+        # No --reactor: ours (asyncio, TLS loaded on first use), not Twisted's default.
+        from meteremu.reactor import install
+
+        install()
     from twisted.internet import reactor
 
+    from meteremu import lazytls
     from meteremu.app import build, fail_fast
     from meteremu.asyncbridge import require_asyncio_reactor
     from meteremu.logs import set_level
+
+    # Start-up imports are done (the device transports never use TLS): from
+    # here on pyOpenSSL may be imported, and is, by the first source or
+    # exporter that opens a TLS connection.
+    lazytls.release()
 
     config: Config = options["settings"]
     try:

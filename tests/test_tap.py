@@ -94,7 +94,7 @@ store: {{path: {os.path.join(directory, 'state.db')}, persist_interval: 1h}}
     return path
 
 
-RUN = ["--reactor=asyncio", "-n", "--pidfile=", "--logfile=-", "meteremu"]
+RUN = ["-n", "--pidfile=", "--logfile=-", "meteremu"]
 
 
 class TwistdTests(TestCase):
@@ -134,6 +134,28 @@ class TwistdTests(TestCase):
         energy = json.loads(rows["meter:grid:energy"])
         self.assertGreaterEqual(sum(i for i, _ in energy["phases"]), served["total_act"] - 0.01)
         self.assertRegex(json.loads(rows["device:0:mac"]), r"^C8F09E[0-9A-F]{6}$")
+
+    @inlineCallbacks
+    def test_runs_on_the_meteremu_reactor_by_default_and_on_asyncio_when_named(self):
+        config = write_config(self.dir)
+        for choice in ([], ["--reactor=meteremu"], ["--reactor=asyncio"]):
+            proto = spawn(self, [*choice, *RUN, "--config", config], self.dir)
+            port = yield proto.serving()
+            response, _ = yield HTTPClient(self).get(f"http://127.0.0.1:{port}/rpc/Shelly.GetStatus")
+            self.assertEqual(response.code, 200, choice)
+            self.assertIn(b"reactor class: twisted.internet.asyncioreactor.AsyncioSelectorReactor",
+                          proto.output, choice)
+            proto.transport.signalProcess("TERM")
+            yield proto.ended
+
+    @inlineCallbacks
+    def test_a_reactor_without_asyncio_is_refused_in_one_line(self):
+        config = write_config(self.dir)
+        proto = spawn(self, ["--reactor=select", *RUN, "--config", config], self.dir)
+        reason = yield proto.ended
+        self.assertEqual(getattr(reason, "exitCode", None), 2)
+        self.assertIn(b"meteremu: this part of meteremu needs the asyncio reactor", proto.stderr)
+        self.assertNotIn(b"Traceback", proto.output + proto.stderr)
 
     @inlineCallbacks
     def test_bad_config_is_one_line_and_exit_2(self):

@@ -1,4 +1,4 @@
-"""WebSocket RPC on ``/rpc`` (Autobahn), with NotifyStatus push.
+"""WebSocket RPC on ``/rpc`` (Autobahn, glued to Twisted in ``wsserver``), with NotifyStatus push.
 
 Each text message is one request frame, answered in order (pipelining just
 works: every message is answered synchronously from the RPC core). A client
@@ -14,10 +14,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from autobahn.twisted.resource import WebSocketResource
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.protocol import PreparedMessage
-from autobahn.websocket.types import ConnectionRequest
 from twisted.internet import tcp
 from twisted.internet.task import LoopingCall
 
@@ -25,6 +21,13 @@ from meteremu.devices.shelly import jsonfmt
 from meteremu.devices.shelly.device import ShellyDevice
 from meteremu.devices.shelly.notify import Status, diff_status, notification_bytes, params_json
 from meteremu.devices.shelly.rpc import CallContext, RpcError, parse_frame
+from meteremu.devices.shelly.wsserver import (  # before any other autobahn import: txaio's framework
+    ConnectionRequest,
+    PreparedMessage,
+    WebSocketResource,
+    WebSocketServerFactory,
+    WebSocketServerProtocol,
+)
 from meteremu.logs import logger
 from meteremu.meter import Meter
 from meteremu.reading import Reading

@@ -1,0 +1,169 @@
+"""Autobahn's WebSocket server protocol on Twisted, without ``autobahn.twisted``.
+
+Autobahn does the WebSocket work (handshake, framing, UTF-8 validation and
+unmasking in C, size limits, auto-ping, opening/closing handshake timeouts);
+this module is only the glue between it and a Twisted transport. Autobahn's
+own glue lives in the ``autobahn.twisted`` package, whose ``__init__`` imports
+its WAMP stack and, through it, cryptography: about 7 MiB that a Shelly
+WebSocket server never uses (measured in bench/findings.md). The glue below is
+what ``autobahn.twisted.websocket`` and ``autobahn.twisted.resource`` do for a
+plain (non-TLS, non-WAMP) server: the same adapter contract that Autobahn's
+asyncio glue implements (``_connectionMade``, ``_dataReceived``,
+``_connectionLost`` in; ``_closeConnection`` and the ``_on…`` callbacks out).
+The Home Assistant and HomeWizard *clients* still use ``autobahn.twisted``;
+they are loaded only when such a source is configured.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import txaio
+
+txaio.use_twisted()  # before Autobahn is imported: its classes make their loggers at import
+
+from autobahn.wamp.types import TransportDetails  # noqa: E402
+from autobahn.websocket import protocol  # noqa: E402
+from autobahn.websocket.protocol import PreparedMessage  # noqa: E402, F401  (for ws.py)
+from autobahn.websocket.types import ConnectionRequest  # noqa: E402, F401  (for ws.py)
+from twisted.internet.address import IPv4Address, IPv6Address  # noqa: E402
+from twisted.internet.protocol import Protocol, ServerFactory, connectionDone  # noqa: E402
+from twisted.protocols.policies import ProtocolWrapper  # noqa: E402
+from twisted.python.failure import Failure  # noqa: E402
+from twisted.web.resource import Resource  # noqa: E402
+from twisted.web.server import NOT_DONE_YET, Request  # noqa: E402
+
+
+def peer_name(address: object) -> str:
+    """Autobahn's peer descriptor (``tcp4:127.0.0.1:52914``), used in its log lines."""
+    if isinstance(address, IPv4Address):
+        return f"tcp4:{address.host}:{address.port}"
+    if isinstance(address, IPv6Address):
+        return f"tcp6:{address.host}:{address.port}"
+    return "unknown"
+
+
+class WebSocketServerProtocol(Protocol, protocol.WebSocketServerProtocol):
+    """A Twisted protocol driving Autobahn's network-independent server protocol."""
+
+    log = txaio.make_logger()
+    is_server = True
+    peer: str | None = None
+
+    def connectionMade(self) -> None:
+        self._transport_details = TransportDetails(
+            channel_type=TransportDetails.CHANNEL_TYPE_TCP,
+            channel_framing=TransportDetails.CHANNEL_FRAMING_WEBSOCKET,
+            peer=peer_name(self.transport.getPeer()), is_server=True,
+            own_pid=os.getpid(), own_tid=threading.get_native_id(), own_fd=-1,
+            is_secure=False, channel_id={}, peer_cert=None)
+        self.peer = self._transport_details.peer
+        self._connectionMade()  # copies the factory's options (tcpNoDelay among them) onto us
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(self.tcpNoDelay)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._connectionLost(reason)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._dataReceived(data)
+
+    def _closeConnection(self, abort: bool = False) -> None:
+        if abort and hasattr(self.transport, "abortConnection"):
+            self.transport.abortConnection()
+        else:
+            self.transport.loseConnection()
+
+    # Autobahn's core calls these; the application overrides the on… names.
+    def _onOpen(self) -> None:
+        self.onOpen()
+
+    def _onMessageBegin(self, isBinary: bool) -> None:
+        self.onMessageBegin(isBinary)
+
+    def _onMessageFrameBegin(self, length: int) -> None:
+        self.onMessageFrameBegin(length)
+
+    def _onMessageFrameData(self, payload: bytes) -> None:
+        self.onMessageFrameData(payload)
+
+    def _onMessageFrameEnd(self) -> None:
+        self.onMessageFrameEnd()
+
+    def _onMessageFrame(self, payload: Any) -> None:
+        self.onMessageFrame(payload)
+
+    def _onMessageEnd(self) -> None:
+        self.onMessageEnd()
+
+    def _onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.onMessage(payload, isBinary)
+
+    def _onPing(self, payload: bytes) -> None:
+        self.onPing(payload)
+
+    def _onPong(self, payload: bytes) -> None:
+        self.onPong(payload)
+
+    def _onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.onClose(wasClean, code, reason)
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self.transport.unregisterProducer()
+
+
+class WebSocketServerFactory(protocol.WebSocketServerFactory, ServerFactory):
+    """Autobahn's server factory (options, limits, timers) as a Twisted factory."""
+
+    log = txaio.make_logger()
+    protocol = WebSocketServerProtocol
+
+    def __init__(self, *args: Any, reactor: Any = None, **kwargs: Any) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        protocol.WebSocketServerFactory.__init__(self, *args, **kwargs)
+
+
+class WebSocketResource(Resource):
+    """Hands an HTTP request that asks for a WebSocket upgrade to the factory's protocol.
+
+    Twisted Web has parsed the request already; Autobahn does its own opening
+    handshake, so the request line and headers are given to it again, as
+    ``autobahn.twisted.resource`` does.
+    """
+
+    isLeaf = True
+
+    def __init__(self, factory: WebSocketServerFactory) -> None:
+        super().__init__()
+        self.factory = factory
+
+    def render(self, request: Request) -> bytes | int:
+        transport = request.channel.transport
+        if transport is None:  # HTTP/2: no connection of its own to take over
+            request.setResponseCode(426, b"Upgrade Required")
+            request.setHeader(b"upgrade", b"websocket")
+            return b"WebSocket needs HTTP/1.1\n"
+        proto = self.factory.buildProtocol(transport.getPeer())
+        request.channel.transport = None  # Twisted Web lets go of the connection
+        if isinstance(transport, ProtocolWrapper):  # the connection is itself wrapped (TLS)
+            transport.wrappedProtocol = proto
+        elif isinstance(transport.protocol, ProtocolWrapper):  # a wrapping protocol (policies)
+            transport.protocol.wrappedProtocol = proto
+        else:
+            transport.protocol = proto
+        proto.makeConnection(transport)
+        # Twisted Web paused the connection while it served the request.
+        producer = getattr(transport, "_networkProducer", transport)
+        producer.resumeProducing()
+        head = [request.method + b" " + request.uri + b" HTTP/1.1"]
+        head += [name + b": " + b",".join(values) for name, values in request.requestHeaders.getAllRawHeaders()]
+        proto.dataReceived(b"\r\n".join(head) + b"\r\n\r\n" + request.content.read())
+        return NOT_DONE_YET

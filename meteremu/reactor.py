@@ -1,0 +1,32 @@
+"""The ``meteremu`` reactor: Twisted's asyncio reactor with TLS loaded on first use.
+
+``twistd meteremu`` installs it when no ``--reactor`` is given;
+``twistd --reactor=meteremu`` and ``trial --reactor=meteremu`` name it (the
+plugin is ``twisted/plugins/meteremu_reactor.py``). It is the asyncio reactor
+in every way; the only difference is *when* TLS support is imported (see
+:mod:`meteremu.lazytls`): the modules that probe for pyOpenSSL at import are
+imported here, with it hidden, and :func:`meteremu.lazytls.release` runs once
+the reactor is running at the latest.
+"""
+
+from __future__ import annotations
+
+from meteremu import lazytls
+
+
+def install() -> None:
+    lazytls.hide()
+    try:
+        from twisted.internet import asyncioreactor
+
+        asyncioreactor.install()
+        import twisted.internet.endpoints  # noqa: F401  (probes for pyOpenSSL at import)
+    except BaseException:
+        lazytls.release()
+        raise
+    from twisted.internet import reactor
+
+    # Whoever installed us releases when its own start-up imports are done
+    # (twistd meteremu: after the app is built; the test suite: at import);
+    # running the reactor releases in any case, so TLS can never stay hidden.
+    reactor.callWhenRunning(lazytls.release)
