@@ -63,6 +63,12 @@ RESTORE: dict[str, dict[str, tuple[str, str | None]]] = {
     },
 }
 
+# Modules whose TLS names are set only by :func:`load`, never replaced by stand-ins:
+# Autobahn asks ``if _TLS:`` on every abnormal close (is the error a TLS one?);
+# a stand-in would answer yes and load TLS for a plain WebSocket. Until TLS is
+# loaded no TLS error can exist, so "no TLS" is the right answer meanwhile.
+AT_LOAD_ONLY = frozenset({"autobahn.util"})
+
 _lock = threading.Lock()
 _state = {"hidden": False, "loaded": False}
 
@@ -101,7 +107,7 @@ def release() -> None:
         return
     for module, names in RESTORE.items():
         namespace = _namespace(module)
-        if namespace is None:
+        if namespace is None or module in AT_LOAD_ONLY:
             continue
         for name in names:
             if _missing(namespace, name):
@@ -127,7 +133,20 @@ def load() -> None:
             for name, (source, attribute) in names.items():
                 if _missing(namespace, name) or isinstance(namespace.get(name), StandIn):
                     namespace[name] = _resolve(source, attribute)
+        _declare_reactor_ssl()
         _state["loaded"] = True
+
+
+def _declare_reactor_ssl() -> None:
+    """posixbase declares ``IReactorSSL`` at import only if it found TLS: declare it now."""
+    posixbase = sys.modules.get("twisted.internet.posixbase")
+    if posixbase is None:
+        return
+    from twisted.internet.interfaces import IReactorSSL
+    from zope.interface import classImplements
+
+    if not IReactorSSL.implementedBy(posixbase.PosixReactorBase):
+        classImplements(posixbase.PosixReactorBase, IReactorSSL)
 
 
 def _namespace(module: str) -> dict[str, Any] | None:

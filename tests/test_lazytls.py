@@ -16,13 +16,19 @@ import os
 import sys
 from typing import Any
 
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 
 from meteremu import lazytls
+from tests.support import HTTPClient
 from tests.support.fake_envoy import _Listener, make_cert
+from tests.test_tap import RUN, spawn, write_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -170,6 +176,58 @@ class StartUpTests(TestCase):
         result = json.loads(out.decode().strip().splitlines()[-1])
         self.assertEqual(result, {"openssl": False, "stand_in": True, "body": "hello over TLS",
                                   "restored": "twisted.protocols.tls", "loaded": True})
+
+
+class _Upgrade(Protocol):
+    """Opens a WebSocket on ``/rpc`` by hand; ``upgraded`` fires on the 101."""
+
+    def __init__(self) -> None:
+        self.upgraded: Deferred[None] = Deferred()
+        self.head = b""
+
+    def connectionMade(self) -> None:
+        self.transport.write(b"GET /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                             b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                             b"Sec-WebSocket-Version: 13\r\n\r\n")
+
+    def dataReceived(self, data: bytes) -> None:
+        self.head += data
+        if b"\r\n\r\n" in self.head and not self.upgraded.called:
+            self.upgraded.callback(None)
+
+
+def tls_mapped(pid: int) -> bool:
+    """Whether cryptography's Rust module (what pyOpenSSL loads) is mapped into ``pid``."""
+    with open(f"/proc/{pid}/maps", encoding="utf-8") as maps:
+        return "cryptography/hazmat/bindings/_rust" in maps.read()
+
+
+class ServiceTests(TestCase):
+    """The real service: serving plain transports never loads TLS."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_plain_traffic_and_aborted_websockets_do_not_load_tls(self) -> Any:
+        directory = os.path.abspath(self.mktemp())
+        proto = spawn(self, [*RUN, "--config", write_config(directory)], directory)
+        port = yield proto.serving()
+        pid = proto.transport.pid
+        self.assertFalse(tls_mapped(pid))
+        response, _ = yield HTTPClient(self).get(f"http://127.0.0.1:{port}/rpc/EM.GetStatus?id=0")
+        self.assertEqual(response.code, 200)
+        for _ in range(3):
+            # Autobahn asks "was that a TLS error?" on every abnormal close.
+            client = _Upgrade()
+            yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+            yield client.upgraded
+            self.assertIn(b" 101 ", client.head.split(b"\r\n")[0] + b" ")
+            client.transport.abortConnection()
+        yield deferLater(reactor, 0.5, lambda: None)
+        self.assertEqual(proto.stderr, b"")
+        self.assertFalse(tls_mapped(pid), "plain traffic loaded TLS")
+        proto.transport.signalProcess("TERM")
+        yield proto.ended
 
 
 class _Text(Resource):
