@@ -14,7 +14,10 @@ So the ``meteremu`` reactor (:mod:`meteremu.reactor`) imports the reactor and
 :class:`StandIn` objects; the first use of any of them (``wrapClientTLS``,
 treq's HTTPS, ``connectSSL``) runs :func:`load`, which imports the real objects
 and puts them in place of the stand-ins: from then on Twisted is exactly as if
-it had loaded TLS at start-up. The one thing not restored is STARTTLS on a
+it had loaded TLS at start-up (``IReactorSSL`` is declared on the reactor then
+too). Flags that ask "is TLS here?" on plain paths (Autobahn's ``_TLS``, asked
+on every abnormal WebSocket close) get no stand-in: they stay False until
+:func:`load`, or the question itself would load TLS. The one thing not restored is STARTTLS on a
 plain reactor TCP transport (``tcp.Connection.startTLS``), which Twisted builds
 into the class at import; meteremu never upgrades a connection in place.
 

@@ -51,8 +51,12 @@ print(json.dumps({"files": files, "hidden_after_release": lazytls.hidden()}))
 
 HTTPS_GET = START_UP + """
 from twisted.internet import endpoints, task
+from twisted.internet.interfaces import IReactorSSL
+import autobahn.util
 before = {"openssl": "OpenSSL" in sys.modules,
-          "stand_in": isinstance(endpoints.TLSMemoryBIOFactory, lazytls.StandIn)}
+          "stand_in": isinstance(endpoints.TLSMemoryBIOFactory, lazytls.StandIn),
+          "autobahn_tls_before": autobahn.util._TLS,
+          "reactor_ssl_before": IReactorSSL.providedBy(__import__("twisted.internet.reactor").internet.reactor)}
 
 def main(reactor, port, ca_pem):
     import treq
@@ -62,9 +66,10 @@ def main(reactor, port, ca_pem):
     d = treq.get(f"https://127.0.0.1:{port}/", agent=Agent(reactor, contextFactory=policy))
     d.addCallback(treq.content)
     def done(body):
+        from twisted.internet.interfaces import IReactorSSL
         print(json.dumps({**before, "body": body.decode(),
                           "restored": endpoints.TLSMemoryBIOFactory.__module__,
-                          "loaded": lazytls.loaded()}))
+                          "loaded": lazytls.loaded(), "reactor_ssl": IReactorSSL.providedBy(reactor)}))
     return d.addCallback(done)
 
 task.react(main, [int(sys.argv[1]), sys.argv[2]])
@@ -174,8 +179,10 @@ class StartUpTests(TestCase):
         out, err, code = yield run_python(HTTPS_GET, str(listener.number), ca.cert_pem.decode())
         self.assertEqual(code, 0, err.decode()[-3000:])
         result = json.loads(out.decode().strip().splitlines()[-1])
-        self.assertEqual(result, {"openssl": False, "stand_in": True, "body": "hello over TLS",
-                                  "restored": "twisted.protocols.tls", "loaded": True})
+        self.assertEqual(result, {"openssl": False, "stand_in": True, "autobahn_tls_before": False,
+                                  "reactor_ssl_before": False, "body": "hello over TLS",
+                                  "restored": "twisted.protocols.tls", "loaded": True,
+                                  "reactor_ssl": True})
 
 
 class _Upgrade(Protocol):
