@@ -3,6 +3,10 @@
 The config is read and validated in ``postOptions`` so a bad file ends the
 process with one line (``meteremu: <file>: <key>: <why>``) and status 2,
 before any port is opened and without a traceback or usage text.
+
+Without ``--reactor``, ``makeService`` installs the ``meteremu`` reactor
+(asyncio, TLS loaded on first use: ``meteremu.reactor``); ``--reactor=asyncio``
+works too, any other reactor is refused in one line.
 """
 
 from __future__ import annotations

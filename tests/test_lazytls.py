@@ -24,6 +24,7 @@ from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
+from twisted.web.static import Data
 
 from meteremu import lazytls
 from tests.support import HTTPClient
@@ -173,7 +174,7 @@ class StartUpTests(TestCase):
         ca = make_cert("meteremu test CA", ca=True)
         cert = make_cert("127.0.0.1", ip="127.0.0.1", issuer=ca)
         root = Resource()
-        root.putChild(b"", _Text(b"hello over TLS"))
+        root.putChild(b"", Data(b"hello over TLS", "text/plain"))
         listener = _Listener(root, cert)
         self.addCleanup(listener.stop)
         out, err, code = yield run_python(HTTPS_GET, str(listener.number), ca.cert_pem.decode())
@@ -235,17 +236,6 @@ class ServiceTests(TestCase):
         self.assertFalse(tls_mapped(pid), "plain traffic loaded TLS")
         proto.transport.signalProcess("TERM")
         yield proto.ended
-
-
-class _Text(Resource):
-    isLeaf = True
-
-    def __init__(self, body: bytes) -> None:
-        super().__init__()
-        self.body = body
-
-    def render_GET(self, request: Any) -> bytes:
-        return self.body
 
 
 class StandInTests(SynchronousTestCase):
