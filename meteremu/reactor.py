@@ -27,6 +27,7 @@ def install() -> None:
     from twisted.internet import reactor
 
     # Whoever installed us releases when its own start-up imports are done
-    # (twistd meteremu: after the app is built; the test suite: at import);
+    # (twistd meteremu: once meteremu.app is imported, before the sources are built;
+    # the test suite: in tests/__init__);
     # running the reactor releases in any case, so TLS can never stay hidden.
     reactor.callWhenRunning(lazytls.release)
