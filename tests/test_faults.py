@@ -212,6 +212,10 @@ class FaultCase(TestCase):
                  test=self.id().rsplit(".", 2)[-2:], state=self.describe(), took=took, bound=bound)
         if reason is not None:
             reasons = (reason,) if isinstance(reason, str) else reason
+            # Stale (judged on arrival) can come a moment before the request's own
+            # timeout is counted as a failure: wait for the reason, within the bound.
+            yield wait_until(lambda: any(r in (self.meter.stats.last_error or "") for r in reasons),
+                             bound, lambda: f"one of {reasons}; {self.describe()}")
             self.assertTrue(any(r in (self.meter.stats.last_error or "") for r in reasons),
                             f"expected one of {reasons}; {self.describe()}")
         yield self.assert_not_served()

@@ -623,7 +623,10 @@ class WebSocketTests(SourceTestBase):
         clock = Clock()
         self.start(clock=clock, token="wrong-token-123", entities=Entities(power="sensor.p"),
                    reconnect_max=300.0)
-        yield until(lambda: self.source.state == "bad token" and self.source.session is None)
+        # The REST seed runs beside the WebSocket; its timeout is on the same clock
+        # until its 401 arrives: wait for it too (it was the order dependence).
+        yield until(lambda: self.source.state == "bad token" and self.source.session is None
+                    and not self.source._inflight)
         self.assertEqual(self.fake.auth_failures, 1)
         self.assertEqual(self.meter.freshness(), Freshness.DOWN)
         self.assertIn("rejected the access token", self.meter.stats.last_error)

@@ -211,6 +211,44 @@ class NotifyHubTests(SynchronousTestCase):
         self.assertNotIn("a_voltage", em)
         self.assertNotIn("b_act_power", em)
 
+    def test_by_default_every_visible_change_is_sent(self) -> None:
+        """Default options: what a Home Assistant user sees equals a poll, to the last decimal.
+
+        The readings move currents by a few mA and powers by a tenth of a watt
+        (the case that made HA show a stale current next to a new power).
+        """
+        self.assertEqual(Options().notify_epsilon, 0.0)
+        hub = self.hub(interval=1.0, epsilon=Options().notify_epsilon)
+        client = FakeSubscriber()
+        hub.subscribe(client)
+        view = client.frames[0]["params"]
+        for powers in [(2166.2, 3.6, -247.2), (2166.3, 3.6, -247.2), (2166.3, 3.7, -247.2),
+                       (1234.5, 3.6, -244.0), (1234.5, 3.6, -243.99)]:
+            self.push(powers, dt=1.0)
+            self.clock.advance(0)
+            if client.frames[-1]["method"] == "NotifyStatus":
+                view = merged(view, client.frames[-1]["params"])
+            fresh = self.device.core.call("Shelly.GetStatus", {}, client.ctx)
+            for component in ("em:0", "emdata:0"):
+                self.assertEqual(view[component], fresh[component], (powers, component))
+
+    def test_deadband_for_power_and_its_current_only(self) -> None:
+        """A positive epsilon is watts: currents get the matching deadband, voltage none."""
+        from meteremu.devices.shelly.notify import changed_fields, threshold
+
+        self.assertEqual(threshold("a_act_power", 10.0), 10.0)
+        self.assertEqual(threshold("total_aprt_power", 10.0), 10.0)
+        self.assertAlmostEqual(threshold("c_current", 10.0), 10.0 / 230)
+        self.assertEqual(threshold("a_voltage", 10.0), 0.0)
+        self.assertEqual(threshold("a_pf", 10.0), 0.0)
+        self.assertEqual(threshold("a_act_power", 0.0), 0.0)
+        old = {"id": 0, "a_act_power": 100.0, "a_current": 0.435, "a_voltage": 230.0}
+        self.assertEqual(changed_fields(old, {**old, "a_act_power": 109.9, "a_current": 0.478}, 10.0), {})
+        self.assertEqual(changed_fields(old, {**old, "a_voltage": 230.1}, 10.0),
+                         {"id": 0, "a_voltage": 230.1})
+        self.assertEqual(changed_fields(old, {**old, "a_act_power": 100.1}, 0.0),
+                         {"id": 0, "a_act_power": 100.1})
+
     def test_notify_status_holds_only_changes_and_merges_to_fresh_status(self) -> None:
         hub = self.hub(interval=1.0, epsilon=0.1)
         client = FakeSubscriber()

@@ -3,9 +3,20 @@
 The device sends notifications only to clients that sent a request with a
 ``src``. After such a client's first request it gets ``NotifyFullStatus``;
 after that, ``NotifyStatus`` holds only the fields of ``em:0``/``emdata:0``
-(or ``em1:N``/``em1data:N``) that moved more than ``epsilon`` since what that
-client was last told, so a merge of the notifications onto the last status
-equals a fresh ``Shelly.GetStatus`` (within epsilon).
+(or ``em1:N``/``em1data:N``) that changed since what that client was last
+told, so a merge of the notifications onto the last status equals a fresh
+``Shelly.GetStatus``.
+
+What "changed" means (:func:`threshold`): the served values are already
+rounded to the firmware's decimals (0.1 W, 0.001 A, 0.1 V, 0.01 pf), so by
+default (``epsilon`` 0) any change a client could see is sent, at most once
+per ``notify_interval``: Home Assistant then shows exactly what a poll would,
+currents included. A positive ``epsilon`` is a deadband in watts for the
+power fields (the real device's report threshold is 10 W or 5 %), and for
+currents the current that carries that power at 230 V (energy counters
+use it as Wh); voltage, pf and frequency are always sent when they change. The deadband is measured against
+what the client was last told, so slow drift adds up and is sent once it
+exceeds the deadband.
 
 Nothing here modifies its arguments: a "known" state (what a client was last
 told) can then be shared by every client that was told the same, and the
@@ -28,8 +39,21 @@ def _is_number(value: Any) -> bool:
     return kind is float or kind is int or (kind is not bool and isinstance(value, int | float))
 
 
+NOMINAL_VOLTAGE = 230.0
+EXACT = ("voltage", "pf", "freq")  # notified whenever their served value changes
+
+
+def threshold(key: str, epsilon: float) -> float:
+    """How far the number at ``key`` may move unnoticed: see the module docstring."""
+    if epsilon <= 0 or key.endswith(EXACT):
+        return 0.0
+    if key.endswith("current"):
+        return epsilon / NOMINAL_VOLTAGE
+    return epsilon  # watts (act/aprt power, totals) and watt-hours (emdata)
+
+
 def changed_fields(old: dict[str, Any] | None, new: dict[str, Any], epsilon: float) -> dict[str, Any]:
-    """Fields of ``new`` that differ from ``old`` (numbers: by more than epsilon).
+    """Fields of ``new`` that differ from ``old`` (numbers: beyond :func:`threshold`).
 
     ``id`` is always carried when anything changed, as on the device.
     """
@@ -41,7 +65,7 @@ def changed_fields(old: dict[str, Any] | None, new: dict[str, Any], epsilon: flo
         if before is _MISSING:
             diff[key] = value
         elif _is_number(value) and _is_number(before):
-            if abs(value - before) > epsilon:
+            if abs(value - before) > threshold(key, epsilon):
                 diff[key] = value
         elif value != before:
             diff[key] = value

@@ -90,7 +90,8 @@ class Options:
     websocket: bool = _doc("answer WebSocket RPC on /rpc (Home Assistant, aioshelly)", True)
     websocket_ports: tuple[int, ...] = _doc("extra ports serving the same endpoints", ())
     notify_interval: Duration = _doc("at most one NotifyStatus per client this often", 1.0)
-    notify_epsilon: float = _doc("only notify values that moved more than this", 0.1)
+    notify_epsilon: float = _doc(
+        "deadband in W for notified power (and the matching current); 0 = every visible change", 0.0)
     udp_ports: tuple[int, ...] = _doc("UDP JSON-RPC ports (Marstek: 1010, 2220; 2222, 2223)", ())
     udp_bind: str | None = _doc("address for UDP (default: server.host; 0.0.0.0 receives broadcasts)")
     udp_max_bytes: int = _doc("datagrams larger than this are dropped", 2048)
@@ -119,6 +120,8 @@ class Options:
         if 0 in self.websocket_ports:
             # An extra listener on a random port could never be found by a client.
             errors.append(("websocket_ports", "expected fixed ports 1-65535; got 0"))
+        if not 0 <= self.notify_epsilon < float("inf"):
+            errors.append(("notify_epsilon", f"expected watts, 0 or more; got {self.notify_epsilon}"))
         if self.notify_interval <= 0:
             errors.append(("notify_interval", "expected a duration above 0"))
         if not 64 <= self.udp_max_bytes <= 65507:
