@@ -17,12 +17,12 @@ from twisted.internet.task import Clock
 
 from meteremu.devices.shelly import jsonfmt
 from meteremu.devices.shelly.device import ShellyDevice
+from meteremu.devices.shelly.hub import NotifyHub
 from meteremu.devices.shelly.identity import make_identity
 from meteremu.devices.shelly.notify import diff_status, notification_bytes, params_json
 from meteremu.devices.shelly.options import Options
 from meteremu.devices.shelly.rpc import CallContext, parse_frame
 from meteremu.devices.shelly.udp import answer_datagram
-from meteremu.devices.shelly.ws import NotifyHub
 from meteremu.exporters.prometheus import Metrics
 from meteremu.meter import Meter
 from meteremu.reading import PhaseReading, Reading

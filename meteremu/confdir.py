@@ -21,6 +21,7 @@ from twisted.internet.task import LoopingCall
 
 from meteremu.config import ConfigError, conf_dir_files, load_meter_file, meter_name_for
 from meteremu.logs import logger
+from meteremu.metermanager import MeterManager
 
 log = logger(__name__)
 
@@ -54,11 +55,11 @@ def diff(applied: dict[str, str], current: dict[str, str]) -> Changes:
 
 
 class ConfDirWatcher(Service):
-    """Polls the directory and applies stable changes to the running App."""
+    """Polls the directory and hands stable changes to the meter manager."""
 
-    def __init__(self, directory: str, app: Any, clock: Any, debounce: float = 1.0,
+    def __init__(self, directory: str, manager: MeterManager, clock: Any, debounce: float = 1.0,
                  poll_interval: float = 1.0) -> None:
-        self.directory, self.app, self.clock = directory, app, clock
+        self.directory, self.manager, self.clock = directory, manager, clock
         self.debounce, self.poll_interval = debounce, poll_interval
         # The state applied at start: the meters load_config read from files.
         self.applied: dict[str, str] = {}
@@ -69,10 +70,15 @@ class ConfDirWatcher(Service):
 
     def startService(self) -> None:
         super().startService()
-        on_disk = checksums(self.directory)
-        self.applied = {name: digest for name, digest in on_disk.items() if name in self.app.meters}
+        try:
+            on_disk = checksums(self.directory)
+        except ConfigError as exc:  # readable at load time, not now (twistd --uid?)
+            log.error("conf.d: {error}; hot reload is off", error=str(exc))
+            return
+        meters = self.manager.meters
+        self.applied = {name: digest for name, digest in on_disk.items() if name in meters}
         # Meters of the main file: a conf.d file may not redefine them.
-        self.main_meters = set(self.app.meters) - set(on_disk)
+        self.main_meters = set(meters) - set(on_disk)
         self._loop = LoopingCall(self.scan)
         self._loop.clock = self.clock
         self._loop.start(self.poll_interval, now=False).addErrback(
@@ -111,9 +117,10 @@ class ConfDirWatcher(Service):
         if digest is None:
             self.applied.pop(name, None)
             self.errors.pop(name, None)
-            if name in self.app.meters and name not in self.main_meters:
+            if name in self.manager.meters and name not in self.main_meters:
                 log.info("conf.d: {name}.yaml deleted: stopping meter {name}", name=name)
-                self.app.remove_meter(name)
+                self.manager.remove(name).addErrback(
+                    lambda f: log.failure("conf.d: stopping meter {name} failed", f, name=name))
             return
         try:
             if name in self.main_meters:
@@ -128,9 +135,9 @@ class ConfDirWatcher(Service):
             return
         self.applied[name] = digest
         self.errors.pop(name, None)
-        if name in self.app.meters:
+        if name in self.manager.meters:
             log.info("conf.d: {name}.yaml changed: restarting its source", name=name)
-            self.app.replace_meter(mc)
         else:
             log.info("conf.d: {name}.yaml created: starting meter {name}", name=name)
-            self.app.add_meter(mc)
+        self.manager.apply(mc).addErrback(
+            lambda f: log.failure("conf.d: applying {name}.yaml failed", f, name=name))

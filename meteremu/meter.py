@@ -15,7 +15,10 @@ from enum import StrEnum
 from typing import Protocol
 
 from meteremu.energy import EnergyCounters
+from meteremu.logs import logger
 from meteremu.reading import Reading
+
+log = logger(__name__)
 
 
 class IClock(Protocol):
@@ -88,6 +91,8 @@ class Meter:
         self.extras: dict[str, tuple[float, float]] = {}
         self.details: dict[str, object] = {}
         self._listeners: list[Listener] = []
+        self._broken: set[Listener] = set()  # listeners whose failure was logged already
+        self.listener_errors = 0  # listener calls that raised (each listener logged once)
         self._last_new_arrival: float | None = None
         self._last_alive: float | None = None
         self._down_reason: str | None = None
@@ -99,6 +104,27 @@ class Meter:
     def remove_listener(self, listener: Listener) -> None:
         if listener in self._listeners:
             self._listeners.remove(listener)
+        self._broken.discard(listener)
+
+    def _tell(self, reading: Reading) -> None:
+        """Tell every listener; one that raises cannot keep the others from hearing.
+
+        A listener is an exporter, a device's notifier, the dashboard: a bug in
+        one must not stop the rest of the service from seeing new readings (nor
+        reach the source, which would count the reading as failed). The first
+        failure of each listener is logged with its traceback, later ones only
+        counted, so a listener broken on every reading cannot flood the log.
+        """
+        for listener in list(self._listeners):
+            try:
+                listener(self, reading)
+            except Exception:
+                self.listener_errors += 1
+                if listener not in self._broken:
+                    self._broken.add(listener)
+                    log.failure("meter {meter}: a listener failed on a new reading "
+                                "(further failures of this listener are only counted)",
+                                meter=self.name)
 
     # -- input from the source ----------------------------------------------
     def update(self, reading: Reading) -> bool:
@@ -131,8 +157,7 @@ class Meter:
         self._last_alive = now
         self._down_reason = None
         self.history.append((reading.measured_at, reading.total_act_power))
-        for listener in list(self._listeners):
-            listener(self, reading)
+        self._tell(reading)
         return True
 
     def alive(self) -> None:

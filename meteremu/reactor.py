@@ -27,7 +27,8 @@ def install() -> None:
     from twisted.internet import reactor
 
     # Whoever installed us releases when its own start-up imports are done
-    # (twistd meteremu: once meteremu.app is imported, before the sources are built;
+    # (twistd meteremu: once meteremu.app and the configured devices' transports are
+    # imported, before the tree is built;
     # the test suite: in tests/__init__);
     # running the reactor releases in any case, so TLS can never stay hidden.
     reactor.callWhenRunning(lazytls.release)

@@ -92,11 +92,21 @@ def open_state(path: str, now: Callable[[], float] = time.time) -> dict[str, Any
 
 def _create_private(path: str) -> None:
     """Create the file owner-only (it may hold an Envoy token); SQLite gives
-    its -wal/-shm files the same permissions."""
+    its -wal/-shm files the same permissions.
+
+    Created by root in a directory that belongs to someone else (twistd
+    ``--uid``: the tree is built as root, privileges are dropped after the
+    ports are bound), the file is given to the directory's owner, who runs
+    the service from then on and must be able to write it.
+    """
     try:
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     except FileExistsError:
-        pass
+        return
+    if os.geteuid() == 0:
+        owner = os.stat(os.path.dirname(os.path.abspath(path)))
+        if owner.st_uid != 0:
+            os.chown(path, owner.st_uid, owner.st_gid)
 
 
 def _write(txn: Any, items: dict[str, Any], stamp: float) -> None:

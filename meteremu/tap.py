@@ -47,14 +47,17 @@ def makeService(options: Options) -> IService:
     from meteremu import lazytls
     from meteremu.app import build, fail_fast
     from meteremu.asyncbridge import require_asyncio_reactor
+    from meteremu.devices import preload
+    from meteremu.listeners import StartupGuard
     from meteremu.logs import set_level
 
-    # Start-up imports are done (the device transports never use TLS): from
+    config: Config = options["settings"]
+    # Start-up imports (the device transports never use TLS), then: from
     # here on pyOpenSSL may be imported, and is, by the first source or
     # exporter that opens a TLS connection.
+    preload(dc.type for dc in config.devices)
     lazytls.release()
 
-    config: Config = options["settings"]
     try:
         require_asyncio_reactor(reactor)
     except RuntimeError as exc:
@@ -78,24 +81,6 @@ def makeService(options: Options) -> IService:
         app.ready().addCallbacks(started, failed)
 
     reactor.callWhenRunning(start)
-    return _Guard(app.service, reactor)
-
-
-class _Guard:
-    """Turns a StartupError while starting the tree into a one-line exit."""
-
-    def __new__(cls, service: Any, reactor: Any) -> Any:
-        from meteremu.app import StartupError
-
-        original = service.privilegedStartService
-
-        def privileged() -> None:
-            try:
-                original()
-            except StartupError as exc:
-                sys.stderr.write(f"meteremu: {exc}\n")
-                sys.stderr.flush()
-                raise SystemExit(1) from None
-
-        service.privilegedStartService = privileged
-        return service
+    guard = StartupGuard()
+    app.service.setServiceParent(guard)
+    return guard

@@ -30,7 +30,7 @@ class WiringTests(TestCase):
         app = await start_app(self, config)
         device = app.devices[0]
         self.assertTrue(device.modbus)
-        port = await app.modbus[0].ready
+        port = await app.device_services[0].modbus.ready
 
         async def read() -> list[int]:
             client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=5, retries=0)
@@ -45,7 +45,7 @@ class WiringTests(TestCase):
         total = struct.unpack(">f", struct.pack(">HH", registers[1], registers[0]))[0]
         em = device.core.call("EM.GetStatus", {"id": 0}, _ctx())
         self.assertAlmostEqual(total, em["total_act_power"], places=1)
-        mdns = [p for p in app.async_parts if type(p).__name__ == "MdnsService"][0]
+        mdns = app.device_services[0].mdns
         self.assertEqual(mdns.port, app.http_port())  # the real port, known after listening
         self.assertEqual({info.name for info in mdns.infos},
                          {f"{device.identity.device_id}._http._tcp.local.",

@@ -79,7 +79,7 @@ class HotReloadTests(TestCase):
         self.app = yield start_app(self, test_config(
             self.mktemp(), meters=SIM, devices=[{"type": "shelly_pro_3em", "meter": "grid"}]))
         self.clock = Clock()
-        self.watcher = ConfDirWatcher(self.dir, self.app, self.clock, debounce=1.0, poll_interval=0.5)
+        self.watcher = ConfDirWatcher(self.dir, self.app.manager, self.clock, debounce=1.0, poll_interval=0.5)
         self.app.watcher = self.watcher
         self.watcher.startService()
         self.addCleanup(self.watcher.stopService)

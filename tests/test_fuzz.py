@@ -822,7 +822,7 @@ class LiveFuzzTests(TestCase):
         self.device = self.app.devices[0]
         self.methods = sorted(self.device.core.methods)
         self.http = self.app.http_port()
-        self.modbus = yield self.app.modbus[0].ready
+        self.modbus = yield self.app.device_services[0].modbus.ready
         self.app.meters["grid"].update(sample_reading(self.app.meters["grid"].latest.measured_at + 1))
 
     def udp_client(self) -> fz.UdpClient:
@@ -862,7 +862,7 @@ class LiveFuzzTests(TestCase):
         yield self.start()
         cases = fz.corpus(st.one_of(st.binary(max_size=300), fz.frame_bytes(self.methods)), 400)
         client = self.udp_client()
-        listener = self.app.udp[0].protocol
+        listener = self.app.device_services[0].udp[0].protocol
         for chunk in _udp_chunks(cases):
             for data in chunk:
                 client.send(data, self.udp_ports[0])
@@ -947,7 +947,7 @@ class LiveFuzzTests(TestCase):
                 yield fz.gather([fz.raw_exchange(self.modbus, data, True) for data in cases[start:start + 25]])
             except Exception as exc:  # noqa: BLE001
                 self.fail(f"a Modbus exchange did not finish within {WAIT}s (hang?): {exc!r}")
-        self.assertEqual(self.app.modbus[0].factory.connections, set())
+        self.assertEqual(self.app.device_services[0].modbus.factory.connections, set())
         yield self.assertAnswersOnEveryTransport()
         fz.record(self, "live.modbus", len(cases), 150)
 

@@ -40,9 +40,12 @@ install()
 from meteremu import tap
 from meteremu.app import build
 from meteremu.config import default_config
-build(default_config(), __import__("twisted.internet.reactor").internet.reactor)
+from meteremu.devices import preload
 from meteremu import lazytls
-lazytls.release()
+config = default_config()
+preload(dc.type for dc in config.devices)  # as tap.makeService: device wiring while TLS is hidden,
+lazytls.release()  # then TLS may load on first use,
+build(config, __import__("twisted.internet.reactor").internet.reactor)  # then the tree is built
 """
 
 REPORT_MODULES = START_UP + """

@@ -97,6 +97,24 @@ class ListenerTests(SynchronousTestCase):
         meter.update(reading(6))
         self.assertEqual(seen, [1, 2, 3, 4, 5])
 
+    def test_a_failing_listener_does_not_silence_the_others(self):
+        clock = Clock()
+        meter = Meter("grid", clock, stale_after=5)
+        seen: list[float] = []
+
+        def broken(m: Meter, r: Reading) -> None:
+            raise ZeroDivisionError("exporter bug")
+
+        meter.add_listener(broken)
+        meter.add_listener(lambda m, r: seen.append(r.measured_at))
+        for t in (1, 2, 3):
+            clock.advance(1)
+            self.assertTrue(meter.update(reading(t)))  # the reading still counts as new
+        self.assertEqual(seen, [1, 2, 3])
+        self.assertEqual(meter.latest.measured_at, 3)
+        self.assertEqual(meter.listener_errors, 3)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)  # logged once, then counted
+
     def test_missing_phases_read_as_zero(self):
         r = reading(1, 500)
         self.assertEqual(r.phase(2).act_power, 0.0)

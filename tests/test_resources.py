@@ -172,7 +172,7 @@ class ResourceTests(TestCase):
                              devices=[{"type": "shelly_pro_3em", "udp_ports": self.udp_ports, **device}])
         self.app = yield start_app(self, config)
         self.device = self.app.devices[0]
-        self.hub = self.app.hubs[0]
+        self.hub = self.app.device_services[0].hub
         self.meter = self.app.meters["grid"]
         self.t = self.meter.latest.measured_at
         self.push()
@@ -304,7 +304,7 @@ class ResourceTests(TestCase):
     @inlineCallbacks
     def test_ten_thousand_garbage_datagrams(self) -> Any:
         yield self.start()
-        listener = self.app.udp[0].protocol
+        listener = self.app.device_services[0].udp[0].protocol
         max_bytes = self.device.options.udp_max_bytes
         rng = random.Random(20240610)
         datagrams = []

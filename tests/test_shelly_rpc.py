@@ -459,3 +459,65 @@ class JsonFormatTests(SynchronousTestCase):
 
     def test_ts_two_decimals(self) -> None:
         self.assertTrue(re.fullmatch(r'\{"ts":\d+\.\d\d\}', jsonfmt.dumps({"ts": 1736604020.0612})))
+
+
+class GuardsAndObserversTests(SynchronousTestCase):
+    """Guards may refuse a call; observers only watch and can never fail one."""
+
+    def setUp(self) -> None:
+        self.device = make_device(Clock())
+        self.device.meter.update(sample_reading(1.0))
+        self.core = self.device.core
+
+    def test_a_guard_refuses_and_observers_do_not_hear_of_it(self) -> None:
+        from meteremu.devices.shelly.rpc import RpcError
+
+        seen: list[str] = []
+
+        def refuse(method: str, ctx: CallContext) -> None:
+            if method == "EM.GetStatus":
+                raise RpcError(-108, "no")
+
+        self.core.guards.append(refuse)
+        self.core.observers.append(lambda method, ctx: seen.append(method))
+        answer = json.loads(self.core.handle_bytes(b'{"id":1,"method":"EM.GetStatus","params":{"id":0}}', CTX))
+        self.assertEqual(answer["error"]["code"], -108)
+        self.core.call("Sys.GetStatus", {}, CTX)
+        self.assertEqual(seen, ["Sys.GetStatus"])
+
+    def test_a_failing_observer_is_logged_once_and_the_call_is_answered(self) -> None:
+        def broken(*args: object) -> None:
+            raise KeyError("metrics bug")
+
+        self.core.observers.append(broken)
+        self.core.error_observers.append(broken)
+        for _ in range(3):
+            self.assertEqual(self.core.call("EM.GetStatus", {"id": 0}, CTX)["id"], 0)
+        answer = json.loads(self.core.handle_bytes(b'{"id":2,"method":"Nope"}', CTX))
+        self.assertEqual(answer["error"]["code"], 404)
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
+
+    def test_the_client_tracker_is_a_guard(self) -> None:
+        self.assertIn(self.device.clients.observe, self.core.guards)
+        self.assertNotIn(self.device.clients.observe, self.core.observers)
+
+
+class ImportShapeTests(SynchronousTestCase):
+    def test_the_method_table_does_not_import_the_device(self) -> None:
+        """device.py builds its table from methods.py; methods.py never reaches back."""
+        import subprocess
+        import sys
+
+        code = ("import sys; import meteremu.devices.shelly.methods; "
+                "print('meteremu.devices.shelly.device' in sys.modules)")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        self.assertEqual(out.stdout.strip(), "False")
+
+    def test_the_device_has_its_views_as_methods(self) -> None:
+        """Nothing sets the views on the device from outside (they are class attributes)."""
+        from meteremu.devices.shelly.device import ShellyDevice
+
+        device = make_device(Clock())
+        for name in ("meter_components", "components_at", "full_status", "full_config"):
+            self.assertTrue(callable(getattr(ShellyDevice, name, None)), name)
+            self.assertNotIn(name, vars(device))

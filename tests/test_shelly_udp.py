@@ -111,7 +111,7 @@ class UDPTests(TestCase):
         raw = yield battery.ask(b'{"id":99,"method":"EM.GetStatus","params":{"id":0}}', self.ports[0])
         self.assertEqual(json.loads(raw)["id"], 99)
         self.assertEqual(len(battery.received), 1)
-        listener = self.app.udp[0].protocol
+        listener = self.app.device_services[0].udp[0].protocol
         self.assertEqual(listener.dropped.get("garbage"), 7)
         self.assertEqual(listener.dropped.get("oversize"), 1)
         http = HTTPClient(self)
@@ -128,7 +128,7 @@ class UDPTests(TestCase):
         raw = yield battery.ask(b'{"id":2,"method":"Sys.GetStatus"}', self.ports[0])
         self.assertEqual(json.loads(raw)["id"], 2)
         self.assertEqual(len(battery.received), 1)
-        self.assertEqual(self.app.udp[0].protocol.dropped.get("stale"), 1)
+        self.assertEqual(self.app.device_services[0].udp[0].protocol.dropped.get("stale"), 1)
 
     @inlineCallbacks
     def test_two_batteries_divide(self):

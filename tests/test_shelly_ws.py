@@ -28,10 +28,11 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from meteremu.asyncbridge import as_deferred
+from meteremu.devices.shelly import hub as shelly_hub
 from meteremu.devices.shelly import ws as shelly_ws
+from meteremu.devices.shelly.hub import NotifyHub
 from meteremu.devices.shelly.options import Options
 from meteremu.devices.shelly.rpc import CallContext
-from meteremu.devices.shelly.ws import NotifyHub
 from tests.support import (
     HTTPClient,
     asyncio_reactor_skip,
@@ -342,13 +343,13 @@ class NotifyHubTests(SynchronousTestCase):
         for client in clients:
             hub.subscribe(client)
         calls: list[int] = []
-        real = shelly_ws.diff_status
+        real = shelly_hub.diff_status
 
         def counting(*args: Any) -> Any:
             calls.append(1)
             return real(*args)
 
-        self.patch(shelly_ws, "diff_status", counting)
+        self.patch(shelly_hub, "diff_status", counting)
         self.push((1000.0, 300.0, -100.0), dt=1.0)
         self.clock.advance(0)
         # First flush: each client still holds its own copy of the full status.
@@ -667,7 +668,7 @@ class WebSocketTests(TestCase):
         self.clients: list[RpcClient] = []
         self.addCleanup(self.close_clients)  # runs before the app stops (LIFO)
         self.device = self.app.devices[0]
-        self.hub = self.app.hubs[0] if self.app.hubs else None
+        self.hub = self.app.device_services[0].hub
         self.meter = self.app.meters["grid"]
         self.t = self.meter.latest.measured_at
         self.push((2166.2, 3.6, -244.0))  # known values instead of the simulator's
@@ -885,7 +886,7 @@ class WebSocketTests(TestCase):
     @inlineCallbacks
     def test_websocket_off(self) -> None:
         yield self.start(websocket=False)
-        self.assertEqual(self.app.hubs, [])
+        self.assertIsNone(self.app.device_services[0].hub)
         yield self.assertFailure(self.connect(), ConnectionError)
         self.assertEqual(self.server.seen, [])
 
@@ -912,7 +913,7 @@ class AioshellyTests(TestCase):
         result = yield as_deferred(self._run_aioshelly(self.app.http_port()))
         # The emulator saw the client go away (no dirty reactor, no stale subscriber).
         yield self.server.all_closed()
-        self.assertEqual(self.app.hubs[0].clients, [])
+        self.assertEqual(self.app.device_services[0].hub.clients, [])
         self.assertEqual(result["a_act_power"], 1234.5)
         self.assertTrue(result["src"].startswith("aios-"))
 
@@ -960,7 +961,7 @@ class AioshellyTests(TestCase):
                 self.assertIn("emdata:0", device.status)
                 self.assertIn("sys", device.status)
 
-                hub = self.app.hubs[0]
+                hub = self.app.device_services[0].hub
                 self.assertEqual(len(hub.clients), 1)
                 src = hub.clients[0].src
 

@@ -16,7 +16,7 @@ import sys
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -73,7 +73,10 @@ def spawn(case: TestCase, args: list[str], cwd: str) -> Twistd:
     def cleanup() -> Deferred[object] | None:
         if proto.ended.called:
             return None
-        transport.signalProcess("KILL")
+        try:
+            transport.signalProcess("KILL")
+        except ProcessExitedAlready:
+            pass  # exited; processEnded is on its way
         return proto.ended
 
     case.addCleanup(cleanup)
@@ -184,6 +187,84 @@ class TwistdTests(TestCase):
         text = (proto.output + proto.stderr).decode()
         self.assertIn(f"meteremu: cannot listen for HTTP on 127.0.0.1:{port}", text)
         self.assertNotIn("Traceback", text)
+
+
+def free_privileged_port(kind: int, preferred: int) -> int:
+    """``preferred`` if it is free on 127.0.0.1, else another free port below 1024 (root only)."""
+    for port in (preferred, *range(900, 1024)):
+        with socket.socket(socket.AF_INET, kind) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below 1024")
+
+
+NOBODY = 65534
+
+
+class PrivilegedPortTests(TestCase):
+    """``twistd --uid``: every port is bound as root, then the service runs as the user."""
+
+    timeout = 60
+    skip = None if os.geteuid() == 0 else "needs root (twistd --uid); CI runs as root"
+
+    @inlineCallbacks
+    def test_ports_below_1024_with_uid(self):
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        os.chmod(os.path.dirname(directory), 0o755)  # trial's mkdtemp is owner-only
+        os.chown(directory, NOBODY, NOBODY)  # the state directory belongs to the service user
+        http = free_privileged_port(socket.SOCK_STREAM, 80)
+        modbus = free_privileged_port(socket.SOCK_STREAM, 502)
+        udp = free_privileged_port(socket.SOCK_DGRAM, 1010)
+        config = write_config(directory, port=http, extra=f"""devices:
+  - {{type: shelly_pro_3em, modbus_port: {modbus}, modbus_bind: 127.0.0.1, udp_ports: [{udp}]}}
+""")
+        args = ["-n", "--pidfile=", "--logfile=-", f"--uid={NOBODY}", f"--gid={NOBODY}",
+                "meteremu", "--config", config]
+        proto = Twistd()
+        # twistd, started from a Python that first loads the idna codec: this
+        # machine's Python lives under /root (0700), so once twistd has dropped
+        # to "nobody" nothing more can be imported, and the HTTP router needs
+        # that codec on its first request. (A Python under /usr needs nothing.)
+        code = ("import encodings.idna, sys; from twisted.scripts.twistd import run; "
+                "sys.argv = ['twistd', *sys.argv[1:]]; run()")
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "TZ")}
+        reactor.spawnProcess(proto, sys.executable, [sys.executable, "-c", code, *args],
+                             env={**env, "PYTHONUNBUFFERED": "1"}, path=directory)
+        self.addCleanup(lambda: None if proto.ended.called else (proto.transport.signalProcess("KILL"),
+                                                                 proto.ended)[1])
+        try:
+            port = yield proto.serving()
+        except Exception:
+            self.fail("twistd --uid did not serve: " + (proto.output + proto.stderr).decode()[-2000:])
+        self.assertEqual(port, http)
+        with open(f"/proc/{proto.transport.pid}/status", encoding="ascii") as handle:
+            uids = [line.split()[1:] for line in handle if line.startswith("Uid:")][0]
+        self.assertEqual(set(uids), {str(NOBODY)}, "the service still runs as root")
+        response, body = yield HTTPClient(self).get(f"http://127.0.0.1:{http}/shelly")
+        self.assertEqual(response.code, 200)
+        # Modbus TCP on the privileged port: FC 0x04, total active power (1013, 2 registers).
+        with socket.create_connection(("127.0.0.1", modbus), timeout=5) as conn:
+            conn.sendall(bytes.fromhex("000100000006010403f50002"))
+            answer = conn.recv(64)
+        self.assertEqual(answer[:2], b"\x00\x01")
+        self.assertEqual(answer[7], 0x04, answer.hex())
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.settimeout(5)
+            client.sendto(b'{"id":1,"method":"EM.GetStatus","params":{"id":0}}', ("127.0.0.1", udp))
+            reply = json.loads(client.recv(4096))
+        self.assertIn("total_act_power", reply["result"])
+        proto.transport.signalProcess("TERM")
+        yield proto.ended
+        # The store, created while still root, was written by the service user.
+        self.assertEqual(os.stat(os.path.join(directory, "state.db")).st_uid, NOBODY)
+        with sqlite3.connect(os.path.join(directory, "state.db")) as db:
+            keys = {row[0] for row in db.execute("SELECT key FROM kv")}
+        self.assertIn("meter:grid:energy", keys)
+        self.assertNotIn("Traceback", (proto.output + proto.stderr).decode())
 
 
 class AsyncStartFailureTests(TestCase):

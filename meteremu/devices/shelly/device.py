@@ -1,8 +1,12 @@
 """One emulated Shelly: identity + the meter it serves + its stale policy.
 
-Holds the little live state the RPC methods need (start time, ports) and
+Holds the little live state the RPC methods need (start time, ports),
 decides what reading a client is served, applying the device's ``on_stale``
-policy (design.md §4) in one place for every transport. No sockets here.
+policy (design.md §4) in one place for every transport, and builds the
+device's composite views (``Shelly.GetStatus``/``GetConfig`` and the meter
+components the notifier pushes) from the pure builders in ``status.py``.
+The RPC method table (``methods.py``) is built from this object's public
+views; nothing outside sets attributes on it. No sockets here.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from meteremu.devices.shelly import status as st
 from meteremu.devices.shelly.clients import ClientTracker
 from meteremu.devices.shelly.identity import Identity
 from meteremu.devices.shelly.jsonfmt import Encoded
+from meteremu.devices.shelly.methods import build_methods
 from meteremu.devices.shelly.options import FallbackPolicy, Options
 from meteremu.devices.shelly.rpc import UNAVAILABLE, CallContext, RpcCore, RpcError
 from meteremu.meter import Freshness, IClock, Meter
@@ -39,7 +44,11 @@ def host_temperature(path: str = THERMAL_ZONE) -> float | None:
 
 
 class ShellyDevice:
-    """State and policy of one emulated Pro 3EM."""
+    """State, policy and views of one emulated Pro 3EM, and its RPC core.
+
+    ``core.guards`` holds the client tracker (it may refuse a poll that comes
+    too soon); observers added by the wiring (metrics) only watch.
+    """
 
     def __init__(
         self,
@@ -53,8 +62,6 @@ class ShellyDevice:
         tz: str | None = None,
         temperature: Callable[[], float | None] = host_temperature,
     ) -> None:
-        from meteremu.devices.shelly.methods import build_methods
-
         self.options = options
         self.identity = identity
         self.meter = meter
@@ -65,19 +72,26 @@ class ShellyDevice:
         self.temperature = temperature
         self.started_at = clock.seconds()
         self.cfg_rev = 1
-        self.meter_components: Callable[[CallContext], dict[str, Any]]  # set by build_methods
-        self.components_at: Callable[[float], dict[str, Any]]
-        self.full_status: Callable[[CallContext], dict[str, Any]]
+        self.em_ids = range(0) if self.monophase else range(1)
+        self.em1_ids = range(3) if self.monophase else range(0)
         self.clients = ClientTracker(clock, options.scaling)
-        self.scale_for: Callable[[CallContext], float] = self.clients.scale_for
         self.core = RpcCore(lambda: self.identity.device_id, build_methods(self))
-        self.core.observers.append(self.clients.observe)
+        self.core.guards.append(self.clients.observe)
         self._cached_reading: Reading | None = None
         self._cache: dict[tuple[Any, ...], Encoded] = {}
 
     @property
     def monophase(self) -> bool:
         return self.identity.profile == "monophase"
+
+    @property
+    def minimal(self) -> bool:
+        """``payload: minimal``: EM(1).GetStatus with the act_power fields only."""
+        return self.options.payload == "minimal"
+
+    def scale_for(self, ctx: CallContext) -> float:
+        """The factor for power and current served to this caller (request-side scaling)."""
+        return self.clients.scale_for(ctx)
 
     def serving_reading(self) -> Reading:
         """The reading clients are served now, or RpcError(-114) per policy.
@@ -141,3 +155,77 @@ class ShellyDevice:
         if len(self._cache) < MAX_CACHED:
             self._cache[key] = encoded
         return encoded
+
+    # -- composite views (GetStatus, GetConfig, notifications) -----------------------------
+    def sys_status(self) -> dict[str, Any]:
+        now = self.clock.seconds()
+        return st.sys_status(self.identity, now, now - self.started_at, self.cfg_rev)
+
+    def sys_config(self) -> dict[str, Any]:
+        port = self.udp_ports[0] if self.udp_ports else None
+        return st.sys_config(self.identity, port, self.cfg_rev, self.tz)
+
+    def static_config(self) -> dict[str, Any]:
+        return st.static_config(self.identity, self.modbus)
+
+    def meter_components(self, ctx: CallContext) -> dict[str, Any]:
+        """em:0/emdata:0 (or em1:N/em1data:N) as they appear in Shelly.GetStatus.
+
+        Under the ``error`` policy a stale meter shows the device's own
+        failure report (nulls + ``power_meter_failure``) instead of failing the
+        whole call: Home Assistant polls Shelly.GetStatus and must not drop
+        the device because one meter is stale.
+        """
+        return self.components_at(self.scale_for(ctx))
+
+    def components_at(self, scale: float) -> dict[str, Any]:
+        """:meth:`meter_components` for a caller served at ``scale`` (the notifier
+        builds them once per distinct scale, not once per client)."""
+        try:
+            reading: Reading | None = self.serving_reading()
+        except RpcError:
+            reading = None
+        energy = self.meter.energy
+        out: dict[str, Any] = {}
+        if self.monophase:
+            for i in self.em1_ids:
+                out[f"em1:{i}"] = (st.em1_status(None, i, scale, True) if reading is None
+                                   else self.em1_result(reading, i, scale))
+            for i in self.em1_ids:
+                out[f"em1data:{i}"] = st.em1data_status(energy, i)
+        else:
+            out["em:0"] = st.em_status(None, scale, True) if reading is None else self.em_result(reading, scale)
+            out["emdata:0"] = st.emdata_status(energy)
+        return out
+
+    def full_status(self, ctx: CallContext) -> dict[str, Any]:
+        """``Shelly.GetStatus`` for this caller (key order of the real device)."""
+        status: dict[str, Any] = {
+            "ble": {}, "bthome": {"errors": ["bluetooth_disabled"]}, "cloud": {"connected": False},
+        }
+        status.update(self.meter_components(ctx))
+        status.update({
+            "eth": {"ip": ctx.local_ip, "ip6": None}, "modbus": {}, "mqtt": {"connected": False},
+            "sys": self.sys_status(), "temperature:0": st.temperature_status(self.temperature()),
+            "wifi": st.wifi_status(), "ws": {"connected": False},
+        })
+        return status
+
+    def full_config(self) -> dict[str, Any]:
+        """``Shelly.GetConfig`` (key order of the real device)."""
+        static = self.static_config()
+        config: dict[str, Any] = {k: static[k] for k in ("ble", "bthome", "cloud")}
+        if self.monophase:
+            for i in self.em1_ids:
+                config[f"em1:{i}"] = st.em1_config(i)
+            for i in self.em1_ids:
+                config[f"em1data:{i}"] = {}
+        else:
+            config["em:0"] = st.em_config()
+            config["emdata:0"] = {}
+        for key in ("eth", "modbus", "mqtt"):
+            config[key] = static[key]
+        config["sys"] = self.sys_config()
+        for key in ("temperature:0", "wifi", "ws"):
+            config[key] = static[key]
+        return config

@@ -36,21 +36,18 @@ Choices where the real device is not documented (specs/shelly.md §4):
 
 from __future__ import annotations
 
-import errno
 import struct
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pymodbus.constants import ExcCodes
 from pymodbus.framer import FramerSocket
 from pymodbus.pdu import DecodePDU, ExceptionResponse, ModbusPDU
-from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from meteremu.devices.shelly.device import ShellyDevice
 from meteremu.devices.shelly.modbus_map import (
     GATEWAY_NO_RESPONSE,
     ILLEGAL_FUNCTION,
@@ -60,9 +57,7 @@ from meteremu.devices.shelly.modbus_map import (
     RegisterMap,
 )
 from meteremu.devices.shelly.rpc import CallContext
-
-if TYPE_CHECKING:
-    from meteremu.devices.shelly.device import ShellyDevice
+from meteremu.listeners import Listener, StartupError, bind_reason, where
 
 log = Logger(namespace="meteremu.modbus")
 
@@ -73,24 +68,16 @@ READ_PDU = struct.Struct(">BHH")  # function code, start address, register count
 MAX_MBAP_LENGTH = 254  # unit id + PDU (at most 253 bytes), so an ADU is at most 260 bytes
 
 
-class ModbusBindError(Exception):
+class ModbusBindError(StartupError):
     """The Modbus TCP server could not listen; the message says where and why."""
 
 
 def bind_error_message(host: str, port: int, error: BaseException) -> str:
     """A message an operator can act on, naming the port."""
-    if not host:
-        where = f"port {port} (all interfaces)"
-    else:
-        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    code = getattr(getattr(error, "socketError", error), "errno", None)
-    if code == errno.EADDRINUSE:
-        return (f"Modbus TCP: cannot listen on {where}: port {port} is already in use "
-                f"(another Modbus server?); free it or set modbus_port")
-    if code == errno.EACCES:
-        return (f"Modbus TCP: cannot listen on {where}: permission denied "
-                f"(ports below 1024 need root or CAP_NET_BIND_SERVICE)")
-    return f"Modbus TCP: cannot listen on {where}: {getattr(error, 'socketError', error)}"
+    reason = bind_reason(port, error)
+    if reason.startswith(f"port {port} is already in use"):
+        reason += " (another Modbus server?); free it or set modbus_port"
+    return f"Modbus TCP: cannot listen on {where(host, port)}: {reason}"
 
 
 class _RegisterStore:
@@ -206,18 +193,16 @@ class ModbusTcpFactory(Factory):
         self.connections: set[ModbusTcpProtocol] = set()
 
 
-class ModbusService(Service):
+class ModbusService(Listener):
     """The Modbus TCP server of one emulated Pro 3EM.
 
-    :attr:`ready` fires with the bound port number (the real one when
-    ``port`` is 0) once listening, or errbacks with :class:`ModbusBindError`
-    whose message names the port and the cause (in use, permission denied);
-    the caller stops the process on it (design.md §3). ``stopService`` stops
+    It binds in ``privilegedStartService`` like every listener (port 502 with
+    ``twistd --uid``); a port that cannot be bound raises
+    :class:`ModbusBindError` naming the port and the cause (in use,
+    permission denied), and ``ready`` fails with it. ``stopService`` stops
     listening, closes open connections and returns a Deferred that fires
     when all are gone.
     """
-
-    name = "modbus"
 
     def __init__(self, device: ShellyDevice, host: str, port: int, unit_id: int = 1,
                  reactor: Any = None, *, holding_registers: bool = False) -> None:
@@ -227,31 +212,22 @@ class ModbusService(Service):
             reactor = default_reactor
         self.device = device
         self.host = host
-        self.port = port
         self.unit_id = unit_id
         self.reactor = reactor
         self.factory = ModbusTcpFactory(RegisterMap(device), unit_id, holding_registers)
-        self.ready: defer.Deferred[int] = defer.Deferred()
-        self._listening: IListeningPort | None = None
+        super().__init__(lambda port, interface: reactor.listenTCP(port, self.factory, interface=interface),
+                         port, host,
+                         "Modbus TCP", describe_error=bind_error_message, error_type=ModbusBindError)
 
-    def startService(self) -> None:
-        super().startService()
-        try:
-            self._listening = self.reactor.listenTCP(self.port, self.factory, interface=self.host)
-        except CannotListenError as err:
-            self.ready.errback(ModbusBindError(bind_error_message(self.host, self.port, err)))
-            return
-        port = self._listening.getHost().port
-        log.info("Modbus TCP listening on {host}:{port}, unit id {unit}",
-                 host=self.host or "*", port=port, unit=self.unit_id)
-        self.ready.callback(port)
+    def privilegedStartService(self) -> None:
+        bound = self.listening is not None
+        super().privilegedStartService()
+        if not bound:
+            log.info("Modbus TCP listening on {host}:{port}, unit id {unit}",
+                     host=self.host or "*", port=self.port, unit=self.unit_id)
 
     def stopService(self) -> defer.Deferred[Any]:
-        super().stopService()
-        waits: list[defer.Deferred[Any]] = []
-        if self._listening is not None:
-            waits.append(defer.maybeDeferred(self._listening.stopListening))
-            self._listening = None
+        waits: list[defer.Deferred[Any]] = [defer.maybeDeferred(super().stopService)]
         for connection in list(self.factory.connections):
             waits.append(connection.closed)
             connection.transport.loseConnection()

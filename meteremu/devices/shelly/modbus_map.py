@@ -27,8 +27,9 @@ import math
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from meteremu.devices.shelly.device import ShellyDevice
 from meteremu.devices.shelly.rpc import CallContext, RpcError
 from meteremu.devices.shelly.status import (
     em1_status,
@@ -37,9 +38,6 @@ from meteremu.devices.shelly.status import (
     emdata_status,
 )
 from meteremu.reading import PHASE_NAMES, Reading
-
-if TYPE_CHECKING:
-    from meteremu.devices.shelly.device import ShellyDevice
 
 ILLEGAL_FUNCTION = 0x01
 ILLEGAL_ADDRESS = 0x02

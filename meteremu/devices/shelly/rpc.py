@@ -14,6 +14,9 @@ from json.encoder import encode_basestring
 from typing import Any
 
 from meteremu.devices.shelly import jsonfmt
+from meteremu.logs import logger
+
+log = logger(__name__)
 
 # Error codes of the Gen2 firmware (gRPC status codes, negated and -100).
 INVALID_ARGUMENT = -103
@@ -108,11 +111,16 @@ class RpcCore:
         self._id_json: tuple[str | None, bytes] = (None, b"")
         self.methods = dict(methods)
         self._lookup = {name.lower(): (name, handler) for name, handler in methods.items()}
-        # Told the canonical method name (as in ``methods``) of every call to
-        # a known method, before it runs; an observer may refuse it by raising.
+        # Asked about every call to a known method (its canonical name, as in
+        # ``methods``) before it runs; a guard refuses a call by raising
+        # RpcError (the client tracker throttles polls that come too soon).
+        self.guards: list[Callable[[str, CallContext], None]] = []
+        # Told about every call a guard let through (metrics); an observer
+        # only watches: if one raises, it is logged and the call goes on.
         self.observers: list[Callable[[str, CallContext], None]] = []
-        # Told the error code of every error frame answered (metrics).
+        # Told the error code of every error answered (metrics); same rule.
         self.error_observers: list[Callable[[int, CallContext], None]] = []
+        self._broken: set[object] = set()
 
     @property
     def device_id(self) -> str:
@@ -136,9 +144,20 @@ class RpcCore:
         if entry is None:
             raise RpcError(NO_HANDLER, f"No handler for {method}")
         name, handler = entry
+        for guard in self.guards:
+            guard(name, ctx)
         for observe in self.observers:
-            observe(name, ctx)
+            try:
+                observe(name, ctx)
+            except Exception:
+                self._observer_failed(observe)
         return handler(params, ctx)
+
+    def _observer_failed(self, observer: object) -> None:
+        """Log an observer's first failure (a bug in metrics must not fail requests)."""
+        if observer not in self._broken:
+            self._broken.add(observer)
+            log.failure("an RPC observer failed (further failures are not logged)")
 
     def handle_frame(self, frame: Any, ctx: CallContext) -> dict[str, Any] | None:
         """Answer one decoded request frame with a response frame.
@@ -184,7 +203,10 @@ class RpcCore:
     def report_error(self, code: int, ctx: CallContext) -> None:
         """Tell the error observers that ``ctx`` was answered with error ``code``."""
         for observe in self.error_observers:
-            observe(code, ctx)
+            try:
+                observe(code, ctx)
+            except Exception:
+                self._observer_failed(observe)
 
     def handle_bytes(self, data: bytes | str, ctx: CallContext) -> bytes | None:
         """Bytes in, bytes out (with the firmware's number formatting)."""
