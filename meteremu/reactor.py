@@ -4,14 +4,14 @@
 ``twistd --reactor=meteremu`` and ``trial --reactor=meteremu`` name it (the
 plugin is ``twisted/plugins/meteremu_reactor.py``). It is the asyncio reactor
 in every way; the only difference is *when* TLS support is imported (see
-:mod:`meteremu.lazytls`): the modules that probe for pyOpenSSL at import are
-imported here, with it hidden, and :func:`meteremu.lazytls.release` runs once
+:mod:`meteremu.compat.lazytls`): the modules that probe for pyOpenSSL at import are
+imported here, with it hidden, and :func:`meteremu.compat.lazytls.release` runs once
 the reactor is running at the latest.
 """
 
 from __future__ import annotations
 
-from meteremu import lazytls
+from meteremu.compat import lazytls
 
 
 def install() -> None:

@@ -44,9 +44,9 @@ def makeService(options: Options) -> IService:
         install()
     from twisted.internet import reactor
 
-    from meteremu import lazytls
     from meteremu.app import build, fail_fast
     from meteremu.asyncbridge import require_asyncio_reactor
+    from meteremu.compat import lazytls
     from meteremu.devices import preload
     from meteremu.listeners import StartupGuard
     from meteremu.logs import set_level

@@ -1,4 +1,4 @@
-"""TLS loaded on first use (``meteremu.lazytls``, the ``meteremu`` reactor).
+"""TLS loaded on first use (``meteremu.compat.lazytls``, the ``meteremu`` reactor).
 
 Each check runs a fresh Python process, because this one has loaded TLS long
 ago: start-up as ``twistd meteremu`` does it must leave pyOpenSSL and
@@ -26,7 +26,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.static import Data
 
-from meteremu import lazytls
+from meteremu.compat import lazytls
 from tests.support import HTTPClient
 from tests.support.fake_envoy import _Listener, make_cert
 from tests.test_tap import RUN, spawn, write_config
@@ -41,7 +41,7 @@ from meteremu import tap
 from meteremu.app import build
 from meteremu.config import default_config
 from meteremu.devices import preload
-from meteremu import lazytls
+from meteremu.compat import lazytls
 config = default_config()
 preload(dc.type for dc in config.devices)  # as tap.makeService: device wiring while TLS is hidden,
 lazytls.release()  # then TLS may load on first use,

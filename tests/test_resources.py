@@ -35,6 +35,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
+from meteremu.compat.tcp import backlog
 from meteremu.devices.shelly import ws as shelly_ws
 from tests.support import fuzz as fz
 from tests.support import sample_reading, start_app, test_config
@@ -59,14 +60,6 @@ def rss_bytes() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise AssertionError("no VmRSS in /proc/self/status")
-
-
-def backlog(transport: Any) -> int:
-    """Bytes a Twisted TCP transport has accepted but not yet handed to the kernel."""
-    if transport is None:
-        return 0
-    data = getattr(transport, "dataBuffer", b"")
-    return len(data) - getattr(transport, "offset", 0) + getattr(transport, "_tempDataLen", 0)
 
 
 def turn() -> Deferred[None]:

@@ -23,7 +23,6 @@ from typing import Any
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
-from twisted.internet.protocol import ClientCreator, Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -602,59 +601,6 @@ class RpcClient(WebSocketClientProtocol):
     def notifications(self, method: str | None = None) -> list[dict[str, Any]]:
         return [f for f in self.frames if isinstance(f, dict) and "method" in f
                 and (method is None or f["method"] == method)]
-
-
-class _Sink(Protocol):
-    """Collects what arrives; fires ``done`` once ``expected`` bytes came."""
-
-    def __init__(self, expected: int) -> None:
-        self.expected, self.data, self.done = expected, bytearray(), Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-        if len(self.data) >= self.expected and not self.done.called:
-            self.done.callback(bytes(self.data))
-
-
-class WriteNowTests(TestCase):
-    """``write_now`` on a real TCP connection: order kept, queue respected."""
-
-    @inlineCallbacks
-    def connected(self) -> Any:
-        server_side: Deferred[Protocol] = Deferred()
-
-        class Server(Protocol):
-            def connectionMade(self) -> None:
-                server_side.callback(self)
-
-        listener = reactor.listenTCP(0, Factory.forProtocol(Server), interface="127.0.0.1")
-        self.addCleanup(listener.stopListening)
-        sink = _Sink(0)
-        client = yield ClientCreator(reactor, lambda: sink).connectTCP("127.0.0.1", listener.getHost().port)
-        self.addCleanup(client.transport.loseConnection)
-        server = yield server_side
-        self.addCleanup(server.transport.loseConnection)
-        return server.transport, sink
-
-    @inlineCallbacks
-    def test_sends_at_once_and_queues_the_rest_in_order(self) -> Any:
-        transport, sink = yield self.connected()
-        big = bytes(range(256)) * 40_000  # 10 MB: more than the kernel takes at once
-        sink.expected = 5 + len(big) + 5
-        self.assertTrue(shelly_ws.write_now(transport, b"first"))
-        self.assertEqual(shelly_ws.backlog(transport), 0, "a small frame should have left at once")
-        self.assertTrue(shelly_ws.write_now(transport, big))
-        self.assertGreater(shelly_ws.backlog(transport), 0, "the rest of a big frame is queued")
-        # Bytes are queued now: write_now must refuse, so the caller queues behind them.
-        self.assertFalse(shelly_ws.write_now(transport, b"later"))
-        transport.write(b"later")
-        got = yield sink.done
-        self.assertEqual(got, b"first" + big + b"later")
-
-    def test_other_transports_take_the_normal_path(self) -> None:
-        from twisted.internet.testing import StringTransport
-
-        self.assertFalse(shelly_ws.write_now(StringTransport(), b"x"))
 
 
 class WebSocketTests(TestCase):

@@ -36,7 +36,7 @@ def preload(kinds: Iterable[str]) -> None:
     """Import the wiring of these device types now (a module's optional ``preload()``).
 
     ``twistd meteremu`` calls this while TLS support is still hidden
-    (``meteremu.lazytls``): device transports never use TLS, and Twisted's
+    (``meteremu.compat.lazytls``): device transports never use TLS, and Twisted's
     own modules they import would otherwise load pyOpenSSL with them.
     """
     for kind in sorted(set(kinds)):

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from twisted.internet.protocol import DatagramProtocol
 
+from meteremu.compat.udp import SendTo, raw_sendto
 from meteremu.devices.shelly import jsonfmt
 from meteremu.devices.shelly.clients import THROTTLED
 from meteremu.devices.shelly.rpc import UNAVAILABLE, CallContext, RpcCore, RpcError, parse_frame
@@ -90,9 +91,9 @@ class ShellyUDP(DatagramProtocol):
 
     The per-datagram path is kept short (batteries poll up to 10 times a
     second each): the caller's CallContext is reused per address, and the
-    reply goes straight to the socket (``getHandle().sendto``) because the
-    address came from ``recvfrom`` and needs none of the hostname checks
-    ``Port.write`` does for arbitrary callers.
+    reply goes straight to the socket (:func:`meteremu.compat.udp.raw_sendto`)
+    because the address came from ``recvfrom`` and needs none of the hostname
+    checks ``Port.write`` does for arbitrary callers.
     """
 
     def __init__(self, core: RpcCore, max_bytes: int, local_ip: str | None,
@@ -104,11 +105,10 @@ class ShellyUDP(DatagramProtocol):
         self.dropped: dict[str, int] = {}
         self.answered = 0
         self._contexts: dict[str, CallContext] = {}
-        self._sendto: Callable[[bytes, tuple[str, int]], object] | None = None
+        self._sendto: SendTo | None = None
 
     def startProtocol(self) -> None:
-        handle = getattr(self.transport, "getHandle", None)
-        self._sendto = handle().sendto if handle is not None else None
+        self._sendto = raw_sendto(self.transport)
 
     def stopProtocol(self) -> None:
         self._sendto = None

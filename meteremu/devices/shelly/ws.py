@@ -1,4 +1,4 @@
-"""WebSocket RPC on ``/rpc`` (Autobahn, glued to Twisted in ``wsserver``).
+"""WebSocket RPC on ``/rpc`` (Autobahn, glued to Twisted in ``meteremu.compat.autobahn_server``).
 
 Each text message is one request frame, answered in order (pipelining just
 works: every message is answered synchronously from the RPC core). A client
@@ -11,61 +11,26 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
-from twisted.internet import tcp
-
-from meteremu.devices.shelly import jsonfmt
-from meteremu.devices.shelly.device import ShellyDevice
-from meteremu.devices.shelly.hub import NotifyHub
-from meteremu.devices.shelly.notify import Status
-from meteremu.devices.shelly.rpc import CallContext, RpcError, parse_frame
-from meteremu.devices.shelly.wsserver import (  # before any other autobahn import: txaio's framework
+from meteremu.compat.autobahn_server import (  # before any other autobahn import: txaio's framework
     ConnectionRequest,
     PreparedMessage,
     WebSocketResource,
     WebSocketServerFactory,
     WebSocketServerProtocol,
 )
+from meteremu.compat.tcp import backlog, write_now
+from meteremu.devices.shelly import jsonfmt
+from meteremu.devices.shelly.device import ShellyDevice
+from meteremu.devices.shelly.hub import NotifyHub
+from meteremu.devices.shelly.notify import Status
+from meteremu.devices.shelly.rpc import CallContext, RpcError, parse_frame
 from meteremu.logs import logger
 
 log = logger(__name__)
 
 MAX_MESSAGE = 64 * 1024
 MAX_BACKLOG = 512 * 1024  # unsent bytes before a non-reading client is dropped
-
-
-def backlog(transport: Any) -> int:
-    """Bytes written to a Twisted TCP transport and not yet sent."""
-    data = getattr(transport, "dataBuffer", b"")
-    offset = getattr(transport, "offset", 0)
-    return max(0, len(data) - offset) + getattr(transport, "_tempDataLen", 0)
-
-
-def write_now(transport: Any, data: bytes) -> bool:
-    """Send ``data`` on a plain TCP transport right away; False if it must be queued.
-
-    Twisted queues every ``write`` until the reactor's next turn, and on the
-    asyncio reactor each queued write costs an ``add_writer``/``remove_writer``
-    pair (two epoll_ctl calls and a callback): in a fan-out to hundreds of
-    clients the last one waits for all of them (measured: about 40 µs a
-    client). When nothing is queued on the transport, a ``send()`` now is what
-    the reactor would do on its next turn anyway; whatever the kernel does not
-    take is queued with ``write`` behind it, so the byte order is kept. TLS
-    transports, closing ones and ones with queued bytes take the normal path.
-    """
-    if (type(transport) is not tcp.Server or transport.TLS or transport.disconnecting
-            or transport.connected != 1 or backlog(transport)):
-        return False
-    try:
-        sent = transport.getHandle().send(data)
-    except BlockingIOError:
-        sent = 0
-    except OSError:
-        return False  # let the transport meet the error and close as it does
-    if sent < len(data):
-        transport.write(data[sent:])
-    return True
 
 
 class ShellyWebSocketProtocol(WebSocketServerProtocol):

@@ -82,7 +82,7 @@ class _Hide:
     def find_spec(self, name: str, path: Sequence[str] | None = None,
                   target: Any = None) -> ModuleSpec | None:
         if name.partition(".")[0] in HIDDEN:
-            raise ImportError(f"{name} is loaded on first use (meteremu.lazytls)", name=name)
+            raise ImportError(f"{name} is loaded on first use (meteremu.compat.lazytls)", name=name)
         return None
 
 
@@ -125,7 +125,7 @@ def loaded() -> bool:
 def load() -> None:
     """Import TLS support now and put the real objects where the stand-ins are."""
     if _finder in sys.meta_path:
-        raise ImportError("TLS support is hidden until meteremu.lazytls.release()")
+        raise ImportError("TLS support is hidden until meteremu.compat.lazytls.release()")
     with _lock:
         if _state["loaded"]:
             return
