@@ -27,14 +27,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred
 
 from meteremu.config import Config
 from meteremu.devices import device_module
 from meteremu.devices.base import DeviceContext, DeviceService
 from meteremu.exporters import exporter_module
 from meteremu.exporters.prometheus import Metrics
-from meteremu.listeners import Listener, StartupError
+from meteremu.interfaces import IReactor
+from meteremu.listeners import Listener, StartupError, all_ready
 from meteremu.logs import logger
 from meteremu.metermanager import MeterManager
 from meteremu.meterset import MeterSet
@@ -59,7 +60,7 @@ class App:
     sites: Sites
     device_services: list[DeviceService] = field(default_factory=list)
     exporters: dict[str, Any] = field(default_factory=dict)
-    reactor: Any = None
+    reactor: IReactor | None = None
     watcher: Any = None  # meteremu.confdir.ConfDirWatcher with conf_dir and reload
     forecast: Any = None  # meteremu.forecast.trainer.ForecastService when forecast.enabled
     async_parts: list[Any] = field(default_factory=list)  # exporters with a ``ready``
@@ -101,14 +102,10 @@ class App:
     def ready(self) -> Deferred[Any]:
         """Fires when every asynchronously starting part is up; fails with the first error."""
         waits = [service.ready() for service in self.device_services]
-        waits += [part.ready for part in self.async_parts]
-        if not waits:
-            return succeed(None)
-        return DeferredList(waits, fireOnOneErrback=True, consumeErrors=True).addErrback(
-            lambda f: f.value.subFailure)
+        return all_ready(waits + [part.ready for part in self.async_parts])
 
 
-def build(config: Config, reactor: Any) -> App:
+def build(config: Config, reactor: IReactor) -> App:
     """Build the service tree (nothing listens until it is started)."""
     top = MultiService()
     store = Store(config.store.path, config.store.persist_interval, clock=reactor)
@@ -168,7 +165,7 @@ def build(config: Config, reactor: Any) -> App:
     return app
 
 
-def fail_fast(reactor: Any, message: str) -> None:
+def fail_fast(reactor: IReactor, message: str) -> None:
     """Report a fatal start-up problem on one line and stop with status 1."""
     log.critical("{text}", text=message)
     sys.stderr.write(f"meteremu: {message}\n")

@@ -14,12 +14,12 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
-from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
 
 from meteremu.config import ConfigError, conf_dir_files, load_meter_file, meter_name_for
+from meteremu.interfaces import IReactorTime
 from meteremu.logs import logger
 from meteremu.metermanager import MeterManager
 
@@ -57,7 +57,7 @@ def diff(applied: dict[str, str], current: dict[str, str]) -> Changes:
 class ConfDirWatcher(Service):
     """Polls the directory and hands stable changes to the meter manager."""
 
-    def __init__(self, directory: str, manager: MeterManager, clock: Any, debounce: float = 1.0,
+    def __init__(self, directory: str, manager: MeterManager, clock: IReactorTime, debounce: float = 1.0,
                  poll_interval: float = 1.0) -> None:
         self.directory, self.manager, self.clock = directory, manager, clock
         self.debounce, self.poll_interval = debounce, poll_interval

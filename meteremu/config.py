@@ -233,7 +233,7 @@ def convert(value: Any, hint: Any, key: str, env: typing.Mapping[str, str]) -> A
         if not isinstance(value, dict):
             raise _Invalid(key, f"expected a mapping; got {_describe(value)}")
         return {str(k): convert(v, item, _join(key, str(k)), env) for k, v in value.items()}
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return build(hint, value, key, env)
     if hint is Any:
         return value
@@ -429,7 +429,7 @@ _METER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 DEFAULT_METER = {"grid": {"source": {"type": "simulator"}}}
 
 
-def _typed(registry: dict[str, Any], data: Any, key: str, env: typing.Mapping[str, str], what: str) -> tuple[str, Any]:
+def _typed(registry: typing.Mapping[str, Any], data: Any, key: str, env: typing.Mapping[str, str], what: str) -> tuple[str, Any]:
     """Split ``{type: X, ...}`` and build X's option dataclass from the rest."""
     if not isinstance(data, dict):
         raise _Invalid(key, f"expected a mapping with a 'type' key; got {_describe(data)}")
@@ -518,16 +518,16 @@ def parse_config(data: Any, path: str, env: typing.Mapping[str, str] | None = No
         for i, body in enumerate(raw_devices):
             key = _join("devices", i)
             kind, options = _typed(device_types(), body, key, env, "device")
-            meter = getattr(options, "meter", None)
-            if meter is None:
+            served = getattr(options, "meter", None)
+            if served is None:
                 if not meters and "devices" not in data:
                     raise _Invalid("meters", "expected at least one meter for the default device to serve "
                                              "(or write devices: [] to serve none)")
                 if not meters:
                     raise _Invalid(_join(key, "meter"), "no meter is configured for this device to serve")
                 options = dataclasses.replace(options, meter=next(iter(meters)))
-            elif meter not in meters:
-                raise _Invalid(_join(key, "meter"), f"unknown meter {meter!r}; configured meters: {', '.join(meters) or 'none'}")
+            elif served not in meters:
+                raise _Invalid(_join(key, "meter"), f"unknown meter {served!r}; configured meters: {', '.join(meters) or 'none'}")
             devices.append(DeviceConfig(kind, options))
         _check_ports(kwargs["server"], devices)
         return Config(path=path, meters=meters, devices=tuple(devices), conf_dir=conf_dir, **kwargs)

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import errno
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred, DeferredList, FirstError, fail, succeed
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReactorUDP
+from twisted.python.failure import Failure
 
 from meteremu.logs import logger
 
@@ -106,8 +108,9 @@ class Listener(Service):
     @property
     def port(self) -> int:
         assert self.listening is not None, f"{self.what} is not listening"
-        port: int = self.listening.getHost().port
-        return port
+        host = self.listening.getHost()
+        assert isinstance(host, IPv4Address | IPv6Address), host
+        return host.port
 
     @property
     def protocol(self) -> Any:
@@ -123,15 +126,35 @@ class Listener(Service):
         return None
 
 
-def tcp_listener(reactor: Any, port: int, factory: Any, interface: str, what: str,
+def tcp_listener(reactor: IReactorTCP, port: int, factory: Any, interface: str, what: str,
                  **kwargs: Any) -> Listener:
     return Listener(lambda port, interface: reactor.listenTCP(port, factory, interface=interface),
                     port, interface, what, **kwargs)
 
 
-def udp_listener(reactor: Any, port: int, protocol: Any, interface: str, what: str = "UDP RPC") -> Listener:
-    return Listener(lambda port, interface: reactor.listenUDP(port, protocol, interface=interface),
+def udp_listener(reactor: IReactorUDP, port: int, protocol: Any, interface: str, what: str = "UDP RPC",
+                 max_packet_size: int = 8192) -> Listener:
+    """A UDP port; datagrams longer than ``max_packet_size`` are cut to it by the kernel read."""
+    return Listener(lambda port, interface: reactor.listenUDP(port, protocol, interface=interface,
+                                                              maxPacketSize=max_packet_size),
                     port, interface, what)
+
+
+def all_ready(waits: Sequence[Deferred[Any]]) -> Deferred[None]:
+    """Fires when every one of ``waits`` has; fails with the first failure itself.
+
+    (A plain ``DeferredList`` would fail with ``FirstError`` wrapping it, and
+    the one-line start-up message must name the real cause.)
+    """
+    if not waits:
+        return succeed(None)
+
+    def first(failure: Failure) -> Failure:
+        error = failure.value
+        return error.subFailure if isinstance(error, FirstError) else failure
+
+    joined = DeferredList(list(waits), fireOnOneErrback=True, consumeErrors=True)
+    return joined.addCallbacks(lambda _: None, first)
 
 
 class StartupGuard(MultiService):

@@ -16,12 +16,12 @@ talks only to this service.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 
 from meteremu.config import MeterConfig
+from meteremu.interfaces import IReactor
 from meteremu.logs import logger
 from meteremu.meter import Meter, default_stale_after
 from meteremu.meterset import MeterSet
@@ -38,7 +38,7 @@ def energy_key(name: str) -> str:
 class MeterManager(MultiService):
     """The meters (:attr:`meters`) and one source service per meter (its children)."""
 
-    def __init__(self, reactor: Any, store: Store, configs: Mapping[str, MeterConfig] = {}) -> None:
+    def __init__(self, reactor: IReactor, store: Store, configs: Mapping[str, MeterConfig] = {}) -> None:
         super().__init__()
         self.reactor = reactor
         self.store = store

@@ -27,6 +27,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from meteremu.interfaces import IReactorTime
 from meteremu.logs import logger
 
 SCHEMA = """
@@ -127,7 +128,7 @@ class Store(Service):
 
     name = "store"
 
-    def __init__(self, path: str, persist_interval: float, clock: Any = None) -> None:
+    def __init__(self, path: str, persist_interval: float, clock: IReactorTime | None = None) -> None:
         self.path = path
         self.persist_interval = persist_interval
         self.values = open_state(path)

@@ -12,7 +12,7 @@ works too, any other reactor is refused in one line.
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import IService
 from twisted.python import usage
@@ -42,14 +42,18 @@ def makeService(options: Options) -> IService:
         from meteremu.reactor import install
 
         install()
-    from twisted.internet import reactor
+    from twisted.internet import reactor as installed
 
     from meteremu.app import build, fail_fast
     from meteremu.asyncbridge import require_asyncio_reactor
     from meteremu.compat import lazytls
     from meteremu.devices import preload
+    from meteremu.interfaces import IReactor
     from meteremu.listeners import StartupGuard
     from meteremu.logs import set_level
+
+    # Twisted types its global reactor as a subset of what the asyncio reactor provides.
+    reactor = cast(IReactor, installed)
 
     config: Config = options["settings"]
     # Start-up imports (the device transports never use TLS), then: from

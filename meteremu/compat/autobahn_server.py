@@ -52,12 +52,18 @@ def peer_name(address: object) -> str:
     return "unknown"
 
 
+make_logger: Any = getattr(txaio, "make_logger")  # noqa: B009  (set by use_twisted(); untyped)
+
+
 class WebSocketServerProtocol(Protocol, protocol.WebSocketServerProtocol):
     """A Twisted protocol driving Autobahn's network-independent server protocol."""
 
-    log = txaio.make_logger()
+    log = make_logger()
     is_server = True
-    peer: str | None = None
+    peer = "unknown"
+    # A TCP or TLS transport; Twisted types it ITransport | None, the glue
+    # uses what those two have (abortConnection, producers).
+    transport: Any
 
     def connectionMade(self) -> None:
         self._transport_details = TransportDetails(
@@ -66,14 +72,15 @@ class WebSocketServerProtocol(Protocol, protocol.WebSocketServerProtocol):
             peer=peer_name(self.transport.getPeer()), is_server=True,
             own_pid=os.getpid(), own_tid=threading.get_native_id(), own_fd=-1,
             is_secure=False, channel_id={}, peer_cert=None)
-        self.peer = self._transport_details.peer
+        self.peer = self._transport_details.peer or "unknown"
         self._connectionMade()  # copies the factory's options (tcpNoDelay among them) onto us
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
-            set_no_delay(self.tcpNoDelay)
+            set_no_delay(getattr(self, "tcpNoDelay", True))
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._connectionLost(reason)
+        lost: Any = self._connectionLost  # Autobahn annotates the reason as str; it takes a Failure
+        lost(reason)
 
     def dataReceived(self, data: bytes) -> None:
         self._dataReceived(data)
@@ -128,7 +135,7 @@ class WebSocketServerProtocol(Protocol, protocol.WebSocketServerProtocol):
 class WebSocketServerFactory(protocol.WebSocketServerFactory, ServerFactory):
     """Autobahn's server factory (options, limits, timers) as a Twisted factory."""
 
-    log = txaio.make_logger()
+    log = make_logger()
     protocol = WebSocketServerProtocol
 
     def __init__(self, *args: Any, reactor: Any = None, **kwargs: Any) -> None:
@@ -153,12 +160,12 @@ class WebSocketResource(Resource):
         self.factory = factory
 
     def render(self, request: Request) -> bytes | int:
-        transport = request.channel.transport
+        transport: Any = request.channel.transport
         if transport is None:  # HTTP/2: no connection of its own to take over
             request.setResponseCode(426, b"Upgrade Required")
             request.setHeader(b"upgrade", b"websocket")
             return b"WebSocket needs HTTP/1.1\n"
-        proto = self.factory.buildProtocol(transport.getPeer())
+        proto: Any = self.factory.buildProtocol(transport.getPeer())
         request.channel.transport = None  # Twisted Web lets go of the connection
         if isinstance(transport, ProtocolWrapper):  # the connection is itself wrapped (TLS)
             transport.wrappedProtocol = proto
@@ -172,5 +179,6 @@ class WebSocketResource(Resource):
         producer.resumeProducing()
         head = [request.method + b" " + request.uri + b" HTTP/1.1"]
         head += [name + b": " + b",".join(values) for name, values in request.requestHeaders.getAllRawHeaders()]
-        proto.dataReceived(b"\r\n".join(head) + b"\r\n\r\n" + request.content.read())
+        body = request.content.read() if request.content is not None else b""
+        proto.dataReceived(b"\r\n".join(head) + b"\r\n\r\n" + body)
         return NOT_DONE_YET

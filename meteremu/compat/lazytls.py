@@ -149,7 +149,8 @@ def _declare_reactor_ssl() -> None:
     from zope.interface import classImplements
 
     if not IReactorSSL.implementedBy(posixbase.PosixReactorBase):
-        classImplements(posixbase.PosixReactorBase, IReactorSSL)
+        # A class found at run time: the zope plugin cannot check it statically.
+        classImplements(posixbase.PosixReactorBase, IReactorSSL)  # type: ignore[misc]
 
 
 def _namespace(module: str) -> dict[str, Any] | None:

@@ -11,6 +11,7 @@ from twisted.application.service import IServiceCollection
 from twisted.internet.defer import Deferred
 
 from meteremu.exporters.prometheus import Metrics
+from meteremu.interfaces import IReactor
 from meteremu.logs import logger
 from meteremu.meter import Meter
 from meteremu.meterset import MeterSet
@@ -25,7 +26,7 @@ class DeviceContext:
     """What a device plug-in is given to wire itself into the running service."""
 
     index: int  # position in ``devices:``: the store keys of the device (its MAC) use it
-    reactor: Any
+    reactor: IReactor
     store: Store
     metrics: Metrics
     meters: MeterSet

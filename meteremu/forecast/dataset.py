@@ -31,8 +31,10 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
 
 from meteremu.forecast import ForecastOptions
+from meteremu.interfaces import IReactorTime, StateStore
 from meteremu.logs import logger
 from meteremu.meter import Meter
+from meteremu.meterset import MeterSet
 from meteremu.reading import Reading
 
 log = logger(__name__)
@@ -171,7 +173,8 @@ class Dataset(Service):
 
     name = "forecast-dataset"
 
-    def __init__(self, meters: Any, store: Any, options: ForecastOptions, clock: Any) -> None:
+    def __init__(self, meters: MeterSet, store: StateStore, options: ForecastOptions,
+                 clock: IReactorTime) -> None:
         self.meters = meters
         self.store = store
         self.options = options

@@ -33,6 +33,7 @@ from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
@@ -40,8 +41,11 @@ from twisted.python.threadpool import ThreadPool
 from meteremu.forecast import ForecastOptions
 from meteremu.forecast import model as fmodel
 from meteremu.forecast.dataset import Dataset
+from meteremu.interfaces import IReactor, IReactorTime
 from meteremu.logs import logger
 from meteremu.memory import release_memory
+from meteremu.meterset import MeterSet
+from meteremu.store import Store
 
 log = logger(__name__)
 
@@ -65,8 +69,8 @@ class Trainer(Service):
     name = "forecast-trainer"
 
     def __init__(self, options: ForecastOptions, load_rows: Callable[[str], Deferred[Rows]],
-                 meters: Callable[[], list[str]], clock: Any, *,
-                 reactor: Any = None, base: Callable[[str], str] | None = None,
+                 meters: Callable[[], list[str]], clock: IReactorTime, *,
+                 reactor: IReactorThreads | None = None, base: Callable[[str], str] | None = None,
                  run_in_thread: Callable[..., Deferred[Any]] | None = None,
                  job: Job | None = None, loader: Loader | None = None) -> None:
         self.options = options
@@ -76,8 +80,10 @@ class Trainer(Service):
         self.base = base or (lambda meter: model_base("meteremu.db", meter))
         self.pool = ThreadPool(minthreads=0, maxthreads=1, name="training")
         if run_in_thread is None:
-            the_reactor = reactor if reactor is not None else clock
-            run_in_thread = lambda f, *a: deferToThreadPool(the_reactor, self.pool, f, *a)  # noqa: E731
+            if reactor is None:
+                raise TypeError("Trainer needs a reactor to run training in its thread (or run_in_thread)")
+            threads = reactor
+            run_in_thread = lambda f, *a: deferToThreadPool(threads, self.pool, f, *a)  # noqa: E731
         self._thread = run_in_thread
         self.job = job or self._train_and_save
         self.loader = loader or self._load_saved
@@ -92,7 +98,7 @@ class Trainer(Service):
         self.runs = 0
         self.failures = 0
         self.skipped = 0
-        self._running: Deferred[None] | None = None
+        self._running: Deferred[Any] | None = None
         self._stopping = False
         self._loop: LoopingCall | None = None
         self._retry: Any = None
@@ -126,8 +132,9 @@ class Trainer(Service):
 
     def status(self) -> dict[str, Any]:
         next_run = None
-        if self._loop is not None and self._loop.running and getattr(self._loop, "call", None) is not None:
-            next_run = self._loop.call.getTime()
+        call = self._loop.call if self._loop is not None and self._loop.running else None
+        if call is not None:
+            next_run = call.getTime()
         if self._retry is not None and self._retry.active():
             retry_at = self._retry.getTime()
             next_run = retry_at if next_run is None else min(next_run, retry_at)
@@ -150,7 +157,7 @@ class Trainer(Service):
         self.state, self.progress, self.message = "running", 0.0, f"training ({reason})"
         self.started_at = self.clock.seconds()
         log.info("forecast training started ({reason})", reason=reason)
-        run: Deferred[None] = Deferred()
+        run: Deferred[Any] = Deferred()
         self._running = run  # set first: a run may finish synchronously (tests, no data)
         d = ensureDeferred(self._run())
         d.addCallbacks(self._succeeded, self._failed)
@@ -322,7 +329,7 @@ def _rounded(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
 class ForecastService(MultiService):
     """The dataset and the trainer, and the view the dashboard reads."""
 
-    def __init__(self, options: ForecastOptions, meters: Any, store: Any, reactor: Any,
+    def __init__(self, options: ForecastOptions, meters: MeterSet, store: Store, reactor: IReactor,
                  tz: Any = None) -> None:
         super().__init__()
         self.options = options

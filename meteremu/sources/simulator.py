@@ -23,12 +23,12 @@ import math
 import random
 from dataclasses import dataclass, field
 from datetime import datetime, time, tzinfo
-from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
 
 from meteremu.configtypes import Duration
+from meteremu.interfaces import IReactorTime, StateStore
 from meteremu.logs import logger
 from meteremu.meter import Meter
 from meteremu.reading import PhaseReading, Reading
@@ -95,7 +95,8 @@ def parse_start_time(value: str | None, now: float, tz: tzinfo | None = None) ->
         parts = text.split(":")
         if len(parts) not in (2, 3) or not all(p.isdigit() and len(p) == 2 for p in parts):
             raise ValueError(f"not a time of day: {value!r}")
-        clock_time = time(*(int(p) for p in parts))  # range-checks hours/minutes/seconds
+        numbers = [int(p) for p in parts] + [0]
+        clock_time = time(numbers[0], numbers[1], numbers[2])  # range-checks hours/minutes/seconds
         today = datetime.fromtimestamp(now, tz).date()
         return datetime.combine(today, clock_time, tz).timestamp()
     moment = datetime.fromisoformat(text)
@@ -263,7 +264,7 @@ class SimulatorSource(Service):
     type_name = "simulator"
     log = logger(__name__)
 
-    def __init__(self, meter: Meter, options: SimulatorOptions, clock: Any,
+    def __init__(self, meter: Meter, options: SimulatorOptions, clock: IReactorTime,
                  tz: tzinfo | None = None) -> None:
         self.meter = meter
         self.options = options
@@ -318,6 +319,7 @@ class SimulatorSource(Service):
 Options = SimulatorOptions
 
 
-def make_source(meter: Meter, options: SimulatorOptions, reactor: Any, store: Any = None) -> SimulatorSource:
+def make_source(meter: Meter, options: SimulatorOptions, reactor: IReactorTime,
+                store: StateStore | None = None) -> SimulatorSource:
     """Build the source service for the registry in ``meteremu.sources``."""
     return SimulatorSource(meter, options, reactor)

@@ -175,6 +175,7 @@ class Dashboard:
         span = max(MIN_SPAN, min(MAX_SPAN, span))
         reading = meter.latest
         phases: dict[str, Any] = {}
+        power: dict[str, float | None]
         if reading is not None:
             power = {"total": round(reading.total_act_power, 1),
                      **{p: round(reading.phase(i).act_power, 1) for i, p in enumerate(PHASE_NAMES)}}

@@ -24,7 +24,7 @@ def meter_health(meter: Meter) -> dict[str, Any]:
     stats = meter.stats
     rate = stats.success_rate
     age = meter.age()
-    body = {
+    body: dict[str, Any] = {
         "state": meter.freshness().value,
         "source": meter.source_type,
         "age_s": None if age is None else round(age, 3),

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from klein import Klein
+from twisted.internet.interfaces import IReactorTCP
 from twisted.web.server import Site
 
 from meteremu.listeners import Listener, StartupError, tcp_listener
@@ -52,7 +53,7 @@ class Sites:
             raise StartupError(f"{owner}: port {port} already serves another device")
         self.apps[port] = app
 
-    def listeners(self, reactor: Any, host: str,
+    def listeners(self, reactor: IReactorTCP, host: str,
                   wrap: Callable[[Any], Any] | None = None) -> dict[int, Listener]:
         """A listener per port (``wrap`` decorates each root resource, e.g. CORS)."""
         for port, app in self.apps.items():

@@ -18,6 +18,7 @@ from twisted.internet.task import LoopingCall
 from meteremu.devices.shelly.device import ShellyDevice
 from meteremu.devices.shelly.notify import Status, diff_status, notification_bytes, params_json
 from meteremu.devices.shelly.rpc import CallContext
+from meteremu.interfaces import IReactorTime
 from meteremu.logs import logger
 from meteremu.meter import Meter
 from meteremu.reading import Reading
@@ -41,7 +42,7 @@ class Subscriber(Protocol):
 class NotifyHub:
     """Subscribed clients of one device, and the throttled push to them."""
 
-    def __init__(self, device: ShellyDevice, clock: Any, interval: float, epsilon: float) -> None:
+    def __init__(self, device: ShellyDevice, clock: IReactorTime, interval: float, epsilon: float) -> None:
         self.device, self.clock = device, clock
         self.interval, self.epsilon = interval, epsilon
         self.clients: list[Subscriber] = []

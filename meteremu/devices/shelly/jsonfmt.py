@@ -74,7 +74,7 @@ def format_number(value: float | int, places: int | None) -> str:
     return text
 
 
-class Encoded(dict):  # type: ignore[type-arg]
+class Encoded(dict):
     """A result object whose compact JSON text is already known.
 
     Still a dict (handlers, tests and the notifier read it as one), but
@@ -91,8 +91,8 @@ class Encoded(dict):  # type: ignore[type-arg]
     def _read_only(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise TypeError("an Encoded result is read-only: copy it with dict(...) first")
 
-    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = _read_only  # type: ignore[assignment]
-    __ior__ = _read_only  # type: ignore[assignment]
+    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = _read_only
+    __ior__ = _read_only
 
 
 def _encode(obj: object, places: int | None, out: Callable[[str], object]) -> None:
@@ -137,7 +137,7 @@ def _encode(obj: object, places: int | None, out: Callable[[str], object]) -> No
 def dumps(obj: object) -> str:
     """Serialise ``obj`` compactly with the firmware's number formatting."""
     if type(obj) is Encoded:
-        return obj.json  # type: ignore[attr-defined]
+        return obj.json
     parts: list[str] = []
     _encode(obj, None, parts.append)
     return "".join(parts)
@@ -145,7 +145,7 @@ def dumps(obj: object) -> str:
 
 def dumpb(obj: object) -> bytes:
     if type(obj) is Encoded:
-        return obj.raw  # type: ignore[attr-defined]
+        return obj.raw
     # A lone surrogate echoed back from a request (an id, a src, a method
     # name) cannot be UTF-8: write it as a JSON escape (e.g. \ud800) instead.
     return dumps(obj).encode("utf-8", "backslashreplace")

@@ -30,7 +30,6 @@ import ipaddress
 import socket
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import ifaddr
 from twisted.application.service import Service
@@ -279,7 +278,7 @@ class MdnsService(Service):
         http_port: int | Callable[[], int],
         options: MdnsOptions,
         *,
-        reactor: Any = None,
+        reactor: object = None,
         zeroconf_factory: Callable[..., AsyncZeroconf] = AsyncZeroconf,
         get_adapters: Callable[[], Iterable[ifaddr.Adapter]] = ifaddr.get_adapters,
         default_address: Callable[[], str] = default_ipv4,

@@ -43,7 +43,8 @@ from pymodbus.constants import ExcCodes
 from pymodbus.framer import FramerSocket
 from pymodbus.pdu import DecodePDU, ExceptionResponse, ModbusPDU
 from twisted.internet import defer
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.interfaces import IAddress, IReactorTCP, ITCPTransport
+from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -109,9 +110,10 @@ class _RegisterStore:
 class ModbusTcpProtocol(Protocol):
     """One client connection: MBAP frames in, responses or exceptions out."""
 
-    factory: ModbusTcpFactory
+    transport: ITCPTransport  # set by makeConnection
 
-    def __init__(self) -> None:
+    def __init__(self, shared: ModbusTcpFactory) -> None:
+        self.shared = shared
         self._buffer = b""
         self._store: _RegisterStore | None = None
         self.closed: defer.Deferred[None] = defer.Deferred()
@@ -121,11 +123,11 @@ class ModbusTcpProtocol(Protocol):
         host = self.transport.getHost()
         ctx = CallContext(transport="modbus", peer=getattr(peer, "host", None),
                           local_ip=getattr(host, "host", None))
-        self._store = _RegisterStore(self.factory.regmap, ctx)
-        self.factory.connections.add(self)
+        self._store = _RegisterStore(self.shared.regmap, ctx)
+        self.shared.connections.add(self)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.factory.connections.discard(self)
+        self.shared.connections.discard(self)
         self.closed.callback(None)
 
     def dataReceived(self, data: bytes) -> None:
@@ -148,10 +150,10 @@ class ModbusTcpProtocol(Protocol):
 
     def _answer(self, tid: int, unit: int, pdu: bytes) -> None:
         function_code = pdu[0]
-        if unit != self.factory.unit_id:
+        if unit != self.shared.unit_id:
             self._send(tid, unit, ExceptionResponse(function_code, GATEWAY_NO_RESPONSE))
             return
-        if function_code not in self.factory.function_codes:
+        if function_code not in self.shared.function_codes:
             self._send(tid, unit, ExceptionResponse(function_code, ILLEGAL_FUNCTION))
             return
         # Checked here, so that pymodbus' decoder (which would log a warning) only
@@ -159,12 +161,14 @@ class ModbusTcpProtocol(Protocol):
         if len(pdu) != READ_PDU.size or not 1 <= READ_PDU.unpack(pdu)[2] <= MAX_READ_COUNT:
             self._send(tid, unit, ExceptionResponse(function_code, ILLEGAL_VALUE))
             return
-        request = self.factory.decoder.decode(pdu)
+        request = self.shared.decoder.decode(pdu)
         if request is None:  # not expected after the check above
             self._send(tid, unit, ExceptionResponse(function_code, ILLEGAL_VALUE))
             return
         assert self._store is not None
-        d = defer.Deferred.fromCoroutine(request.datastore_update(self._store, unit))
+        # pymodbus types its datastore as ModbusServerContext; _RegisterStore is the duck type.
+        store: Any = self._store
+        d = defer.Deferred.fromCoroutine(request.datastore_update(store, unit))
         d.addCallback(lambda response: self._send(tid, unit, response))
         d.addErrback(self._failed, tid, unit, function_code)
 
@@ -176,13 +180,14 @@ class ModbusTcpProtocol(Protocol):
     def _send(self, tid: int, unit: int, response: ModbusPDU) -> None:
         response.transaction_id = tid
         response.dev_id = unit
-        self.transport.write(self.factory.framer.buildFrame(response))
+        self.transport.write(self.shared.framer.buildFrame(response))
 
 
-class ModbusTcpFactory(Factory):
+class ModbusTcpFactory(ServerFactory):
     """Shared state of all connections: the map, the codec, the open connections."""
 
-    protocol = ModbusTcpProtocol
+    def buildProtocol(self, addr: IAddress | None) -> ModbusTcpProtocol:
+        return ModbusTcpProtocol(self)
 
     def __init__(self, regmap: RegisterMap, unit_id: int = 1, holding_registers: bool = False) -> None:
         self.regmap = regmap
@@ -205,7 +210,7 @@ class ModbusService(Listener):
     """
 
     def __init__(self, device: ShellyDevice, host: str, port: int, unit_id: int = 1,
-                 reactor: Any = None, *, holding_registers: bool = False) -> None:
+                 reactor: IReactorTCP | None = None, *, holding_registers: bool = False) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 

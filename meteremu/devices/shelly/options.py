@@ -14,12 +14,6 @@ DEFAULT_APP = "Pro3EM"
 FW_ID_RE = re.compile(r"^(\d{8})-\d{6}/(\S+?)(?:-g[0-9a-f]+)?$")
 
 
-def _doc(text: str, default: object = None, factory: object = None) -> object:
-    if factory is not None:
-        return field(default_factory=factory, metadata={"doc": text})
-    return field(default=default, metadata={"doc": text})
-
-
 @dataclass(frozen=True)
 class FallbackPolicy:
     """``on_stale: {fallback: <watts>}``: serve this total (on phase A) while stale."""
@@ -31,11 +25,14 @@ class FallbackPolicy:
 class MdnsOptions:
     """``mdns: {…}``: where and as whom to announce (``mdns: true`` = defaults)."""
 
-    enabled: bool = _doc("announce over mDNS", True)
-    hostname: str | None = _doc("host name to announce (default: the device id)")
-    addresses: tuple[str, ...] = _doc("IP addresses to announce (default: the primary one)", ())
-    interfaces: tuple[str, ...] = _doc("interface names or IPs to announce on (default: those of addresses)", ())
-    port: int | None = _doc("port to announce (default: the HTTP port)")
+    enabled: bool = field(default=True, metadata={"doc": "announce over mDNS"})
+    hostname: str | None = field(default=None, metadata={
+        "doc": "host name to announce (default: the device id)"})
+    addresses: tuple[str, ...] = field(default=(), metadata={
+        "doc": "IP addresses to announce (default: the primary one)"})
+    interfaces: tuple[str, ...] = field(default=(), metadata={
+        "doc": "interface names or IPs to announce on (default: those of addresses)"})
+    port: int | None = field(default=None, metadata={"doc": "port to announce (default: the HTTP port)"})
 
 
 @dataclass(frozen=True)
@@ -48,11 +45,15 @@ class ScalingOptions:
     Assistant, browsers) always see the real values.
     """
 
-    mode: Literal["none", "divide", "weights"] = _doc("none, divide or weights", "none")
-    ttl: Duration = _doc("a battery counts as active this long after its last poll", 30.0)
-    weights: dict[str, float] = _doc("factor per client IP (mode: weights)", factory=dict)
-    default_weight: float = _doc("factor for battery IPs not in weights", 1.0)
-    min_interval: Duration = _doc("per client: drop (never queue) polls closer than this; 0 = off", 0.0)
+    mode: Literal["none", "divide", "weights"] = field(default="none", metadata={
+        "doc": "none, divide or weights"})
+    ttl: Duration = field(default=30.0, metadata={
+        "doc": "a battery counts as active this long after its last poll"})
+    weights: dict[str, float] = field(default_factory=dict, metadata={
+        "doc": "factor per client IP (mode: weights)"})
+    default_weight: float = field(default=1.0, metadata={"doc": "factor for battery IPs not in weights"})
+    min_interval: Duration = field(default=0.0, metadata={
+        "doc": "per client: drop (never queue) polls closer than this; 0 = off"})
 
     def validate(self) -> list[tuple[str, str]]:
         errors = []
@@ -68,36 +69,55 @@ class ScalingOptions:
 
 @dataclass(frozen=True)
 class Options:
-    meter: str | None = _doc("name of the meter to serve (default: the first meter)")
-    name: str | None = _doc("device name shown in GetDeviceInfo/sys.device.name")
-    mac: str = _doc("12 hex digits, or 'auto' (generated once, kept in the store)", "auto")
-    device_id: str | None = _doc("override the id (default shellypro3em-<mac lowercase>)")
-    model: str = _doc("model string", DEFAULT_MODEL)
-    fw_id: str = _doc("firmware id, YYYYMMDD-HHMMSS/<ver>-g<hash>", DEFAULT_FW_ID)
-    ver: str | None = _doc("firmware version (default: taken from fw_id)")
-    app: str = _doc("application name", DEFAULT_APP)
-    gen: int = _doc("device generation", 2)
-    serial: str | None = _doc("serial number (shown in /admin and metrics)")
-    manufacturer: str = _doc("manufacturer (shown in /admin and metrics)", "Allterco Robotics")
-    profile: Literal["triphase", "monophase"] = _doc("triphase (em:0) or monophase (em1:0..2)", "triphase")
-    on_stale: Literal["error", "hold"] | FallbackPolicy = _doc(
-        "what to serve while the meter is stale or down", "error")
-    http_port: int | None = _doc("HTTP port of this device (default: server.http_port)")
-    modbus_port: int | None = _doc("Modbus TCP port (502 on a Pi); off when unset")
-    modbus_bind: str | None = _doc("address for Modbus TCP (default: server.host)")
-    modbus_unit_id: int = _doc("Modbus unit id", 1)
-    mdns: bool | MdnsOptions = _doc("announce _http._tcp and _shelly._tcp over mDNS", False)
-    websocket: bool = _doc("answer WebSocket RPC on /rpc (Home Assistant, aioshelly)", True)
-    websocket_ports: tuple[int, ...] = _doc("extra ports serving the same endpoints", ())
-    notify_interval: Duration = _doc("at most one NotifyStatus per client this often", 1.0)
-    notify_epsilon: float = _doc(
-        "deadband in W for notified power (and the matching current); 0 = every visible change", 0.0)
-    udp_ports: tuple[int, ...] = _doc("UDP JSON-RPC ports (Marstek: 1010, 2220; 2222, 2223)", ())
-    udp_bind: str | None = _doc("address for UDP (default: server.host; 0.0.0.0 receives broadcasts)")
-    udp_max_bytes: int = _doc("datagrams larger than this are dropped", 2048)
-    payload: Literal["full", "minimal"] = _doc(
-        "EM.GetStatus answer: full, or minimal (act_power fields only, for picky batteries)", "full")
-    scaling: ScalingOptions = _doc("several batteries on one meter", factory=ScalingOptions)
+    meter: str | None = field(default=None, metadata={
+        "doc": "name of the meter to serve (default: the first meter)"})
+    name: str | None = field(default=None, metadata={
+        "doc": "device name shown in GetDeviceInfo/sys.device.name"})
+    mac: str = field(default="auto", metadata={
+        "doc": "12 hex digits, or 'auto' (generated once, kept in the store)"})
+    device_id: str | None = field(default=None, metadata={
+        "doc": "override the id (default shellypro3em-<mac lowercase>)"})
+    model: str = field(default=DEFAULT_MODEL, metadata={"doc": "model string"})
+    fw_id: str = field(default=DEFAULT_FW_ID, metadata={
+        "doc": "firmware id, YYYYMMDD-HHMMSS/<ver>-g<hash>"})
+    ver: str | None = field(default=None, metadata={
+        "doc": "firmware version (default: taken from fw_id)"})
+    app: str = field(default=DEFAULT_APP, metadata={"doc": "application name"})
+    gen: int = field(default=2, metadata={"doc": "device generation"})
+    serial: str | None = field(default=None, metadata={
+        "doc": "serial number (shown in /admin and metrics)"})
+    manufacturer: str = field(default="Allterco Robotics", metadata={
+        "doc": "manufacturer (shown in /admin and metrics)"})
+    profile: Literal["triphase", "monophase"] = field(default="triphase", metadata={
+        "doc": "triphase (em:0) or monophase (em1:0..2)"})
+    on_stale: Literal["error", "hold"] | FallbackPolicy = field(default="error", metadata={
+        "doc": "what to serve while the meter is stale or down"})
+    http_port: int | None = field(default=None, metadata={
+        "doc": "HTTP port of this device (default: server.http_port)"})
+    modbus_port: int | None = field(default=None, metadata={
+        "doc": "Modbus TCP port (502 on a Pi); off when unset"})
+    modbus_bind: str | None = field(default=None, metadata={
+        "doc": "address for Modbus TCP (default: server.host)"})
+    modbus_unit_id: int = field(default=1, metadata={"doc": "Modbus unit id"})
+    mdns: bool | MdnsOptions = field(default=False, metadata={
+        "doc": "announce _http._tcp and _shelly._tcp over mDNS"})
+    websocket: bool = field(default=True, metadata={
+        "doc": "answer WebSocket RPC on /rpc (Home Assistant, aioshelly)"})
+    websocket_ports: tuple[int, ...] = field(default=(), metadata={
+        "doc": "extra ports serving the same endpoints"})
+    notify_interval: Duration = field(default=1.0, metadata={
+        "doc": "at most one NotifyStatus per client this often"})
+    notify_epsilon: float = field(default=0.0, metadata={
+        "doc": "deadband in W for notified power (and the matching current); 0 = every visible change"})
+    udp_ports: tuple[int, ...] = field(default=(), metadata={
+        "doc": "UDP JSON-RPC ports (Marstek: 1010, 2220; 2222, 2223)"})
+    udp_bind: str | None = field(default=None, metadata={
+        "doc": "address for UDP (default: server.host; 0.0.0.0 receives broadcasts)"})
+    udp_max_bytes: int = field(default=2048, metadata={"doc": "datagrams larger than this are dropped"})
+    payload: Literal["full", "minimal"] = field(default="full", metadata={
+        "doc": "EM.GetStatus answer: full, or minimal (act_power fields only, for picky batteries)"})
+    scaling: ScalingOptions = field(default_factory=ScalingOptions, metadata={
+        "doc": "several batteries on one meter"})
 
     def validate(self) -> list[tuple[str, str]]:
         errors = []

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred
 
 from meteremu.devices.base import DeviceContext
 from meteremu.devices.shelly import http as shelly_http
@@ -27,7 +27,7 @@ from meteremu.devices.shelly.rpc import CallContext
 from meteremu.devices.shelly.udp import ShellyUDP
 from meteremu.devices.shelly.ws import ShellyWebSocketFactory, websocket_resource
 from meteremu.exporters.prometheus import Metrics
-from meteremu.listeners import Listener, udp_listener
+from meteremu.listeners import Listener, all_ready, udp_listener
 
 
 class HubService(Service):
@@ -59,11 +59,7 @@ class ShellyService(MultiService):
     def ready(self) -> Deferred[Any]:
         """Fires when every listener and the mDNS announcement are up; fails with the first error."""
         waits = [listener.ready for listener in self.udp]
-        waits += [part.ready for part in (self.modbus, self.mdns) if part is not None]
-        if not waits:
-            return succeed(None)
-        return DeferredList(waits, fireOnOneErrback=True, consumeErrors=True).addErrback(
-            lambda f: f.value.subFailure)
+        return all_ready(waits + [part.ready for part in (self.modbus, self.mdns) if part is not None])
 
 
 def observe_requests(device: ShellyDevice, metrics: Metrics) -> None:
@@ -108,7 +104,9 @@ def build(options: Options, ctx: DeviceContext) -> ShellyService:
     for udp_port in options.udp_ports:
         proto = ShellyUDP(device.core, options.udp_max_bytes, udp_host,
                           on_drop=drop_counter(ctx.metrics, identity.device_id), observe_latency=latency)
-        listener = udp_listener(ctx.reactor, udp_port, proto, udp_host)
+        # One byte more than the limit is read, so a longer datagram is seen (and dropped) as such.
+        listener = udp_listener(ctx.reactor, udp_port, proto, udp_host,
+                                max_packet_size=options.udp_max_bytes + 1)
         listener.setServiceParent(service)
         service.udp.append(listener)
     if options.modbus_port is not None:

@@ -132,6 +132,7 @@ class ShellyUDP(DatagramProtocol):
             self.dropped[dropped] = self.dropped.get(dropped, 0) + 1
             self.on_drop(dropped)
             return
+        assert reply is not None and self.transport is not None
         try:
             if self._sendto is not None:
                 self._sendto(reply, addr)

@@ -116,9 +116,9 @@ def format_point(
         raise LineProtocolError("empty measurement name")
     parts = [escape_measurement(measurement)]
     for key in sorted(tags):
-        value = tags[key]
-        if key and value:
-            parts.append(f"{escape_key(key)}={escape_key(value)}")
+        tag = tags[key]
+        if key and tag:
+            parts.append(f"{escape_key(key)}={escape_key(tag)}")
     field_parts = []
     for key, value in fields.items():
         if not key:
