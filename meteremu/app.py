@@ -8,6 +8,7 @@ The tree, in start order (``MultiService`` stops in the reverse order)::
 
     store                  first: stopped last, its final save sees every counter
     meters                 the meter manager and one source per meter
+    days                   each meter's counters at local midnight (dashboard, InfluxDB)
     forecast               (forecast.enabled)
     http                   a listener per HTTP port (bound before the devices start,
                            so mDNS can announce the real port)
@@ -30,6 +31,7 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 
 from meteremu.config import Config
+from meteremu.days import DayLedger
 from meteremu.devices import device_module
 from meteremu.devices.base import DeviceContext, DeviceService
 from meteremu.exporters import exporter_module
@@ -58,6 +60,7 @@ class App:
     metrics: Metrics
     manager: MeterManager
     sites: Sites
+    days: DayLedger
     device_services: list[DeviceService] = field(default_factory=list)
     exporters: dict[str, Any] = field(default_factory=dict)
     reactor: IReactor | None = None
@@ -115,9 +118,11 @@ def build(config: Config, reactor: IReactor) -> App:
     manager = MeterManager(reactor, store, config.meters)
     manager.setServiceParent(top)
     meters = manager.meters
+    days = DayLedger(meters, store, reactor, config.tzinfo())
+    days.setServiceParent(top)
     metrics = Metrics(meters.values)
     sites = Sites(config.server.http_port)
-    app = App(config, top, store, metrics, manager, sites, reactor=reactor)
+    app = App(config, top, store, metrics, manager, sites, days, reactor=reactor)
 
     ops.install_routes(sites.main, meters.values, reactor, started_at,
                        metrics if config.exporters.prometheus.enabled else None,
@@ -133,7 +138,7 @@ def build(config: Config, reactor: IReactor) -> App:
         app.forecast.setServiceParent(top)
     from meteremu.web import dashboard
 
-    dashboard.install_routes(sites.main, meters, reactor, store=store, forecast=app.forecast)
+    dashboard.install_routes(sites.main, meters, reactor, days, forecast=app.forecast)
 
     http = MultiService()
     http.setServiceParent(top)
@@ -157,7 +162,7 @@ def build(config: Config, reactor: IReactor) -> App:
                                      config.reload.poll_interval)
         app.watcher.setServiceParent(top)
     for kind, options in config.exporters.others.items():
-        exporter = exporter_module(kind).make_exporter(options, meters, reactor, metrics, store)
+        exporter = exporter_module(kind).make_exporter(options, meters, reactor, metrics, store, days)
         exporter.setServiceParent(top)
         app.exporters[kind] = exporter
         if hasattr(exporter, "ready"):

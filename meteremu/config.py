@@ -24,7 +24,9 @@ import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
+from datetime import tzinfo
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
@@ -382,6 +384,23 @@ def _exporters(data: Any, env: typing.Mapping[str, str]) -> ExportersOptions:
                             others=others)
 
 
+def _timezone(value: Any, exporters: ExportersOptions) -> str | None:
+    """``timezone:`` (one home, one time zone); the InfluxDB exporter's own
+    ``timezone`` (from before there was a global one) stands in for it."""
+    if value is not None:
+        if not isinstance(value, str) or not value.strip():
+            raise _Invalid("timezone", f"expected an IANA time zone like Europe/Amsterdam; got {_describe(value)}")
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise _Invalid("timezone", f"expected an IANA time zone like Europe/Amsterdam; got {value!r}") from None
+    influx = getattr(exporters.others.get("influxdb"), "timezone", None)
+    if influx is not None and value is not None and influx != value:
+        raise _Invalid("exporters.influxdb.timezone",
+                       f"differs from timezone ({value!r}); days end at one midnight: remove this one")
+    return value if value is not None else influx
+
+
 @dataclass(frozen=True)
 class SourceConfig:
     type: str
@@ -413,6 +432,11 @@ class Config:
     conf_dir: str | None = None
     reload: ReloadOptions = ReloadOptions()
     forecast: ForecastOptions = ForecastOptions()
+    timezone: str | None = None  # IANA name: which midnight ends a day (default: the system's)
+
+    def tzinfo(self) -> tzinfo | None:
+        """The home's time zone (``None``: the system's local time)."""
+        return ZoneInfo(self.timezone) if self.timezone else None
 
 
 _SIMPLE_SECTIONS = {
@@ -422,7 +446,7 @@ _SIMPLE_SECTIONS = {
     "store": StoreOptions,
     "forecast": ForecastOptions,
 }
-_TOP_KEYS = (*_SIMPLE_SECTIONS, "exporters", "meters", "devices", "conf_dir")
+_TOP_KEYS = (*_SIMPLE_SECTIONS, "exporters", "meters", "devices", "conf_dir", "timezone")
 
 _METER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
@@ -530,6 +554,7 @@ def parse_config(data: Any, path: str, env: typing.Mapping[str, str] | None = No
                 raise _Invalid(_join(key, "meter"), f"unknown meter {served!r}; configured meters: {', '.join(meters) or 'none'}")
             devices.append(DeviceConfig(kind, options))
         _check_ports(kwargs["server"], devices)
+        kwargs["timezone"] = _timezone(data.get("timezone"), kwargs["exporters"])
         return Config(path=path, meters=meters, devices=tuple(devices), conf_dir=conf_dir, **kwargs)
     except _Invalid as exc:
         raise ConfigError(path, exc.key, exc.why) from None

@@ -16,11 +16,14 @@ from twisted.internet.defer import inlineCallbacks, succeed
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from meteremu.days import DayLedger
+from meteremu.days import store_key as days_store_key
 from meteremu.forecast.dataset import SCHEMA, bucket_readings
 from meteremu.meter import Meter
 from meteremu.meterset import MeterSet
 from meteremu.reading import PhaseReading, Reading
 from meteremu.sources.simulator import Household, SimulatorOptions
+from meteremu.store import Store
 from meteremu.web.dashboard import Dashboard, EnergyToday, downsample
 from tests.support import HTTPClient, asyncio_reactor_skip, start_app, test_config
 
@@ -72,52 +75,68 @@ class DownsampleTests(SynchronousTestCase):
         self.assertEqual(downsample([], 5), [])
 
 
-class FakeStore:
-    def __init__(self, values: dict[str, Any] | None = None) -> None:
-        self.values = values or {}
-        self.parts: dict[str, Any] = {}
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.values.get(key, default)
-
-    def register(self, key: str, snapshot: Any) -> None:
-        self.parts[key] = snapshot
-
-
 def three(t: float, a: float, b: float = 0.0, c: float = 0.0) -> Reading:
     return Reading((PhaseReading.from_power(a), PhaseReading.from_power(b), PhaseReading.from_power(c)), t)
 
 
-class EnergyTodayTests(SynchronousTestCase):
-    def test_counts_from_the_start_of_the_reading_day(self):
-        clock = Clock()
-        meters = MeterSet()
-        meter = Meter("grid", clock, stale_after=10)
-        meters.add(meter)
-        store = FakeStore()
-        energy = EnergyToday(meters, store, UTC)
+class EnergyTodayTests(TestCase):
+    @inlineCallbacks
+    def test_counts_from_local_midnight(self):
+        """The ledger's day start (wall clock, local midnight), kept in the real store."""
         midnight = datetime(2024, 3, 1, tzinfo=UTC).timestamp()
+        clock = Clock()
+        clock.advance(midnight - 2 * 3600)
+        path = os.path.join(os.path.abspath(self.mktemp()), "state.db")
+        store = Store(path, 30, clock=clock)
+        store.startService()
+        meters = MeterSet()
+        meter = Meter("grid", clock, stale_after=600)
+        meters.add(meter)
+        days = DayLedger(meters, store, clock, UTC)
+        days.startService()
+        energy = EnergyToday(days)
         t = midnight - 2 * 3600
-        while t <= midnight + 3600:  # 3600 W on A, -1800 W on C, a reading per simulated minute
+        while t <= midnight + 3600:  # 3600 W on A, -1800 W on C, a reading a minute
+            clock.advance(t - 0.001 - clock.seconds())  # each sample arrives a moment before its time
             meter.update(three(t, 3600.0, 0.0, -1800.0))
-            clock.advance(1)
             t += 60
+        clock.advance(0.001)
         today = energy.today(meter)
         self.assertEqual(today["day"], "2024-03-01")
         self.assertAlmostEqual(today["a"]["import_wh"], 3600.0, places=6)
         self.assertAlmostEqual(today["c"]["export_wh"], 1800.0, places=6)
         self.assertEqual(today["b"], {"import_wh": 0.0, "export_wh": 0.0})
         self.assertEqual(today["total"], {"import_wh": 3600.0, "export_wh": 1800.0})
-        saved = store.parts["meter:grid:energy_day_start"]()
+        saved = store.get(days_store_key("grid"))
         self.assertEqual(saved["day"], "2024-03-01")
+        days.stopService()
+        yield store.stopService()
         # after a restart the day start comes back from the store
+        store2 = Store(path, 30, clock=clock)
         meters2 = MeterSet()
-        meter2 = Meter("grid", clock, stale_after=10)
+        meter2 = Meter("grid", clock, stale_after=600)
         meter2.energy.phases[0].import_wh = meter.energy.phases[0].import_wh
         meters2.add(meter2)
-        energy2 = EnergyToday(meters2, FakeStore({"meter:grid:energy_day_start": saved}), UTC)
+        days2 = DayLedger(meters2, store2, clock, UTC)
+        days2.startService()
+        self.addCleanup(days2.stopService)
         meter2.update(three(midnight + 3700, 10.0))
-        self.assertAlmostEqual(energy2.today(meter2)["a"]["import_wh"], 3600.0, places=6)
+        self.assertAlmostEqual(EnergyToday(days2).today(meter2)["a"]["import_wh"], 3600.0, places=6)
+
+    def test_a_day_start_of_an_earlier_version_is_kept(self):
+        """The dashboard's own ``{day, start}`` snapshot (before the ledger) is read, not lost."""
+        clock = Clock()
+        clock.advance(datetime(2024, 3, 1, 15, tzinfo=UTC).timestamp())
+        store = Store(os.path.join(os.path.abspath(self.mktemp()), "state.db"), 30, clock=clock)
+        store.put("meter:grid:energy_day_start", {"day": "2024-03-01", "start": [[100.0, 0.0], [0.0, 0.0]]})
+        meters = MeterSet()
+        meter = Meter("grid", clock, stale_after=600)
+        meter.energy.phases[0].import_wh = 250.0
+        meters.add(meter)
+        days = DayLedger(meters, store, clock, UTC)
+        days.startService()
+        self.addCleanup(days.stopService)
+        self.assertEqual(EnergyToday(days).today(meter)["a"]["import_wh"], 150.0)
 
 
 class FakeForecast:
@@ -144,7 +163,7 @@ class DashboardUnitTests(SynchronousTestCase):
         clock = Clock()
         meters = MeterSet()
         meters.add(Meter("grid", clock))
-        dashboard = Dashboard(meters, clock, forecast=FakeForecast())
+        dashboard = Dashboard(meters, clock, DayLedger(meters, None, clock), forecast=FakeForecast())
         code, body = dashboard.train()
         self.assertEqual((code, body["training"]["state"], body["training"]["enabled"]), (202, "running", True))
         code, body = dashboard.train()

@@ -29,6 +29,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
 from meteremu.config import ConfigError
+from meteremu.days import DayStart, local_date, midnight, next_midnight, store_key, take_day_start
 from meteremu.exporters.influxdb import Options, make_exporter
 from meteremu.exporters.influxdb.lineprotocol import (
     LineProtocolError,
@@ -40,17 +41,8 @@ from meteremu.exporters.influxdb.lineprotocol import (
     format_value,
     quote_string,
 )
-from meteremu.exporters.influxdb.points import (
-    DayStart,
-    Point,
-    daily_points,
-    local_date,
-    midnight,
-    next_midnight,
-    reading_points,
-    take_day_start,
-)
-from meteremu.exporters.influxdb.service import InfluxExporter, Sink, describe, safe_url, store_key
+from meteremu.exporters.influxdb.points import Point, daily_points, reading_points
+from meteremu.exporters.influxdb.service import InfluxExporter, Sink, describe, safe_url
 from meteremu.exporters.prometheus import Metrics
 from meteremu.logs import set_level
 from meteremu.meter import Meter
@@ -853,7 +845,7 @@ class DailyTests(ExporterCase):
     def test_wall_clock_checks_are_frequent(self):
         exporter = self.exporter(create_database=False)
         self.meter()
-        self.assertLessEqual(exporter._wake.getTime() - self.clock.seconds(), 600)
+        self.assertLessEqual(exporter.days.next_wake - self.clock.seconds(), 600)
         # A wall-clock step past midnight (NTP) is noticed at the next wake.
         self.clock.rightNow = APR01_0000 + 5 * 3600
         self.clock.advance(600)
@@ -956,6 +948,7 @@ class InfluxDB16Tests(ExporterCase):
         app = yield start_app(self, config)
         exporter = app.exporters["influxdb"]
         self.assertIsInstance(exporter, InfluxExporter)
+        self.assertIs(exporter.days, app.days)  # one owner of the day starts (the dashboard's too)
         yield exporter.flush()
         rows = yield server.rows("SELECT * FROM smart_meter GROUP BY *", "app")
         self.assertEqual({r["phase"] for r in rows}, {"a", "b", "c", "total"})

@@ -3,8 +3,9 @@
 ``prometheus`` is built in (``/metrics``). Every other exporter is a module
 listed here that provides ``Options`` (a frozen dataclass; the config key
 under ``exporters:`` is the registry key) and
-``make_exporter(options, meters, reactor, metrics, store) -> Service``, where
-``meters`` is the live :class:`~meteremu.meterset.MeterSet`.
+``make_exporter(options, meters, reactor, metrics, store, days) -> Service``,
+where ``meters`` is the live :class:`~meteremu.meterset.MeterSet` and
+``days`` the application's :class:`~meteremu.days.DayLedger`.
 """
 
 from __future__ import annotations

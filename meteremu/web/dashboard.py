@@ -12,10 +12,10 @@ seconds on the *source's* clock (a simulator's fast clock included); ``now``
 is the newest reading's timestamp, ``server_time`` the server's clock, which
 ``last_seen`` in ``/admin/overview`` uses.
 
-Energy today: the Meter's lifetime counters minus their value at the first
-reading of the local day (by the reading's timestamp); that day-start value is
-kept in the store, so a restart in the afternoon still counts from midnight
-(the first reading after midnight may carry the few seconds before it).
+Energy today: the Meter's lifetime counters minus their value at local
+midnight, from the application's :class:`~meteremu.days.DayLedger` (the same
+day starts the InfluxDB daily summary uses, kept in the store, so a restart
+in the afternoon still counts from midnight).
 
 This module never imports numpy or scikit-learn; the forecast service is
 passed in (or ``None``) and used through a few methods only.
@@ -26,16 +26,21 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Sequence
-from datetime import datetime, tzinfo
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from klein import Klein
 from twisted.web.iweb import IRequest
 
+from meteremu.days import DayLedger
+from meteremu.interfaces import IReactorTime
 from meteremu.meter import Meter
-from meteremu.reading import PHASE_NAMES, Reading
+from meteremu.meterset import MeterSet
+from meteremu.reading import PHASE_NAMES
 from meteremu.web.ops import meter_health
+
+if TYPE_CHECKING:
+    from meteremu.forecast.trainer import ForecastService
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 FILES = {
@@ -75,68 +80,20 @@ def downsample(points: Sequence[tuple[float, float]], max_points: int) -> list[t
     return out
 
 
-def _day(ts: float, tz: tzinfo | None) -> str:
-    return datetime.fromtimestamp(ts, tz).date().isoformat()
-
-
 class EnergyToday:
-    """Per meter: the energy counters at the start of the local day (by reading time)."""
+    """``energy_today`` of ``/ui/power``: the ledger's counters since local midnight, per phase."""
 
-    def __init__(self, meters: Any, store: Any = None, tz: tzinfo | None = None) -> None:
-        self.store = store
-        self.tz = tz
-        self.days: dict[str, tuple[str, list[tuple[float, float]]]] = {}
-        meters.subscribe(self._added, self._removed)
-
-    @staticmethod
-    def _key(name: str) -> str:
-        return f"meter:{name}:energy_day_start"
-
-    def _added(self, meter: Meter) -> None:
-        name = meter.name
-        if self.store is not None:
-            saved = self.store.get(self._key(name))
-            if isinstance(saved, dict) and isinstance(saved.get("day"), str) and isinstance(saved.get("start"), list):
-                try:
-                    self.days[name] = (saved["day"], [(float(i), float(e)) for i, e in saved["start"]])
-                except (TypeError, ValueError):
-                    pass
-            self.store.register(self._key(name), lambda name=name: self._snapshot(name))
-        meter.add_listener(self._on_reading)
-
-    def _removed(self, meter: Meter) -> None:
-        meter.remove_listener(self._on_reading)
-
-    def _snapshot(self, name: str) -> Any:
-        entry = self.days.get(name)
-        if entry is None:
-            return None
-        return {"day": entry[0], "start": [list(pair) for pair in entry[1]]}
-
-    @staticmethod
-    def _counters(meter: Meter) -> list[tuple[float, float]]:
-        return [(p.import_wh, p.export_wh) for p in meter.energy.phases]
-
-    def _on_reading(self, meter: Meter, reading: Reading) -> None:
-        day = _day(reading.measured_at, self.tz)
-        entry = self.days.get(meter.name)
-        if entry is None or entry[0] != day:
-            self.days[meter.name] = (day, self._counters(meter))
+    def __init__(self, days: DayLedger) -> None:
+        self.days = days
 
     def today(self, meter: Meter) -> dict[str, Any]:
         """``{"day", "a": {"import_wh", "export_wh"}, …, "total": {…}}``."""
-        now = self._counters(meter)
-        entry = self.days.get(meter.name)
-        start = entry[1] if entry is not None else now
-        out: dict[str, Any] = {"day": entry[0] if entry is not None else None}
+        start = self.days.start_of_day(meter)
+        gained = self.days.today(meter)
+        out: dict[str, Any] = {"day": start.day.isoformat() if start is not None else None}
         total_i = total_e = 0.0
         for index, name in enumerate(PHASE_NAMES):
-            if index < len(now):
-                base = start[index] if index < len(start) else (0.0, 0.0)
-                imp = max(0.0, now[index][0] - base[0])
-                exp = max(0.0, now[index][1] - base[1])
-            else:
-                imp = exp = 0.0
+            imp, exp = gained[index] if index < len(gained) else (0.0, 0.0)
             total_i += imp
             total_e += exp
             out[name] = {"import_wh": round(imp, 2), "export_wh": round(exp, 2)}
@@ -151,12 +108,12 @@ def _points(points: Sequence[tuple[float, float]]) -> list[list[float]]:
 class Dashboard:
     """Builds the ``/ui/power`` answer (pure apart from reading the meters' state)."""
 
-    def __init__(self, meters: Any, clock: Any, store: Any = None, forecast: Any = None,
-                 tz: tzinfo | None = None) -> None:
+    def __init__(self, meters: MeterSet, clock: IReactorTime, days: DayLedger,
+                 forecast: ForecastService | None = None) -> None:
         self.meters = meters
         self.clock = clock
         self.forecast = forecast
-        self.energy = EnergyToday(meters, store, tz)
+        self.energy = EnergyToday(days)
 
     def training(self) -> dict[str, Any]:
         if self.forecast is None:
@@ -244,10 +201,10 @@ def _same_origin(request: IRequest) -> bool:
     return urlsplit(origin.decode("latin-1")).netloc.lower() == host
 
 
-def install_routes(app: Klein, meters: Any, clock: Any, store: Any = None, forecast: Any = None,
-                   tz: tzinfo | None = None) -> Dashboard:
+def install_routes(app: Klein, meters: MeterSet, clock: IReactorTime, days: DayLedger,
+                   forecast: ForecastService | None = None) -> Dashboard:
     """``/ui``, ``/ui/<static file>``, ``/ui/power`` and ``POST /ui/train`` on ``app``."""
-    dashboard = Dashboard(meters, clock, store, forecast, tz)
+    dashboard = Dashboard(meters, clock, days, forecast)
 
     def static(name: str) -> Callable[[IRequest], bytes]:
         path = os.path.join(STATIC, name)

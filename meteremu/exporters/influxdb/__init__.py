@@ -16,11 +16,18 @@ The modules: ``lineprotocol`` (pure formatting and escaping), ``points``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from meteremu.configtypes import Duration
+
+if TYPE_CHECKING:  # the services import their client libraries: only when built
+    from meteremu.days import DayLedger
+    from meteremu.exporters.influxdb.service import InfluxExporter
+    from meteremu.exporters.prometheus import Metrics
+    from meteremu.interfaces import IReactor, StateStore
+    from meteremu.meterset import MeterSet
 
 
 @dataclass(frozen=True)
@@ -83,11 +90,13 @@ class Options:
         return problems
 
 
-def make_exporter(options: Options, meters: Any, reactor: Any, metrics: Any, store: Any) -> Any:
+def make_exporter(options: Options, meters: MeterSet, reactor: IReactor, metrics: Metrics | None,
+                  store: StateStore | None, days: DayLedger | None = None) -> InfluxExporter:
     """Build the exporter service for the registry in ``meteremu.exporters``.
 
     It has no ``ready``: an unreachable database never fails the start.
+    Its daily summaries follow ``days`` (the application's ledger).
     """
     from meteremu.exporters.influxdb.service import InfluxExporter
 
-    return InfluxExporter(options, meters, reactor, metrics=metrics, store=store)
+    return InfluxExporter(options, meters, reactor, metrics=metrics, store=store, days=days)

@@ -31,9 +31,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, tzinfo
+from datetime import tzinfo
 from typing import Any
 
+from meteremu.days import Counters, DayStart, counters_of, midnight
 from meteremu.exporters.influxdb.lineprotocol import FieldValue, format_point
 from meteremu.meter import Meter
 from meteremu.reading import PHASE_NAMES, Reading
@@ -45,13 +46,10 @@ VALUE = "smart_meter_value"
 DAILY = "smart_meter_daily"
 TOTAL = "total"
 
-# A counter snapshot taken this close after midnight counts as "at midnight".
-MIDNIGHT_TOLERANCE = 60.0
 
 # Tags a configured extra label may not replace.
 _RESERVED_TAGS = frozenset({"meter", "phase", "meter_type", "serial", "circuit_name", "name", "interval", "time"})
 
-Counters = tuple[tuple[float, float], ...]
 
 
 @dataclass(frozen=True)
@@ -63,11 +61,6 @@ class Point:
 
     def line(self, precision: str = "ms") -> str | None:
         return format_point(self.measurement, self.tags, self.fields, self.time, precision)
-
-
-def counters_of(meter: Meter) -> Counters:
-    """The meter's lifetime ``(import_wh, export_wh)`` per phase, now."""
-    return tuple((c.import_wh, c.export_wh) for c in meter.energy.phases)
 
 
 def _label_tags(labels: Mapping[str, Any] | None) -> dict[str, str]:
@@ -142,60 +135,6 @@ def reading_points(meter: Meter, reading: Reading, day_start: Counters | None = 
         else:
             points.append(Point(VALUE, {**labels, "meter": name, "name": key}, {"value": float(value)}, t))
     return points
-
-
-# -- days ------------------------------------------------------------------------
-
-
-def local_date(t: float, tz: tzinfo | None) -> date:
-    """The local date at epoch ``t`` (``tz=None``: the system's local time)."""
-    return datetime.fromtimestamp(t, tz).date()
-
-
-def midnight(day: date, tz: tzinfo | None) -> float:
-    """Epoch of the first instant of ``day`` (23 h and 25 h days included).
-
-    Where midnight does not exist (a DST jump at 00:00) this is the first
-    instant after the gap.
-    """
-    return datetime.combine(day, time(0), tz).timestamp()
-
-
-def next_midnight(t: float, tz: tzinfo | None) -> float:
-    return midnight(local_date(t, tz) + timedelta(days=1), tz)
-
-
-@dataclass(frozen=True)
-class DayStart:
-    """The counters at the start of a local day (kept in the store)."""
-
-    day: date
-    at: float
-    counters: Counters
-    complete: bool  # taken at that day's midnight (within the tolerance)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"day": self.day.isoformat(), "at": self.at,
-                "counters": [list(c) for c in self.counters], "complete": self.complete}
-
-    @classmethod
-    def from_dict(cls, data: Any) -> DayStart | None:
-        """Parse a stored snapshot; None if it is missing or malformed."""
-        if not isinstance(data, dict):
-            return None
-        try:
-            counters = tuple((float(c[0]), float(c[1])) for c in data["counters"])
-            if not all(math.isfinite(v) for c in counters for v in c):
-                return None
-            return cls(date.fromisoformat(data["day"]), float(data["at"]), counters, bool(data.get("complete")))
-        except (KeyError, TypeError, ValueError, IndexError):
-            return None
-
-
-def take_day_start(t: float, counters: Counters, tz: tzinfo | None) -> DayStart:
-    """A snapshot now; ``complete`` when now is within the tolerance after midnight."""
-    day = local_date(t, tz)
-    return DayStart(day, t, counters, 0 <= t - midnight(day, tz) <= MIDNIGHT_TOLERANCE)
 
 
 def daily_points(meter_name: str, source_type: str, start: DayStart, end: Counters, complete: bool,

@@ -1,4 +1,4 @@
-"""The InfluxDB exporter service: buffers, batches, retries, midnight summaries.
+"""The InfluxDB exporter service: buffers, batches, retries, daily summaries.
 
 Nothing here ever runs on the meter's update path except formatting a few
 lines and appending them to a bounded in-memory buffer: every write happens
@@ -29,7 +29,7 @@ import random
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import timedelta, tzinfo
+from datetime import tzinfo
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 from zoneinfo import ZoneInfo
@@ -52,22 +52,15 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
 
+from meteremu.days import Counters, DayLedger, DayStart
 from meteremu.exporters.influxdb import Options
 from meteremu.exporters.influxdb.lineprotocol import format_lines
-from meteremu.exporters.influxdb.points import (
-    MIDNIGHT_TOLERANCE,
-    DayStart,
-    counters_of,
-    daily_points,
-    lines,
-    local_date,
-    midnight,
-    next_midnight,
-    reading_points,
-    take_day_start,
-)
+from meteremu.exporters.influxdb.points import daily_points, lines, reading_points
+from meteremu.exporters.prometheus import Metrics
+from meteremu.interfaces import IReactorTime, StateStore
 from meteremu.logs import logger
 from meteremu.meter import Meter
+from meteremu.meterset import MeterSet
 from meteremu.reading import Reading
 
 log = logger(__name__)
@@ -76,16 +69,9 @@ BODY_LIMIT = 64 * 1024
 BACKOFF_MIN = 1.0
 BACKOFF_MAX = 60.0
 RETRY_AFTER_MAX = 600.0
-# Wake at least this often to check the date, so a wall-clock step (NTP on a
-# Pi without RTC) cannot make the daily summary miss midnight by hours.
-MAX_WAKE = 600.0
 HIGH_RATE = "high_rate"
 LOW_RATE = "low_rate"
 _V1_PRECISION = {"s": "s", "ms": "ms", "us": "u", "ns": "ns"}
-
-
-def store_key(meter_name: str) -> str:
-    return f"influx:daystart:{meter_name}"
 
 
 # -- HTTP ------------------------------------------------------------------------
@@ -559,35 +545,48 @@ class _MemoryStore:
 
 
 class InfluxExporter(Service):
-    """Follows the meter set, writes points, writes daily summaries at midnight.
+    """Follows the meter set, writes points, writes a daily summary when a day ends.
 
     ``reactor`` does the I/O (and bounds each request); ``clock`` drives the
-    flush timer, back-off and the midnight schedule (tests pass a ``Clock``).
+    flush timer and back-off (tests pass a ``Clock``). Days come from the
+    application's :class:`~meteremu.days.DayLedger` (``days``); without one
+    the exporter keeps its own, on ``clock``, in ``options.timezone``.
     """
 
     name = "influxdb"
 
-    def __init__(self, options: Options, meters: Any, reactor: Any, metrics: Any = None, store: Any = None,
-                 clock: Any = None, rng: random.Random | None = None) -> None:
+    def __init__(self, options: Options, meters: MeterSet, reactor: Any, metrics: Metrics | None = None,
+                 store: StateStore | None = None, clock: IReactorTime | None = None,
+                 rng: random.Random | None = None, days: DayLedger | None = None) -> None:
         self.options = options
         self.meters = meters
         self.reactor = reactor
-        self.clock = clock if clock is not None else reactor
+        self.clock: IReactorTime = clock if clock is not None else reactor
         self.store = store if store is not None else _MemoryStore()
-        self.tz: tzinfo | None = ZoneInfo(options.timezone) if options.timezone else None
         self.precision = options.precision
         self.http = InfluxHTTP(reactor, options)
         high, low = make_targets(options)
         self.high = Sink(high, self.http, self.clock, options, rng)
         self.low = Sink(low, self.http, self.clock, options, rng)
-        self.day_starts: dict[str, DayStart] = {}
+        self._own_days = days is None
+        self.days = days if days is not None else DayLedger(
+            meters, self.store, self.clock, ZoneInfo(options.timezone) if options.timezone else None)
+        self.days.subscribe(self._day_ended)  # now: a stored earlier day is told at the ledger's start
         self._meters: dict[str, Meter] = {}
         self._unsubscribe: Callable[[], None] | None = None
         self._loop: LoopingCall | None = None
-        self._wake: Any = None
         self._reading_errors = 0
         self._registry = metrics.registry if metrics is not None else None
         self._collector = InfluxCollector(lambda: [self.high, self.low])
+
+    @property
+    def tz(self) -> tzinfo | None:
+        return self.days.tz
+
+    @property
+    def day_starts(self) -> dict[str, DayStart]:
+        """Today's counter snapshot per meter (the ledger's)."""
+        return self.days.starts
 
     @property
     def sinks(self) -> list[Sink]:
@@ -600,12 +599,13 @@ class InfluxExporter(Service):
             self._registry.register(self._collector)
         log.info("InfluxDB exporter writing to {high} (daily summaries to {low})",
                  high=self.high.target.where, low=self.low.target.where)
+        if self._own_days:
+            self.days.startService()
         self._unsubscribe = self.meters.subscribe(self._meter_added, self._meter_removed)
         self._loop = LoopingCall(self._tick)
         self._loop.clock = self.clock
         self._loop.start(self.options.flush_interval, now=False).addErrback(
             lambda f: log.error("InfluxDB flush timer stopped: {why}", why=describe(f, self.options.timeout)))
-        self._schedule_wake()
         # Write whatever a restart found (e.g. yesterday's summary) soon.
         for sink in self.sinks:
             if sink.buffer:
@@ -625,9 +625,8 @@ class InfluxExporter(Service):
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
-        if self._wake is not None and self._wake.active():
-            self._wake.cancel()
-        self._wake = None
+        if self._own_days and self.days.running:
+            self.days.stopService()
         try:
             yield DeferredList([self._last_flush(sink) for sink in self.sinks], consumeErrors=True)
         finally:
@@ -658,7 +657,6 @@ class InfluxExporter(Service):
     # -- meters --
     def _meter_added(self, meter: Meter) -> None:
         self._meters[meter.name] = meter
-        self._load_day_start(meter)
         meter.add_listener(self._on_reading)
         if meter.latest is not None:
             # A reading from before we listened (sources start first). Writing
@@ -668,12 +666,11 @@ class InfluxExporter(Service):
     def _meter_removed(self, meter: Meter) -> None:
         meter.remove_listener(self._on_reading)
         self._meters.pop(meter.name, None)
-        self.day_starts.pop(meter.name, None)
 
     def _on_reading(self, meter: Meter, reading: Reading) -> None:
         """On the meter's update path: format and buffer, never raise, no I/O."""
         try:
-            start = self.day_starts.get(meter.name)
+            start = self.days.start_of_day(meter)
             points = reading_points(meter, reading, start.counters if start is not None else None)
             self.high.add(lines(points, self.precision))
         except Exception as exc:
@@ -683,67 +680,13 @@ class InfluxExporter(Service):
                           meter=meter.name, why=f"{type(exc).__name__}: {exc}")
 
     # -- days --
-    def _put_day_start(self, meter: Meter, start: DayStart) -> None:
-        self.day_starts[meter.name] = start
-        self.store.put(store_key(meter.name), start.to_dict())
-
-    def _load_day_start(self, meter: Meter) -> None:
-        """Resume today's snapshot from the store; summarise an earlier stored day."""
-        now = self.clock.seconds()
-        today = local_date(now, self.tz)
-        stored = DayStart.from_dict(self.store.get(store_key(meter.name)))
-        if stored is not None and stored.day == today:
-            self.day_starts[meter.name] = stored
-            return
-        if stored is not None and stored.day < today:
-            # The counters were restored from the store: what they gained since
-            # the snapshot was counted on that day, before the stop.
-            self._summarise(meter, stored, counters_of(meter), complete=False)
-        elif stored is not None:
-            log.warn("the stored day start of {meter} is in the future ({day}); starting a new one",
-                     meter=meter.name, day=stored.day.isoformat())
-        self._put_day_start(meter, take_day_start(now, counters_of(meter), self.tz))
-
-    def _summarise(self, meter: Meter, start: DayStart, end: Any, complete: bool) -> None:
+    def _day_ended(self, meter: Meter, start: DayStart, end: Counters, complete: bool) -> None:
+        """The ledger ended a day of ``meter``: write its summary (at the next flush)."""
         points = daily_points(meter.name, meter.source_type, start, end, complete, self.tz)
         self.low.add(lines(points, self.precision))
         log.info("daily energy of {meter} for {day}: {imp:.0f} Wh import, {exp:.0f} Wh export",
                  meter=meter.name, day=start.day.isoformat(),
                  imp=sum(max(0.0, e[0] - s[0]) for s, e in zip(start.counters, end, strict=False)),
                  exp=sum(max(0.0, e[1] - s[1]) for s, e in zip(start.counters, end, strict=False)))
-
-    def _schedule_wake(self) -> None:
-        now = self.clock.seconds()
-        delay = min(max(0.0, next_midnight(now, self.tz) - now), MAX_WAKE)
-        self._wake = self.clock.callLater(delay, self._on_wake)
-
-    def _on_wake(self) -> None:
-        self._wake = None
-        try:
-            self.roll_over()
-        except Exception as exc:
-            log.error("InfluxDB daily summary failed: {why}", why=f"{type(exc).__name__}: {exc}")
         if self.running:
-            self._schedule_wake()
-
-    def roll_over(self) -> None:
-        """If the local date changed, write each meter's summary and start a new day."""
-        now = self.clock.seconds()
-        today = local_date(now, self.tz)
-        at_midnight = 0 <= now - midnight(today, self.tz) <= MIDNIGHT_TOLERANCE
-        wrote = False
-        for name, meter in list(self._meters.items()):
-            start = self.day_starts.get(name)
-            if start is not None and start.day == today:
-                continue
-            if start is not None and start.day > today:
-                continue  # the wall clock went back: wait for the day to come again
-            end = counters_of(meter)
-            if start is not None:
-                next_day = start.day + timedelta(days=1)
-                complete = start.complete and at_midnight and today == next_day
-                self._summarise(meter, start, end, complete)
-                wrote = True
-            self._put_day_start(meter, DayStart(today, now, end, at_midnight))
-        if wrote:
             self.low.kick()

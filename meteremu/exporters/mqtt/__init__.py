@@ -10,10 +10,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from meteremu.configtypes import Duration
 from meteremu.mqttclient import BrokerOptions, TLSOptions
+
+if TYPE_CHECKING:  # the services import their client libraries: only when built
+    from meteremu.days import DayLedger
+    from meteremu.exporters.mqtt.service import MQTTExporter
+    from meteremu.exporters.prometheus import Metrics
+    from meteremu.interfaces import IReactor, StateStore
+    from meteremu.meterset import MeterSet
 
 __all__ = ["Options", "TLSOptions", "make_exporter"]
 
@@ -77,7 +84,8 @@ class Options(BrokerOptions):
         return errors + self.client_id_errors() + self.timing_errors()
 
 
-def make_exporter(options: Options, meters: Any, reactor: Any, metrics: Any, store: Any) -> Any:
+def make_exporter(options: Options, meters: MeterSet, reactor: IReactor, metrics: Metrics | None,
+                  store: StateStore | None, days: DayLedger | None = None) -> MQTTExporter:
     """The MQTT exporter service (imports paho only now)."""
     from meteremu.exporters.mqtt.service import MQTTExporter
 
