@@ -6,8 +6,8 @@ local midnight? :class:`DayLedger` answers it once for everyone. Per meter it
 keeps a :class:`DayStart` (the day, when the snapshot was taken, the
 counters, and whether it was taken at midnight), saved in the store at once
 so a restart in the afternoon still counts from midnight. Days are judged on
-the service clock in the configured time zone (``timezone:``, default the
-system's), like every other wall-clock decision; a check at least every
+the wall clock (:func:`meteremu.clocks.wall`) in the configured time zone
+(``timezone:``, default the system's); a check at least every
 :data:`MAX_WAKE` seconds notices a clock step past midnight.
 
 When a day ends, or a restart finds a stored earlier day, subscribers are
@@ -29,7 +29,8 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall
 
-from meteremu.interfaces import IReactorTime, StateStore
+from meteremu.clocks import wall
+from meteremu.interfaces import IReactorTime, Values
 from meteremu.logs import logger
 from meteremu.meter import Meter
 from meteremu.meterset import MeterSet
@@ -132,7 +133,7 @@ def since(start: DayStart | None, now: Counters) -> Counters:
 class DayLedger(Service):
     """Each meter's :class:`DayStart` for today; tells subscribers when a day ends."""
 
-    def __init__(self, meters: MeterSet, store: StateStore | None, clock: IReactorTime,
+    def __init__(self, meters: MeterSet, store: Values | None, clock: IReactorTime,
                  tz: tzinfo | None = None) -> None:
         self.meters = meters
         self.store = store
@@ -182,7 +183,7 @@ class DayLedger(Service):
     # -- meters ---------------------------------------------------------------------------
     def _added(self, meter: Meter) -> None:
         self._followed[meter.name] = meter
-        now = self.clock.seconds()
+        now = wall(self.clock)
         today = local_date(now, self.tz)
         stored = self._stored(meter.name)
         if stored is not None and stored.day == today:
@@ -227,7 +228,7 @@ class DayLedger(Service):
 
     # -- midnight ---------------------------------------------------------------------------
     def _schedule(self) -> None:
-        now = self.clock.seconds()
+        now = wall(self.clock)  # the date is the wall clock's; the wait runs on the steady one
         delay = min(max(0.0, next_midnight(now, self.tz) - now), MAX_WAKE)
         self._wake = self.clock.callLater(delay, self._on_wake)
 
@@ -242,7 +243,7 @@ class DayLedger(Service):
 
     def roll_over(self) -> None:
         """If the local date changed: end each meter's day and start a new one."""
-        now = self.clock.seconds()
+        now = wall(self.clock)
         today = local_date(now, self.tz)
         at_midnight = 0 <= now - midnight(today, self.tz) <= MIDNIGHT_TOLERANCE
         for name, meter in list(self._followed.items()):

@@ -9,7 +9,8 @@ checked against:
   (nothing asks ``providedBy``); Twisted's APIs that want one of the parts
   (``LoopingCall.clock``, ``HostnameEndpoint``) accept it as such.
 * ``IReactorTime`` — a clock, where scheduling is all a part needs.
-* :class:`StateStore` — what parts use of :class:`meteremu.store.Store`.
+* :class:`StateStore` — what parts use of :class:`meteremu.store.Store`;
+  :class:`Values` — the part of it that only reads and puts by key.
 """
 
 from __future__ import annotations
@@ -26,19 +27,23 @@ from twisted.internet.interfaces import (
     IReactorUDP,
 )
 
-__all__ = ["IReactor", "IReactorTime", "StateStore"]
+__all__ = ["IReactor", "IReactorTime", "StateStore", "Values"]
 
 
 class IReactor(IReactorCore, IReactorTime, IReactorTCP, IReactorUDP, IReactorThreads):
     """The reactor meteremu runs on (its own asyncio-based one, or a test's)."""
 
 
-class StateStore(Protocol):
-    """Durable key/value state (``meteremu.store.Store``)."""
+class Values(Protocol):
+    """Key/value state read and written by key (a :class:`StateStore`, or ``store.MemoryValues``)."""
 
     def get(self, key: str, default: Any = None) -> Any: ...
 
     def put(self, key: str, value: Any) -> None: ...
+
+
+class StateStore(Values, Protocol):
+    """Durable key/value state (``meteremu.store.Store``)."""
 
     def register(self, key: str, snapshot: Callable[[], Any]) -> None: ...
 

@@ -1,9 +1,11 @@
-"""The ``meteremu`` reactor: Twisted's asyncio reactor with TLS loaded on first use.
+"""The ``meteremu`` reactor: Twisted's asyncio reactor, on the monotonic clock, TLS loaded on first use.
 
 ``twistd meteremu`` installs it when no ``--reactor`` is given;
 ``twistd --reactor=meteremu`` and ``trial --reactor=meteremu`` name it (the
 plugin is ``twisted/plugins/meteremu_reactor.py``). It is the asyncio reactor
-in every way; the only difference is *when* TLS support is imported (see
+in every way but two. Its ``seconds()`` is monotonic (:mod:`meteremu.clocks`):
+a wall-clock step never freezes or rushes a timer; ``wallSeconds()`` is the
+wall clock, for timestamps. And TLS support is imported when first used (see
 :mod:`meteremu.compat.lazytls`): the modules that probe for pyOpenSSL at import are
 imported here, with it hidden, and :func:`meteremu.compat.lazytls.release` runs once
 the reactor is running at the latest.
@@ -17,9 +19,24 @@ from meteremu.compat import lazytls
 def install() -> None:
     lazytls.hide()
     try:
-        from twisted.internet import asyncioreactor
+        import time
 
-        asyncioreactor.install()
+        from twisted.internet.asyncioreactor import AsyncioSelectorReactor
+        from twisted.internet.main import installReactor
+
+        from meteremu.clocks import monotonic_epoch
+
+        class MeteremuReactor(AsyncioSelectorReactor):
+            """Timers on the monotonic clock; the wall clock for timestamps."""
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.seconds = monotonic_epoch  # DelayedCalls and LoopingCalls use this
+
+            def wallSeconds(self) -> float:
+                return time.time()
+
+        installReactor(MeteremuReactor())
         import twisted.internet.endpoints  # noqa: F401  (probes for pyOpenSSL at import)
     except BaseException:
         lazytls.release()

@@ -8,8 +8,13 @@ writes ordered), each save in one transaction, in WAL mode with
 ``synchronous=FULL`` so a crash or power cut leaves either the old or the new
 state, never a torn one.
 
-A file that cannot be opened as a database is moved aside (``.corrupt-<ts>``)
-with a clear log line, never silently overwritten.
+A file that is not a database, or a corrupt one, is moved aside
+(``.corrupt-<ts>``) with a clear log line, never silently overwritten. Any
+other failure (disk full, I/O error, no permission, locked by another
+process) is not the file's fault: start-up stops with one line naming the
+file and the cause (:class:`StoreError`; systemd retries) and the file is
+left exactly as it was, so counters and the device's MAC are never lost to a
+passing problem.
 """
 
 from __future__ import annotations
@@ -42,23 +47,42 @@ log: Logger = logger(__name__)
 
 
 class StoreError(Exception):
-    pass
+    """The store cannot be used now; the message names the file and the cause."""
 
 
-def _connect(path: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, timeout=10, check_same_thread=False)
+class _Corrupt(Exception):
+    """The file is not a usable database: move it aside."""
+
+
+def is_corruption(error: sqlite3.Error) -> bool:
+    """SQLite's own verdict: the file is damaged or not a database (not a passing problem)."""
+    name = getattr(error, "sqlite_errorname", "") or ""
+    return name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))
+
+
+def _connect(path: str, timeout: float = 10.0) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=timeout, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     return conn
 
 
-def _check(path: str) -> dict[str, Any]:
-    """Open, verify and read everything; raise sqlite3.DatabaseError if unusable."""
-    conn = _connect(path)
+def _check(path: str, timeout: float = 10.0) -> dict[str, Any]:
+    """Open, verify and read everything; :class:`_Corrupt` if the file is unusable."""
+    try:
+        return _read(path, timeout)
+    except sqlite3.Error as exc:
+        if is_corruption(exc):
+            raise _Corrupt(str(exc)) from exc
+        raise
+
+
+def _read(path: str, timeout: float) -> dict[str, Any]:
+    conn = _connect(path, timeout)
     try:
         row = conn.execute("PRAGMA quick_check").fetchone()
         if row is None or row[0] != "ok":
-            raise sqlite3.DatabaseError(f"integrity check failed: {row[0] if row else 'no answer'}")
+            raise _Corrupt(f"integrity check failed: {row[0] if row else 'no answer'}")
         conn.execute(SCHEMA)
         conn.commit()
         values = {}
@@ -66,20 +90,32 @@ def _check(path: str) -> dict[str, Any]:
             try:
                 values[key] = json.loads(value)
             except ValueError as exc:
-                raise sqlite3.DatabaseError(f"value of {key!r} is not JSON") from exc
+                raise _Corrupt(f"value of {key!r} is not JSON") from exc
         return values
     finally:
         conn.close()
 
 
-def open_state(path: str, now: Callable[[], float] = time.time) -> dict[str, Any]:
-    """Load every stored value; move an unreadable file aside and start empty."""
+def open_state(path: str, now: Callable[[], float] = time.time, timeout: float = 10.0) -> dict[str, Any]:
+    """Load every stored value; move a corrupt file aside and start empty.
+
+    Raises :class:`StoreError` (the file untouched) for anything else.
+    """
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    _create_private(path)
     try:
-        return _check(path)
-    except sqlite3.DatabaseError as exc:
+        os.makedirs(directory, exist_ok=True)
+        _create_private(path)
+    except OSError as exc:
+        raise StoreError(f"store {path}: cannot create it: {exc.strerror or exc}") from None
+    try:
+        return _check(path, timeout)
+    except sqlite3.Error as exc:
+        code = getattr(exc, "sqlite_errorname", None)
+        raise StoreError(f"store {path}: cannot be used now ({exc}{', ' + code if code else ''}); "
+                         f"the file is left as it is") from None
+    except OSError as exc:
+        raise StoreError(f"store {path}: cannot be read ({exc.strerror or exc}); the file is left as it is") from None
+    except _Corrupt as exc:
         aside = f"{path}.corrupt-{int(now())}"
         for suffix in ("", "-wal", "-shm"):
             if os.path.exists(path + suffix):
@@ -240,3 +276,16 @@ class Store(Service):
 def _init_connection(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
+
+
+class MemoryValues:
+    """Values kept in memory only: for a part run without a store (they live until exit)."""
+
+    def __init__(self, values: dict[str, Any] | None = None) -> None:
+        self.values: dict[str, Any] = dict(values or {})
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.values.get(key, default)
+
+    def put(self, key: str, value: Any) -> None:
+        self.values[key] = value

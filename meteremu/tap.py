@@ -51,6 +51,7 @@ def makeService(options: Options) -> IService:
     from meteremu.interfaces import IReactor
     from meteremu.listeners import StartupGuard
     from meteremu.logs import set_level
+    from meteremu.store import StoreError
 
     # Twisted types its global reactor as a subset of what the asyncio reactor provides.
     reactor = cast(IReactor, installed)
@@ -68,7 +69,12 @@ def makeService(options: Options) -> IService:
         sys.stderr.write(f"meteremu: {exc}\n")
         raise SystemExit(2) from None
     set_level(config.logging.level)
-    app = build(config, reactor)
+    try:
+        app = build(config, reactor)
+    except StoreError as exc:  # disk full, no permission, locked: the file is untouched
+        sys.stderr.write(f"meteremu: {exc}\n")
+        sys.stderr.flush()
+        raise SystemExit(1) from None
 
     def started(_: Any) -> None:
         from meteremu.app import log

@@ -12,21 +12,9 @@ from meteremu.config import ConfigError, parse_config
 from meteremu.days import DayLedger, DayStart, legacy_day_start, since, store_key
 from meteremu.meter import Meter
 from meteremu.meterset import MeterSet
+from meteremu.store import MemoryValues
 
 MAR1 = datetime(2024, 3, 1, tzinfo=UTC).timestamp()
-
-
-class MemoryStore:
-    """The StateStore protocol over a dict (the ledger only reads and puts)."""
-
-    def __init__(self, values: dict[str, Any] | None = None) -> None:
-        self.values = dict(values or {})
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.values.get(key, default)
-
-    def put(self, key: str, value: Any) -> None:
-        self.values[key] = value
 
 
 def counters(meter: Meter, *pairs: tuple[float, float]) -> None:
@@ -44,8 +32,8 @@ class LedgerTests(SynchronousTestCase):
         self.meters.add(self.meter)
         self.ended: list[tuple[str, date, Any, bool]] = []
 
-    def ledger(self, store: MemoryStore | None = None) -> DayLedger:
-        ledger = DayLedger(self.meters, store if store is not None else MemoryStore(), self.clock, UTC)
+    def ledger(self, store: MemoryValues | None = None) -> DayLedger:
+        ledger = DayLedger(self.meters, store if store is not None else MemoryValues(), self.clock, UTC)
         ledger.subscribe(lambda m, start, end, complete: self.ended.append((m.name, start.day, end, complete)))
         ledger.startService()
         self.addCleanup(ledger.stopService)
@@ -67,7 +55,7 @@ class LedgerTests(SynchronousTestCase):
 
     def test_a_restart_on_a_later_day_ends_the_stored_day(self) -> None:
         stored = DayStart(date(2024, 2, 28), MAR1 - 2 * 86400, ((90.0, 10.0),), True)
-        store = MemoryStore({store_key("grid"): stored.to_dict()})
+        store = MemoryValues({store_key("grid"): stored.to_dict()})
         ledger = self.ledger(store)
         self.assertEqual(self.ended, [("grid", date(2024, 2, 28), ((100.0, 10.0), (0.0, 0.0), (0.0, 0.0)), False)])
         self.assertEqual(ledger.start_of_day(self.meter).day, date(2024, 3, 1))
@@ -75,7 +63,7 @@ class LedgerTests(SynchronousTestCase):
 
     def test_earlier_versions_day_starts_are_read(self) -> None:
         influx = DayStart(date(2024, 3, 1), MAR1 + 5, ((60.0, 1.0),), True).to_dict()
-        ledger = self.ledger(MemoryStore({"influx:daystart:grid": influx}))
+        ledger = self.ledger(MemoryValues({"influx:daystart:grid": influx}))
         self.assertEqual(ledger.today(self.meter)[0], (40.0, 9.0))
         self.assertTrue(ledger.start_of_day(self.meter).complete)
         old = legacy_day_start({"day": "2024-03-01", "start": [[1.0, 2.0]]}, UTC)

@@ -50,10 +50,11 @@ from meteremu.devices.shelly.mdns import (
     txt_properties,
 )
 from meteremu.devices.shelly.options import MdnsOptions, Options
+from tests.support import is_asyncio
 
 MAC = "C8F09E123456"
 LOOPBACK = "127.0.0.1"
-ASYNCIO_REACTOR = type(reactor).__name__ == "AsyncioSelectorReactor"
+ASYNCIO_REACTOR = is_asyncio(reactor)
 NEEDS_ASYNCIO = None if ASYNCIO_REACTOR else "needs: trial --reactor=asyncio"
 
 

@@ -48,6 +48,7 @@ from meteremu.devices.shelly.options import FallbackPolicy, Options
 from meteremu.devices.shelly.rpc import CallContext
 from meteremu.meter import Meter
 from meteremu.reading import PhaseReading, Reading
+from tests.support import is_asyncio
 
 T0 = 1_700_000_000.0
 MAC = "AABBCCDDEEFF"
@@ -498,7 +499,7 @@ async def _new_client(port: int) -> AsyncModbusTcpClient:
 
 
 def _asyncio_reactor() -> bool:
-    return type(reactor).__name__ == "AsyncioSelectorReactor"
+    return is_asyncio(reactor)
 
 
 class ServiceTests(TestCase, SpecChecks):

@@ -12,7 +12,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from meteremu.store import Store, open_state
+from meteremu.store import Store, StoreError, open_state
 from tests.support import sample_reading, start_app, test_config
 
 SIM = {"grid": {"source": {"type": "simulator", "interval": "1h"}}}
@@ -54,6 +54,69 @@ class OpenStateTests(SynchronousTestCase):
         conn.close()
         self.assertEqual(open_state(path, now=lambda: 1), {})
         self.assertEqual(len(glob.glob(path + ".corrupt-1*")), 1)
+
+
+class TransientErrorTests(SynchronousTestCase):
+    """Only real corruption is moved aside; anything else stops start-up, the file untouched."""
+
+    def written(self) -> str:
+        path = os.path.join(self.mktemp(), "state.db")
+        open_state(path)
+        conn = sqlite3.connect(path)
+        conn.execute("INSERT INTO kv VALUES ('device:0:mac', '\"C8F09E000001\"', 0)")
+        conn.commit()
+        conn.close()
+        return path
+
+    def test_a_locked_store_is_left_alone(self):
+        path = self.written()
+        with open(path, "rb") as handle:
+            before = handle.read()
+        locker = sqlite3.connect(path, isolation_level=None)  # another process holding it
+        locker.execute("PRAGMA locking_mode=EXCLUSIVE")
+        locker.execute("BEGIN EXCLUSIVE")
+        locker.execute("INSERT INTO kv VALUES ('other', '1', 0)")
+        try:
+            err = self.assertRaises(StoreError, open_state, path, timeout=0.1)
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        self.assertIn(path, str(err))
+        self.assertIn("locked", str(err))
+        self.assertEqual(glob.glob(path + ".corrupt-*"), [])
+        with open(path, "rb") as handle:
+            self.assertEqual(handle.read(), before)
+        self.assertEqual(open_state(path)["device:0:mac"], "C8F09E000001")  # still there
+
+    def test_a_store_that_cannot_be_opened_is_left_alone(self):
+        path = os.path.join(self.mktemp(), "state.db")
+        os.makedirs(path)  # a directory where the file should be
+        err = self.assertRaises(StoreError, open_state, path)
+        self.assertIn(path, str(err))
+        self.assertIn("left as it is", str(err))
+        self.assertTrue(os.path.isdir(path))
+        self.assertEqual(glob.glob(path + ".corrupt-*"), [])
+
+    def test_a_directory_that_cannot_be_made_is_one_clear_error(self):
+        blocker = self.mktemp()
+        with open(blocker, "w", encoding="ascii") as handle:
+            handle.write("a file, not a folder")
+        err = self.assertRaises(StoreError, open_state, os.path.join(blocker, "state.db"))
+        self.assertIn("cannot create it", str(err))
+
+    def test_corruption_is_told_apart(self):
+        from meteremu.store import is_corruption
+
+        self.assertTrue(is_corruption(_error("SQLITE_CORRUPT")))
+        self.assertTrue(is_corruption(_error("SQLITE_NOTADB")))
+        for name in ("SQLITE_FULL", "SQLITE_IOERR_WRITE", "SQLITE_CANTOPEN", "SQLITE_BUSY", "SQLITE_READONLY"):
+            self.assertFalse(is_corruption(_error(name)), name)
+
+
+def _error(name: str) -> sqlite3.Error:
+    error = sqlite3.OperationalError("x")
+    error.sqlite_errorname = name  # type: ignore[attr-defined]
+    return error
 
 
 class StoreServiceTests(TestCase):

@@ -141,13 +141,13 @@ class TwistdTests(TestCase):
     @inlineCallbacks
     def test_runs_on_the_meteremu_reactor_by_default_and_on_asyncio_when_named(self):
         config = write_config(self.dir)
-        for choice in ([], ["--reactor=meteremu"], ["--reactor=asyncio"]):
+        ours, asyncio = b"meteremu.reactor.MeteremuReactor", b"twisted.internet.asyncioreactor.AsyncioSelectorReactor"
+        for choice, expected in (([], ours), (["--reactor=meteremu"], ours), (["--reactor=asyncio"], asyncio)):
             proto = spawn(self, [*choice, *RUN, "--config", config], self.dir)
             port = yield proto.serving()
             response, _ = yield HTTPClient(self).get(f"http://127.0.0.1:{port}/rpc/Shelly.GetStatus")
             self.assertEqual(response.code, 200, choice)
-            self.assertIn(b"reactor class: twisted.internet.asyncioreactor.AsyncioSelectorReactor",
-                          proto.output, choice)
+            self.assertIn(b"reactor class: " + expected, proto.output, choice)
             proto.transport.signalProcess("TERM")
             yield proto.ended
 
@@ -265,6 +265,78 @@ class PrivilegedPortTests(TestCase):
             keys = {row[0] for row in db.execute("SELECT key FROM kv")}
         self.assertIn("meter:grid:energy", keys)
         self.assertNotIn("Traceback", (proto.output + proto.stderr).decode())
+
+
+def libfaketime() -> str | None:
+    """Debian's libfaketime (package faketime), which steps a process's wall clock from a file."""
+    import glob
+
+    found = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))
+    return found[0] if found else None
+
+
+class ClockStepTests(TestCase):
+    """The host's wall clock steps back an hour (NTP at boot, an operator): nothing freezes."""
+
+    timeout = 60
+    skip = None if libfaketime() else "needs libfaketime (Debian package faketime; scripts/debian-packages)"
+
+    @inlineCallbacks
+    def test_a_backward_step_changes_only_the_timestamps(self):
+        from twisted.internet.task import deferLater
+
+        directory = os.path.abspath(self.mktemp())
+        config = write_config(directory)
+        offset = os.path.join(directory, "offset")
+        with open(offset, "w", encoding="ascii") as handle:
+            handle.write("+0")
+        proto = Twistd()
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TZ")}
+        env.update(PYTHONUNBUFFERED="1", LD_PRELOAD=libfaketime(), FAKETIME_TIMESTAMP_FILE=offset,
+                   FAKETIME_NO_CACHE="1", FAKETIME_DONT_FAKE_MONOTONIC="1")
+        transport = reactor.spawnProcess(proto, TWISTD, [TWISTD, *RUN, "--config", config], env=env, path=directory)
+        self.addCleanup(lambda: None if proto.ended.called else (transport.signalProcess("KILL"), proto.ended)[1])
+        port = yield proto.serving()
+        http = HTTPClient(self)
+        base = f"http://127.0.0.1:{port}"
+        _, body = yield http.get(base + "/rpc/Sys.GetStatus")
+        before = json.loads(body)
+        _, body = yield http.get(base + "/healthz")
+        fetches = json.loads(body)["meters"]["grid"]["fetches"]
+        with open(offset, "w", encoding="ascii") as handle:
+            handle.write("-3600")  # the wall clock goes back one hour
+        yield deferLater(reactor, 6.0, lambda: None)  # longer than the meter's stale_after (5 s)
+        response, body = yield http.get(base + "/healthz")
+        health = json.loads(body)
+        self.assertEqual(response.code, 200, health)
+        self.assertLess(health["meters"]["grid"]["age_s"], 2.0, "the source stopped after the step")
+        # The simulator reads every 100 ms: its timer kept running through the step.
+        self.assertGreater(health["meters"]["grid"]["fetches"], fetches + 20, "timers froze after the step")
+        _, body = yield http.get(base + "/rpc/Sys.GetStatus")
+        after = json.loads(body)
+        self.assertGreaterEqual(after["uptime"], before["uptime"] + 5)  # uptime runs on
+        self.assertAlmostEqual(after["unixtime"], before["unixtime"] - 3600 + 6, delta=3)  # the shown time follows
+        proto.transport.signalProcess("TERM")
+        yield proto.ended
+
+
+class StoreFailureTests(TestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def test_an_unusable_store_stops_start_up_and_is_left_alone(self):
+        """Not corruption (here: a directory where the file should be): one line, status 1."""
+        directory = os.path.abspath(self.mktemp())
+        config = write_config(directory)
+        os.makedirs(os.path.join(directory, "state.db"))
+        proto = spawn(self, [*RUN, "--config", config], directory)
+        reason = yield proto.ended
+        self.assertIsInstance(reason, ProcessTerminated)
+        self.assertEqual(reason.exitCode, 1)
+        text = (proto.output + proto.stderr).decode()
+        self.assertIn(f"meteremu: store {os.path.join(directory, 'state.db')}: cannot be used now", text)
+        self.assertNotIn("Traceback", text)
+        self.assertEqual([n for n in os.listdir(directory) if ".corrupt-" in n], [])
 
 
 class AsyncStartFailureTests(TestCase):

@@ -42,6 +42,8 @@ from twisted.python.failure import Failure  # noqa: E402
 from twisted.web.resource import Resource  # noqa: E402
 from twisted.web.server import NOT_DONE_YET, Request  # noqa: E402
 
+from meteremu.compat.tcp import backlog  # noqa: E402
+
 
 def peer_name(address: object) -> str:
     """Autobahn's peer descriptor (``tcp4:127.0.0.1:52914``), used in its log lines."""
@@ -82,8 +84,58 @@ class WebSocketServerProtocol(Protocol, protocol.WebSocketServerProtocol):
         lost: Any = self._connectionLost  # Autobahn annotates the reason as str; it takes a Failure
         lost(reason)
 
+    # -- limits an abusive client meets (what Autobahn does not bound itself) ----------
+    # Input is fed to Autobahn in slices, with reading paused in between: a
+    # 64 KiB read of tiny frames (pings, empty continuations) costs Autobahn
+    # about 45 ms, and every other transport would wait that long.
+    input_slice = 4096
+    # Bytes written and not yet sent (pongs and close frames included) past
+    # which the client is dropped: it asks (pings) but does not read.
+    max_backlog = 512 * 1024
+    # A fragmented message may have this many frames and take this long.
+    max_message_frames = 256
+    max_message_seconds = 30.0
+    dropped_reason: str | None = None
+
     def dataReceived(self, data: bytes) -> None:
-        self._dataReceived(data)
+        pending = getattr(self, "_pending_input", b"")
+        if pending:  # reading is paused until the backlog is fed: keep the order
+            self._pending_input = pending + data
+            return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        slice_size = self.input_slice
+        if len(data) <= slice_size:
+            self._pending_input = b""
+            self._dataReceived(data)
+            return
+        self._pending_input = data[slice_size:]
+        self.transport.pauseProducing()
+        self._dataReceived(data[:slice_size])
+        self.factory.reactor.callLater(0, self._feed_more)
+
+    def _feed_more(self) -> None:
+        data, self._pending_input = self._pending_input, b""
+        if not data or self.state == self.STATE_CLOSED or self.transport is None:
+            return
+        self._feed(data)
+        if not self._pending_input and self.transport is not None:
+            self.transport.resumeProducing()
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        """Every frame goes through here (pongs too): a client that stopped reading is dropped."""
+        if self.transport is not None and backlog(self.transport) + len(data) > self.max_backlog:
+            self.drop(f"it stopped reading ({backlog(self.transport)} bytes unsent)")
+            return
+        super().sendData(data, sync, chopsize)
+
+    def drop(self, reason: str) -> None:
+        """Close at once (no closing handshake with a client that misbehaves)."""
+        if self.dropped_reason is None:
+            self.dropped_reason = reason
+            self.log.warn("dropping WebSocket client {peer}: {reason}", peer=self.peer, reason=reason)
+        self.dropConnection(abort=True)
 
     def _closeConnection(self, abort: bool = False) -> None:
         if abort and hasattr(self.transport, "abortConnection"):
@@ -96,9 +148,18 @@ class WebSocketServerProtocol(Protocol, protocol.WebSocketServerProtocol):
         self.onOpen()
 
     def _onMessageBegin(self, isBinary: bool) -> None:
+        self._message_frames = 0
+        self._message_started = self.factory.reactor.seconds()
         self.onMessageBegin(isBinary)
 
     def _onMessageFrameBegin(self, length: int) -> None:
+        self._message_frames += 1
+        if self._message_frames > self.max_message_frames:
+            self.drop(f"a message of more than {self.max_message_frames} frames")
+            return
+        if self.factory.reactor.seconds() - self._message_started > self.max_message_seconds:
+            self.drop(f"a message still incomplete after {self.max_message_seconds:g} s")
+            return
         self.onMessageFrameBegin(length)
 
     def _onMessageFrameData(self, payload: bytes) -> None:

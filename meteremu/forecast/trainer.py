@@ -38,6 +38,7 @@ from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
+from meteremu.clocks import wall
 from meteremu.forecast import ForecastOptions
 from meteremu.forecast import model as fmodel
 from meteremu.forecast.dataset import Dataset
@@ -110,7 +111,7 @@ class Trainer(Service):
 
         try:
             data = np.asarray(rows, dtype=np.float64).reshape(-1, 2)
-            fitted = fmodel.train(data[:, 0], data[:, 1], self.options, self.clock.seconds(),
+            fitted = fmodel.train(data[:, 0], data[:, 1], self.options, wall(self.clock),
                                   progress, should_stop)
             fmodel.save(fitted, self.base(meter))
         finally:
@@ -155,7 +156,7 @@ class Trainer(Service):
             self._retry.cancel()
         self._retry = None
         self.state, self.progress, self.message = "running", 0.0, f"training ({reason})"
-        self.started_at = self.clock.seconds()
+        self.started_at = wall(self.clock)
         log.info("forecast training started ({reason})", reason=reason)
         run: Deferred[Any] = Deferred()
         self._running = run  # set first: a run may finish synchronously (tests, no data)
@@ -232,7 +233,7 @@ class Trainer(Service):
 
     def _finished(self, _: object) -> None:
         self.state = "idle"
-        self.finished_at = self.clock.seconds()
+        self.finished_at = wall(self.clock)
         self._running = None
 
     def _retry_now(self) -> None:

@@ -27,6 +27,7 @@ from datetime import datetime, time, tzinfo
 from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
 
+from meteremu.clocks import wall
 from meteremu.configtypes import Duration
 from meteremu.interfaces import IReactorTime, StateStore
 from meteremu.logs import logger
@@ -278,7 +279,7 @@ class SimulatorSource(Service):
     def startService(self) -> None:
         super().startService()
         self.real_start = self.clock.seconds()
-        self.sim_start = parse_start_time(self.options.start_time, self.real_start, self.tz)
+        self.sim_start = parse_start_time(self.options.start_time, wall(self.clock), self.tz)
         self._loop = LoopingCall(self._tick)
         self._loop.clock = self.clock
         self._loop.start(self.options.interval, now=True).addErrback(

@@ -17,18 +17,23 @@ from klein import Klein
 from twisted.internet.interfaces import IReactorTCP
 from twisted.web.server import Site
 
+from meteremu.compat.http_server import DEFAULT_LIMIT, BodyLimit, Refusal, bounded, plain_refusal
 from meteremu.listeners import Listener, StartupError, tcp_listener
 
 
 class QuietSite(Site):
-    """A Site without per-request access logs.
+    """A Site without per-request access logs, whose request bodies are bounded.
 
     Batteries poll about once a second, forever: an access log line per poll
     would drown everything else in the journal (and wear a Pi's SD card).
-    Requests are counted in /metrics instead.
+    Requests are counted in /metrics instead. ``body_limit(path)`` is the
+    largest body a path accepts (``meteremu.compat.http_server``).
     """
 
     noisy = False
+
+    def __init__(self, resource: Any, body_limit: BodyLimit | None = None) -> None:
+        super().__init__(resource, requestFactory=bounded(body_limit or (lambda path: (DEFAULT_LIMIT, plain_refusal))))
 
     def log(self, request: Any) -> None:
         pass
@@ -42,10 +47,32 @@ class Sites:
         self.main = Klein()
         self.apps: dict[int, Klein] = {main_port: self.main}
         self.bound: dict[int, Listener] = {}
+        self._bodies: dict[int, list[tuple[bytes, int, Refusal]]] = {}
 
     def app(self, port: int | None) -> Klein:
         """The app serving ``port`` (the main one for ``None``), made on first use."""
         return self.apps.setdefault(self.main_port if port is None else port, Klein())
+
+    def accept_bodies(self, port: int | None, prefix: bytes, limit: int,
+                      refusal: Refusal = plain_refusal) -> None:
+        """Requests to paths under ``prefix`` on ``port`` may carry bodies up to ``limit`` bytes.
+
+        Larger ones (and any body on an upgrade request) are refused before
+        they are read, with the JSON ``refusal`` gives (the route's own error shape).
+        """
+        self._bodies.setdefault(self.main_port if port is None else port, []).append((prefix, limit, refusal))
+
+    def body_limit(self, port: int) -> BodyLimit:
+        """The body limit of each path on ``port`` (the longest matching prefix wins)."""
+        rules = sorted(self._bodies.get(port, []), key=lambda rule: -len(rule[0]))
+
+        def limit(path: bytes) -> tuple[int, Refusal]:
+            for prefix, size, refusal in rules:
+                if path == prefix or path.startswith(prefix.rstrip(b"/") + b"/"):
+                    return size, refusal
+            return DEFAULT_LIMIT, plain_refusal
+
+        return limit
 
     def share(self, port: int, app: Klein, owner: str) -> None:
         """Serve ``app`` on ``port`` too; a port serves one app only."""
@@ -58,7 +85,8 @@ class Sites:
         """A listener per port (``wrap`` decorates each root resource, e.g. CORS)."""
         for port, app in self.apps.items():
             root = app.resource() if wrap is None else wrap(app.resource())
-            self.bound[port] = tcp_listener(reactor, port, QuietSite(root), host, "HTTP")
+            site = QuietSite(root, self.body_limit(port))
+            self.bound[port] = tcp_listener(reactor, port, site, host, "HTTP")
         return self.bound
 
     def real_port(self, port: int | None) -> Callable[[], int]:

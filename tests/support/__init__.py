@@ -28,9 +28,16 @@ def fixture_json(*parts: str) -> Any:
         return json.load(handle)
 
 
+def is_asyncio(the_reactor: object) -> bool:
+    """The asyncio reactor, or meteremu's (a subclass of it)."""
+    from twisted.internet.asyncioreactor import AsyncioSelectorReactor
+
+    return isinstance(the_reactor, AsyncioSelectorReactor)
+
+
 def asyncio_reactor_skip() -> str | None:
     """A skip reason when the tests do not run on the asyncio reactor."""
-    if type(reactor).__name__ != "AsyncioSelectorReactor":
+    if not is_asyncio(reactor):
         return "needs: trial --reactor=asyncio"
     return None
 

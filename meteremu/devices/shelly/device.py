@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from meteremu.clocks import wall
 from meteremu.devices.shelly import status as st
 from meteremu.devices.shelly.clients import ClientTracker
 from meteremu.devices.shelly.identity import Identity
@@ -112,7 +113,7 @@ class ShellyDevice:
             voltage = meter.latest.phase(0).voltage if meter.latest else 230.0
             phase = PhaseReading.from_power(policy.fallback, voltage=voltage or 230.0)
             zero = PhaseReading.from_power(0.0, voltage=voltage or 230.0)
-            return Reading(phases=(phase, zero, zero), measured_at=self.clock.seconds())
+            return Reading(phases=(phase, zero, zero), measured_at=wall(self.clock))
         reason = f": {meter.down_reason}" if state is Freshness.DOWN and meter.down_reason else ""
         raise RpcError(UNAVAILABLE, f"Meter '{meter.name}' is {state.value}{reason}")
 
@@ -158,8 +159,9 @@ class ShellyDevice:
 
     # -- composite views (GetStatus, GetConfig, notifications) -----------------------------
     def sys_status(self) -> dict[str, Any]:
-        now = self.clock.seconds()
-        return st.sys_status(self.identity, now, now - self.started_at, self.cfg_rev)
+        # The time shown is the wall clock's; uptime counts on the steady one.
+        uptime = self.clock.seconds() - self.started_at
+        return st.sys_status(self.identity, wall(self.clock), uptime, self.cfg_rev)
 
     def sys_config(self) -> dict[str, Any]:
         port = self.udp_ports[0] if self.udp_ports else None

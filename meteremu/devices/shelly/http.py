@@ -25,6 +25,7 @@ from klein import Klein
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
+from meteremu.compat.http_server import TOO_LARGE, Refusal
 from meteremu.devices.shelly import jsonfmt, rpc
 from meteremu.devices.shelly.device import ShellyDevice
 from meteremu.devices.shelly.rpc import CallContext, RpcError
@@ -65,6 +66,23 @@ def _context(request: IRequest) -> CallContext:
 
 def _read_body(request: IRequest) -> bytes:
     return request.content.read(MAX_BODY + 1) if request.content is not None else b""
+
+
+def refusal(device: ShellyDevice) -> Refusal:
+    """How a request body refused before it is read looks on the RPC routes.
+
+    The device's own error shapes: a frame on ``POST /rpc`` (-32700 "Frame too
+    large", as for a frame the parser refuses), a bare error on ``/rpc/<Method>``.
+    """
+
+    def answer(path: bytes, what: str, limit: int) -> bytes:
+        err = (RpcError(rpc.PARSE_ERROR, "Frame too large") if what == TOO_LARGE else
+               RpcError(rpc.INVALID_ARGUMENT, "Invalid request: an upgrade request carries no body"))
+        if path.rstrip(b"/") == b"/rpc":
+            return jsonfmt.dumpb({"id": None, "src": device.core.device_id, "error": err.as_dict()})
+        return jsonfmt.dumpb(err.as_dict())
+
+    return answer
 
 
 def install_routes(

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from twisted.internet.task import LoopingCall
 
+from meteremu.clocks import wall
 from meteremu.devices.shelly.device import ShellyDevice
 from meteremu.devices.shelly.notify import Status, diff_status, notification_bytes, params_json
 from meteremu.devices.shelly.rpc import CallContext
@@ -101,7 +102,7 @@ class NotifyHub:
         dev = self.device
         status = dev.full_status(client.ctx)
         client.known = dev.meter_components(client.ctx)
-        self._send(client, "NotifyFullStatus", params_json(self.clock.seconds(), status))
+        self._send(client, "NotifyFullStatus", params_json(wall(self.clock), status))
 
     def _send(self, client: Subscriber, method: str, params: str) -> None:
         """Send ``params`` (JSON text, see :func:`params_json`) to ``client``."""
@@ -125,7 +126,7 @@ class NotifyHub:
         try:
             current = dev.meter_components(client.ctx)
             client.known = current
-            self._send(client, "NotifyStatus", params_json(self.clock.seconds(), current))
+            self._send(client, "NotifyStatus", params_json(wall(self.clock), current))
         except Exception:
             log.failure("heartbeat to {peer} failed", peer=client.ctx.peer)
 
@@ -142,7 +143,8 @@ class NotifyHub:
         if self._pending is not None and self._pending.active():
             self._pending.cancel()  # flushed early (tests, heartbeats): no second flush
         self._pending = None
-        now = self._last_flush = self.clock.seconds()
+        self._last_flush = self.clock.seconds()
+        stamp = wall(self.clock)  # the notifications' ts
         dev = self.device
         components: dict[float, Status] = {}
         # (scale, id(known)) -> (known, diff or None, new known, params JSON or None)
@@ -159,7 +161,7 @@ class NotifyHub:
                     diff, known = diff_status(client.known, current, self.epsilon)
                     if diff is not None:
                         known = _shared(states.setdefault(scale, []), known)
-                    outcome = (client.known, diff, known, params_json(now, diff) if diff else None)
+                    outcome = (client.known, diff, known, params_json(stamp, diff) if diff else None)
                     outcomes[(scale, id(client.known))] = outcome
                 _, diff, known, params = outcome
                 if diff is None:

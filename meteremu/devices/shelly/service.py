@@ -98,6 +98,8 @@ def build(options: Options, ctx: DeviceContext) -> ShellyService:
         HubService(hub).setServiceParent(service)
         ws_resource = lambda: websocket_resource(factory)  # noqa: E731
     shelly_http.install_routes(site, device, ws_resource=ws_resource, observe_latency=latency)
+    for port in (options.http_port, *options.websocket_ports):
+        ctx.sites.accept_bodies(port, b"/rpc", shelly_http.MAX_BODY, shelly_http.refusal(device))
     for extra in options.websocket_ports:
         ctx.sites.share(extra, site, f"devices[{ctx.index}].websocket_ports")
     udp_host = options.udp_bind or ctx.host

@@ -19,7 +19,7 @@ from meteremu.compat.autobahn_server import (  # before any other autobahn impor
     WebSocketServerFactory,
     WebSocketServerProtocol,
 )
-from meteremu.compat.tcp import backlog, write_now
+from meteremu.compat.tcp import write_now
 from meteremu.devices.shelly import jsonfmt
 from meteremu.devices.shelly.device import ShellyDevice
 from meteremu.devices.shelly.hub import NotifyHub
@@ -30,7 +30,6 @@ from meteremu.logs import logger
 log = logger(__name__)
 
 MAX_MESSAGE = 64 * 1024
-MAX_BACKLOG = 512 * 1024  # unsent bytes before a non-reading client is dropped
 
 
 class ShellyWebSocketProtocol(WebSocketServerProtocol):
@@ -68,19 +67,13 @@ class ShellyWebSocketProtocol(WebSocketServerProtocol):
         self.factory.hub.unsubscribe(self)
 
     def send(self, payload: bytes) -> None:
-        """Send, unless the client stopped reading: then drop it.
+        """Send one message, unless the client stopped reading: then drop it.
 
         A client that never reads would make us buffer every notification
-        forever; past MAX_BACKLOG of unsent bytes it is cut off (it can
-        reconnect, as Home Assistant does).
+        (and every pong) forever; past ``max_backlog`` unsent bytes it is cut
+        off in ``sendData`` (it can reconnect, as Home Assistant does).
         """
         if self.transport is None or self.state != WebSocketServerProtocol.STATE_OPEN:
-            return
-        if backlog(self.transport) > MAX_BACKLOG:
-            log.warn("dropping WebSocket client {peer}: it stopped reading ({n} bytes unsent)",
-                     peer=self.ctx.peer, n=backlog(self.transport))
-            self.factory.hub.unsubscribe(self)
-            self.transport.abortConnection()
             return
         # One unfragmented, uncompressed text frame, framed by Autobahn.
         frame = PreparedMessage(payload, False, False, True).payloadHybi

@@ -57,11 +57,12 @@ from meteremu.exporters.influxdb import Options
 from meteremu.exporters.influxdb.lineprotocol import format_lines
 from meteremu.exporters.influxdb.points import daily_points, lines, reading_points
 from meteremu.exporters.prometheus import Metrics
-from meteremu.interfaces import IReactorTime, StateStore
+from meteremu.interfaces import IReactorTime, StateStore, Values
 from meteremu.logs import logger
 from meteremu.meter import Meter
 from meteremu.meterset import MeterSet
 from meteremu.reading import Reading
+from meteremu.store import MemoryValues
 
 log = logger(__name__)
 
@@ -528,19 +529,6 @@ class InfluxCollector(Collector):
         yield from (size, drops, writes, points, last)
 
 
-class _MemoryStore:
-    """Stands in when no store is given (the snapshot then lives until exit)."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, Any] = {}
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.values.get(key, default)
-
-    def put(self, key: str, value: Any) -> None:
-        self.values[key] = value
-
-
 # -- the service -------------------------------------------------------------------
 
 
@@ -562,7 +550,7 @@ class InfluxExporter(Service):
         self.meters = meters
         self.reactor = reactor
         self.clock: IReactorTime = clock if clock is not None else reactor
-        self.store = store if store is not None else _MemoryStore()
+        self.store: Values = store if store is not None else MemoryValues()
         self.precision = options.precision
         self.http = InfluxHTTP(reactor, options)
         high, low = make_targets(options)
