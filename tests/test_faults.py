@@ -285,7 +285,7 @@ class EnvoyFaultTests(FaultCase):
         return self.fault("hang", "the Envoy did not answer")
 
     def test_closes_mid_body(self) -> Any:
-        return self.fault("midbody", "the Envoy did not answer: ResponseFailed")
+        return self.fault("midbody", "the Envoy did not answer: answer cut off")
 
     def test_garbage(self) -> Any:
         return self.fault("garbage", "unexpected answer from the Envoy")

@@ -40,26 +40,23 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-import treq
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet import error as net_error
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.protocol import Protocol
-from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, _HTTP11ClientFactory
-from twisted.web.http import PotentialDataLoss
 
 from meteremu.backoff import next_delay
+from meteremu.failures import Explained
+from meteremu.httpclient import HTTPClient, HttpResult, describe
 from meteremu.logs import logger
 from meteremu.meter import Meter
 from meteremu.sources.common import SourceStatus
 from meteremu.sources.homeassistant import protocol as ha
 from meteremu.sources.homeassistant.options import HomeAssistantOptions
+from meteremu.tls import web_policy
 
 log = logger(__name__)
 
@@ -68,73 +65,16 @@ MAX_MESSAGE = 64 * 1024 * 1024
 CLOSE_WAIT = 2.0
 
 
-class _QuietHTTPFactory(_HTTP11ClientFactory):
-    noisy = False  # no "Starting factory" line per pooled connection
-
-
-class AuthError(Exception):
+class AuthError(Explained):
     """HA rejected the token (``auth_invalid``, HTTP 401/403)."""
 
 
-class NotFound(Exception):
+class NotFound(Explained):
     """REST 404: the entity does not exist."""
 
 
-class HTTPStatusError(Exception):
+class HTTPStatusError(Explained):
     pass
-
-
-class BodyTooLarge(Exception):
-    pass
-
-
-def describe(failure: Failure | BaseException) -> str:
-    """A short, secret-free description of an error for logs and /healthz."""
-    exc = failure.value if isinstance(failure, Failure) else failure
-    if isinstance(exc, AuthError | HTTPStatusError | NotFound | BodyTooLarge):
-        return str(exc)
-    if isinstance(exc, defer.TimeoutError | defer.CancelledError):
-        return "timed out"
-    if isinstance(exc, net_error.ConnectError | net_error.ConnectionLost | net_error.ConnectionDone):
-        return f"{type(exc).__name__}: {str(exc)[:120]}"
-    return type(exc).__name__
-
-
-class _BodyReader(Protocol):
-    """Collects a response body up to ``limit`` bytes; cancelling closes the socket."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.parts: list[bytes] = []
-        self.size = 0
-        self.done: Deferred[bytes] = Deferred(lambda d: self._abort())
-
-    def _abort(self) -> None:
-        if self.transport is not None:
-            self.transport.loseConnection()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.size += len(data)
-        if self.size > self.limit:
-            self._abort()
-            if not self.done.called:
-                self.done.errback(BodyTooLarge(f"response larger than {self.limit} bytes"))
-            return
-        self.parts.append(data)
-
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        if self.done.called:
-            return
-        if reason is None or reason.check(ResponseDone, PotentialDataLoss):
-            self.done.callback(b"".join(self.parts))
-        else:
-            self.done.errback(reason)
-
-
-def read_body(response: Any, limit: int = MAX_BODY) -> Deferred[bytes]:
-    reader = _BodyReader(limit)
-    response.deliverBody(reader)
-    return reader.done
 
 
 class _Connection(WebSocketClientProtocol):
@@ -203,9 +143,7 @@ class HomeAssistantSource(SourceStatus, Service):
         self.connections = 0
         self._timer: Any = None
         self._connecting: Deferred[Any] | None = None
-        self._inflight: set[Deferred[Any]] = set()
-        self._pool: HTTPConnectionPool | None = None
-        self._http: Any = None
+        self.http: HTTPClient | None = None
         self._stopping = False
         self._slow_retry = False
         self._said: dict[str, str] = {}
@@ -218,12 +156,7 @@ class HomeAssistantSource(SourceStatus, Service):
     def startService(self) -> None:
         super().startService()
         self._stopping = False
-        self._pool = HTTPConnectionPool(self.reactor, persistent=True)
-        self._pool.maxPersistentPerHost = 4
-        self._pool.retryAutomatically = False
-        self._pool._factory = _QuietHTTPFactory
-        self._http = treq.client.HTTPClient(Agent(self.reactor, pool=self._pool,
-                                                  connectTimeout=self.options.timeout))
+        self.http = HTTPClient(self.reactor, self.options.timeout, clock=self.clock, per_host=4)
         self._schedule(0.0)
 
     def stopService(self) -> Deferred[Any]:
@@ -233,8 +166,6 @@ class HomeAssistantSource(SourceStatus, Service):
         self._cancel_timers("_timer")
         if self._connecting is not None:
             self._connecting.cancel()
-        for d in list(self._inflight):
-            d.cancel()
         waits: list[Deferred[Any]] = []
         session = self.session
         if session is not None:
@@ -248,9 +179,9 @@ class HomeAssistantSource(SourceStatus, Service):
                 timer = self.reactor.callLater(CLOSE_WAIT, session.conn.dropConnection, abort=True)
                 closing.addBoth(lambda r, t=timer: t.cancel() if t.active() else None)
                 waits.append(closing)
-        if self._pool is not None:
-            waits.append(self._pool.closeCachedConnections())
-            self._pool = None
+        http, self.http = self.http, None
+        if http is not None:
+            waits.append(http.close())
         return DeferredList(waits, consumeErrors=True)
 
     # -- mapping, status ---------------------------------------------------------------
@@ -304,36 +235,22 @@ class HomeAssistantSource(SourceStatus, Service):
     # -- REST ------------------------------------------------------------------------------
     def get_json(self, path: str) -> Deferred[Any]:
         """GET ``/api/<path>``; the whole exchange is bounded by ``timeout``."""
-        if self._stopping or self._http is None:
+        if self._stopping or self.http is None:
             return defer.fail(defer.CancelledError("source stopped"))
-        url = f"{self.base_url}/api/{path}"
-        headers = {"Authorization": [f"Bearer {self.options.token}"],
-                   "Accept": ["application/json"]}
-        d = self._http.get(url, headers=headers, unbuffered=True)
+        headers = {"Authorization": f"Bearer {self.options.token}", "Accept": "application/json"}
+        d = self.http.request("GET", f"{self.base_url}/api/{path}", headers, limit=MAX_BODY, redirects=True)
 
-        def check(response: Any) -> Deferred[bytes]:
-            code = response.code
+        def check(result: HttpResult) -> Any:
+            code = result.status
             if code in (401, 403):
-                response.deliverBody(Protocol())  # discard
                 raise AuthError(f"Home Assistant rejected the access token (HTTP {code})")
             if code == 404:
-                response.deliverBody(Protocol())  # discard
                 raise NotFound(f"HTTP 404 for /api/{path}")
             if code != 200:
-                response.deliverBody(Protocol())  # discard
                 raise HTTPStatusError(f"HTTP {code} from /api/{path.split('/')[0]}")
-            return read_body(response)
+            return json.loads(result.body)
 
-        d.addCallback(check)
-        d.addCallback(json.loads)
-        d.addTimeout(self.options.timeout, self.clock)
-        self._inflight.add(d)
-        d.addBoth(self._done_inflight, d)
-        return d
-
-    def _done_inflight(self, result: Any, d: Deferred[Any]) -> Any:
-        self._inflight.discard(d)
-        return result
+        return d.addCallback(check)
 
     def _fetch_entities(self, entities: list[str]) -> Deferred[list[tuple[str, Any]]]:
         """GET every entity; → ``[(entity_id, state object | Failure)]``."""
@@ -466,7 +383,7 @@ class HomeAssistantSource(SourceStatus, Service):
         port = parts.port or (443 if parts.scheme == "wss" else 80)
         endpoint: Any = HostnameEndpoint(self.reactor, parts.hostname, port, timeout=self.options.timeout)
         if parts.scheme == "wss":
-            endpoint = wrapClientTLS(optionsForClientTLS(parts.hostname), endpoint)
+            endpoint = wrapClientTLS(web_policy().creatorForNetloc(parts.hostname.encode(), port), endpoint)
         d = endpoint.connect(factory)
         self._connecting = d
 
