@@ -21,12 +21,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from meteremu.config import ConfigError, parse_config
 from meteremu.meter import Freshness, Meter
 from meteremu.reading import Reading
-from meteremu.sources.homeassistant import (
-    Entities,
-    HomeAssistantOptions,
-    HomeAssistantSource,
-)
 from meteremu.sources.homeassistant import protocol as ha
+from meteremu.sources.homeassistant.client import HomeAssistantSource
+from meteremu.sources.homeassistant.options import Entities, HomeAssistantOptions
 from tests.support import HTTPClient, asyncio_reactor_skip, start_app, test_config
 from tests.support.fake_homeassistant import (
     DSMR_ENERGY,

@@ -606,8 +606,3 @@ def _is_transport(exc: BaseException) -> bool:
 
 def _connect_timeout(timeout: float) -> float:
     return max(1.0, min(10.0, timeout))
-
-
-def make_envoy_source(meter: Meter, options: EnvoyOptions, reactor: Any, store: Any = None) -> EnvoySource:
-    return EnvoySource(meter, options, reactor, store)
-

@@ -581,8 +581,3 @@ class HomeAssistantSource(SourceStatus, Service):
             why = session.reason or f"closed ({code}{': ' + reason[:80] if reason else ''})"
             self._fail(f"Home Assistant connection lost: {why}", down=False)
         self._schedule(self._backoff())
-
-
-def make_source(meter: Meter, options: HomeAssistantOptions, reactor: Any, store: Any = None) -> HomeAssistantSource:
-    return HomeAssistantSource(meter, options, reactor)
-

@@ -1,11 +1,11 @@
-"""Kamstrup MULTICAL heat meters over KMP (``source: {type: kamstrup, serial: …}``).
+"""Kamstrup MULTICAL heat meters over KMP, the I/O part: the line and the poll.
 
 The optical head (IR eye on the meter's front) is a half-duplex serial line,
 1200 baud 8N2 by default; a ser2net bridge (``1200n82``) works with ``tcp:``.
 Every ``interval`` the source asks for the configured registers with
 GetRegister (at most 8 per request; several requests when more are
 configured), waits up to ``timeout`` for each answer and retries ``retries``
-times. The codec is :mod:`meteremu.sources.kmp`.
+times. The codec is :mod:`.kmp`, the register catalogue :mod:`.parse`.
 
 A heat meter has no electrical phases: each poll becomes
 ``Reading(phases=(), measured_at=<arrival>, extras={…})`` — heat energy in kWh
@@ -23,11 +23,9 @@ is tried sooner (backoff from ``retry_min`` up to ``interval``).
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -38,135 +36,17 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
 from meteremu.backoff import next_delay
-from meteremu.configtypes import Duration
 from meteremu.logs import logger
 from meteremu.meter import Meter
 from meteremu.reading import Reading
-from meteremu.sources import kmp
 from meteremu.sources.common import SourceStatus, quiet_factory
+from meteremu.sources.kamstrup import kmp
+from meteremu.sources.kamstrup.options import KamstrupOptions
+from meteremu.sources.kamstrup.parse import register_extras
 
 log = logger(__name__)
 
 CLOSE_WAIT = 2.0
-
-
-@dataclass(frozen=True, slots=True)
-class Register:
-    id: int
-    quantity: str  # the kmp.convert quantity: kwh, w, m3, lph, c, k, h, bar, ""
-    key: str  # the extras key when the unit converts
-
-
-# MULTICAL 402/403/602/603 (spec §3; PyKMP constants.py).
-REGISTERS: dict[str, Register] = {
-    "heat_energy": Register(0x003C, "kwh", "heat_energy_kwh"),
-    "heat_energy_hires": Register(0x010A, "kwh", "heat_energy_hires_kwh"),
-    "volume": Register(0x0044, "m3", "volume_m3"),
-    "flow": Register(0x004A, "lph", "flow_lph"),
-    "power": Register(0x0050, "w", "heat_power_w"),
-    "temp_inlet": Register(0x0056, "c", "temp_inlet_c"),
-    "temp_outlet": Register(0x0057, "c", "temp_outlet_c"),
-    "temp_t3": Register(0x0058, "c", "temp_t3_c"),
-    "temp_diff": Register(0x0059, "k", "temp_diff_k"),
-    "temp_t4": Register(0x007A, "c", "temp_t4_c"),
-    "pressure_inlet": Register(0x005B, "bar", "pressure_inlet_bar"),
-    "pressure_outlet": Register(0x005C, "bar", "pressure_outlet_bar"),
-    "info": Register(0x0063, "", "info_code"),
-    "operating_hours": Register(0x03EC, "h", "operating_hours"),
-}
-DEFAULT_REGISTERS = ("heat_energy", "volume", "flow", "power", "temp_inlet", "temp_outlet",
-                     "temp_diff", "operating_hours")
-
-
-def resolve_register(name: str) -> Register:
-    """A register name from :data:`REGISTERS`, or an id (``0x03EC`` / ``1004``)."""
-    text = str(name).strip()
-    if text in REGISTERS:
-        return REGISTERS[text]
-    try:
-        number = int(text, 16) if text.lower().startswith("0x") else int(text)
-    except ValueError:
-        raise ValueError(name) from None
-    if not 0 <= number <= 0xFFFF:
-        raise ValueError(name)
-    for register in REGISTERS.values():
-        if register.id == number:
-            return register
-    return Register(number, "?", f"register_{number:04x}")
-
-
-def register_extras(values: dict[int, kmp.RegisterValue], wanted: list[Register]) -> dict[str, float]:
-    """Register values → extras in the project's units (raw, unit-suffixed if a unit does not fit)."""
-    extras: dict[str, float] = {}
-    for register in wanted:
-        value = values.get(register.id)
-        if value is None:
-            continue
-        converted = kmp.convert(value.value, value.unit, register.quantity) if register.quantity != "?" else None
-        if converted is not None:
-            key, number = register.key, float(converted)
-        else:
-            slug = kmp.unit_slug(value.unit)
-            key, number = (f"{register.key}_{slug}" if slug != "raw" else register.key), float(value.value)
-        if math.isfinite(number):  # a KMP float can be far beyond float range (255 mantissa bytes)
-            extras[key] = number
-    return extras
-
-
-@dataclass(frozen=True)
-class KamstrupOptions:
-    serial: str | None = field(default=None, metadata={
-        "doc": "serial device of the optical head, e.g. /dev/ttyUSB0"})
-    tcp: str | None = field(default=None, metadata={
-        "doc": "host:port of a ser2net bridge to the optical head (1200n82)"})
-    interval: Duration = field(default=3600.0, metadata={
-        "doc": "time between reads; each read costs meter battery (30 min or more on battery meters)"})
-    registers: tuple[str, ...] = field(default=DEFAULT_REGISTERS, metadata={
-        "doc": "register names (heat_energy, volume, flow, power, temp_inlet, temp_outlet, "
-               "temp_diff, temp_t3, temp_t4, pressure_inlet, pressure_outlet, info, "
-               "operating_hours, heat_energy_hires) or ids like 0x03EC"})
-    baudrate: int = field(default=1200, metadata={"doc": "optical head speed (some models: 2400, 9600)"})
-    stopbits: Literal[1, 2] = field(default=2, metadata={"doc": "stop bits (8N2 on MULTICAL heads)"})
-    address: int = field(default=kmp.HEAT_METER, metadata={"doc": "KMP destination address (63 = heat meter)"})
-    timeout: Duration = field(default=5.0, metadata={"doc": "wait for each answer"})
-    retries: int = field(default=2, metadata={"doc": "extra attempts per request"})
-    retry_min: Duration = field(default=30.0, metadata={
-        "doc": "after a failed read, the next one comes this soon (doubling up to interval)"})
-    connect_timeout: Duration = field(default=10.0, metadata={"doc": "TCP connect timeout"})
-
-    def register_list(self) -> list[Register]:
-        return [resolve_register(name) for name in self.registers]
-
-    def host_port(self) -> tuple[str, int]:
-        from meteremu.sources.dsmr.options import split_host_port
-
-        assert self.tcp is not None
-        return split_host_port(self.tcp)
-
-    def validate(self) -> list[tuple[str, str]]:
-        from meteremu.sources.dsmr.options import endpoint_errors
-
-        errors = endpoint_errors(self.serial, self.tcp, "192.168.1.20:4001", check_serial=False)
-        if not self.registers:
-            errors.append(("registers", "at least one register"))
-        for i, name in enumerate(self.registers):
-            try:
-                resolve_register(name)
-            except ValueError:
-                errors.append((f"registers[{i}]", "a register name (" + ", ".join(REGISTERS)
-                               + f") or an id like 0x03EC; got {name!r}"))
-        if not errors and len({r.id for r in self.register_list()}) != len(self.registers):
-            errors.append(("registers", "each register once"))
-        if self.baudrate not in (300, 600, 1200, 2400, 4800, 9600, 19200):
-            errors.append(("baudrate", "a serial speed such as 1200, 2400 or 9600"))
-        if not 0 <= self.address <= 255:
-            errors.append(("address", "a KMP address 0-255 (63 = heat meter)"))
-        if not 0 <= self.retries <= 10:
-            errors.append(("retries", "0 to 10"))
-        for name in ("interval", "timeout", "retry_min", "connect_timeout"):
-            if not getattr(self, name) > 0:
-                errors.append((name, "a duration greater than 0"))
-        return errors
 
 
 class KmpTimeout(Exception):
@@ -409,13 +289,3 @@ class KamstrupSource(SourceStatus, Service):
             return True
         self.meter.update(Reading(phases=(), measured_at=self.clock.seconds(), extras=extras))
         return True
-
-
-# -- registry hooks (meteremu.sources) ------------------------------------------------------------
-
-Options = KamstrupOptions
-PUSH = False
-
-
-def make_source(meter: Meter, options: KamstrupOptions, reactor: Any, store: Any = None) -> KamstrupSource:
-    return KamstrupSource(meter, options, reactor)
