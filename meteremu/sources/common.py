@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory
 
 from meteremu.logs import logger
 
@@ -55,9 +57,17 @@ class SourceStatus:
 
 
 class SourceEvents:
-    """``when(event)`` Deferreds fired by ``_emit``; the source sets ``self._waiters = []``."""
+    """``when(event)`` Deferreds fired by ``_emit``; the source sets ``self._waiters = []``
+    and ``self.reactor``.
+
+    Waiters hear of an event on the next reactor turn, never from inside the
+    code that caused it: a lost connection is reported while ClientService's
+    state machine is arming the retry (:mod:`meteremu.reconnect`), and a
+    waiter may want to look at that retry, or stop the service.
+    """
 
     _waiters: list[tuple[str, Any]]
+    reactor: Any
 
     def _wait_for(self, event: str) -> Deferred[Any]:
         d: Deferred[Any] = Deferred()
@@ -66,22 +76,30 @@ class SourceEvents:
 
     def _emit(self, event: str, value: Any = None) -> None:
         fire = [d for e, d in self._waiters if e == event]
+        if not fire:
+            return
         self._waiters = [(e, d) for e, d in self._waiters if e != event]
-        for d in fire:
-            d.callback(value)
+        self.reactor.callLater(0, _fire, fire, value)
 
 
-def quiet_factory(protocol: Any, *args: Any) -> Any:
-    """A client factory building ``protocol(*args)`` without "Starting factory" log lines
-    (sources reconnect often; those lines would flood the journal)."""
-    from twisted.internet.protocol import ClientFactory
+def _fire(waiters: list[Deferred[Any]], value: Any) -> None:
+    for d in waiters:
+        d.callback(value)
 
-    class _Factory(ClientFactory):
-        noisy = False
 
-        def buildProtocol(self, addr: Any) -> Any:
-            proto = protocol(*args)
-            proto.factory = self
-            return proto
+def protocol_factory(build: Callable[[Any], Any]) -> Factory:
+    """A quiet factory building ``build(address)`` (sources reconnect often: no
+    "Starting factory" log lines)."""
+    return _Building(build)
 
-    return _Factory()
+
+class _Building(Factory):
+    noisy = False
+
+    def __init__(self, build: Callable[[Any], Any]) -> None:
+        self.build = build
+
+    def buildProtocol(self, addr: Any) -> Any:
+        protocol = self.build(addr)
+        protocol.factory = self
+        return protocol

@@ -11,9 +11,11 @@ Connection life (``mode: websocket``)::
         └── at the same time: REST GET /api/states/<id> for every watched entity (seed)
 
 Any failure (refused, handshake timeout, ``auth_invalid``, no pong, close)
-ends the connection and schedules the next attempt with exponential backoff
-and jitter (``reconnect_min`` … ``reconnect_max``); the backoff resets once a
-subscription succeeds. A rejected token waits ``reconnect_max`` before trying
+ends the connection, and Twisted's ``ClientService`` (:mod:`meteremu.reconnect`)
+makes the next attempt after exponential backoff with jitter
+(``reconnect_min`` … ``reconnect_max``); the backoff resets once a
+subscription succeeds (not merely a connection: a proxy in front of a dead
+HA accepts those). A rejected token waits ``reconnect_max`` before trying
 again (no retry storm) and marks the meter down with "bad token".
 
 Freshness (design.md §4, push source): every message on a working
@@ -45,6 +47,7 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
@@ -53,6 +56,7 @@ from meteremu.failures import Explained
 from meteremu.httpclient import HTTPClient, HttpResult, describe
 from meteremu.logs import logger
 from meteremu.meter import Meter
+from meteremu.reconnect import Reconnector
 from meteremu.sources.common import SourceStatus
 from meteremu.sources.homeassistant import protocol as ha
 from meteremu.sources.homeassistant.options import HomeAssistantOptions
@@ -62,7 +66,7 @@ log = logger(__name__)
 
 MAX_BODY = 32 * 1024 * 1024
 MAX_MESSAGE = 64 * 1024 * 1024
-CLOSE_WAIT = 2.0
+WAIT_WHILE_STOPPING = 3600.0  # stopService cancels it: a retry never comes while stopping
 
 
 class AuthError(Explained):
@@ -81,6 +85,10 @@ class _Connection(WebSocketClientProtocol):
     """Autobahn callbacks → the source (one instance per connection)."""
 
     source: HomeAssistantSource
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.factory.source.ws_connected(self)
 
     def onOpen(self) -> None:
         self.factory.source.ws_opened(self)
@@ -142,7 +150,7 @@ class HomeAssistantSource(SourceStatus, Service):
         self.attempts = 0
         self.connections = 0
         self._timer: Any = None
-        self._connecting: Deferred[Any] | None = None
+        self.reconnector: Reconnector | None = None
         self.http: HTTPClient | None = None
         self._stopping = False
         self._slow_retry = False
@@ -157,28 +165,28 @@ class HomeAssistantSource(SourceStatus, Service):
         super().startService()
         self._stopping = False
         self.http = HTTPClient(self.reactor, self.options.timeout, clock=self.clock, per_host=4)
-        self._schedule(0.0)
+        if self.options.mode == "poll":
+            self._call_later(0.0, self._poll)
+            return
+        if self.reconnector is None:
+            self.reconnector = self._reconnector()
+        self.reconnector.start()
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
         self._stopping = True
         self._set_state("stopped")
         self._cancel_timers("_timer")
-        if self._connecting is not None:
-            self._connecting.cancel()
         waits: list[Deferred[Any]] = []
         session = self.session
+        goodbye = None
         if session is not None:
             self._end_session(session)
-            if not session.closed.called:
-                if session.opened:
-                    session.conn.sendClose(1000)
-                else:
-                    session.conn.dropConnection(abort=True)
-                closing = session.closed
-                timer = self.reactor.callLater(CLOSE_WAIT, session.conn.dropConnection, abort=True)
-                closing.addBoth(lambda r, t=timer: t.cancel() if t.active() else None)
-                waits.append(closing)
+            if session.opened:
+                session.conn.sendClose(1000)  # HA answers, then closes the connection
+                goodbye = session.closed
+        if self.reconnector is not None:
+            waits.append(self.reconnector.stop(goodbye))
         http, self.http = self.http, None
         if http is not None:
             waits.append(http.close())
@@ -223,9 +231,6 @@ class HomeAssistantSource(SourceStatus, Service):
             self.meter.alive()
 
     # -- scheduling ----------------------------------------------------------------------
-    def _schedule(self, delay: float) -> None:
-        self._call_later(delay, self._poll if self.options.mode == "poll" else self._connect)
-
     def _backoff(self) -> float:
         self.attempts += 1
         if self._slow_retry:
@@ -335,7 +340,7 @@ class HomeAssistantSource(SourceStatus, Service):
             self._set_state("failing")
             self._fail(f"poll failed: {describe(exc)}", down=False)
         finally:
-            self._schedule(delay)
+            self._call_later(delay, self._poll)
 
     # -- discovery ------------------------------------------------------------------------------
     def _discovered(self, prefs: Any, states: list[Any]) -> bool:
@@ -368,39 +373,40 @@ class HomeAssistantSource(SourceStatus, Service):
         return True
 
     # -- WebSocket ----------------------------------------------------------------------------
-    def _connect(self) -> None:
-        self._timer = None
-        if self._stopping:
-            return
-        self._set_state("connecting")
+    def _reconnector(self) -> Reconnector:
         parts = urlsplit(self.ws_url)
         factory = WebSocketClientFactory(self.ws_url)
         factory.protocol = _Connection
-        factory.noisy = False
         factory.source = self
         factory.setProtocolOptions(openHandshakeTimeout=self.options.timeout,
                                    maxMessagePayloadSize=MAX_MESSAGE, maxFramePayloadSize=MAX_MESSAGE)
+        host = parts.hostname or ""
         port = parts.port or (443 if parts.scheme == "wss" else 80)
-        endpoint: Any = HostnameEndpoint(self.reactor, parts.hostname, port, timeout=self.options.timeout)
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(self.reactor, host, port, timeout=self.options.timeout)
         if parts.scheme == "wss":
-            endpoint = wrapClientTLS(web_policy().creatorForNetloc(parts.hostname.encode(), port), endpoint)
-        d = endpoint.connect(factory)
-        self._connecting = d
+            endpoint = wrapClientTLS(web_policy().creatorForNetloc(host.encode(), port), endpoint)
+        return Reconnector(endpoint, factory, clock=self.clock, reactor=self.reactor, retry=self._retry_delay,
+                           attempting=self._attempting, failed=self._connect_failed)
 
-        def connected(conn: _Connection) -> None:
-            self._connecting = None
-            self.session = _Session(conn)
-
-        def failed(failure: Failure) -> None:
-            self._connecting = None
-            if self._stopping:
-                return
-            self._set_state("disconnected")
-            self._fail(f"cannot connect to Home Assistant: {describe(failure)}", down=False)
-            self._schedule(self._backoff())
-
-        d.addCallbacks(connected, failed)
+    # ClientService's hooks (meteremu.reconnect): they run inside its state machine.
+    def _attempting(self) -> None:
+        self._set_state("connecting")
         self._seed()
+
+    def _connect_failed(self, failure: Failure) -> None:
+        if self._stopping or failure.check(defer.CancelledError):
+            return
+        self._set_state("disconnected")
+        self._fail(f"cannot connect to Home Assistant: {describe(failure)}", down=False)
+
+    def _retry_delay(self) -> float:
+        return WAIT_WHILE_STOPPING if self._stopping else self._backoff()
+
+    def ws_connected(self, conn: _Connection) -> None:
+        if self._stopping:
+            conn.dropConnection(abort=True)
+            return
+        self.session = _Session(conn)
 
     def ws_opened(self, conn: _Connection) -> None:
         session = self.session
@@ -580,4 +586,3 @@ class HomeAssistantSource(SourceStatus, Service):
             self._set_state("disconnected")
             why = session.reason or f"closed ({code}{': ' + reason[:80] if reason else ''})"
             self._fail(f"Home Assistant connection lost: {why}", down=False)
-        self._schedule(self._backoff())

@@ -52,6 +52,7 @@ from meteremu.httpclient import HTTPClient, HttpResult
 from meteremu.logs import logger
 from meteremu.meter import Meter, default_stale_after
 from meteremu.reading import Reading
+from meteremu.reconnect import Reconnector
 from meteremu.sources.common import SourceEvents, SourceStatus
 from meteremu.sources.homewizard.options import HomeWizardOptions, host_port
 from meteremu.sources.homewizard.parse import Measurement, parse_measurement
@@ -60,7 +61,7 @@ from meteremu.tls import DeviceTLS, parse_fingerprint
 log = logger(__name__)
 
 MAX_BODY = 1024 * 1024
-CLOSE_WAIT = 2.0
+WAIT_WHILE_STOPPING = 3600.0  # stopService cancels it: a retry never comes while stopping
 FAILURES_BEFORE_DOWN = 3
 FUTURE_SLACK = 300.0  # a device timestamp further ahead of this host's clock is worth a warning
 
@@ -101,6 +102,10 @@ class _WebSocket(WebSocketClientProtocol):
         super().__init__()
         self.closed: Deferred[None] = Deferred()
         self.reason: str | None = None  # why the source closed it
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.factory.source.ws_connected(self)
 
     def onOpen(self) -> None:
         self.factory.source.ws_opened(self)
@@ -143,7 +148,7 @@ class HomeWizardSource(SourceStatus, SourceEvents, Service):
         self._watchdog: Any = None
         self.http: HTTPClient | None = None
         self._inflight: Deferred[Any] | None = None
-        self._connecting: Deferred[Any] | None = None
+        self.reconnector: Reconnector | None = None
         self.ws: _WebSocket | None = None
         self._said: dict[str, str] = {}
         self._waiters: list[tuple[str, Deferred[Any]]] = []
@@ -159,25 +164,27 @@ class HomeWizardSource(SourceStatus, SourceEvents, Service):
         self._stopping = False
         if not self.push:
             self.http = HTTPClient(self.reactor, self.options.timeout, self.tls, clock=self.clock)
-        self._schedule(0.0)
+            self._call_later(0.0, self._poll)
+            return
+        if self.reconnector is None:
+            self.reconnector = self._reconnector()
+        self.reconnector.start()
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
         self._stopping = True
         self._set_state("stopped")
         self._cancel_timers("_timer", "_watchdog")
-        for d in (self._inflight, self._connecting):
-            if d is not None and not d.called:
-                d.cancel()
+        if self._inflight is not None and not self._inflight.called:
+            self._inflight.cancel()
         waits: list[Deferred[Any]] = []
         ws = self.ws
-        if ws is not None and not ws.closed.called:
-            if ws.state == ws.STATE_OPEN:
-                ws.sendClose(1000)
-            else:
-                ws.dropConnection(abort=True)
-            timer = self.reactor.callLater(CLOSE_WAIT, ws.dropConnection, abort=True)
-            waits.append(ws.closed.addBoth(lambda _: timer.cancel() if timer.active() else None))
+        goodbye = None
+        if ws is not None and not ws.closed.called and ws.state == ws.STATE_OPEN:
+            ws.sendClose(1000)  # the device answers, then closes the connection
+            goodbye = ws.closed
+        if self.reconnector is not None:
+            waits.append(self.reconnector.stop(goodbye))
         http, self.http = self.http, None
         if http is not None:
             waits.append(http.close())
@@ -193,7 +200,7 @@ class HomeWizardSource(SourceStatus, SourceEvents, Service):
         return self._wait_for(event)
 
     def _schedule(self, delay: float) -> None:
-        self._call_later(delay, self._connect if self.push else self._poll)
+        self._call_later(delay, self._poll)
 
     def _backoff(self) -> float:
         if self.auth_failed:
@@ -318,46 +325,44 @@ class HomeWizardSource(SourceStatus, SourceEvents, Service):
         d.addCallbacks(ok, failed)
 
     # -- WebSocket (v2) ------------------------------------------------------------------------------
-    def _connect(self) -> None:
-        self._timer = None
-        if self._stopping:
-            return
+    def _reconnector(self) -> Reconnector:
         assert self.tls is not None
-        self.tls.problem = None
         factory = WebSocketClientFactory(self.ws_url)
         factory.protocol = _WebSocket
         factory.source = self
-        factory.noisy = False
         factory.setProtocolOptions(openHandshakeTimeout=self.options.timeout,
                                    maxMessagePayloadSize=MAX_BODY, maxFramePayloadSize=MAX_BODY)
         host, port = host_port(self.options.host, 443)
         endpoint = wrapClientTLS(self.tls.creatorForNetloc(host.encode(), port),
                                  HostnameEndpoint(self.reactor, host, port, timeout=self.options.timeout))
-        d = endpoint.connect(factory)
-        self._connecting = d
+        return Reconnector(endpoint, factory, clock=self.clock, reactor=self.reactor, retry=self._retry_delay,
+                           attempting=self._attempting, failed=self._connect_failed)
+
+    # ClientService's hooks (meteremu.reconnect): they run inside its state machine.
+    def _attempting(self) -> None:
+        assert self.tls is not None
+        self.tls.problem = None
         self._set_state("connecting")
 
-        def connected(proto: _WebSocket) -> None:
-            self._connecting = None
-            if self._stopping:
-                proto.dropConnection(abort=True)
-                return
-            self.ws = proto
-            # The TLS and WebSocket handshakes are still to come; the device
-            # waits 40 s for the token after that.
-            self._arm_watchdog(2 * self.options.timeout + 40.0)
+    def _connect_failed(self, failure: Failure) -> None:
+        if self._stopping or failure.check(defer.CancelledError):
+            return
+        message = f"cannot connect to {self.ws_url}: {describe(failure, self.tls)}"
+        self._failed(message, down=True)
+        self._set_state("disconnected")
+        self._emit("failure", message)
 
-        def failed(failure: Failure) -> None:
-            self._connecting = None
-            if self._stopping or failure.check(defer.CancelledError):
-                return
-            message = f"cannot connect to {self.ws_url}: {describe(failure, self.tls)}"
-            self._failed(message, down=True)
-            self._schedule(self._backoff())
-            self._set_state("disconnected")
-            self._emit("failure", message)
+    def _retry_delay(self) -> float:
+        return WAIT_WHILE_STOPPING if self._stopping else self._backoff()
 
-        d.addCallbacks(connected, failed)
+    def ws_connected(self, proto: _WebSocket) -> None:
+        if self._stopping:
+            proto.dropConnection(abort=True)
+            return
+        self.ws = proto
+        # The TLS and WebSocket handshakes are still to come; the device
+        # waits 40 s for the token after that.
+        self._arm_watchdog(2 * self.options.timeout + 40.0)
 
     def ws_opened(self, proto: _WebSocket) -> None:
         if proto is not self.ws or self._stopping:
@@ -440,7 +445,6 @@ class HomeWizardSource(SourceStatus, SourceEvents, Service):
         else:
             message = f"HomeWizard WebSocket closed ({code}{': ' + reason[:80] if reason else ''})"
         self._failed(message, down=True)
-        self._schedule(self._backoff())
         self._set_state("bad token" if self.auth_failed else "disconnected")
         self._emit("failure", message)
 

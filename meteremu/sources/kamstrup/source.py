@@ -19,6 +19,16 @@ Battery: every read wakes the meter's optical port and costs battery; a
 battery-powered MULTICAL should be polled at most every 30-60 minutes, hence
 the 1 h default. A meter that does not answer is marked down; the next poll
 is tried sooner (backoff from ``retry_min`` up to ``interval``).
+
+The line (serial port or TCP bridge) is kept open by Twisted's
+``ClientService`` (:mod:`meteremu.reconnect`, :mod:`meteremu.serialendpoint`),
+on the poll's schedule: one time, :attr:`KamstrupSource.next_poll`, says when
+the next read is due. While the line is open a timer polls then; while it is
+closed ClientService waits until then to reopen it, and a reopened line is
+read at once if a read is due. So a failed read (the line is closed after it,
+to start the next one afresh), a line that cannot be opened and a bridge that
+drops an idle connection all come back at the next poll, never sooner: no
+read costs battery outside the schedule.
 """
 
 from __future__ import annotations
@@ -32,37 +42,27 @@ from twisted.internet import defer
 from twisted.internet import error as net_error
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
 from meteremu.backoff import next_delay
+from meteremu.failures import Explained, describe
 from meteremu.logs import logger
 from meteremu.meter import Meter
 from meteremu.reading import Reading
-from meteremu.sources.common import SourceStatus, quiet_factory
+from meteremu.reconnect import Reconnector
+from meteremu.serialendpoint import SerialEndpoint, SerialLine
+from meteremu.sources.common import SourceEvents, SourceStatus, protocol_factory
 from meteremu.sources.kamstrup import kmp
 from meteremu.sources.kamstrup.options import KamstrupOptions
 from meteremu.sources.kamstrup.parse import register_extras
 
 log = logger(__name__)
 
-CLOSE_WAIT = 2.0
 
-
-class KmpTimeout(Exception):
+class KmpTimeout(Explained):
     pass
-
-
-def describe(failure: Failure | BaseException) -> str:
-    exc = failure.value if isinstance(failure, Failure) else failure
-    if isinstance(exc, KmpTimeout | defer.TimeoutError | net_error.TimeoutError):
-        return "no answer"
-    if isinstance(exc, net_error.ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text[:160]}" if text else type(exc).__name__
 
 
 class _KmpProtocol(Protocol):
@@ -72,7 +72,6 @@ class _KmpProtocol(Protocol):
         self.source = source
         self.reader = kmp.FrameReader()
         self.waiting: Deferred[bytes] | None = None
-        self.closed: Deferred[None] = Deferred()
         self.lost = False
 
     def connectionMade(self) -> None:
@@ -87,6 +86,8 @@ class _KmpProtocol(Protocol):
                 waiting.callback(frame)
 
     def ask(self, request: bytes, timeout: float, clock: Any) -> Deferred[bytes]:
+        if self.lost:
+            return defer.fail(net_error.ConnectionDone("the line is closed"))
         self.reader.reset()
         d: Deferred[bytes] = Deferred()
         self.waiting = d
@@ -105,13 +106,11 @@ class _KmpProtocol(Protocol):
         waiting, self.waiting = self.waiting, None
         if waiting is not None:
             waiting.errback(reason or Failure(net_error.ConnectionDone()))
-        if not self.closed.called:
-            self.closed.callback(None)
-        self.source._lost(self, reason)
+        self.source._lost(self)
 
 
-class KamstrupSource(SourceStatus, Service):
-    """Polls a MULTICAL over KMP and feeds a phaseless Meter."""
+class KamstrupSource(SourceStatus, SourceEvents, Service):
+    """Polls a MULTICAL over KMP and feeds a phaseless Meter (see the module docstring)."""
 
     type_name = "kamstrup"
 
@@ -128,12 +127,24 @@ class KamstrupSource(SourceStatus, Service):
         self.polls = 0
         self.failures_in_row = 0
         self.serial_number: str | None = None
+        self.next_poll = 0.0
         self._timer: Any = None
         self._polling: Deferred[Any] | None = None
+        self._unreported: bool | None = None  # a read's outcome, told once the next one is scheduled
         self._stopping = True
         self._said: dict[str, str] = {}
-        self._waiters: list[Deferred[bool]] = []
-        self.where = f"tcp {options.tcp}" if options.tcp else f"serial {options.serial}"
+        self._waiters: list[tuple[str, Deferred[Any]]] = []
+        endpoint: IStreamClientEndpoint
+        if options.tcp is not None:
+            self.where = f"tcp {options.tcp}"
+            host, port = options.host_port()
+            endpoint = HostnameEndpoint(reactor, host, port, timeout=options.connect_timeout)
+        else:
+            assert options.serial is not None
+            self.where = f"serial {options.serial}"
+            endpoint = SerialEndpoint(reactor, options.serial, SerialLine(options.baudrate, 8, "N", options.stopbits))
+        self.reconnector = Reconnector(endpoint, protocol_factory(lambda _: _KmpProtocol(self)), clock=self.clock,
+                                       reactor=reactor, retry=self._until_next_poll, failed=self._open_failed)
         self.meter.details = {"transport": self.where, "connection": self.state,
                               "registers": [f"{r.key} ({r.id:#06x})" for r in self.registers]}
 
@@ -141,7 +152,8 @@ class KamstrupSource(SourceStatus, Service):
     def startService(self) -> None:
         super().startService()
         self._stopping = False
-        self._schedule(0.0)
+        self.next_poll = self.clock.seconds()
+        self.reconnector.start()
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
@@ -150,90 +162,85 @@ class KamstrupSource(SourceStatus, Service):
         self._cancel_timers("_timer")
         if self._polling is not None:
             self._polling.cancel()
-        proto, self.proto = self.proto, None
-        if proto is None or proto.lost or proto.transport is None:
-            return defer.succeed(None)
-        proto.transport.loseConnection()
-        closing = proto.closed
-        timer = self.reactor.callLater(CLOSE_WAIT, lambda: closing.called or closing.callback(None))
-        return closing.addBoth(lambda _: timer.cancel() if timer.active() else None)
+        return self.reconnector.stop()
 
     def when_polled(self) -> Deferred[bool]:
         """Fires after the next read with True (the meter answered) or False."""
-        d: Deferred[bool] = Deferred()
-        self._waiters.append(d)
-        return d
+        return self._wait_for("polled")
 
-    def _schedule(self, delay: float) -> None:
-        self._call_later(delay, self._tick)
+    def _read_done(self, ok: bool) -> None:
+        """A read (or an attempt to open the line for one) ended; the next is due at ``next_poll``."""
+        if not ok:
+            self.next_poll = self.clock.seconds() + next_delay(
+                self.failures_in_row, self.options.retry_min, self.options.interval, self.rng, jitter=0.25)
+        else:
+            self.next_poll = self.clock.seconds() + self.options.interval
+        self._unreported = ok
 
-    # -- the line -----------------------------------------------------------------------------
+    def _report_read(self) -> None:
+        ok, self._unreported = self._unreported, None
+        if ok is not None:
+            self._emit("polled", ok)
+
+    # -- the line (ClientService's hooks) ------------------------------------------------------
+    def _open_failed(self, failure: Failure) -> None:
+        if self._stopping or failure.check(defer.CancelledError):
+            return
+        self._failed(failure.value)
+        self._read_done(False)
+
+    def _until_next_poll(self) -> float:
+        """ClientService's retry policy: a closed line is reopened when the next read is due."""
+        self._report_read()
+        return max(0.0, self.next_poll - self.clock.seconds())
+
     def _connected(self, proto: _KmpProtocol) -> None:
         self.proto = proto
         self._set_state("open")
+        self._call_later(max(0.0, self.next_poll - self.clock.seconds()), self._tick)
 
-    def _lost(self, proto: _KmpProtocol, reason: Failure | None) -> None:
+    def _lost(self, proto: _KmpProtocol) -> None:
         if proto is self.proto:
             self.proto = None
+            self._cancel_timers("_timer")
             if not self._stopping:
                 self._set_state("closed")
 
-    def _open(self) -> Deferred[_KmpProtocol]:
-        if self.proto is not None and not self.proto.lost:
-            return defer.succeed(self.proto)
-        if self.options.tcp is not None:
-            host, port = self.options.host_port()
-            endpoint = HostnameEndpoint(self.reactor, host, port, timeout=self.options.connect_timeout)
-            return endpoint.connect(quiet_factory(_KmpProtocol, self))
-        try:
-            from twisted.internet.serialport import SerialPort  # needs pyserial
-        except ImportError:
-            return defer.fail(RuntimeError("serial: needs pyserial (pip install pyserial)"))
-        proto = _KmpProtocol(self)
-        try:
-            SerialPort(proto, self.options.serial, self.reactor, baudrate=self.options.baudrate,
-                       bytesize=8, parity="N", stopbits=self.options.stopbits, timeout=0)
-        except Exception as exc:  # SerialException (an OSError), termios.error, ValueError
-            return defer.fail(exc)
-        return defer.succeed(proto)
-
     def _close(self) -> None:
-        proto, self.proto = self.proto, None
+        proto = self.proto
         if proto is not None and not proto.lost and proto.transport is not None:
             proto.transport.loseConnection()
 
     # -- polling --------------------------------------------------------------------------------
     def _tick(self) -> None:
         self._timer = None
-        if self._stopping:
+        if self._stopping or self.proto is None:
             return
         d = defer.ensureDeferred(self.poll())
         self._polling = d
 
         def done(ok: bool) -> None:
             self._polling = None
+            self._read_done(ok)
             if ok:
-                self._schedule(self.options.interval)
+                self._call_later(self.options.interval, self._tick)
+                self._report_read()
             else:
-                self._schedule(next_delay(self.failures_in_row, self.options.retry_min, self.options.interval,
-                                          self.rng, jitter=0.25))
-            waiters, self._waiters = self._waiters, []
-            for waiter in waiters:
-                waiter.callback(ok)
+                self._close()  # the next read starts on a fresh line, when ClientService reopens it
 
         def stopped(failure: Failure) -> None:
             self._polling = None
             if not failure.check(defer.CancelledError):
                 log.failure("kamstrup poll failed unexpectedly", failure)
-                self._schedule(self.options.interval)
+                self._read_done(True)
+                self._call_later(self.options.interval, self._tick)
 
         d.addCallbacks(done, stopped)
 
-    async def _ask(self, request: bytes, cid: int) -> kmp.Frame:
+    async def _ask(self, proto: _KmpProtocol, request: bytes, cid: int) -> kmp.Frame:
         """Send ``request`` until a valid answer with ``cid`` comes back (retries)."""
         last: BaseException | None = None
         for _attempt in range(self.options.retries + 1):
-            proto = await self._open()
             try:
                 raw = await proto.ask(request, self.options.timeout, self.clock)
                 frame = kmp.decode_frame(raw)
@@ -247,30 +254,36 @@ class KamstrupSource(SourceStatus, Service):
         assert last is not None
         raise last
 
+    def _failed(self, exc: BaseException) -> None:
+        self.failures_in_row += 1
+        message = f"Kamstrup meter on {self.where}: {describe(exc)}"
+        self.meter.report_failure(message, down=True)
+        self._say("poll", message)
+
     async def poll(self) -> bool:
-        """One read of every configured register; True when the meter answered."""
+        """One read of every configured register over the open line; True when the meter answered."""
+        proto = self.proto
         try:
+            if proto is None:
+                raise net_error.ConnectionDone("the line is closed")
             values: dict[int, kmp.RegisterValue] = {}
             ids = [r.id for r in self.registers]
             for start in range(0, len(ids), kmp.MAX_REGISTERS_PER_REQUEST):
                 chunk = ids[start:start + kmp.MAX_REGISTERS_PER_REQUEST]
-                frame = await self._ask(kmp.get_register_request(chunk, self.options.address),
+                frame = await self._ask(proto, kmp.get_register_request(chunk, self.options.address),
                                         kmp.CID_GET_REGISTER)
                 values.update(kmp.decode_registers(frame.data))
             if self.serial_number is None:
                 try:
-                    frame = await self._ask(kmp.get_serial_request(self.options.address), kmp.CID_GET_SERIAL)
+                    frame = await self._ask(proto, kmp.get_serial_request(self.options.address),
+                                            kmp.CID_GET_SERIAL)
                     self.serial_number = kmp.decode_serial(frame.data)
                 except (KmpTimeout, kmp.KmpError):
                     self.serial_number = ""
         except defer.CancelledError:
             raise
         except Exception as exc:
-            self.failures_in_row += 1
-            message = f"Kamstrup meter on {self.where}: {describe(exc)}"
-            self.meter.report_failure(message, down=True)
-            self._say("poll", message)
-            self._close()
+            self._failed(exc)
             return False
         extras = register_extras(values, self.registers)
         missing = [r.key for r in self.registers if r.id not in values]
