@@ -70,14 +70,15 @@ class _Recording(Factory):
 class _Watched:
     """The owner's endpoint, telling the owner about every attempt and every failed one."""
 
-    def __init__(self, endpoint: IStreamClientEndpoint, attempting: Callable[[], None],
+    def __init__(self, endpoint: IStreamClientEndpoint, name: str, attempting: Callable[[], None],
                  failed: Callable[[Failure], None]) -> None:
         self.endpoint = endpoint
+        self.name = name
         self.attempting = attempting
         self.failed = failed
 
-    def __repr__(self) -> str:
-        return repr(self.endpoint)
+    def __repr__(self) -> str:  # ClientService's "Scheduling retry N to connect <this>" line
+        return self.name
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
         self.attempting()
@@ -94,18 +95,21 @@ class Reconnector:
     """One connection to ``endpoint`` kept up by a ``ClientService`` (see the module docstring).
 
     ``retry()`` → seconds to wait before the next attempt; ``clock`` times the
-    waits (tests pass a ``Clock``), ``reactor`` bounds the stop.
+    waits (tests pass a ``Clock``), ``reactor`` bounds the stop; ``name`` says
+    in ClientService's log lines what is connected to.
     """
 
     def __init__(self, endpoint: IStreamClientEndpoint, factory: IProtocolFactory, *, clock: Any,
                  reactor: Any, retry: Callable[[], float], attempting: Callable[[], None] = _nothing,
-                 failed: Callable[[Failure], None] = _nothing) -> None:
+                 failed: Callable[[Failure], None] = _nothing, name: str | None = None) -> None:
         self.reactor = reactor
+        self._stopping: Deferred[None] | None = None
         self._factory = _Recording(factory)
-        self.service = ClientService(_Watched(endpoint, attempting, failed), self._factory,
+        self.service = ClientService(_Watched(endpoint, name or repr(endpoint), attempting, failed), self._factory,
                                      retryPolicy=lambda _failed_attempts: retry(), clock=clock)
 
     def start(self) -> None:
+        self._stopping = None
         self.service.startService()
 
     def stop(self, closing: Deferred[Any] | None = None) -> Deferred[None]:
@@ -113,9 +117,17 @@ class Reconnector:
 
         ``closing`` fires when the owner's own goodbye is over (a WebSocket
         close handshake): the connection is left to it for up to
-        :data:`CLOSE_WAIT` seconds first. (A retry armed meanwhile is
-        cancelled: the owner's policy answers a long wait while stopping.)
+        :data:`CLOSE_WAIT` seconds first. The owner's goodbye ends with the
+        connection closing, and ``closing`` should fire from the protocol's
+        ``connectionLost``: ClientService then hears of the loss when it is
+        already stopping, and arms no retry. Calling ``stop`` again while it
+        stops waits for the same end.
         """
+        if self._stopping is None:
+            self._stopping = self._stop(closing)
+        return _follow(self._stopping)
+
+    def _stop(self, closing: Deferred[Any] | None) -> Deferred[None]:
         if not self.service.running:
             return succeed(None)
         if closing is None or closing.called:
@@ -150,3 +162,33 @@ class Reconnector:
         abort = getattr(transport, "abortConnection", None) or getattr(transport, "loseConnection", None)
         if abort is not None:
             abort()
+
+
+def _follow(d: Deferred[Any]) -> Deferred[None]:
+    """A new Deferred that fires when ``d`` does, leaving ``d``'s result alone."""
+    follower: Deferred[None] = Deferred()
+
+    def fire(result: Any) -> Any:
+        follower.callback(None)
+        return result
+
+    d.addBoth(fire)
+    return follower
+
+
+def protocol_factory(build: Callable[[Any], Any]) -> Factory:
+    """A quiet factory building ``build(address)`` (sources reconnect often: no
+    "Starting factory" log lines)."""
+    return _Building(build)
+
+
+class _Building(Factory):
+    noisy = False
+
+    def __init__(self, build: Callable[[Any], Any]) -> None:
+        self.build = build
+
+    def buildProtocol(self, addr: Any) -> Any:
+        protocol = self.build(addr)
+        protocol.factory = self
+        return protocol

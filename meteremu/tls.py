@@ -136,12 +136,15 @@ class DeviceTLS:
     """A :class:`TLSPolicy` trusting one device (see the module docstring).
 
     ``legacy_ciphers`` allows OpenSSL's DEFAULT cipher list, which the
-    Envoy's older TLS stack needs.
+    Envoy's older TLS stack needs; ``client`` is a client certificate to show
+    (a ``twisted.internet.ssl.PrivateCertificate``).
     """
 
     def __init__(self, *, fingerprint: bytes | None = None, ca_file: str | None = None,
-                 name: str | None = None, verify: bool = True, legacy_ciphers: bool = False) -> None:
+                 name: str | None = None, verify: bool = True, legacy_ciphers: bool = False,
+                 client: Any = None) -> None:
         self.fingerprint = fingerprint
+        self.client = client
         self.ca_file = ca_file
         self.name = name
         self.verify = verify
@@ -171,7 +174,10 @@ class DeviceTLS:
         from OpenSSL import SSL, crypto
         from twisted.internet.ssl import CertificateOptions
 
-        context = CertificateOptions(verify=False).getContext()
+        identity = {}
+        if self.client is not None:
+            identity = {"privateKey": self.client.privateKey.original, "certificate": self.client.original}
+        context = CertificateOptions(verify=False, **identity).getContext()
         if self.ca_file is not None:
             store = context.get_cert_store()
             assert store is not None

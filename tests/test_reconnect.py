@@ -15,9 +15,8 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from meteremu.reconnect import CLOSE_WAIT, Reconnector
+from meteremu.reconnect import CLOSE_WAIT, Reconnector, protocol_factory
 from meteremu.serialendpoint import SerialAddress, SerialEndpoint, SerialLine
-from meteremu.sources.common import protocol_factory
 from tests.support.p1 import PtyMaster
 
 

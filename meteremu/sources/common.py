@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Factory
 
 from meteremu.logs import logger
 
@@ -85,21 +83,3 @@ class SourceEvents:
 def _fire(waiters: list[Deferred[Any]], value: Any) -> None:
     for d in waiters:
         d.callback(value)
-
-
-def protocol_factory(build: Callable[[Any], Any]) -> Factory:
-    """A quiet factory building ``build(address)`` (sources reconnect often: no
-    "Starting factory" log lines)."""
-    return _Building(build)
-
-
-class _Building(Factory):
-    noisy = False
-
-    def __init__(self, build: Callable[[Any], Any]) -> None:
-        self.build = build
-
-    def buildProtocol(self, addr: Any) -> Any:
-        protocol = self.build(addr)
-        protocol.factory = self
-        return protocol

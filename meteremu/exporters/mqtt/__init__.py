@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from meteremu.configtypes import Duration
-from meteremu.mqttclient import BrokerOptions, TLSOptions
+from meteremu.mqttoptions import BrokerOptions, TLSOptions
 
 __all__ = ["Options", "TLSOptions", "make_exporter"]
 
@@ -32,7 +32,7 @@ def _topic_problem(value: str, what: str) -> str | None:
 
 @dataclass(frozen=True)
 class Options(BrokerOptions):
-    """``exporters.mqtt``: the broker (:class:`~meteremu.mqttclient.BrokerOptions`) and what to publish."""
+    """``exporters.mqtt``: the broker (:class:`~meteremu.mqttoptions.BrokerOptions`) and what to publish."""
 
     enabled: bool = field(default=True, metadata={"doc": "false keeps the section but publishes nothing"})
     client_id: str | None = field(default=None, metadata={

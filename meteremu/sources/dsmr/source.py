@@ -46,9 +46,9 @@ from meteremu.backoff import next_delay
 from meteremu.failures import describe
 from meteremu.logs import logger
 from meteremu.meter import Meter
-from meteremu.reconnect import Reconnector
+from meteremu.reconnect import Reconnector, protocol_factory
 from meteremu.serialendpoint import PortUnavailable, SerialAddress, SerialEndpoint, SerialLine
-from meteremu.sources.common import SourceEvents, SourceStatus, protocol_factory
+from meteremu.sources.common import SourceEvents, SourceStatus
 from meteremu.sources.dsmr.options import DsmrOptions
 from meteremu.sources.dsmr.parse import (
     SERIAL_PROBE_ORDER,
@@ -177,7 +177,7 @@ class DsmrSource(SourceStatus, SourceEvents, Service):
             endpoint = _P1SerialEndpoint(self, options.serial)
         self.reconnector = Reconnector(endpoint, protocol_factory(self._build), clock=self.clock, reactor=reactor,
                                        retry=self._retry_delay, attempting=self._attempting,
-                                       failed=self._attempt_failed)
+                                       failed=self._attempt_failed, name=f"meter {meter.name}: P1 {self.where}")
         self._details()
 
     # -- lifecycle -------------------------------------------------------------------------

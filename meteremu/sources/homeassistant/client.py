@@ -386,7 +386,8 @@ class HomeAssistantSource(SourceStatus, Service):
         if parts.scheme == "wss":
             endpoint = wrapClientTLS(web_policy().creatorForNetloc(host.encode(), port), endpoint)
         return Reconnector(endpoint, factory, clock=self.clock, reactor=self.reactor, retry=self._retry_delay,
-                           attempting=self._attempting, failed=self._connect_failed)
+                           attempting=self._attempting, failed=self._connect_failed,
+                           name=f"meter {self.meter.name}: Home Assistant {self.ws_url}")
 
     # ClientService's hooks (meteremu.reconnect): they run inside its state machine.
     def _attempting(self) -> None:

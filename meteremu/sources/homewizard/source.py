@@ -336,7 +336,8 @@ class HomeWizardSource(SourceStatus, SourceEvents, Service):
         endpoint = wrapClientTLS(self.tls.creatorForNetloc(host.encode(), port),
                                  HostnameEndpoint(self.reactor, host, port, timeout=self.options.timeout))
         return Reconnector(endpoint, factory, clock=self.clock, reactor=self.reactor, retry=self._retry_delay,
-                           attempting=self._attempting, failed=self._connect_failed)
+                           attempting=self._attempting, failed=self._connect_failed,
+                           name=f"meter {self.meter.name}: HomeWizard {self.ws_url}")
 
     # ClientService's hooks (meteremu.reconnect): they run inside its state machine.
     def _attempting(self) -> None:

@@ -51,9 +51,9 @@ from meteremu.failures import Explained, describe
 from meteremu.logs import logger
 from meteremu.meter import Meter
 from meteremu.reading import Reading
-from meteremu.reconnect import Reconnector
+from meteremu.reconnect import Reconnector, protocol_factory
 from meteremu.serialendpoint import SerialEndpoint, SerialLine
-from meteremu.sources.common import SourceEvents, SourceStatus, protocol_factory
+from meteremu.sources.common import SourceEvents, SourceStatus
 from meteremu.sources.kamstrup import kmp
 from meteremu.sources.kamstrup.options import KamstrupOptions
 from meteremu.sources.kamstrup.parse import register_extras
@@ -144,7 +144,8 @@ class KamstrupSource(SourceStatus, SourceEvents, Service):
             self.where = f"serial {options.serial}"
             endpoint = SerialEndpoint(reactor, options.serial, SerialLine(options.baudrate, 8, "N", options.stopbits))
         self.reconnector = Reconnector(endpoint, protocol_factory(lambda _: _KmpProtocol(self)), clock=self.clock,
-                                       reactor=reactor, retry=self._until_next_poll, failed=self._open_failed)
+                                       reactor=reactor, retry=self._until_next_poll, failed=self._open_failed,
+                                       name=f"meter {meter.name}: Kamstrup {self.where}")
         self.meter.details = {"transport": self.where, "connection": self.state,
                               "registers": [f"{r.key} ({r.id:#06x})" for r in self.registers]}
 
