@@ -45,6 +45,12 @@ class SourceStatus:
             self._timer.cancel()
         self._timer = self.clock.callLater(delay, run)
 
+    def _stop_running(self, *timers: str) -> None:
+        """The start of ``stopService``: no new work from now on, state "stopped", ``timers`` cancelled."""
+        self._stopping = True
+        self._set_state("stopped")
+        self._cancel_timers(*timers)
+
     def _cancel_timers(self, *names: str) -> None:
         """Cancel the delayed calls held in the attributes ``names`` and clear them."""
         for name in names:

@@ -188,9 +188,7 @@ class DsmrSource(SourceStatus, SourceEvents, Service):
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
-        self._stopping = True
-        self._set_state("stopped")
-        self._cancel_timers("_watchdog")
+        self._stop_running("_watchdog")
         return self.reconnector.stop()
 
     # -- status -----------------------------------------------------------------------------

@@ -174,9 +174,7 @@ class HomeAssistantSource(SourceStatus, Service):
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
-        self._stopping = True
-        self._set_state("stopped")
-        self._cancel_timers("_timer")
+        self._stop_running("_timer")
         waits: list[Deferred[Any]] = []
         session = self.session
         goodbye = None

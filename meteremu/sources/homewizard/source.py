@@ -56,6 +56,7 @@ from meteremu.reconnect import Reconnector
 from meteremu.sources.common import SourceEvents, SourceStatus
 from meteremu.sources.homewizard.options import HomeWizardOptions, host_port
 from meteremu.sources.homewizard.parse import Measurement, parse_measurement
+from meteremu.sources.stamps import MonotonicStamps
 from meteremu.tls import DeviceTLS, parse_fingerprint
 
 log = logger(__name__)
@@ -153,8 +154,7 @@ class HomeWizardSource(SourceStatus, SourceEvents, Service):
         self._said: dict[str, str] = {}
         self._waiters: list[tuple[str, Deferred[Any]]] = []
         self._stale_adjusted = False
-        self._last_stamp: float | None = None  # the last sample's own time, as parsed
-        self._last_measured: float | None = None  # … and the time it was published with
+        self._stamps = MonotonicStamps()
         self.meter.details = {"url": self.ws_url if self.push else self.url, "api": options.api,
                               "mode": "websocket" if self.push else "poll", "connection": self.state}
 
@@ -172,9 +172,7 @@ class HomeWizardSource(SourceStatus, SourceEvents, Service):
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
-        self._stopping = True
-        self._set_state("stopped")
-        self._cancel_timers("_timer", "_watchdog")
+        self._stop_running("_timer", "_watchdog")
         if self._inflight is not None and not self._inflight.called:
             self._inflight.cancel()
         waits: list[Deferred[Any]] = []
@@ -226,28 +224,14 @@ class HomeWizardSource(SourceStatus, SourceEvents, Service):
         return measurement
 
     def _monotonic(self, reading: Reading) -> Reading:
-        """The device's timestamp made monotonic, as the Envoy source does.
-
-        The Meter drops a reading not newer than the latest one (a repeated
-        sample): after one timestamp from the future (a device clock glitch)
-        every later, correct one would be dropped until that date. A repeated
-        timestamp stays a repeat; a different one that is not newer than the last
-        published time is published 1 ms after it.
-        """
+        """The device's timestamp made monotonic (:mod:`meteremu.sources.stamps`)."""
         stamp = reading.measured_at
         if stamp > self.clock.seconds() + FUTURE_SLACK:
             self._say("clock", f"the device's timestamp is {stamp - self.clock.seconds():.0f} s ahead of this "
                                "host's clock (timestamps: arrival ignores it)")
         else:
             self._said.pop("clock", None)
-        last = self._last_measured
-        if last is None or stamp > last:
-            measured = stamp
-        elif stamp == self._last_stamp:
-            measured = last  # the same sample again: not new
-        else:
-            measured = last + 0.001  # the device's clock went back: still a new sample
-        self._last_stamp, self._last_measured = stamp, measured
+        measured = self._stamps.publish(stamp)
         return reading if measured == stamp else dataclasses.replace(reading, measured_at=measured)
 
     def _adjust_stale_after(self, version: int | None) -> None:

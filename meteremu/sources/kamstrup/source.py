@@ -158,9 +158,7 @@ class KamstrupSource(SourceStatus, SourceEvents, Service):
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
-        self._stopping = True
-        self._set_state("stopped")
-        self._cancel_timers("_timer")
+        self._stop_running("_timer")
         if self._polling is not None:
             self._polling.cancel()
         return self.reconnector.stop()
