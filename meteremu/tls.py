@@ -24,7 +24,6 @@ checks CA files): pyOpenSSL is imported when the first connection is made.
 from __future__ import annotations
 
 import re
-import ssl
 from hashlib import sha256
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -82,6 +81,8 @@ def check_ca_file(path: str) -> None:
     Config validation calls this: the standard library's ``ssl`` parses the
     certificates, so validating a config never loads pyOpenSSL.
     """
+    import ssl
+
     read_pem_certificates(path)
     try:
         ssl.create_default_context(cafile=path)

@@ -120,7 +120,7 @@ class InfluxHTTP:
         headers = dict(self.headers)
         if content_type is not None:
             headers[b"Content-Type"] = [content_type]
-        d = self.client.request("POST", url, headers, data=body, limit=BODY_LIMIT, truncate=True)
+        d = self.client.request("POST", url, headers, data=body, limit=BODY_LIMIT, truncate=True, redirects=True)
         return d.addCallback(lambda result: Answer(result.status, result.body, _retry_after(result.headers)))
 
     def close(self) -> Deferred[Any]:

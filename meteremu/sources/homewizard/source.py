@@ -18,10 +18,14 @@ TLS for v2 (the device certificate is signed by the HomeWizard CA and names
 ``appliance/p1dongle/<serial>``, not an address): pin the certificate's
 SHA-256 (``tls_fingerprint``), or give the HomeWizard CA (``ca_file``,
 optionally with ``tls_name`` to check the name), or ``verify_ssl: false`` on
-a trusted LAN. One of them is required: normal web PKI can never verify the
-device.
+a trusted LAN (:class:`meteremu.tls.DeviceTLS`). One of them is required:
+normal web PKI can never verify the device.
 
-The bodies are mapped by :mod:`.parse` (pure); the options are in :mod:`.options`.
+Polls go through the HTTP room (:mod:`meteremu.httpclient`); the WebSocket is
+kept up by Twisted's ``ClientService`` (:mod:`meteremu.reconnect`), waiting
+``reconnect_min`` doubling up to ``reconnect_max`` (with jitter) after
+failures in a row, ``reconnect_max`` after a refused token. The bodies are
+mapped by :mod:`.parse` (pure); the options are in :mod:`.options`.
 
 Freshness: v1 and v2 polls that fail are soft failures (the meter goes stale);
 three in a row, a refused token or a lost WebSocket mark it down. The
