@@ -608,7 +608,7 @@ class HomeAssistantFuzzTests(SourceFuzzCase):
             source, conn = _ha_source(index, authenticated)
             for payload in payloads:
                 try:
-                    source.ws_message(conn, payload, False)  # type: ignore[arg-type]
+                    source.ws_message(conn, payload)  # type: ignore[arg-type]
                 except Exception as exc:  # noqa: BLE001 - the property under test
                     problems.exception(exc, payload)
             self.check_reading(problems, "ws_message → Meter", source.meter.latest, payloads)

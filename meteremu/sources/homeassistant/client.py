@@ -42,12 +42,10 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from autobahn.twisted.websocket import WebSocketClientProtocol
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
@@ -60,6 +58,7 @@ from meteremu.reconnect import Reconnector
 from meteremu.sources.common import SourceStatus
 from meteremu.sources.homeassistant import protocol as ha
 from meteremu.sources.homeassistant.options import HomeAssistantOptions
+from meteremu.sources.websocket import SourceWebSocket, websocket_reconnector
 from meteremu.tls import web_policy
 
 log = logger(__name__)
@@ -81,29 +80,10 @@ class HTTPStatusError(Explained):
     pass
 
 
-class _Connection(WebSocketClientProtocol):
-    """Autobahn callbacks → the source (one instance per connection)."""
-
-    source: HomeAssistantSource
-
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        self.factory.source.ws_connected(self)
-
-    def onOpen(self) -> None:
-        self.factory.source.ws_opened(self)
-
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        self.factory.source.ws_message(self, payload, isBinary)
-
-    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        self.factory.source.ws_closed(self, code, reason)
-
-
 class _Session:
     """State of one WebSocket connection."""
 
-    def __init__(self, conn: _Connection) -> None:
+    def __init__(self, conn: SourceWebSocket) -> None:
         self.conn = conn
         self.ids = ha.MessageIds()
         self.authenticated = False
@@ -112,7 +92,6 @@ class _Session:
         self.ping_loop: LoopingCall | None = None
         self.ping_id: int | None = None
         self.timer: Any = None  # auth / pong deadline
-        self.closed: Deferred[None] = Deferred()
         self.reason: str | None = None
         self.fatal = False  # the failure was reported already (bad token, no sensor)
         self.opened = False
@@ -182,7 +161,7 @@ class HomeAssistantSource(SourceStatus, Service):
             self._end_session(session)
             if session.opened:
                 session.conn.sendClose(1000)  # HA answers, then closes the connection
-                goodbye = session.closed
+                goodbye = session.conn.closed
         if self.reconnector is not None:
             waits.append(self.reconnector.stop(goodbye))
         http, self.http = self.http, None
@@ -373,19 +352,12 @@ class HomeAssistantSource(SourceStatus, Service):
     # -- WebSocket ----------------------------------------------------------------------------
     def _reconnector(self) -> Reconnector:
         parts = urlsplit(self.ws_url)
-        factory = WebSocketClientFactory(self.ws_url)
-        factory.protocol = _Connection
-        factory.source = self
-        factory.setProtocolOptions(openHandshakeTimeout=self.options.timeout,
-                                   maxMessagePayloadSize=MAX_MESSAGE, maxFramePayloadSize=MAX_MESSAGE)
-        host = parts.hostname or ""
         port = parts.port or (443 if parts.scheme == "wss" else 80)
-        endpoint: IStreamClientEndpoint = HostnameEndpoint(self.reactor, host, port, timeout=self.options.timeout)
-        if parts.scheme == "wss":
-            endpoint = wrapClientTLS(web_policy().creatorForNetloc(host.encode(), port), endpoint)
-        return Reconnector(endpoint, factory, clock=self.clock, reactor=self.reactor, retry=self._retry_delay,
-                           attempting=self._attempting, failed=self._connect_failed,
-                           name=f"meter {self.meter.name}: Home Assistant {self.ws_url}")
+        return websocket_reconnector(self, self.ws_url, parts.hostname or "", port, tls=web_policy(),
+                                     timeout=self.options.timeout, max_size=MAX_MESSAGE, reactor=self.reactor,
+                                     clock=self.clock, retry=self._retry_delay, attempting=self._attempting,
+                                     failed=self._connect_failed,
+                                     name=f"meter {self.meter.name}: Home Assistant {self.ws_url}")
 
     # ClientService's hooks (meteremu.reconnect): they run inside its state machine.
     def _attempting(self) -> None:
@@ -401,13 +373,13 @@ class HomeAssistantSource(SourceStatus, Service):
     def _retry_delay(self) -> float:
         return WAIT_WHILE_STOPPING if self._stopping else self._backoff()
 
-    def ws_connected(self, conn: _Connection) -> None:
+    def ws_connected(self, conn: SourceWebSocket) -> None:
         if self._stopping:
             conn.dropConnection(abort=True)
             return
         self.session = _Session(conn)
 
-    def ws_opened(self, conn: _Connection) -> None:
+    def ws_opened(self, conn: SourceWebSocket) -> None:
         session = self.session
         if session is None or session.conn is not conn or self._stopping:
             conn.dropConnection(abort=True)
@@ -430,12 +402,12 @@ class HomeAssistantSource(SourceStatus, Service):
         return msg_id
 
     def _abort(self, session: _Session, reason: str) -> None:
-        """End the connection; ``ws_closed`` reports ``reason`` and schedules the retry."""
+        """End the connection; ``ws_closed`` reports ``reason``, ClientService tries again."""
         session.reason = reason
         session.timer = None
         session.conn.dropConnection(abort=True)
 
-    def ws_message(self, conn: _Connection, payload: bytes, is_binary: bool) -> None:
+    def ws_message(self, conn: SourceWebSocket, payload: bytes) -> None:
         session = self.session
         if session is None or session.conn is not conn or self._stopping:
             return
@@ -571,14 +543,12 @@ class HomeAssistantSource(SourceStatus, Service):
         session.pending.clear()
         session.subscription = None
 
-    def ws_closed(self, conn: _Connection, code: int | None, reason: str | None) -> None:
+    def ws_closed(self, conn: SourceWebSocket, code: int | None, reason: str | None) -> None:
         session = self.session
         if session is None or session.conn is not conn:
             return
         self.session = None
         self._end_session(session)
-        if not session.closed.called:
-            session.closed.callback(None)
         if self._stopping:
             return
         if not session.fatal:

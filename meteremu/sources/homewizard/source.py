@@ -42,11 +42,9 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.python.failure import Failure
 
 from meteremu import failures
@@ -61,6 +59,7 @@ from meteremu.sources.common import SourceEvents, SourceStatus
 from meteremu.sources.homewizard.options import HomeWizardOptions, host_port
 from meteremu.sources.homewizard.parse import Measurement, parse_measurement
 from meteremu.sources.stamps import MonotonicStamps
+from meteremu.sources.websocket import SourceWebSocket, websocket_reconnector
 from meteremu.tls import DeviceTLS, parse_fingerprint
 
 log = logger(__name__)
@@ -100,28 +99,6 @@ def describe(failure: Failure | BaseException, tls: DeviceTLS | None = None) -> 
     return failures.describe(exc)
 
 
-class _WebSocket(WebSocketClientProtocol):
-    """Autobahn callbacks → the source (one instance per connection)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.closed: Deferred[None] = Deferred()
-        self.reason: str | None = None  # why the source closed it
-
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        self.factory.source.ws_connected(self)
-
-    def onOpen(self) -> None:
-        self.factory.source.ws_opened(self)
-
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        self.factory.source.ws_message(self, payload)
-
-    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        self.factory.source.ws_closed(self, code, reason)
-
-
 class HomeWizardSource(SourceStatus, SourceEvents, Service):
     """Feeds a Meter from a HomeWizard P1 meter (see the module docstring)."""
 
@@ -154,7 +131,7 @@ class HomeWizardSource(SourceStatus, SourceEvents, Service):
         self.http: HTTPClient | None = None
         self._inflight: Deferred[Any] | None = None
         self.reconnector: Reconnector | None = None
-        self.ws: _WebSocket | None = None
+        self.ws: SourceWebSocket | None = None
         self._said: dict[str, str] = {}
         self._waiters: list[tuple[str, Deferred[Any]]] = []
         self._stale_adjusted = False
@@ -315,17 +292,12 @@ class HomeWizardSource(SourceStatus, SourceEvents, Service):
     # -- WebSocket (v2) ------------------------------------------------------------------------------
     def _reconnector(self) -> Reconnector:
         assert self.tls is not None
-        factory = WebSocketClientFactory(self.ws_url)
-        factory.protocol = _WebSocket
-        factory.source = self
-        factory.setProtocolOptions(openHandshakeTimeout=self.options.timeout,
-                                   maxMessagePayloadSize=MAX_BODY, maxFramePayloadSize=MAX_BODY)
         host, port = host_port(self.options.host, 443)
-        endpoint = wrapClientTLS(self.tls.creatorForNetloc(host.encode(), port),
-                                 HostnameEndpoint(self.reactor, host, port, timeout=self.options.timeout))
-        return Reconnector(endpoint, factory, clock=self.clock, reactor=self.reactor, retry=self._retry_delay,
-                           attempting=self._attempting, failed=self._connect_failed,
-                           name=f"meter {self.meter.name}: HomeWizard {self.ws_url}")
+        return websocket_reconnector(self, self.ws_url, host, port, tls=self.tls, timeout=self.options.timeout,
+                                     max_size=MAX_BODY, reactor=self.reactor, clock=self.clock,
+                                     retry=self._retry_delay, attempting=self._attempting,
+                                     failed=self._connect_failed,
+                                     name=f"meter {self.meter.name}: HomeWizard {self.ws_url}")
 
     # ClientService's hooks (meteremu.reconnect): they run inside its state machine.
     def _attempting(self) -> None:
@@ -344,7 +316,7 @@ class HomeWizardSource(SourceStatus, SourceEvents, Service):
     def _retry_delay(self) -> float:
         return WAIT_WHILE_STOPPING if self._stopping else self._backoff()
 
-    def ws_connected(self, proto: _WebSocket) -> None:
+    def ws_connected(self, proto: SourceWebSocket) -> None:
         if self._stopping:
             proto.dropConnection(abort=True)
             return
@@ -353,14 +325,14 @@ class HomeWizardSource(SourceStatus, SourceEvents, Service):
         # waits 40 s for the token after that.
         self._arm_watchdog(2 * self.options.timeout + 40.0)
 
-    def ws_opened(self, proto: _WebSocket) -> None:
+    def ws_opened(self, proto: SourceWebSocket) -> None:
         if proto is not self.ws or self._stopping:
             proto.dropConnection(abort=True)
             return
         self.connections += 1
         self._set_state("authorizing")
 
-    def ws_message(self, proto: _WebSocket, payload: bytes) -> None:
+    def ws_message(self, proto: SourceWebSocket, payload: bytes) -> None:
         if proto is not self.ws or self._stopping:
             return
         try:
@@ -415,9 +387,7 @@ class HomeWizardSource(SourceStatus, SourceEvents, Service):
         ws.reason = f"no message from {self.ws_url} for {self.options.idle():g} s; reconnecting"
         ws.dropConnection(abort=True)
 
-    def ws_closed(self, proto: _WebSocket, code: int | None, reason: str | None) -> None:
-        if not proto.closed.called:
-            proto.closed.callback(None)
+    def ws_closed(self, proto: SourceWebSocket, code: int | None, reason: str | None) -> None:
         if proto is not self.ws:
             return
         self.ws = None
