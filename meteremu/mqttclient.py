@@ -1,39 +1,45 @@
-"""A paho-mqtt 2.x client driven by the Twisted reactor: no loop thread, no blocking connect.
+"""A paho-mqtt 2.x client driven by the Twisted reactor: no loop thread, no blocking call.
 
-Shared by everything in meteremu that talks MQTT (the exporter; an MQTT input
-source can reuse it: ``subscribe`` + ``on_message``). paho is imported lazily,
-so importing this module for :class:`TLSOptions` costs nothing.
+Shared by everything in meteremu that talks MQTT (the exporter, the MQTT
+source: ``subscribe`` + ``on_message``). The options and settings live in
+:mod:`meteremu.mqttoptions` (validating a config loads neither paho nor this).
 
-How paho is driven (its "external event loop" API):
+Why it is built this way:
 
-* **Connecting.** paho's ``connect()``/``reconnect()`` open the TCP socket and
-  do the TLS handshake synchronously (up to ``connect_timeout``), which must not
-  happen on the reactor thread. So the connection is opened here without
-  blocking: ``getaddrinfo`` runs in the reactor's thread pool (as Twisted's own
-  resolver does; skipped for IP literals), the ``connect()`` is non-blocking and
-  watched with ``addWriter``, and the TLS handshake is stepped by
-  ``addReader``/``addWriter`` on ``SSLWantRead``/``SSLWantWrite``. The connected
-  socket is then handed to paho: :class:`_HandedSocketClient` overrides paho's
-  ``_create_socket()`` (the one place paho opens sockets, paho >= 2.0) to return
-  it, so ``reconnect()`` only queues the CONNECT packet. If paho ever tried to
-  open a socket itself the override raises instead of blocking (and
-  ``reconnect_on_failure=False`` stops paho's own protocol-downgrade retry,
-  which would call ``reconnect()`` from inside a callback).
-* **Traffic.** ``on_socket_open`` registers a small descriptor with
-  ``reactor.addReader`` (``doRead`` → ``loop_read()``, repeated while an SSL
-  socket has decrypted bytes ``pending()``); ``on_socket_register_write`` →
-  ``addWriter`` (``doWrite`` → ``loop_write()``); ``on_socket_unregister_write``
-  and ``on_socket_close`` remove them. A 1 s ``LoopingCall`` runs
-  ``loop_misc()`` (keepalive pings, ping timeouts). All paho callbacks run on the
-  reactor thread.
-* **Reconnecting.** paho reconnects only in its own loops, so this class does:
-  exponential backoff from ``reconnect_delay`` doubling up to
-  ``reconnect_max_delay``, with "equal jitter" (each wait is 50-100 % of the
-  step), reset once a connection has stayed up for :data:`STABLE_AFTER` seconds.
-  A CONNACK that does not arrive within ``connect_timeout`` counts as a failure.
-  Unacknowledged QoS>0 messages are dropped on disconnect: users publish the
-  current state again in ``on_connected`` (a stale queued retained message must
-  not overwrite a newer one after a reconnect).
+* **Twisted makes the connection, ClientService keeps it up.** paho's
+  ``connect()``/``reconnect()`` open the TCP socket and do the TLS handshake
+  synchronously, which must not happen on the reactor thread, and paho
+  reconnects only in its own loops. So the connection is an endpoint
+  (``HostnameEndpoint``: resolution off the reactor thread, IPv4 and IPv6;
+  ``wrapClientTLS`` for TLS) kept up by Twisted's ``ClientService``
+  (:mod:`meteremu.reconnect`), with meteremu's backoff: from
+  ``reconnect_delay`` doubling up to ``reconnect_max_delay``, each wait 50-100 %
+  of its step, reset once a connection has lasted :data:`STABLE_AFTER`
+  seconds (ClientService's own count resets on every TCP connect, which a
+  broker refusing the login also accepts).
+* **TLS is Twisted's** (pyOpenSSL, loaded when a TLS broker is configured):
+  the CA file, client certificate and key come from ``TLSOptions``; the host
+  name is checked as for every other TLS client in meteremu, ``insecure``
+  uses the device policy's "no verification" (:class:`meteremu.tls.DeviceTLS`).
+  Doing TLS with the standard library over a Twisted transport would need a
+  hand-written memory-BIO pump; a hand-rolled TLS pump is exactly what not to
+  own.
+* **paho speaks MQTT over a socket-like object**, :class:`_BrokerConnection`:
+  the Twisted protocol of the connection on one side, paho's socket on the
+  other. ``dataReceived`` buffers, ``loop_read()`` takes it with ``recv``;
+  paho's ``send`` writes to the transport, unless the transport has asked its
+  producer to pause (its buffer is full: a broker that stopped reading), then
+  ``send`` would block like a full socket and paho keeps the packet until
+  ``resumeProducing``. A lost connection is an end of file to paho. The one
+  private paho name this needs (its socket hook) is in :mod:`meteremu.compat.paho`.
+* paho's external-loop callbacks do the rest: ``on_socket_register_write`` →
+  ``loop_write()`` on the next reactor turn, and a 1 s ``LoopingCall`` runs
+  ``loop_misc()`` (keepalive pings, ping timeouts). All paho callbacks run on
+  the reactor thread. A CONNACK that does not arrive within
+  ``connect_timeout`` counts as a failure. Unacknowledged QoS>0 messages are
+  dropped on disconnect: users publish the current state again in
+  ``on_connected`` (a stale queued retained message must not overwrite a
+  newer one after a reconnect).
 
 Secrets: the password goes only to paho; it is never part of a log event, an
 error message or ``repr()``.
@@ -41,25 +47,38 @@ error message or ``repr()``.
 
 from __future__ import annotations
 
-import errno
-import ipaddress
-import os
 import random
-import socket
-import ssl
+import sys
+from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet import defer
-from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet import defer, error
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall
-from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from meteremu.backoff import next_delay
-from meteremu.configtypes import Duration
+from meteremu.compat.paho import client_class
+from meteremu.failures import describe, is_tls_error
 from meteremu.logs import logger
+from meteremu.mqttoptions import (
+    BrokerOptions,
+    BrokerSettings,
+    Message,
+    MQTTConfigError,
+    TLSOptions,
+    backoff_delay,
+    broker_address,
+)
+from meteremu.reconnect import Reconnector, protocol_factory
+from meteremu.tls import DeviceTLS, pem_blocks
+
+__all__ = ["STABLE_AFTER", "STOP_TIMEOUT", "BrokerOptions", "BrokerSettings", "MQTTConfigError", "Message",
+           "ReactorMQTTClient", "TLSOptions", "backoff_delay", "broker_address", "broker_settings", "client_tls"]
 
 log = logger(__name__)
 
@@ -68,124 +87,10 @@ STABLE_AFTER = 10.0
 
 MISC_INTERVAL = 1.0
 STOP_TIMEOUT = 3.0
+WAIT_WHILE_STOPPING = 3600.0  # stop() cancels it: a retry never comes while stopping
 
 
-class MQTTConfigError(Exception):
-    """The MQTT settings cannot work (unreadable CA or certificate file…)."""
-
-
-@dataclass(frozen=True)
-class TLSOptions:
-    """``tls:`` of an MQTT connection (``tls: true`` means all defaults)."""
-
-    ca_file: str | None = field(default=None, metadata={
-        "doc": "PEM file with the CA certificate(s) that signed the broker's certificate; default: the system's CAs"})
-    certfile: str | None = field(default=None, metadata={
-        "doc": "client certificate (PEM) for brokers that require one"})
-    keyfile: str | None = field(default=None, metadata={
-        "doc": "private key of the client certificate (PEM); default: read from certfile"})
-    insecure: bool = field(default=False, metadata={
-        "doc": "accept any broker certificate and host name (encrypted but not authenticated; trusted LAN only)"})
-
-    def validate(self) -> list[tuple[str, str]]:
-        if self.keyfile and not self.certfile:
-            return [("keyfile", "a certfile as well (keyfile is the key of the client certificate)")]
-        return []
-
-
-def make_ssl_context(tls: TLSOptions) -> ssl.SSLContext:
-    """An ``SSLContext`` for ``tls``; raises :class:`MQTTConfigError` naming the bad file."""
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    if tls.insecure:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    if tls.ca_file:
-        try:
-            context.load_verify_locations(cafile=tls.ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise MQTTConfigError(f"tls.ca_file: cannot load CA certificates from {tls.ca_file}: "
-                                  f"{_error_text(exc)}") from None
-    if tls.certfile:
-        try:
-            context.load_cert_chain(tls.certfile, tls.keyfile or None)
-        except (OSError, ssl.SSLError) as exc:
-            raise MQTTConfigError(f"tls.certfile: cannot load the client certificate {tls.certfile}"
-                                  f"{' / ' + tls.keyfile if tls.keyfile else ''}: {_error_text(exc)}") from None
-    return context
-
-
-@dataclass(frozen=True)
-class BrokerOptions:
-    """The broker connection options shared by the MQTT exporter and the MQTT source.
-
-    Each extends this with its own keys (and, for ``client_id`` and
-    ``keepalive``, its own default and doc); the YAML keys are the same for both.
-    """
-
-    host: str = field(default="localhost", metadata={"doc": "broker host name or IP address"})
-    port: int = field(default=1883, metadata={"doc": "broker port (usually 8883 with TLS)"})
-    username: str | None = field(default=None, metadata={"doc": "user name, if the broker wants one"})
-    password: str | None = field(default=None, repr=False, metadata={
-        "doc": 'password; write "${MQTT_PASSWORD}" to keep it out of the file'})
-    client_id: str | None = field(default=None, metadata={"doc": "MQTT client id"})
-    tls: bool | TLSOptions = field(default=False, metadata={
-        "doc": "true (system CAs) or {ca_file, certfile, keyfile, insecure}"})
-    keepalive: Duration = field(default=60.0, metadata={"doc": "MQTT keepalive (pings when idle)"})
-    connect_timeout: Duration = field(default=5.0, metadata={
-        "doc": "how long one connection attempt (TCP, TLS, CONNACK) may take"})
-    reconnect_delay: Duration = field(default=1.0, metadata={
-        "doc": "first wait before reconnecting; doubles per failure, with jitter"})
-    reconnect_max_delay: Duration = field(default=60.0, metadata={"doc": "longest wait between attempts"})
-
-    @property
-    def tls_options(self) -> TLSOptions | None:
-        """``tls`` as TLSOptions (``true``: all defaults), or None without TLS."""
-        if not self.tls:
-            return None
-        return self.tls if isinstance(self.tls, TLSOptions) else TLSOptions()
-
-    @property
-    def insecure(self) -> bool:
-        """TLS without checking the broker's certificate (worth a warning at start)."""
-        tls = self.tls_options
-        return tls is not None and tls.insecure
-
-    @property
-    def address(self) -> str:
-        return broker_address(self.host, self.port, bool(self.tls))
-
-    def broker_errors(self) -> list[tuple[str, str]]:
-        """validate() errors of the address and the credentials."""
-        errors: list[tuple[str, str]] = []
-        if not 1 <= self.port <= 65535:
-            errors.append(("port", f"a port 1-65535; got {self.port}"))
-        if self.password is not None and self.username is None:
-            errors.append(("password", "a username as well (a password alone is never sent)"))
-        return errors
-
-    def client_id_errors(self) -> list[tuple[str, str]]:
-        if self.client_id is not None and not self.client_id:
-            return [("client_id", "a non-empty client id (or leave it out)")]
-        return []
-
-    def timing_errors(self) -> list[tuple[str, str]]:
-        """validate() errors of keepalive, connect timeout and reconnect delays."""
-        errors: list[tuple[str, str]] = []
-        if not 5 <= self.keepalive <= 65535:
-            errors.append(("keepalive", "a duration from 5s to 65535s"))
-        if not self.connect_timeout > 0:
-            errors.append(("connect_timeout", "a duration above 0"))
-        if not self.reconnect_delay > 0:
-            errors.append(("reconnect_delay", "a duration above 0"))
-        if self.reconnect_max_delay < self.reconnect_delay:
-            errors.append(("reconnect_max_delay", "a duration at least reconnect_delay"))
-        return errors
-
-
-def broker_address(host: str, port: int, tls: bool) -> str:
-    """``mqtt(s)://host:port`` for logs and status (an IPv6 host in brackets)."""
-    host = f"[{host}]" if ":" in host else host
-    return f"{'mqtts' if tls else 'mqtt'}://{host}:{port}"
+# -- settings ---------------------------------------------------------------------------------
 
 
 def broker_settings(options: BrokerOptions, client_id: str, will: Message | None = None) -> BrokerSettings:
@@ -193,250 +98,157 @@ def broker_settings(options: BrokerOptions, client_id: str, will: Message | None
     tls = options.tls_options
     return BrokerSettings(
         host=options.host, port=options.port, client_id=client_id, username=options.username,
-        password=options.password, ssl_context=make_ssl_context(tls) if tls is not None else None,
+        password=options.password, tls=client_tls(tls, options.host) if tls is not None else None,
         keepalive=int(round(options.keepalive)), connect_timeout=options.connect_timeout,
         reconnect_delay=options.reconnect_delay, reconnect_max_delay=options.reconnect_max_delay, will=will)
 
 
-@dataclass(frozen=True)
-class Message:
-    topic: str
-    payload: bytes | str
-    qos: int = 0
-    retain: bool = False
+def client_tls(tls: TLSOptions, host: str) -> Any:
+    """The TLS connection creator for a broker at ``host`` (this loads pyOpenSSL).
+
+    Raises :class:`MQTTConfigError` naming the key and the file that cannot be used.
+    """
+    from twisted.internet import ssl
+
+    client = _client_certificate(tls) if tls.certfile else None
+    if tls.insecure:
+        return DeviceTLS(verify=False, client=client).creatorForNetloc(host.encode(), 0)
+    roots = None
+    if tls.ca_file:
+        try:
+            with open(tls.ca_file, "rb") as handle:
+                blocks = pem_blocks(handle.read())
+            if not blocks:
+                raise ValueError("no PEM certificate found")
+            roots = ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(block) for block in blocks])
+        except Exception as exc:  # noqa: BLE001 - OSError, ValueError, OpenSSL's errors
+            raise MQTTConfigError(f"tls.ca_file: cannot load CA certificates from {tls.ca_file}: "
+                                  f"{_error_text(exc)}") from None
+    return ssl.optionsForClientTLS(host, trustRoot=roots, clientCertificate=client)
 
 
-@dataclass(frozen=True)
-class BrokerSettings:
-    """How to reach the broker (built by the user of the client from its options)."""
+def _client_certificate(tls: TLSOptions) -> Any:
+    from twisted.internet import ssl
 
-    host: str
-    port: int
-    client_id: str
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    ssl_context: ssl.SSLContext | None = None
-    keepalive: int = 60
-    connect_timeout: float = 5.0
-    reconnect_delay: float = 1.0
-    reconnect_max_delay: float = 60.0
-    will: Message | None = None
-    max_queued: int = 1000
-
-    @property
-    def address(self) -> str:
-        return broker_address(self.host, self.port, self.ssl_context is not None)
-
-
-def backoff_delay(failures: int, first: float, cap: float, rnd: Callable[[], float] = random.random) -> float:
-    """Wait before attempt number ``failures + 1``: ``first * 2**failures`` capped, times 0.5-1.0."""
-    return next_delay(failures + 1, first, cap, rnd)
+    assert tls.certfile is not None
+    try:
+        pem = b""
+        for path in (tls.certfile, tls.keyfile):
+            if path:
+                with open(path, "rb") as handle:
+                    pem += handle.read() + b"\n"
+        return ssl.PrivateCertificate.loadPEM(pem)
+    except Exception as exc:  # noqa: BLE001 - OSError, ValueError, OpenSSL's errors
+        raise MQTTConfigError(f"tls.certfile: cannot load the client certificate {tls.certfile}"
+                              f"{' / ' + tls.keyfile if tls.keyfile else ''}: {_error_text(exc)}") from None
 
 
 def _error_text(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLError):
-        return exc.reason or exc.strerror or str(exc) or type(exc).__name__
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
+    if is_tls_error(exc):
+        return _openssl_reasons(exc) or type(exc).__name__
     return str(exc) or type(exc).__name__
 
 
-# -- non-blocking socket opening -------------------------------------------------------
+def _openssl_reasons(exc: BaseException) -> str:
+    """The reason strings of a pyOpenSSL error (``[(lib, func, reason), …]``)."""
+    errors = exc.args[0] if exc.args and isinstance(exc.args[0], list) else []
+    return "; ".join(str(e[-1]) for e in errors if isinstance(e, tuple) and e) or str(exc)
 
 
-class _FD:
-    """A socket as a Twisted IReadWriteDescriptor whose events call plain functions."""
-
-    def __init__(self, sock: Any, on_read: Callable[[], None] | None = None,
-                 on_write: Callable[[], None] | None = None,
-                 on_lost: Callable[[Failure], None] | None = None) -> None:
-        self.sock = sock
-        self.on_read, self.on_write, self.on_lost = on_read, on_write, on_lost
-
-    def fileno(self) -> int:
-        try:
-            return self.sock.fileno()
-        except (OSError, ValueError):
-            return -1
-
-    def doRead(self) -> None:
-        if self.on_read is not None:
-            self.on_read()
-
-    def doWrite(self) -> None:
-        if self.on_write is not None:
-            self.on_write()
-
-    def connectionLost(self, reason: Failure) -> None:
-        if self.on_lost is not None:
-            self.on_lost(reason)
-
-    def logPrefix(self) -> str:
-        return "mqtt"
+def _tls_problem(reason: Failure) -> str | None:
+    """Why a TLS connection ended before it was usable, or None if TLS was not the reason."""
+    exc = reason.value
+    if is_tls_error(exc):
+        text = _openssl_reasons(exc)
+        if "certificate verify failed" in text:
+            return f"TLS certificate rejected: {text}"
+        return f"TLS handshake failed: {text}"
+    identity = getattr(sys.modules.get("service_identity"), "VerificationError", None)
+    if isinstance(identity, type) and isinstance(exc, identity):
+        return f"TLS certificate rejected: {exc}"
+    return None
 
 
-def _forget(reactor: Any, fd: _FD) -> None:
-    reactor.removeReader(fd)
-    reactor.removeWriter(fd)
+# -- paho's socket over a Twisted transport ----------------------------------------------------
 
 
-def _resolve(reactor: Any, host: str, port: int) -> Deferred[list[tuple[int, Any]]]:
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        pass
-    else:
-        family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-        return succeed([(family, (host, port))])
+@implementer(IPushProducer)
+class _BrokerConnection(Protocol):
+    """The broker connection: a Twisted protocol, and the socket paho reads and writes.
 
-    def lookup() -> list[tuple[int, Any]]:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        return [(info[0], info[4]) for info in infos]
-
-    d = deferToThreadPool(reactor, reactor.getThreadPool(), lookup)
-
-    def failed(failure: Failure) -> Failure:
-        if failure.check(socket.gaierror):
-            raise ConnectionError(f"cannot resolve {host}: {_error_text(failure.value)}")
-        return failure
-
-    return d.addErrback(failed)
-
-
-def _connect_tcp(reactor: Any, family: int, address: Any) -> Deferred[socket.socket]:
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setblocking(False)
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        err = sock.connect_ex(address)
-    except OSError as exc:
-        sock.close()
-        return fail(exc)
-    if err == 0:
-        return succeed(sock)
-    if err not in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY):
-        sock.close()
-        return fail(OSError(err, os.strerror(err)))
-
-    def cancel(_: Deferred[socket.socket]) -> None:
-        _forget(reactor, fd)
-        sock.close()
-
-    d: Deferred[socket.socket] = Deferred(cancel)
-
-    def writable() -> None:
-        _forget(reactor, fd)
-        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            sock.close()
-            d.errback(OSError(err, os.strerror(err)))
-        else:
-            d.callback(sock)
-
-    def lost(reason: Failure) -> None:
-        _forget(reactor, fd)
-        sock.close()
-        if not d.called:
-            d.errback(ConnectionError("socket lost while connecting"))
-
-    fd = _FD(sock, on_write=writable, on_lost=lost)
-    reactor.addWriter(fd)
-    return d
-
-
-def _connect_first(reactor: Any, addresses: list[tuple[int, Any]]) -> Deferred[socket.socket]:
-    """Try the resolved addresses in order; the first that connects wins."""
-    if not addresses:
-        return fail(ConnectionError("the host name resolved to no address"))
-    d = _connect_tcp(reactor, *addresses[0])
-    if len(addresses) > 1:
-        def next_one(failure: Failure) -> Any:
-            if failure.check(OSError):
-                return _connect_first(reactor, addresses[1:])
-            return failure
-        d.addErrback(next_one)
-    return d
-
-
-def _tls_handshake(reactor: Any, sock: socket.socket, context: ssl.SSLContext,
-                   host: str) -> Deferred[ssl.SSLSocket]:
-    try:
-        tls = context.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
-    except (OSError, ValueError) as exc:
-        sock.close()
-        return fail(exc)
-
-    def cancel(_: Deferred[ssl.SSLSocket]) -> None:
-        _forget(reactor, fd)
-        tls.close()
-
-    d: Deferred[ssl.SSLSocket] = Deferred(cancel)
-
-    def step() -> None:
-        _forget(reactor, fd)
-        try:
-            tls.do_handshake()
-        except ssl.SSLWantReadError:
-            reactor.addReader(fd)
-        except ssl.SSLWantWriteError:
-            reactor.addWriter(fd)
-        except (OSError, ValueError) as exc:
-            tls.close()
-            d.errback(exc)
-        else:
-            d.callback(tls)
-
-    def lost(reason: Failure) -> None:
-        _forget(reactor, fd)
-        tls.close()
-        if not d.called:
-            d.errback(ConnectionError("socket lost during the TLS handshake"))
-
-    fd = _FD(tls, on_read=step, on_write=step, on_lost=lost)
-    step()
-    return d
-
-
-def open_connection(reactor: Any, host: str, port: int,
-                    ssl_context: ssl.SSLContext | None = None) -> Deferred[Any]:
-    """A connected (and TLS-handshaken) non-blocking socket, without blocking the reactor.
-
-    Cancelling the Deferred closes whatever socket is being opened.
+    paho calls ``setblocking``, ``recv``, ``send`` and ``close``
+    (``paho.mqtt.client.SocketLike``).
     """
-    d: Deferred[Any] = _resolve(reactor, host, port)
-    d.addCallback(lambda addresses: _connect_first(reactor, addresses))
-    if ssl_context is not None:
-        d.addCallback(lambda sock: _tls_handshake(reactor, sock, ssl_context, host))
-    return d
+
+    def __init__(self, client: ReactorMQTTClient) -> None:
+        self.client = client
+        self.paused = False
+        self.eof = False
+        self._inbox: deque[memoryview] = deque()
+        self.unread = 0
+
+    # -- Twisted's side --
+    def connectionMade(self) -> None:
+        self.transport.registerProducer(self, True)
+        self.client._connected(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._inbox.append(memoryview(data))
+        self.unread += len(data)
+        self.client._readable(self)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.eof = True
+        self.client._lost(self, reason)
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.client._writable(self)
+
+    def stopProducing(self) -> None:
+        self.paused = True
+
+    # -- paho's side --
+    def setblocking(self, flag: bool) -> None:
+        pass
+
+    def recv(self, size: int) -> bytes:
+        if not self._inbox:
+            if self.eof:
+                return b""
+            raise BlockingIOError()
+        chunk = self._inbox[0]
+        if len(chunk) <= size:
+            self._inbox.popleft()
+        else:
+            chunk, self._inbox[0] = chunk[:size], chunk[size:]
+        self.unread -= len(chunk)
+        return bytes(chunk)
+
+    def send(self, data: bytes | bytearray) -> int:
+        if self.eof:
+            raise ConnectionError("the connection is closed")
+        if self.paused:
+            raise BlockingIOError()  # the transport's buffer is full
+        self.transport.write(bytes(data))
+        return len(data)
+
+    def close(self) -> None:
+        if not self.eof and self.transport is not None:
+            self.transport.unregisterProducer()
+            self.transport.loseConnection()
+
+    def abort(self) -> None:
+        if not self.eof and self.transport is not None:
+            self.transport.abortConnection()
 
 
-# -- paho ------------------------------------------------------------------------------
-
-_client_class: Any = None
-
-
-def _paho_client_class() -> Any:
-    """paho's Client, taught to use a socket opened elsewhere (created on first use)."""
-    global _client_class
-    if _client_class is None:
-        import paho.mqtt.client as mqtt
-
-        if not hasattr(mqtt.Client, "_create_socket"):  # pragma: no cover - guarded by the pin
-            raise RuntimeError("meteremu needs paho-mqtt >= 2.2, < 3 (Client._create_socket is missing)")
-
-        class _HandedSocketClient(mqtt.Client):  # type: ignore[misc]
-            """``reconnect()`` uses the socket in ``handed`` instead of opening one."""
-
-            handed: Any = None
-
-            def _create_socket(self) -> Any:
-                sock, self.handed = self.handed, None
-                if sock is None:
-                    raise ConnectionError("no connected socket was handed over (paho must not connect itself)")
-                return sock
-
-        _client_class = _HandedSocketClient
-    return _client_class
+# -- the client -----------------------------------------------------------------------------------
 
 
 class ReactorMQTTClient:
@@ -462,15 +274,15 @@ class ReactorMQTTClient:
         self.on_message, self.on_attempt = on_message, on_attempt
         self._rnd = rnd
         self.connected = False
+        self.connecting = False  # a connection attempt is in flight
         self.last_error: str | None = None
         self._logged_error: str | None = None
         self._running = False
         self._failures = 0
         self._connected_at = 0.0
-        self._opening: Deferred[Any] | None = None
-        self._retry: Any = None
+        self._broker: _BrokerConnection | None = None
         self._connack_timer: Any = None
-        self._fd: _FD | None = None
+        self._write_call: Any = None
         self._attempt_error: str | None = None
         self._subscriptions: dict[str, int] = {}
         self._acks: dict[int, Deferred[None]] = {}
@@ -478,8 +290,16 @@ class ReactorMQTTClient:
         self._unsent = 0
         self._misc = LoopingCall(self._loop_misc)
         self._misc.clock = reactor
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(reactor, settings.host, settings.port,
+                                                           timeout=settings.connect_timeout)
+        if settings.tls is not None:
+            endpoint = wrapClientTLS(settings.tls, endpoint)
+        self._reconnector = Reconnector(endpoint, protocol_factory(lambda _: _BrokerConnection(self)),
+                                        clock=reactor, reactor=reactor, retry=self._retry_delay,
+                                        attempting=self._attempting, failed=self._open_failed,
+                                        name=f"{name}: broker {settings.address}")
 
-        client = _paho_client_class()(
+        client = client_class()(
             mqtt.CallbackAPIVersion.VERSION2, client_id=settings.client_id, clean_session=True,
             protocol=mqtt.MQTTv311, reconnect_on_failure=False)
         client.suppress_exceptions = True
@@ -489,7 +309,6 @@ class ReactorMQTTClient:
             will = settings.will
             client.will_set(will.topic, will.payload, will.qos, will.retain)
         client.max_queued_messages_set(settings.max_queued)
-        client.on_socket_open = self._socket_open
         client.on_socket_close = self._socket_close
         client.on_socket_register_write = self._register_write
         client.on_socket_unregister_write = self._unregister_write
@@ -509,7 +328,7 @@ class ReactorMQTTClient:
             return
         self._running = True
         self._misc.start(MISC_INTERVAL, now=False)
-        self._attempt()
+        self._reconnector.start()
 
     def stop(self, final: Sequence[Message] = (), timeout: float = STOP_TIMEOUT) -> Deferred[None]:
         """Publish ``final`` (waiting for QoS>0 acks), disconnect cleanly, stop reconnecting.
@@ -519,16 +338,9 @@ class ReactorMQTTClient:
         self._running = False
         if self._misc.running:
             self._misc.stop()
-        for call in (self._retry, self._connack_timer):
-            if call is not None and call.active():
-                call.cancel()
-        self._retry = self._connack_timer = None
-        if self._opening is not None:
-            self._opening.cancel()
-            self._opening = None
+        self._cancel_connack()
         if not self.connected:
-            self._force_close()
-            return succeed(None)
+            return self._reconnector.stop()
         acks = []
         for message in final:
             mid = self._publish(message)
@@ -548,14 +360,13 @@ class ReactorMQTTClient:
             closed.addTimeout(timeout / 2, self.reactor, onTimeoutCancel=lambda *_: None)
             return closed
 
-        d.addCallback(disconnect)
-
-        def finish(_: Any) -> None:
+        def finish(_: Any) -> Deferred[None]:
             self._force_close()
             self._acks.clear()
             self._closed = None
+            return self._reconnector.stop()  # stopping already, since paho closed its socket
 
-        return d.addBoth(finish)
+        return d.addCallback(disconnect).addBoth(finish)
 
     def publish(self, message: Message) -> bool:
         """Hand a message to the connection; False if not connected or paho's queue is full."""
@@ -570,88 +381,35 @@ class ReactorMQTTClient:
             self._client.subscribe(topic, qos)
 
     def backlog(self) -> int:
-        """Messages published since the socket last had nothing left to write."""
+        """Messages published since paho last had nothing left to hand to the transport."""
         return self._unsent
 
     def socket(self) -> Any:
-        """The connected socket (tests use it to simulate a dead connection)."""
-        return self._client.socket()
+        """The connection's OS socket while paho uses it (tests use it to simulate a dead connection)."""
+        broker = self._broker
+        if broker is None or self._client.socket() is not broker or broker.transport is None:
+            return None
+        return broker.transport.getHandle()
 
-    # -- connecting ---------------------------------------------------------------------
-    def _attempt(self) -> None:
-        self._retry = None
-        if not self._running:
-            return
-        s = self.settings
-        d = open_connection(self.reactor, s.host, s.port, s.ssl_context)
-        d.addTimeout(s.connect_timeout, self.reactor)
-        self._opening = d
-        d.addCallbacks(self._hand_over, self._open_failed)
-        d.addErrback(self._unexpected)
-
-    def _unexpected(self, failure: Failure) -> None:
-        log.failure("MQTT connection attempt failed unexpectedly", failure)
-        if self._running and not self.connected and self._client.socket() is None:
-            self._attempt_failed(f"unexpected error: {_error_text(failure.value)}")
-
-    def _hand_over(self, sock: Any) -> None:
-        self._opening = None
-        if not self._running:
-            sock.close()
-            return
+    # -- connecting (ClientService's hooks, see meteremu.reconnect) -------------------------
+    def _attempting(self) -> None:
+        self.connecting = True
         self._attempt_error = None
-        self._client.handed = sock
-        try:
-            rc = self._client.reconnect()
-        except Exception as exc:  # noqa: BLE001 - paho raises plain exceptions here
-            self._client.handed = None
-            sock.close()
-            self._attempt_failed(f"cannot start the MQTT session: {_error_text(exc)}")
-            return
-        if rc != self._mqtt.MQTT_ERR_SUCCESS and self._client.socket() is None:
-            self._attempt_failed(f"cannot send CONNECT: {self._mqtt.error_string(rc)}")
-            return
-        self._connack_timer = self.reactor.callLater(self.settings.connect_timeout, self._connack_timeout)
 
     def _open_failed(self, failure: Failure) -> None:
-        self._opening = None
-        if failure.check(ssl.SSLCertVerificationError):
-            why = f"TLS certificate rejected: {failure.value.verify_message or _error_text(failure.value)}"
-        elif failure.check(ssl.SSLError):
-            why = f"TLS handshake failed: {_error_text(failure.value)}"
-        elif failure.check(OSError):
-            why = _error_text(failure.value)
-        elif failure.check(ConnectionError):
-            why = str(failure.value)
-        elif failure.check(defer.TimeoutError, defer.CancelledError):
-            if not self._running:
-                return
+        self.connecting = False
+        if not self._running or failure.check(defer.CancelledError):
+            return
+        if failure.check(error.TimeoutError):
             why = f"no connection within {self.settings.connect_timeout:g} s"
         else:
-            return failure  # type: ignore[return-value]
+            why = describe(failure)
         self._attempt_failed(why)
 
-    def _connack_timeout(self) -> None:
-        self._connack_timer = None
-        if not self.connected:
-            self._attempt_error = f"no CONNACK within {self.settings.connect_timeout:g} s"
-            self._force_close()
-
-    def _attempt_failed(self, why: str) -> None:
-        self.last_error = why
-        self._report_attempt(False, why)
-        self._schedule_retry()
-
-    def _report_attempt(self, ok: bool, why: str | None) -> None:
-        if self.on_attempt is not None:
-            try:
-                self.on_attempt(ok, why)
-            except Exception:  # noqa: BLE001
-                log.failure("MQTT on_attempt callback failed")
-
-    def _schedule_retry(self) -> None:
-        if not self._running or self._retry is not None:
-            return
+    def _retry_delay(self) -> float:
+        """ClientService's retry policy: meteremu's backoff, logged once per new error."""
+        if not self._running:
+            return WAIT_WHILE_STOPPING
         s = self.settings
         delay = backoff_delay(self._failures, s.reconnect_delay, s.reconnect_max_delay, self._rnd)
         self._failures += 1
@@ -663,60 +421,85 @@ class ReactorMQTTClient:
         else:
             log.debug("{name}: broker {address}: {why}; next attempt in {delay:.1f} s",
                       name=self.name, address=s.address, why=why, delay=delay)
-        self._retry = self.reactor.callLater(delay, self._attempt)
+        return delay
+
+    def _connected(self, broker: _BrokerConnection) -> None:
+        """The transport is up (TLS may still be handshaking): paho starts its session on it."""
+        self.connecting = False
+        if not self._running:
+            broker.abort()
+            return
+        self._broker = broker
+        self._client.handed = broker
+        try:
+            rc = self._client.reconnect()
+        except Exception as exc:  # noqa: BLE001 - paho raises plain exceptions here
+            self._client.handed = None
+            self._attempt_failed(f"cannot start the MQTT session: {_error_text(exc)}")
+            broker.abort()
+            return
+        if rc != self._mqtt.MQTT_ERR_SUCCESS and self._client.socket() is None:
+            self._attempt_failed(f"cannot send CONNECT: {self._mqtt.error_string(rc)}")
+            broker.abort()
+            return
+        self._connack_timer = self.reactor.callLater(self.settings.connect_timeout, self._connack_timeout)
+
+    def _connack_timeout(self) -> None:
+        self._connack_timer = None
+        if not self.connected:
+            self._attempt_error = f"no CONNACK within {self.settings.connect_timeout:g} s"
+            self._force_close()
+
+    def _cancel_connack(self) -> None:
+        if self._connack_timer is not None and self._connack_timer.active():
+            self._connack_timer.cancel()
+        self._connack_timer = None
+
+    def _attempt_failed(self, why: str) -> None:
+        self.last_error = why
+        self._report_attempt(False, why)
+
+    def _report_attempt(self, ok: bool, why: str | None) -> None:
+        if self.on_attempt is not None:
+            try:
+                self.on_attempt(ok, why)
+            except Exception:  # noqa: BLE001
+                log.failure("MQTT on_attempt callback failed")
 
     def _force_close(self) -> None:
-        """Close the paho socket now; paho then reports the disconnect as usual."""
-        sock = self._client.socket()
-        if sock is None:
-            return
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        try:
-            self._client.loop_read()  # reads EOF: paho closes the socket and calls on_disconnect
-        except Exception:  # noqa: BLE001
-            log.failure("MQTT: closing the socket failed")
-        if self._client.socket() is not None:  # pragma: no cover - paho always closes on EOF
-            self._client.disconnect()
+        """Abort the connection; paho hears of it as an end of file, and reports the disconnect."""
+        if self._broker is not None:
+            self._broker.abort()
 
-    # -- paho's socket hooks ----------------------------------------------------------
-    def _socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
-        self._fd = _FD(sock, on_read=self._read, on_write=self._write, on_lost=self._lost)
-        self.reactor.addReader(self._fd)
-
-    def _socket_close(self, client: Any, userdata: Any, sock: Any) -> None:
-        self._unsent = 0
-        if self._fd is not None:
-            _forget(self.reactor, self._fd)
-            self._fd = None
-
-    def _register_write(self, client: Any, userdata: Any, sock: Any) -> None:
-        if self._fd is not None:
-            self.reactor.addWriter(self._fd)
-
-    def _unregister_write(self, client: Any, userdata: Any, sock: Any) -> None:
-        self._unsent = 0
-        if self._fd is not None:
-            self.reactor.removeWriter(self._fd)
-
-    def _read(self) -> None:
+    # -- the connection's events ----------------------------------------------------------
+    def _readable(self, broker: _BrokerConnection) -> None:
         client = self._client
-        sock = client.socket()
-        client.loop_read()
-        # An SSL socket may hold decrypted bytes the poller cannot see.
-        for _ in range(1000):
-            if client.socket() is not sock or sock is None or not getattr(sock, "pending", lambda: 0)():
-                break
-            client.loop_read()
+        while broker.unread and client.socket() is broker:
+            before = broker.unread
+            try:
+                client.loop_read()
+            except Exception:  # noqa: BLE001 - keep the connection's protocol alive
+                log.failure("MQTT: reading from the broker failed")
+                return
+            if broker.unread == before:
+                return  # a packet is incomplete: wait for more
 
-    def _write(self) -> None:
-        self._client.loop_write()
+    def _writable(self, broker: _BrokerConnection) -> None:
+        if self._client.want_write():
+            self._register_write(self._client, None, broker)
 
-    def _lost(self, reason: Failure) -> None:
-        self._fd = None
-        self._force_close()
+    def _lost(self, broker: _BrokerConnection, reason: Failure | None) -> None:
+        self.connecting = False
+        if broker is not self._broker:
+            return
+        self._broker = None
+        if not self.connected and self._attempt_error is None and reason is not None:
+            self._attempt_error = _tls_problem(reason)
+        self._readable(broker)  # what came before the end
+        if self._client.socket() is broker:
+            self._client.loop_read()  # the end of file: paho closes its socket and reports the disconnect
+        if self._client.socket() is broker:  # pragma: no cover - paho always closes on end of file
+            self._client.disconnect()
 
     def _loop_misc(self) -> None:
         try:
@@ -725,13 +508,32 @@ class ReactorMQTTClient:
         except Exception:  # noqa: BLE001 - keep the LoopingCall alive
             log.failure("MQTT: loop_misc failed")
 
+    # -- paho's socket hooks ----------------------------------------------------------
+    def _socket_close(self, client: Any, userdata: Any, sock: Any) -> None:
+        self._unsent = 0
+        if not self._running:
+            # The goodbye is written: ClientService closes the connection, arming no retry.
+            self._reconnector.stop()
+
+    def _register_write(self, client: Any, userdata: Any, sock: Any) -> None:
+        broker = self._broker
+        if self._write_call is None and broker is not None and not broker.paused:
+            self._write_call = self.reactor.callLater(0, self._write)
+
+    def _unregister_write(self, client: Any, userdata: Any, sock: Any) -> None:
+        self._unsent = 0
+
+    def _write(self) -> None:
+        self._write_call = None
+        broker = self._broker
+        if broker is not None and not broker.paused and self._client.socket() is broker:
+            self._client.loop_write()
+
     # -- paho's callbacks -------------------------------------------------------------
     def _paho_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
-        if self._connack_timer is not None and self._connack_timer.active():
-            self._connack_timer.cancel()
-        self._connack_timer = None
+        self._cancel_connack()
         if reason.is_failure:
-            # paho closes the socket next and calls on_disconnect, which schedules the retry.
+            # paho closes the socket next and calls on_disconnect, which reports the attempt.
             self._attempt_error = f"broker refused the connection: {reason}"
             return
         self.connected = True
@@ -753,12 +555,8 @@ class ReactorMQTTClient:
         was_connected = self.connected
         self.connected = False
         self._unsent = 0
-        if self._connack_timer is not None and self._connack_timer.active():
-            self._connack_timer.cancel()
-        self._connack_timer = None
-        drop = getattr(client, "drop_out_messages", None)  # paho >= 2.2
-        if drop is not None:
-            drop()
+        self._cancel_connack()
+        client.drop_out_messages()
         for ack in list(self._acks.values()):
             if not ack.called:
                 ack.callback(None)
@@ -783,8 +581,7 @@ class ReactorMQTTClient:
         else:
             self.last_error = self._attempt_error or f"disconnected before CONNACK ({reason})"
             self._report_attempt(False, self.last_error)
-        # paho may still be inside its socket handling: retry from a clean stack.
-        self._schedule_retry()
+        # ClientService hears of the closed connection next, and asks _retry_delay for the wait.
 
     def _paho_message(self, client: Any, userdata: Any, message: Any) -> None:
         if self.on_message is not None:

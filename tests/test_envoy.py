@@ -816,7 +816,7 @@ class MemoryEnvoy:
         self.pending: list[Deferred[Any]] = []
 
     def request(self, method: str, url: str, headers: dict[str, str] | None = None, data: Any = None,
-                json_body: Any = None, limit: int = 0) -> Deferred[Any]:
+                json_body: Any = None, limit: int = 0, **kw: Any) -> Deferred[Any]:
         from meteremu.sources.envoy.auth import HttpResult
 
         parts = urlsplit(url)

@@ -285,7 +285,7 @@ class EnvoyFaultTests(FaultCase):
         return self.fault("hang", "the Envoy did not answer")
 
     def test_closes_mid_body(self) -> Any:
-        return self.fault("midbody", "the Envoy did not answer: ResponseFailed")
+        return self.fault("midbody", "the Envoy did not answer: answer cut off")
 
     def test_garbage(self) -> Any:
         return self.fault("garbage", "unexpected answer from the Envoy")
@@ -561,7 +561,7 @@ HW_NEW_TOTAL = -1133.0 + 133.0 + 0.0
 
 class _HomeWizardScenarios:
     """Poll failures are soft (stale after stale_after), three in a row or a
-    refused token mark the meter down (homewizard.py's docstring). Shared by
+    refused token mark the meter down (homewizard/source.py's docstring). Shared by
     the v1 (HTTP) and v2 (HTTPS + token) classes below."""
 
     api = "v1"
@@ -608,7 +608,7 @@ class _HomeWizardScenarios:
         return self.fault("hang", reason="timed out")
 
     def test_closes_mid_body(self) -> Any:
-        return self.fault("midbody", reason="HomeWizard poll failed: ConnectionDone")
+        return self.fault("midbody", reason="HomeWizard poll failed: answer cut off")
 
     def test_garbage(self) -> Any:
         return self.fault("garbage", reason="HomeWizard poll failed")
@@ -650,7 +650,7 @@ class _HomeWizardScenarios:
         if stuck is not None:
             self.fail(f"PRODUCT BUG: after one HomeWizard {self.api} body with {key}: 1e400 (a 401-digit JSON "
                       f"integer) the source never polls again ({self.plan.requests - requests} requests since; "
-                      f"{stuck}; logged: {[e.type.__name__ for e in errors]}). meteremu/sources/homewizard.py "
+                      f"{stuck}; logged: {[e.type.__name__ for e in errors]}). meteremu/sources/homewizard/source.py "
                       "_number calls float() on an int beyond float range (OverflowError); _poll's ok() "
                       "catches only ValueError, so the exception ends the callback chain and _schedule is "
                       "never called. Fix: _number returns None unless math.isfinite after a guarded float(); "
@@ -734,7 +734,7 @@ class HomeWizardV2FaultTests(_HomeWizardScenarios, FaultCase):
             yield self.wait_fresh(HW_NEW_TOTAL, timeout=3 * HW_STALE + 2)
         except Exception:  # noqa: BLE001 - turned into the bug report below
             self.fail(f"PRODUCT BUG: after one HomeWizard v2 measurement stamped 2099-01-01 the meter never "
-                      f"takes a correct sample again ({self.describe()}). meteremu/sources/homewizard.py "
+                      f"takes a correct sample again ({self.describe()}). meteremu/sources/homewizard/source.py "
                       "parse_measurement/_take hands measured_at to Meter.update, which drops every reading "
                       "not newer than the latest. Fix: as the Envoy client does (_publish), treat a "
                       "timestamp that differs from the last one but is not newer as new (last + 1 ms), or "

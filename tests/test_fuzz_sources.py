@@ -42,7 +42,6 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from meteremu.meter import Meter
 from meteremu.reading import Reading
-from meteremu.sources import kmp
 from meteremu.sources.dsmr.parse import Accepted, P1Decoder, Rejected, crc16, with_crc
 from meteremu.sources.envoy import parse as ep
 from meteremu.sources.envoy.auth import HttpResult
@@ -51,8 +50,11 @@ from meteremu.sources.envoy.parse import EnvoyParseError, MissingSample, NoGridD
 from meteremu.sources.homeassistant import protocol as ha
 from meteremu.sources.homeassistant.client import HomeAssistantSource, _Session
 from meteremu.sources.homeassistant.options import Entities, HomeAssistantOptions, Smoothing
-from meteremu.sources.homewizard import HomeWizardOptions, HomeWizardSource, parse_measurement
-from meteremu.sources.kamstrup import REGISTERS, Register, register_extras
+from meteremu.sources.homewizard.options import HomeWizardOptions
+from meteremu.sources.homewizard.parse import parse_measurement
+from meteremu.sources.homewizard.source import HomeWizardSource
+from meteremu.sources.kamstrup import kmp
+from meteremu.sources.kamstrup.parse import REGISTERS, Register, register_extras
 from tests.support import fuzz as fz
 from tests.support import fuzz_sources as fs
 from tests.support.fuzz_sources import Problems, reading_problems, run_target
@@ -606,7 +608,7 @@ class HomeAssistantFuzzTests(SourceFuzzCase):
             source, conn = _ha_source(index, authenticated)
             for payload in payloads:
                 try:
-                    source.ws_message(conn, payload, False)  # type: ignore[arg-type]
+                    source.ws_message(conn, payload)  # type: ignore[arg-type]
                 except Exception as exc:  # noqa: BLE001 - the property under test
                     problems.exception(exc, payload)
             self.check_reading(problems, "ws_message → Meter", source.meter.latest, payloads)
@@ -753,7 +755,7 @@ class HomeWizardFuzzTests(SourceFuzzCase):
             reading = parse_measurement({**HW_V2, **change}, "v2", ARRIVAL, None, "arrival").reading
             bad = reading_problems(reading)
             self.assertEqual(bad, [], f"PRODUCT BUG: HomeWizard v2 body with {change} gives {bad} = inf: "
-                                      "meteremu/sources/homewizard.py parse_measurement multiplies finite "
+                                      "meteremu/sources/homewizard/parse.py parse_measurement multiplies finite "
                                       "floats (kWh × 1000, GJ × 277.8) and PhaseReading.from_power divides "
                                       "by the voltage; check math.isfinite after scaling and treat "
                                       "voltages below ~1 V as absent")
@@ -764,7 +766,7 @@ class HomeWizardFuzzTests(SourceFuzzCase):
             source.ws_message(proto, b"[" * 100_000)  # type: ignore[arg-type]
         except RecursionError:
             self.fail("PRODUCT BUG: a WebSocket frame of 100000 '[' (under the 1 MB limit) raises RecursionError "
-                      "out of meteremu/sources/homewizard.py ws_message (json.loads; only ValueError is "
+                      "out of meteremu/sources/homewizard/source.py ws_message (json.loads; only ValueError is "
                       "caught), into autobahn. Catch (ValueError, RecursionError)")
 
 
@@ -861,7 +863,7 @@ class KamstrupFuzzTests(SourceFuzzCase):
         extras = register_extras(kmp.decode_registers(data), [REGISTERS["power"]])
         self.assertTrue(all(math.isfinite(v) for v in extras.values()),
                         f"PRODUCT BUG: a GetRegister answer for 'power' with a 255-byte mantissa and exponent 63 "
-                        f"gives {extras}: meteremu/sources/kamstrup.py register_extras float(Decimal) overflows "
+                        f"gives {extras}: meteremu/sources/kamstrup/parse.py register_extras float(Decimal) overflows "
                         "to inf, which the exporters then publish (JSON 'Infinity', line protocol). Skip or "
                         "reject values that are not finite after conversion")
 

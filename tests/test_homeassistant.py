@@ -21,12 +21,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from meteremu.config import ConfigError, parse_config
 from meteremu.meter import Freshness, Meter
 from meteremu.reading import Reading
-from meteremu.sources.homeassistant import (
-    Entities,
-    HomeAssistantOptions,
-    HomeAssistantSource,
-)
 from meteremu.sources.homeassistant import protocol as ha
+from meteremu.sources.homeassistant.client import HomeAssistantSource
+from meteremu.sources.homeassistant.options import Entities, HomeAssistantOptions
 from tests.support import HTTPClient, asyncio_reactor_skip, start_app, test_config
 from tests.support.fake_homeassistant import (
     DSMR_ENERGY,
@@ -626,7 +623,7 @@ class WebSocketTests(SourceTestBase):
         # The REST seed runs beside the WebSocket; its timeout is on the same clock
         # until its 401 arrives: wait for it too (it was the order dependence).
         yield until(lambda: self.source.state == "bad token" and self.source.session is None
-                    and not self.source._inflight)
+                    and not self.source.http.busy)
         self.assertEqual(self.fake.auth_failures, 1)
         self.assertEqual(self.meter.freshness(), Freshness.DOWN)
         self.assertIn("rejected the access token", self.meter.stats.last_error)
@@ -841,7 +838,7 @@ class PollTests(SourceTestBase):
     def next_poll(self, clock: Clock) -> Deferred[float]:
         """Waits until the current poll is over; → the delay to the next one."""
         source = self.source
-        d = until(lambda: source._timer is not None and source._timer.active() and not source._inflight)
+        d = until(lambda: source._timer is not None and source._timer.active() and not source.http.busy)
         return d.addCallback(lambda _: source._timer.getTime() - clock.seconds())
 
     @inlineCallbacks

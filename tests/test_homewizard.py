@@ -16,13 +16,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from meteremu.config import ConfigError, parse_config
 from meteremu.meter import Freshness, Meter
-from meteremu.sources.homewizard import (
-    HomeWizardOptions,
-    HomeWizardSource,
-    host_port,
-    parse_measurement,
-    parse_v1_time,
-)
+from meteremu.sources.homewizard.options import HomeWizardOptions, host_port
+from meteremu.sources.homewizard.parse import parse_measurement, parse_v1_time
+from meteremu.sources.homewizard.source import HomeWizardSource
 from tests.support import start_app, test_config
 from tests.support.fake_homewizard import TOKEN, Certificates, FakeHomeWizard, v1_body, v2_body
 from tests.support.p1 import register_sources

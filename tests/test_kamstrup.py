@@ -15,14 +15,10 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from meteremu.config import ConfigError, parse_config
 from meteremu.meter import Freshness, Meter
 from meteremu.reading import Reading
-from meteremu.sources import kmp
-from meteremu.sources.kamstrup import (
-    DEFAULT_REGISTERS,
-    KamstrupOptions,
-    KamstrupSource,
-    register_extras,
-    resolve_register,
-)
+from meteremu.sources.kamstrup import kmp
+from meteremu.sources.kamstrup.options import KamstrupOptions
+from meteremu.sources.kamstrup.parse import DEFAULT_REGISTERS, register_extras, resolve_register
+from meteremu.sources.kamstrup.source import KamstrupSource
 from tests.support import HTTPClient, start_app, test_config
 from tests.support.kmp_meter import FakeMultical
 from tests.support.p1 import PtyMaster, register_sources

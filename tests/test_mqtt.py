@@ -286,9 +286,9 @@ class ClientTests(SynchronousTestCase):
     def test_paho_never_opens_a_socket_itself(self):
         import paho.mqtt.client as mqtt
 
-        from meteremu.mqttclient import _paho_client_class
+        from meteremu.compat.paho import client_class
 
-        client = _paho_client_class()(mqtt.CallbackAPIVersion.VERSION2, client_id="x")
+        client = client_class()(mqtt.CallbackAPIVersion.VERSION2, client_id="x")
         client.connect_async("127.0.0.1", 1)
         with self.assertRaises(ConnectionError):
             client.reconnect()  # would block in socket.create_connection without the override
@@ -302,14 +302,14 @@ class ClientTests(SynchronousTestCase):
         self.assertEqual(settings.address, "mqtt://broker:1883")
 
     def test_bad_tls_files_name_the_key_and_file(self):
-        from meteremu.mqttclient import MQTTConfigError, make_ssl_context
+        from meteremu.mqttclient import MQTTConfigError, client_tls
 
         with self.assertRaises(MQTTConfigError) as caught:
-            make_ssl_context(TLSOptions(certfile="/nonexistent/client.pem"))
+            client_tls(TLSOptions(certfile="/nonexistent/client.pem"), "broker")
         self.assertIn("tls.certfile", str(caught.exception))
         self.assertIn("/nonexistent/client.pem", str(caught.exception))
-        context = make_ssl_context(TLSOptions(insecure=True))
-        self.assertFalse(context.check_hostname)
+        creator = client_tls(TLSOptions(insecure=True), "broker")
+        self.assertEqual(creator.policy.mode, "none")  # neither the certificate nor the host name is checked
 
 
 class OptionTests(SynchronousTestCase):
@@ -970,7 +970,7 @@ class AppTests(BrokerCase):
         app = yield start_app(self, config)
         self.assertLess(time.monotonic() - started, 1.0)
         exporter = app.exporters["mqtt"]
-        self.assertIsNotNone(exporter.client._opening)  # the connect is in flight, not blocking
+        self.assertTrue(exporter.client.connecting)  # the connect is in flight, not blocking
         battery = Battery()
         port = reactor.listenUDP(0, battery, interface="127.0.0.1")
         self.addCleanup(port.stopListening)

@@ -45,6 +45,12 @@ class SourceStatus:
             self._timer.cancel()
         self._timer = self.clock.callLater(delay, run)
 
+    def _stop_running(self, *timers: str) -> None:
+        """The start of ``stopService``: no new work from now on, state "stopped", ``timers`` cancelled."""
+        self._stopping = True
+        self._set_state("stopped")
+        self._cancel_timers(*timers)
+
     def _cancel_timers(self, *names: str) -> None:
         """Cancel the delayed calls held in the attributes ``names`` and clear them."""
         for name in names:
@@ -55,9 +61,17 @@ class SourceStatus:
 
 
 class SourceEvents:
-    """``when(event)`` Deferreds fired by ``_emit``; the source sets ``self._waiters = []``."""
+    """``when(event)`` Deferreds fired by ``_emit``; the source sets ``self._waiters = []``
+    and ``self.reactor``.
+
+    Waiters hear of an event on the next reactor turn, never from inside the
+    code that caused it: a lost connection is reported while ClientService's
+    state machine is arming the retry (:mod:`meteremu.reconnect`), and a
+    waiter may want to look at that retry, or stop the service.
+    """
 
     _waiters: list[tuple[str, Any]]
+    reactor: Any
 
     def _wait_for(self, event: str) -> Deferred[Any]:
         d: Deferred[Any] = Deferred()
@@ -66,22 +80,12 @@ class SourceEvents:
 
     def _emit(self, event: str, value: Any = None) -> None:
         fire = [d for e, d in self._waiters if e == event]
+        if not fire:
+            return
         self._waiters = [(e, d) for e, d in self._waiters if e != event]
-        for d in fire:
-            d.callback(value)
+        self.reactor.callLater(0, _fire, fire, value)
 
 
-def quiet_factory(protocol: Any, *args: Any) -> Any:
-    """A client factory building ``protocol(*args)`` without "Starting factory" log lines
-    (sources reconnect often; those lines would flood the journal)."""
-    from twisted.internet.protocol import ClientFactory
-
-    class _Factory(ClientFactory):
-        noisy = False
-
-        def buildProtocol(self, addr: Any) -> Any:
-            proto = protocol(*args)
-            proto.factory = self
-            return proto
-
-    return _Factory()
+def _fire(waiters: list[Deferred[Any]], value: Any) -> None:
+    for d in waiters:
+        d.callback(value)

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 from twisted.internet.defer import Deferred
 
-from meteremu.sources import kmp
+from meteremu.sources.kamstrup import kmp
 from tests.support.p1 import PtyMaster
 
 

@@ -27,36 +27,26 @@ from __future__ import annotations
 import base64
 import random
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import tzinfo
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 from zoneinfo import ZoneInfo
 
-import treq
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from twisted.application.service import Service
-from twisted.internet.defer import (
-    CancelledError,
-    Deferred,
-    DeferredList,
-    TimeoutError,
-    inlineCallbacks,
-    succeed,
-)
-from twisted.internet.protocol import Protocol
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, succeed
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
-from twisted.web.http import PotentialDataLoss
 
 from meteremu.days import Counters, DayLedger, DayStart
 from meteremu.exporters.influxdb import Options
 from meteremu.exporters.influxdb.lineprotocol import format_lines
 from meteremu.exporters.influxdb.points import daily_points, lines, reading_points
 from meteremu.exporters.prometheus import Metrics
+from meteremu.httpclient import HTTPClient, describe
 from meteremu.interfaces import IReactorTime, StateStore, Values
 from meteremu.logs import logger
 from meteremu.meter import Meter
@@ -78,43 +68,6 @@ _V1_PRECISION = {"s": "s", "ms": "ms", "us": "u", "ns": "ns"}
 # -- HTTP ------------------------------------------------------------------------
 
 
-class _BodyReader(Protocol):
-    """Collects a response body up to ``limit`` bytes (the rest is discarded)."""
-
-    def __init__(self, finished: Deferred[bytes], limit: int) -> None:
-        self.finished, self.limit = finished, limit
-        self.parts: list[bytes] = []
-        self.size = 0
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.size < self.limit:
-            self.parts.append(data[: self.limit - self.size])
-            self.size += len(self.parts[-1])
-
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        if self.finished.called:
-            return
-        if reason is None or reason.check(ResponseDone, PotentialDataLoss):
-            self.finished.callback(b"".join(self.parts))
-        else:
-            self.finished.errback(reason)
-
-
-def read_body(response: Any, limit: int = BODY_LIMIT) -> Deferred[bytes]:
-    """Read a body; cancelling closes the connection (treq's reader does not)."""
-    proto: _BodyReader
-
-    def cancel(_: Deferred[bytes]) -> None:
-        transport = getattr(proto, "transport", None)
-        if transport is not None:
-            transport.loseConnection()
-
-    finished: Deferred[bytes] = Deferred(cancel)
-    proto = _BodyReader(finished, limit)
-    response.deliverBody(proto)
-    return finished
-
-
 @dataclass(frozen=True)
 class Answer:
     code: int
@@ -122,60 +75,43 @@ class Answer:
     retry_after: float | None
 
 
-def _retry_after(headers: Any) -> float | None:
-    values = headers.getRawHeaders(b"retry-after") if headers is not None else None
-    if not values:
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("retry-after")
+    if not value:
         return None
     try:
-        return max(0.0, float(values[0]))
+        return max(0.0, float(value))
     except ValueError:
         return None  # an HTTP date: back off normally
 
 
-def describe(reason: Failure | BaseException, timeout: float) -> str:
-    """A short, secret-free description of a failed request."""
-    exc = reason.value if isinstance(reason, Failure) else reason
-    inner = getattr(exc, "reasons", None)  # ResponseNeverReceived, RequestTransmissionFailed
-    if inner:
-        exc = inner[0].value
-    if isinstance(exc, TimeoutError | CancelledError):
-        return f"no answer within {timeout:g} s"
-    text = str(exc).strip()
-    name = type(exc).__name__
-    return f"{name}: {text}" if text and text != name else name
-
-
 class InfluxHTTP:
-    """treq with its own connection pool; every request bounded as a whole."""
+    """The HTTP room's client with InfluxDB's headers; every request bounded as a whole."""
 
     def __init__(self, reactor: Any, options: Options) -> None:
-        self.reactor = reactor
-        self.timeout = options.timeout
-        self.pool = HTTPConnectionPool(reactor, persistent=True)
-        self.pool.maxPersistentPerHost = 2
-        self.pool.cachedConnectionTimeout = 120
-        self.client = treq.client.HTTPClient(Agent(reactor, pool=self.pool, connectTimeout=options.timeout))
+        self.client = HTTPClient(reactor, options.timeout, per_host=2, idle_timeout=120, retry=True)
         self.headers = {b"Content-Type": [b"text/plain; charset=utf-8"], b"User-Agent": [b"meteremu"]}
         auth = _authorization(options)
         if auth is not None:
             self.headers[b"Authorization"] = [auth]
 
+    @property
+    def timeout(self) -> float:
+        return self.client.timeout
+
+    @timeout.setter
+    def timeout(self, value: float) -> None:
+        self.client.timeout = value
+
     def post(self, url: str, body: bytes, content_type: bytes | None = None) -> Deferred[Answer]:
         headers = dict(self.headers)
         if content_type is not None:
             headers[b"Content-Type"] = [content_type]
-        d = self.client.post(url, data=body, headers=headers, unbuffered=True)
+        d = self.client.request("POST", url, headers, data=body, limit=BODY_LIMIT, truncate=True, redirects=True)
+        return d.addCallback(lambda result: Answer(result.status, result.body, _retry_after(result.headers)))
 
-        def got(response: Any) -> Deferred[Answer]:
-            return read_body(response).addCallback(
-                lambda data: Answer(response.code, data, _retry_after(response.headers)))
-
-        d.addCallback(got)
-        d.addTimeout(self.timeout, self.reactor)
-        return d
-
-    def close(self) -> Deferred[None]:
-        return self.pool.closeCachedConnections()
+    def close(self) -> Deferred[Any]:
+        return self.client.close()
 
 
 def _authorization(options: Options) -> bytes | None:

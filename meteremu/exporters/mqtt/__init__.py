@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from meteremu.configtypes import Duration
-from meteremu.mqttclient import BrokerOptions, TLSOptions
+from meteremu.mqttoptions import BrokerOptions, TLSOptions
 
 if TYPE_CHECKING:  # the services import their client libraries: only when built
     from meteremu.days import DayLedger
@@ -39,7 +39,7 @@ def _topic_problem(value: str, what: str) -> str | None:
 
 @dataclass(frozen=True)
 class Options(BrokerOptions):
-    """``exporters.mqtt``: the broker (:class:`~meteremu.mqttclient.BrokerOptions`) and what to publish."""
+    """``exporters.mqtt``: the broker (:class:`~meteremu.mqttoptions.BrokerOptions`) and what to publish."""
 
     enabled: bool = field(default=True, metadata={"doc": "false keeps the section but publishes nothing"})
     client_id: str | None = field(default=None, metadata={

@@ -56,6 +56,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from meteremu.reading import PhaseReading, Reading
+from meteremu.sources.stamps import MonotonicStamps
 
 # dsmr_parser logs every line it cannot parse at ERROR level with a traceback
 # (the Belgian max-demand history with an invalid date, for instance), once per
@@ -693,8 +694,7 @@ class P1Decoder:
         self.counts = {"telegrams": 0, "crc_errors": 0, "parse_errors": 0, "decrypt_errors": 0}
         self.last_spec: str | None = None
         self._detected: dict[tuple[bytes, ...], SpecInfo] = {}
-        self._last_stamp: float | None = None  # the last telegram's own time (0-0:1.0.0)
-        self._last_measured: float | None = None  # … and the time it was published with
+        self._stamps = MonotonicStamps()  # the meter's clock (0-0:1.0.0), made monotonic
 
     def reset(self) -> None:
         """Forget a half-received telegram (after a reconnect)."""
@@ -730,25 +730,6 @@ class P1Decoder:
             spec = self._detected[key] = detect_spec(telegram.decode("latin-1"))
         return spec
 
-    def _monotonic(self, stamp: float) -> float:
-        """The meter's clock made monotonic, as the Envoy source does.
-
-        The Meter drops a reading not newer than the latest one (a repeated
-        telegram): after one telegram from the future (a meter clock glitch)
-        every later, correct one would be dropped until that date. A repeated
-        timestamp stays a repeat; a different one that is not newer than the
-        last published time is published 1 ms after it.
-        """
-        last = self._last_measured
-        if last is None or stamp > last:
-            measured = stamp
-        elif stamp == self._last_stamp:
-            measured = last  # the same telegram again: not new
-        else:
-            measured = last + 0.001  # the meter's clock went back: still a new telegram
-        self._last_stamp, self._last_measured = stamp, measured
-        return measured
-
     def decode(self, telegram: bytes, arrival: float) -> Result:
         body, transmitted = split_crc(telegram)
         if transmitted is not None and self.check_crc:
@@ -769,7 +750,7 @@ class P1Decoder:
             self.counts["parse_errors"] += 1
             return Rejected("empty", f"no power, energy or M-Bus value in the telegram (spec {spec.name})")
         stamp = values.meter_time if self.timestamps == "meter" and values.meter_time is not None else arrival
-        measured = self._monotonic(stamp)
+        measured = self._stamps.publish(stamp)
         self.counts["telegrams"] += 1
         self.last_spec = spec.name
         reading = Reading(phases=values.phases, measured_at=measured, energy=values.energy,

@@ -16,8 +16,11 @@ Connection life::
   (115200 8N1), DSMR 4 (115200 7E1) and DSMR 2.2/3 (9600 7E1) in turn: a
   connection that brings no valid telegram within the idle timeout is reopened
   with the next settings; the ones that work are kept as long as telegrams flow.
-* Reconnects back off exponentially with jitter from ``reconnect_min`` to
-  ``reconnect_max``; a valid telegram resets the backoff.
+* Reconnects go through Twisted's ``ClientService`` (:mod:`meteremu.reconnect`;
+  a serial port is an endpoint too, :mod:`meteremu.serialendpoint`). They back
+  off exponentially with jitter from ``reconnect_min`` to ``reconnect_max``,
+  counting attempts since the last valid telegram: a valid telegram resets
+  the backoff (not merely a connection, which a dead bridge accepts too).
 * While disconnected the Meter is ``down`` (it leaves ``down`` with the next
   telegram, which always has a new timestamp). Bad CRCs and parse errors are
   soft failures: counted in ``/healthz`` (``details``) and the failure counter.
@@ -32,16 +35,20 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet import error as net_error
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from meteremu.backoff import next_delay
+from meteremu.failures import describe
 from meteremu.logs import logger
 from meteremu.meter import Meter
-from meteremu.sources.common import SourceEvents, SourceStatus, quiet_factory
+from meteremu.reconnect import Reconnector, protocol_factory
+from meteremu.serialendpoint import PortUnavailable, SerialAddress, SerialEndpoint, SerialLine
+from meteremu.sources.common import SourceEvents, SourceStatus
 from meteremu.sources.dsmr.options import DsmrOptions
 from meteremu.sources.dsmr.parse import (
     SERIAL_PROBE_ORDER,
@@ -55,24 +62,56 @@ from meteremu.sources.dsmr.parse import (
 
 log = logger(__name__)
 
-CLOSE_WAIT = 2.0
 _SEVEN_BITS = bytes(b & 0x7F for b in range(256))
+WAIT_WHILE_STOPPING = 3600.0  # stopService cancels it: a retry never comes while stopping
 
 
-def describe(failure: Failure | BaseException) -> str:
-    exc = failure.value if isinstance(failure, Failure) else failure
-    if isinstance(exc, defer.TimeoutError | defer.CancelledError | net_error.TimeoutError):
-        return "timed out"
-    if isinstance(exc, net_error.ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, net_error.DNSLookupError):
-        return "host name not found"
-    if isinstance(exc, net_error.ConnectionDone):
-        return "closed by the other end"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text[:160]}" if text else type(exc).__name__
+class LineRefused(Exception):
+    """The serial port refuses these line settings (a termios error)."""
+
+    def __init__(self, line: LineSettings, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.line = line
+        self.cause = cause
+
+
+@implementer(IStreamClientEndpoint)
+class _P1SerialEndpoint:
+    """The P1 port with the source's current line settings.
+
+    Linux pseudo-terminals (socat bridges) refuse a parity or data-bit change
+    at an unchanged speed; 7-bit settings are then opened as 8N1 and the
+    protocol strips the parity bit in software (the bytes read as 8N1 carry
+    it in bit 7, so masking it gives exactly the 7-bit data).
+    """
+
+    def __init__(self, source: DsmrSource, device: str) -> None:
+        self.source = source
+        self.device = device
+
+    def __repr__(self) -> str:
+        return f"<P1 serial {self.device}>"
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        line = self.source.line
+        assert line is not None
+        reactor = self.source.reactor
+        d = SerialEndpoint(reactor, self.device, line).connect(protocolFactory)
+
+        def refused(failure: Failure) -> Any:
+            if failure.check(OSError, ValueError, PortUnavailable):
+                return failure
+            if line.bytesize != 7:
+                raise LineRefused(line, failure.value)
+            eight = SerialLine(line.baudrate, 8, "N", line.stopbits)
+            again = SerialEndpoint(reactor, self.device, eight).connect(protocolFactory)
+
+            def still_refused(_: Failure) -> None:
+                raise LineRefused(line, failure.value)
+
+            return again.addErrback(still_refused)
+
+        return d.addErrback(refused)
 
 
 class _P1Protocol(Protocol):
@@ -84,7 +123,6 @@ class _P1Protocol(Protocol):
         self.strip_parity = strip_parity
         self.telegrams = 0
         self.dropped = False  # closed by the source itself (idle watchdog, stop)
-        self.closed: Deferred[None] = Deferred()
 
     def connectionMade(self) -> None:
         self.source._connected(self)
@@ -95,8 +133,6 @@ class _P1Protocol(Protocol):
         self.source._data(self, data)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        if not self.closed.called:
-            self.closed.callback(None)
         self.source._lost(self, reason)
 
 
@@ -126,40 +162,34 @@ class DsmrSource(SourceStatus, SourceEvents, Service):
         self.attempts = 0
         self.connections = 0
         self.proto: _P1Protocol | None = None
-        self._connecting: Deferred[Any] | None = None
-        self._timer: Any = None
         self._watchdog: Any = None
         self._stopping = True
         self._said: dict[str, str] = {}
         self._waiters: list[tuple[str, Deferred[Any]]] = []
+        endpoint: IStreamClientEndpoint
         if options.tcp is not None:
             host, port = options.host_port()
             self.where = f"tcp {host}:{port}"
+            endpoint = HostnameEndpoint(reactor, host, port, timeout=options.connect_timeout)
         else:
+            assert options.serial is not None
             self.where = f"serial {options.serial}"
+            endpoint = _P1SerialEndpoint(self, options.serial)
+        self.reconnector = Reconnector(endpoint, protocol_factory(self._build), clock=self.clock, reactor=reactor,
+                                       retry=self._retry_delay, attempting=self._attempting,
+                                       failed=self._attempt_failed, name=f"meter {meter.name}: P1 {self.where}")
         self._details()
 
     # -- lifecycle -------------------------------------------------------------------------
     def startService(self) -> None:
         super().startService()
         self._stopping = False
-        self._schedule(0.0)
+        self.reconnector.start()
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
-        self._stopping = True
-        self._set_state("stopped")
-        self._cancel_timers("_timer", "_watchdog")
-        if self._connecting is not None:
-            self._connecting.cancel()
-            self._connecting = None
-        proto, self.proto = self.proto, None
-        if proto is None or proto.transport is None or proto.closed.called:
-            return defer.succeed(None)
-        self._drop(proto)
-        closing = proto.closed
-        timer = self.reactor.callLater(CLOSE_WAIT, lambda: closing.called or closing.callback(None))
-        return closing.addBoth(lambda _: timer.cancel() if timer.active() else None)
+        self._stop_running("_watchdog")
+        return self.reconnector.stop()
 
     # -- status -----------------------------------------------------------------------------
     @property
@@ -201,86 +231,45 @@ class DsmrSource(SourceStatus, SourceEvents, Service):
         "disconnected", …), "telegram" or "rejected"."""
         return self._wait_for(event)
 
-    # -- connecting ----------------------------------------------------------------------------
-    def _schedule(self, delay: float) -> None:
-        self._call_later(delay, self._connect)
+    # -- connecting (ClientService's hooks, see meteremu.reconnect) -------------------------------
+    def _build(self, address: Any) -> _P1Protocol:
+        if not isinstance(address, SerialAddress):
+            return _P1Protocol(self, None)
+        wanted = self.line
+        assert wanted is not None
+        return _P1Protocol(self, wanted, strip_parity=wanted.bytesize == 7 and address.line.bytesize == 8)
 
-    def _backoff(self) -> float:
-        return next_delay(self.attempts, self.options.reconnect_min, self.options.reconnect_max, self.rng)
-
-    def _connect(self) -> None:
-        self._timer = None
-        if self._stopping:
-            return
+    def _attempting(self) -> None:
         self.attempts += 1
         self.decoder.reset()
         self._set_state("connecting")
-        if self.options.tcp is not None:
-            self._connect_tcp()
-        else:
-            self._open_serial()
 
-    def _connect_tcp(self) -> None:
-        host, port = self.options.host_port()
-        endpoint = HostnameEndpoint(self.reactor, host, port, timeout=self.options.connect_timeout)
-        d = endpoint.connect(quiet_factory(_P1Protocol, self, None))
-        self._connecting = d
-
-        def done(result: Any) -> None:
-            self._connecting = None
-
-        def failed(failure: Failure) -> None:
-            self._connecting = None
-            if self._stopping or failure.check(defer.CancelledError):
-                return
-            self._failed(f"cannot connect to {self.where}: {describe(failure)}")
-
-        d.addCallbacks(done, failed)
-
-    def _open_serial(self) -> None:
-        line = self.line
-        assert line is not None and self.options.serial is not None
-        try:
-            from twisted.internet.serialport import SerialPort  # needs pyserial
-        except ImportError:
-            self._failed("serial: needs pyserial (pip install pyserial)")
+    def _attempt_failed(self, failure: Failure) -> None:
+        if self._stopping or failure.check(defer.CancelledError):
             return
-        try:
-            # pyserial's SerialException is an OSError; connectionMade runs in here.
-            SerialPort(_P1Protocol(self, line), self.options.serial, self.reactor,
-                       baudrate=line.baudrate, bytesize=line.bytesize, parity=line.parity,
-                       stopbits=line.stopbits, timeout=0)
-        except (OSError, ValueError) as exc:
-            self._failed(f"cannot open {self.options.serial}: {describe(exc)}")
-        except Exception as exc:  # termios.error: the port refuses these line settings
-            if line.bytesize == 7 and self._open_eight_bits(SerialPort, line):
-                return
-            message = f"{self.options.serial} does not accept {line}: {describe(exc)}"
+        exc = failure.value
+        if self.options.tcp is not None:
+            message = f"cannot connect to {self.where}: {describe(exc)}"
+        elif isinstance(exc, PortUnavailable):
+            message = str(exc)
+        elif isinstance(exc, LineRefused):
+            message = f"{self.options.serial} does not accept {exc.line}: {describe(exc.cause)}"
             if len(self.lines) > 1:
                 self.line_index = (self.line_index + 1) % len(self.lines)
                 message += f"; trying {self.lines[self.line_index]} next"
-            self._failed(message)
-
-    def _open_eight_bits(self, serial_port: Any, line: LineSettings) -> bool:
-        """Open 7-bit line settings as 8N1 and strip the parity bit in software.
-
-        Linux pseudo-terminals (socat bridges) refuse a parity or data-bit
-        change at an unchanged speed; the bytes read as 8N1 carry the parity
-        in bit 7, so masking it gives exactly the 7-bit data.
-        """
-        try:
-            serial_port(_P1Protocol(self, line, strip_parity=True), self.options.serial, self.reactor,
-                        baudrate=line.baudrate, bytesize=8, parity="N", stopbits=line.stopbits, timeout=0)
-        except Exception:
-            return False
-        return True
-
-    def _failed(self, message: str) -> None:
+        else:
+            message = f"cannot open {self.options.serial}: {describe(exc)}"
         self.meter.report_failure(message, down=True)
         self._say("connection", message)
         self._details_counts()
-        self._schedule(self._backoff())
+
+    def _retry_delay(self) -> float:
+        """ClientService's retry policy: the next wait, counted since the last valid telegram."""
+        if self._stopping:
+            return WAIT_WHILE_STOPPING
+        self._details_counts()
         self._set_state("disconnected")
+        return next_delay(self.attempts, self.options.reconnect_min, self.options.reconnect_max, self.rng)
 
     def _connected(self, proto: _P1Protocol) -> None:
         if self._stopping:
@@ -339,8 +328,6 @@ class DsmrSource(SourceStatus, SourceEvents, Service):
             self.meter.report_failure(f"P1 connection lost ({self.where}): {why}", down=True)
             self._say("connection", f"P1 connection lost ({self.where}): {why}")
         self._details_counts()
-        self._schedule(self._backoff())
-        self._set_state("disconnected")
 
     # -- telegrams --------------------------------------------------------------------------------
     def _data(self, proto: _P1Protocol, data: bytes) -> None:

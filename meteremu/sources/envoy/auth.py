@@ -31,6 +31,8 @@ from urllib.parse import urlsplit
 
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 
+from meteremu.failures import describe
+from meteremu.httpclient import HttpResult
 from meteremu.logs import logger
 
 log = logger("meteremu.sources.envoy.auth")
@@ -255,13 +257,6 @@ class DigestAuth:
 # -- the Enphase cloud ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class HttpResult:
-    status: int
-    headers: dict[str, str]  # lower-case names, last value wins
-    body: bytes
-
-
 class HttpLike(Protocol):
     def request(self, method: str, url: str, headers: dict[str, str] | None = None,
                 data: Any = None, json_body: Any = None, limit: int = ...) -> Deferred[HttpResult]: ...
@@ -290,7 +285,7 @@ class EnlightenCloud:
         except AuthError:
             raise
         except Exception as exc:
-            raise CloudError(f"Enlighten login failed: {describe_error(exc)}") from None
+            raise CloudError(f"Enlighten login failed: {describe(exc)}") from None
         if login.status in (401, 403):
             raise PermanentAuthError(
                 f"Enlighten login refused (HTTP {login.status}): check username and password")
@@ -314,7 +309,7 @@ class EnlightenCloud:
         except AuthError:
             raise
         except Exception as exc:
-            raise CloudError(f"Entrez token request failed: {describe_error(exc)}") from None
+            raise CloudError(f"Entrez token request failed: {describe(exc)}") from None
         if issued.status in (401, 403):
             raise PermanentAuthError(
                 f"Entrez refused a token for Envoy {serial} (HTTP {issued.status}): "
@@ -325,38 +320,6 @@ class EnlightenCloud:
         self.redact.add(token)
         decode_jwt(token)  # raises (safely) if Entrez sent something else
         return token
-
-
-def describe_error(exc: BaseException) -> str:
-    """A short, secret-free description of a transport failure."""
-    from twisted.internet import defer, error
-    from twisted.web import _newclient
-
-    if isinstance(exc, defer.TimeoutError | defer.CancelledError):
-        return "timed out"
-    if isinstance(exc, error.ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, error.DNSLookupError):
-        return "host name not found"
-    if isinstance(exc, error.TimeoutError):
-        return "connect timed out"
-    if isinstance(exc, _newclient.ResponseNeverReceived | _newclient.RequestTransmissionFailed):
-        reasons = getattr(exc, "reasons", [])
-        inner = reasons[0].value if reasons else None
-        if inner is not None and not isinstance(inner, _newclient.ResponseNeverReceived):
-            return describe_error(inner)
-        return "no response"
-    try:
-        from OpenSSL.SSL import Error as SSLError
-
-        if isinstance(exc, SSLError):
-            return "TLS handshake failed"
-    except ImportError:  # pragma: no cover
-        pass
-    name = type(exc).__name__
-    if isinstance(exc, error.ConnectError | ConnectionError):
-        return f"connection failed ({name})"
-    return name
 
 
 # -- the token for one Envoy ------------------------------------------------------------------------
@@ -556,7 +519,7 @@ class TokenManager:
         def failed(failure: Any) -> None:
             if failure.check(CancelledError) and self._stopped:
                 return None
-            why = str(failure.value) if failure.check(AuthError) else describe_error(failure.value)
+            why = str(failure.value) if failure.check(AuthError) else describe(failure.value)
             log.warn("token renewal failed (next try in {retry:.0f} s): {why}",
                      retry=retry, why=self.redact(why))
             return None

@@ -33,26 +33,14 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import treq
-from cryptography.hazmat.primitives.serialization import Encoding
-from OpenSSL import SSL
 from twisted.application.service import Service
-from twisted.internet import defer
+from twisted.internet import defer, error
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
-from twisted.internet.protocol import Protocol
-from twisted.internet.ssl import Certificate, CertificateOptions, trustRootFromCertificates
 from twisted.python.failure import Failure
-from twisted.web.client import (
-    Agent,
-    BrowserLikePolicyForHTTPS,
-    HTTPConnectionPool,
-    ResponseDone,
-    _HTTP11ClientFactory,
-)
-from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import IPolicyForHTTPS
-from zope.interface import implementer
+from twisted.web.client import RequestTransmissionFailed, ResponseFailed, ResponseNeverReceived
 
+from meteremu.failures import describe, is_tls_error
+from meteremu.httpclient import BodyTooLarge, HTTPClient, HttpResult
 from meteremu.logs import logger
 from meteremu.meter import Meter
 from meteremu.reading import Reading
@@ -61,11 +49,9 @@ from meteremu.sources.envoy.auth import (
     AuthError,
     DigestAuth,
     EnlightenCloud,
-    HttpResult,
     PermanentAuthError,
     Redactor,
     TokenManager,
-    describe_error,
     describe_expiry,
     envoy_password,
     installer_password,
@@ -79,164 +65,12 @@ from meteremu.sources.envoy.parse import (
     MissingSample,
     NoGridData,
 )
-from meteremu.tls import ContextCreator, fingerprint, pem_blocks, show_fingerprint
+from meteremu.tls import DeviceTLS, web_policy
 
 log = logger("meteremu.sources.envoy")
 
-MAX_BODY = 4 * 1024 * 1024  # the largest answers (inverter lists, pdm data) are well below
 REPROBE_DELAY = 300.0  # after a permanent problem (bad credentials, no CT): try again this late
 STREAM_ENABLE_EVERY = 10.0  # livedata: re-enable the stream at most this often
-
-
-# -- HTTP plumbing ---------------------------------------------------------------------
-
-
-class BodyTooLarge(Exception):
-    pass
-
-
-class _BodyCollector(Protocol):
-    def __init__(self, finished: Deferred[bytes], limit: int) -> None:
-        self.finished = finished
-        self.limit = limit
-        self.parts: list[bytes] = []
-        self.size = 0
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.finished.called:
-            return
-        self.size += len(data)
-        if self.size > self.limit:
-            self.finished.errback(BodyTooLarge(f"body larger than {self.limit} bytes"))
-            self.transport.loseConnection()
-            return
-        self.parts.append(data)
-
-    def connectionLost(self, reason: Failure) -> None:
-        if self.finished.called:
-            return
-        if reason.check(ResponseDone, PotentialDataLoss):
-            self.finished.callback(b"".join(self.parts))
-        else:
-            self.finished.errback(reason)
-
-
-def read_body(response: Any, limit: int = MAX_BODY) -> Deferred[bytes]:
-    """Read a whole body; cancelling the Deferred closes the connection.
-
-    Neither ``treq.content`` nor ``readBody`` close the socket on cancel
-    (specs/twisted.md §5.2), which leaves a stalled connection open forever.
-    """
-    protocol: _BodyCollector | None = None
-
-    def cancel(d: Deferred[bytes]) -> None:
-        if protocol is not None and protocol.transport is not None:
-            protocol.transport.loseConnection()
-
-    finished: Deferred[bytes] = Deferred(cancel)
-    protocol = _BodyCollector(finished, limit)
-    response.deliverBody(protocol)
-    return finished
-
-
-@implementer(IPolicyForHTTPS)
-class EnvoyTLSPolicy:
-    """TLS to the Envoy: pin its certificate's SHA-256, skip checks, or verify normally.
-
-    The Envoy presents a self-signed certificate without a usable subject
-    name, so normal verification only works behind a proxy with a real
-    certificate. Pinning (``tls_fingerprint``) accepts exactly one leaf
-    certificate; ``verify_ssl: false`` accepts any (a trusted LAN only).
-    ``seen`` keeps the fingerprint of the last certificate the Envoy showed,
-    so an error message can tell the user what to pin.
-    """
-
-    def __init__(self, fingerprint: bytes | None, verify: bool) -> None:
-        self.fingerprint = fingerprint
-        self.verify = verify
-        self.seen: str | None = None
-        self.mismatch = False
-        self._default = BrowserLikePolicyForHTTPS()
-        self.context = CertificateOptions(verify=False).getContext()
-        self.context.set_verify(SSL.VERIFY_PEER, self._check)
-        try:
-            self.context.set_cipher_list(b"DEFAULT")  # the Envoy's older TLS stack (pyenphase)
-        except SSL.Error:  # pragma: no cover - an OpenSSL without DEFAULT
-            pass
-
-    def _check(self, connection: Any, cert: Any, errno: int, depth: int, ok: int) -> bool:
-        if depth > 0:
-            return True
-        digest = fingerprint(cert.to_cryptography().public_bytes(Encoding.DER))
-        self.seen = show_fingerprint(digest)
-        if self.fingerprint is None:
-            return True
-        self.mismatch = digest != self.fingerprint
-        return not self.mismatch
-
-    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
-        if self.verify and self.fingerprint is None:
-            return self._default.creatorForNetloc(hostname, port)
-        return ContextCreator(self)
-
-
-def cloud_policy(ca_file: str | None) -> IPolicyForHTTPS:
-    """Normal TLS verification for the Enphase cloud, optionally with extra CAs."""
-    if ca_file is None:
-        return BrowserLikePolicyForHTTPS()
-    with open(ca_file, "rb") as handle:
-        pem = handle.read()
-    blocks = pem_blocks(pem)
-    if not blocks:
-        raise ValueError(f"{ca_file}: no PEM certificate found")
-    return BrowserLikePolicyForHTTPS(trustRoot=trustRootFromCertificates(
-        [Certificate.loadPEM(block) for block in blocks]))
-
-
-class _QuietClientFactory(_HTTP11ClientFactory):
-    noisy = False  # no "Starting factory" line per connection (the Envoy closes them often)
-
-
-class QuietPool(HTTPConnectionPool):
-    _factory = _QuietClientFactory
-
-
-class HttpClient:
-    """treq over its own pool; every request bounded as a whole by ``timeout``."""
-
-    def __init__(self, reactor: Any, policy: IPolicyForHTTPS, timeout: float,
-                 persistent: bool = True) -> None:
-        self.reactor = reactor
-        self.timeout = timeout
-        self.pool = QuietPool(reactor, persistent=persistent)
-        self.pool.maxPersistentPerHost = 1
-        self.pool.cachedConnectionTimeout = 30
-        self.pool.retryAutomatically = False
-        agent = Agent(reactor, contextFactory=policy, pool=self.pool,
-                      connectTimeout=max(1.0, min(10.0, timeout)))
-        self.client = treq.client.HTTPClient(agent)
-
-    def request(self, method: str, url: str, headers: dict[str, str] | None = None,
-                data: Any = None, json_body: Any = None, limit: int = MAX_BODY) -> Deferred[HttpResult]:
-        async def exchange() -> HttpResult:
-            kwargs: dict[str, Any] = {"headers": headers or {}, "unbuffered": True,
-                                      "allow_redirects": False}
-            if data is not None:
-                kwargs["data"] = data
-            if json_body is not None:
-                kwargs["json"] = json_body
-            response = await self.client.request(method, url, **kwargs)
-            body = await read_body(response, limit)
-            found = {name.decode("latin-1").lower(): values[-1].decode("latin-1")
-                     for name, values in response.headers.getAllRawHeaders()}
-            return HttpResult(response.code, found, body)
-
-        d = ensureDeferred(exchange())
-        d.addTimeout(self.timeout, self.reactor)
-        return d
-
-    def close(self) -> Deferred[None]:
-        return self.pool.closeCachedConnections()
 
 
 # -- errors of one cycle ------------------------------------------------------------
@@ -277,12 +111,16 @@ class EnvoySource(Service):
         self.rng = rng or random.Random()
         self.redact = Redactor()
         self.redact.add(options.digest_password)
-        self.tls = EnvoyTLSPolicy(options.fingerprint(), options.verify_ssl)
-        self.envoy_http = envoy_http or HttpClient(clock, self.tls, options.timeout)
+        # The Envoy presents a self-signed certificate without a usable subject
+        # name: pin it, or skip the check; normal verification only works behind
+        # a proxy with a real certificate. Its older TLS stack needs DEFAULT ciphers.
+        self.tls = DeviceTLS(fingerprint=options.fingerprint(), verify=options.verify_ssl, legacy_ciphers=True)
+        self.envoy_http = envoy_http or HTTPClient(clock, options.timeout, self.tls,
+                                                   connect_timeout=_connect_timeout(options.timeout))
         has_credentials = bool(options.username and options.password)
         if cloud_http is None and has_credentials:
-            cloud_http = HttpClient(clock, cloud_policy(options.cloud_ca_file), options.cloud_timeout,
-                                    persistent=False)
+            cloud_http = HTTPClient(clock, options.cloud_timeout, web_policy(options.cloud_ca_file),
+                                    persistent=False, connect_timeout=_connect_timeout(options.cloud_timeout))
         self.cloud_http = cloud_http
         cloud = (EnlightenCloud(cloud_http, options.enlighten_url, options.entrez_url, self.redact)
                  if has_credentials and cloud_http is not None else None)
@@ -408,8 +246,8 @@ class EnvoySource(Service):
         if self.tls.mismatch:
             return (f"TLS certificate does not match tls_fingerprint (the Envoy shows "
                     f"{self.tls.seen})")
-        text = describe_error(exc)
-        if text == "TLS handshake failed" and self.tls.verify and self.tls.fingerprint is None:
+        text = describe(exc)
+        if text == "TLS handshake failed" and self.tls.mode == "web":
             return ("TLS certificate not trusted (the Envoy's is self-signed): set tls_fingerprint "
                     "to pin it, or verify_ssl: false")
         return text
@@ -717,13 +555,13 @@ class EnvoySource(Service):
         except defer.CancelledError:
             raise  # the service is stopping
         except defer.TimeoutError as exc:
-            self._slow_failed(what, f"the Envoy did not answer: {describe_error(exc)}")
+            self._slow_failed(what, f"the Envoy did not answer: {describe(exc)}")
         except (EnvoyError, EnvoyParseError, AuthError) as exc:
             self._slow_failed(what, str(exc))
         except Exception as exc:
             if not _is_transport(exc):
                 raise
-            self._slow_failed(what, f"the Envoy did not answer: {describe_error(exc)}")
+            self._slow_failed(what, f"the Envoy did not answer: {describe(exc)}")
         else:
             self._slow_errors.pop(what, None)
 
@@ -760,15 +598,11 @@ class EnvoySource(Service):
 
 def _is_transport(exc: BaseException) -> bool:
     """A failure to talk to the Envoy at all (as opposed to a bad answer)."""
-    from twisted.internet import error
-    from twisted.web import _newclient
-
-    return isinstance(exc, error.ConnectError | error.ConnectionLost | error.ConnectionDone
-                      | error.DNSLookupError | error.TimeoutError | ConnectionError
-                      | _newclient.ResponseNeverReceived | _newclient.RequestTransmissionFailed
-                      | _newclient.ResponseFailed | SSL.Error | BodyTooLarge)
+    return (isinstance(exc, error.ConnectError | error.ConnectionLost | error.ConnectionDone
+                       | error.DNSLookupError | error.TimeoutError | ConnectionError | ResponseNeverReceived
+                       | RequestTransmissionFailed | ResponseFailed | BodyTooLarge)
+            or is_tls_error(exc))
 
 
-def make_envoy_source(meter: Meter, options: EnvoyOptions, reactor: Any, store: Any = None) -> EnvoySource:
-    return EnvoySource(meter, options, reactor, store)
-
+def _connect_timeout(timeout: float) -> float:
+    return max(1.0, min(10.0, timeout))

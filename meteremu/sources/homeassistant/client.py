@@ -11,9 +11,11 @@ Connection life (``mode: websocket``)::
         └── at the same time: REST GET /api/states/<id> for every watched entity (seed)
 
 Any failure (refused, handshake timeout, ``auth_invalid``, no pong, close)
-ends the connection and schedules the next attempt with exponential backoff
-and jitter (``reconnect_min`` … ``reconnect_max``); the backoff resets once a
-subscription succeeds. A rejected token waits ``reconnect_max`` before trying
+ends the connection, and Twisted's ``ClientService`` (:mod:`meteremu.reconnect`)
+makes the next attempt after exponential backoff with jitter
+(``reconnect_min`` … ``reconnect_max``); the backoff resets once a
+subscription succeeds (not merely a connection: a proxy in front of a dead
+HA accepts those). A rejected token waits ``reconnect_max`` before trying
 again (no retry storm) and marks the meter down with "bad token".
 
 Freshness (design.md §4, push source): every message on a working
@@ -40,122 +42,48 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-import treq
-from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from autobahn.twisted.websocket import WebSocketClientProtocol
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet import error as net_error
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.protocol import Protocol
-from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, _HTTP11ClientFactory
-from twisted.web.http import PotentialDataLoss
 
 from meteremu.backoff import next_delay
+from meteremu.failures import Explained
+from meteremu.httpclient import HTTPClient, HttpResult, describe
 from meteremu.logs import logger
 from meteremu.meter import Meter
+from meteremu.reconnect import Reconnector
 from meteremu.sources.common import SourceStatus
 from meteremu.sources.homeassistant import protocol as ha
 from meteremu.sources.homeassistant.options import HomeAssistantOptions
+from meteremu.sources.websocket import SourceWebSocket, websocket_reconnector
+from meteremu.tls import web_policy
 
 log = logger(__name__)
 
 MAX_BODY = 32 * 1024 * 1024
 MAX_MESSAGE = 64 * 1024 * 1024
-CLOSE_WAIT = 2.0
+WAIT_WHILE_STOPPING = 3600.0  # stopService cancels it: a retry never comes while stopping
 
 
-class _QuietHTTPFactory(_HTTP11ClientFactory):
-    noisy = False  # no "Starting factory" line per pooled connection
-
-
-class AuthError(Exception):
+class AuthError(Explained):
     """HA rejected the token (``auth_invalid``, HTTP 401/403)."""
 
 
-class NotFound(Exception):
+class NotFound(Explained):
     """REST 404: the entity does not exist."""
 
 
-class HTTPStatusError(Exception):
+class HTTPStatusError(Explained):
     pass
-
-
-class BodyTooLarge(Exception):
-    pass
-
-
-def describe(failure: Failure | BaseException) -> str:
-    """A short, secret-free description of an error for logs and /healthz."""
-    exc = failure.value if isinstance(failure, Failure) else failure
-    if isinstance(exc, AuthError | HTTPStatusError | NotFound | BodyTooLarge):
-        return str(exc)
-    if isinstance(exc, defer.TimeoutError | defer.CancelledError):
-        return "timed out"
-    if isinstance(exc, net_error.ConnectError | net_error.ConnectionLost | net_error.ConnectionDone):
-        return f"{type(exc).__name__}: {str(exc)[:120]}"
-    return type(exc).__name__
-
-
-class _BodyReader(Protocol):
-    """Collects a response body up to ``limit`` bytes; cancelling closes the socket."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.parts: list[bytes] = []
-        self.size = 0
-        self.done: Deferred[bytes] = Deferred(lambda d: self._abort())
-
-    def _abort(self) -> None:
-        if self.transport is not None:
-            self.transport.loseConnection()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.size += len(data)
-        if self.size > self.limit:
-            self._abort()
-            if not self.done.called:
-                self.done.errback(BodyTooLarge(f"response larger than {self.limit} bytes"))
-            return
-        self.parts.append(data)
-
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        if self.done.called:
-            return
-        if reason is None or reason.check(ResponseDone, PotentialDataLoss):
-            self.done.callback(b"".join(self.parts))
-        else:
-            self.done.errback(reason)
-
-
-def read_body(response: Any, limit: int = MAX_BODY) -> Deferred[bytes]:
-    reader = _BodyReader(limit)
-    response.deliverBody(reader)
-    return reader.done
-
-
-class _Connection(WebSocketClientProtocol):
-    """Autobahn callbacks → the source (one instance per connection)."""
-
-    source: HomeAssistantSource
-
-    def onOpen(self) -> None:
-        self.factory.source.ws_opened(self)
-
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        self.factory.source.ws_message(self, payload, isBinary)
-
-    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        self.factory.source.ws_closed(self, code, reason)
 
 
 class _Session:
     """State of one WebSocket connection."""
 
-    def __init__(self, conn: _Connection) -> None:
+    def __init__(self, conn: SourceWebSocket) -> None:
         self.conn = conn
         self.ids = ha.MessageIds()
         self.authenticated = False
@@ -164,7 +92,6 @@ class _Session:
         self.ping_loop: LoopingCall | None = None
         self.ping_id: int | None = None
         self.timer: Any = None  # auth / pong deadline
-        self.closed: Deferred[None] = Deferred()
         self.reason: str | None = None
         self.fatal = False  # the failure was reported already (bad token, no sensor)
         self.opened = False
@@ -202,10 +129,8 @@ class HomeAssistantSource(SourceStatus, Service):
         self.attempts = 0
         self.connections = 0
         self._timer: Any = None
-        self._connecting: Deferred[Any] | None = None
-        self._inflight: set[Deferred[Any]] = set()
-        self._pool: HTTPConnectionPool | None = None
-        self._http: Any = None
+        self.reconnector: Reconnector | None = None
+        self.http: HTTPClient | None = None
         self._stopping = False
         self._slow_retry = False
         self._said: dict[str, str] = {}
@@ -218,39 +143,30 @@ class HomeAssistantSource(SourceStatus, Service):
     def startService(self) -> None:
         super().startService()
         self._stopping = False
-        self._pool = HTTPConnectionPool(self.reactor, persistent=True)
-        self._pool.maxPersistentPerHost = 4
-        self._pool.retryAutomatically = False
-        self._pool._factory = _QuietHTTPFactory
-        self._http = treq.client.HTTPClient(Agent(self.reactor, pool=self._pool,
-                                                  connectTimeout=self.options.timeout))
-        self._schedule(0.0)
+        self.http = HTTPClient(self.reactor, self.options.timeout, clock=self.clock, per_host=4)
+        if self.options.mode == "poll":
+            self._call_later(0.0, self._poll)
+            return
+        if self.reconnector is None:
+            self.reconnector = self._reconnector()
+        self.reconnector.start()
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
-        self._stopping = True
-        self._set_state("stopped")
-        self._cancel_timers("_timer")
-        if self._connecting is not None:
-            self._connecting.cancel()
-        for d in list(self._inflight):
-            d.cancel()
+        self._stop_running("_timer")
         waits: list[Deferred[Any]] = []
         session = self.session
+        goodbye = None
         if session is not None:
             self._end_session(session)
-            if not session.closed.called:
-                if session.opened:
-                    session.conn.sendClose(1000)
-                else:
-                    session.conn.dropConnection(abort=True)
-                closing = session.closed
-                timer = self.reactor.callLater(CLOSE_WAIT, session.conn.dropConnection, abort=True)
-                closing.addBoth(lambda r, t=timer: t.cancel() if t.active() else None)
-                waits.append(closing)
-        if self._pool is not None:
-            waits.append(self._pool.closeCachedConnections())
-            self._pool = None
+            if session.opened:
+                session.conn.sendClose(1000)  # HA answers, then closes the connection
+                goodbye = session.conn.closed
+        if self.reconnector is not None:
+            waits.append(self.reconnector.stop(goodbye))
+        http, self.http = self.http, None
+        if http is not None:
+            waits.append(http.close())
         return DeferredList(waits, consumeErrors=True)
 
     # -- mapping, status ---------------------------------------------------------------
@@ -292,9 +208,6 @@ class HomeAssistantSource(SourceStatus, Service):
             self.meter.alive()
 
     # -- scheduling ----------------------------------------------------------------------
-    def _schedule(self, delay: float) -> None:
-        self._call_later(delay, self._poll if self.options.mode == "poll" else self._connect)
-
     def _backoff(self) -> float:
         self.attempts += 1
         if self._slow_retry:
@@ -304,36 +217,22 @@ class HomeAssistantSource(SourceStatus, Service):
     # -- REST ------------------------------------------------------------------------------
     def get_json(self, path: str) -> Deferred[Any]:
         """GET ``/api/<path>``; the whole exchange is bounded by ``timeout``."""
-        if self._stopping or self._http is None:
+        if self._stopping or self.http is None:
             return defer.fail(defer.CancelledError("source stopped"))
-        url = f"{self.base_url}/api/{path}"
-        headers = {"Authorization": [f"Bearer {self.options.token}"],
-                   "Accept": ["application/json"]}
-        d = self._http.get(url, headers=headers, unbuffered=True)
+        headers = {"Authorization": f"Bearer {self.options.token}", "Accept": "application/json"}
+        d = self.http.request("GET", f"{self.base_url}/api/{path}", headers, limit=MAX_BODY, redirects=True)
 
-        def check(response: Any) -> Deferred[bytes]:
-            code = response.code
+        def check(result: HttpResult) -> Any:
+            code = result.status
             if code in (401, 403):
-                response.deliverBody(Protocol())  # discard
                 raise AuthError(f"Home Assistant rejected the access token (HTTP {code})")
             if code == 404:
-                response.deliverBody(Protocol())  # discard
                 raise NotFound(f"HTTP 404 for /api/{path}")
             if code != 200:
-                response.deliverBody(Protocol())  # discard
                 raise HTTPStatusError(f"HTTP {code} from /api/{path.split('/')[0]}")
-            return read_body(response)
+            return json.loads(result.body)
 
-        d.addCallback(check)
-        d.addCallback(json.loads)
-        d.addTimeout(self.options.timeout, self.clock)
-        self._inflight.add(d)
-        d.addBoth(self._done_inflight, d)
-        return d
-
-    def _done_inflight(self, result: Any, d: Deferred[Any]) -> Any:
-        self._inflight.discard(d)
-        return result
+        return d.addCallback(check)
 
     def _fetch_entities(self, entities: list[str]) -> Deferred[list[tuple[str, Any]]]:
         """GET every entity; → ``[(entity_id, state object | Failure)]``."""
@@ -418,7 +317,7 @@ class HomeAssistantSource(SourceStatus, Service):
             self._set_state("failing")
             self._fail(f"poll failed: {describe(exc)}", down=False)
         finally:
-            self._schedule(delay)
+            self._call_later(delay, self._poll)
 
     # -- discovery ------------------------------------------------------------------------------
     def _discovered(self, prefs: Any, states: list[Any]) -> bool:
@@ -451,41 +350,36 @@ class HomeAssistantSource(SourceStatus, Service):
         return True
 
     # -- WebSocket ----------------------------------------------------------------------------
-    def _connect(self) -> None:
-        self._timer = None
-        if self._stopping:
-            return
-        self._set_state("connecting")
+    def _reconnector(self) -> Reconnector:
         parts = urlsplit(self.ws_url)
-        factory = WebSocketClientFactory(self.ws_url)
-        factory.protocol = _Connection
-        factory.noisy = False
-        factory.source = self
-        factory.setProtocolOptions(openHandshakeTimeout=self.options.timeout,
-                                   maxMessagePayloadSize=MAX_MESSAGE, maxFramePayloadSize=MAX_MESSAGE)
         port = parts.port or (443 if parts.scheme == "wss" else 80)
-        endpoint: Any = HostnameEndpoint(self.reactor, parts.hostname, port, timeout=self.options.timeout)
-        if parts.scheme == "wss":
-            endpoint = wrapClientTLS(optionsForClientTLS(parts.hostname), endpoint)
-        d = endpoint.connect(factory)
-        self._connecting = d
+        return websocket_reconnector(self, self.ws_url, parts.hostname or "", port, tls=web_policy(),
+                                     timeout=self.options.timeout, max_size=MAX_MESSAGE, reactor=self.reactor,
+                                     clock=self.clock, retry=self._retry_delay, attempting=self._attempting,
+                                     failed=self._connect_failed,
+                                     name=f"meter {self.meter.name}: Home Assistant {self.ws_url}")
 
-        def connected(conn: _Connection) -> None:
-            self._connecting = None
-            self.session = _Session(conn)
-
-        def failed(failure: Failure) -> None:
-            self._connecting = None
-            if self._stopping:
-                return
-            self._set_state("disconnected")
-            self._fail(f"cannot connect to Home Assistant: {describe(failure)}", down=False)
-            self._schedule(self._backoff())
-
-        d.addCallbacks(connected, failed)
+    # ClientService's hooks (meteremu.reconnect): they run inside its state machine.
+    def _attempting(self) -> None:
+        self._set_state("connecting")
         self._seed()
 
-    def ws_opened(self, conn: _Connection) -> None:
+    def _connect_failed(self, failure: Failure) -> None:
+        if self._stopping or failure.check(defer.CancelledError):
+            return
+        self._set_state("disconnected")
+        self._fail(f"cannot connect to Home Assistant: {describe(failure)}", down=False)
+
+    def _retry_delay(self) -> float:
+        return WAIT_WHILE_STOPPING if self._stopping else self._backoff()
+
+    def ws_connected(self, conn: SourceWebSocket) -> None:
+        if self._stopping:
+            conn.dropConnection(abort=True)
+            return
+        self.session = _Session(conn)
+
+    def ws_opened(self, conn: SourceWebSocket) -> None:
         session = self.session
         if session is None or session.conn is not conn or self._stopping:
             conn.dropConnection(abort=True)
@@ -508,12 +402,12 @@ class HomeAssistantSource(SourceStatus, Service):
         return msg_id
 
     def _abort(self, session: _Session, reason: str) -> None:
-        """End the connection; ``ws_closed`` reports ``reason`` and schedules the retry."""
+        """End the connection; ``ws_closed`` reports ``reason``, ClientService tries again."""
         session.reason = reason
         session.timer = None
         session.conn.dropConnection(abort=True)
 
-    def ws_message(self, conn: _Connection, payload: bytes, is_binary: bool) -> None:
+    def ws_message(self, conn: SourceWebSocket, payload: bytes) -> None:
         session = self.session
         if session is None or session.conn is not conn or self._stopping:
             return
@@ -649,23 +543,15 @@ class HomeAssistantSource(SourceStatus, Service):
         session.pending.clear()
         session.subscription = None
 
-    def ws_closed(self, conn: _Connection, code: int | None, reason: str | None) -> None:
+    def ws_closed(self, conn: SourceWebSocket, code: int | None, reason: str | None) -> None:
         session = self.session
         if session is None or session.conn is not conn:
             return
         self.session = None
         self._end_session(session)
-        if not session.closed.called:
-            session.closed.callback(None)
         if self._stopping:
             return
         if not session.fatal:
             self._set_state("disconnected")
             why = session.reason or f"closed ({code}{': ' + reason[:80] if reason else ''})"
             self._fail(f"Home Assistant connection lost: {why}", down=False)
-        self._schedule(self._backoff())
-
-
-def make_source(meter: Meter, options: HomeAssistantOptions, reactor: Any, store: Any = None) -> HomeAssistantSource:
-    return HomeAssistantSource(meter, options, reactor)
-

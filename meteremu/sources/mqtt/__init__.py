@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from meteremu.configtypes import Duration
-from meteremu.mqttclient import BrokerOptions, TLSOptions
+from meteremu.mqttoptions import BrokerOptions, TLSOptions
 from meteremu.sources.mqtt.mapping import (
     PathError,
     parse_path,
@@ -133,7 +133,7 @@ class Values:
 
 @dataclass(frozen=True)
 class MQTTSourceOptions(BrokerOptions):
-    """``source: {type: mqtt}``: the broker (:class:`~meteremu.mqttclient.BrokerOptions`) and the values."""
+    """``source: {type: mqtt}``: the broker (:class:`~meteremu.mqttoptions.BrokerOptions`) and the values."""
 
     values: Values = field(kw_only=True, metadata={"doc": "which topic / JSON path feeds which quantity"})
     client_id: str | None = field(default=None, metadata={
