@@ -37,12 +37,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.application.internet import ClientService
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from meteremu.compat.client_service import QuietClientService
 
 CLOSE_WAIT = 2.0
 """Seconds a closing connection may take to flush before it is aborted."""
@@ -105,7 +106,7 @@ class Reconnector:
         self.reactor = reactor
         self._stopping: Deferred[None] | None = None
         self._factory = _Recording(factory)
-        self.service = ClientService(_Watched(endpoint, name or repr(endpoint), attempting, failed), self._factory,
+        self.service = QuietClientService(_Watched(endpoint, name or repr(endpoint), attempting, failed), self._factory,
                                      retryPolicy=lambda _failed_attempts: retry(), clock=clock)
 
     def start(self) -> None:

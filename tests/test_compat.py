@@ -136,3 +136,37 @@ class RawSendToTests(TestCase):
 
     def test_a_transport_without_a_socket_gives_none(self) -> None:
         self.assertIsNone(raw_sendto(object()))
+
+
+class QuietClientServiceContractTests(SynchronousTestCase):
+    """``compat.client_service``: ClientService still logs through its ``_log``, and ours is quiet."""
+
+    def test_the_retry_line_is_filed_at_debug(self) -> None:
+        from twisted.application.internet import ClientService
+        from twisted.internet.defer import fail
+        from twisted.internet.task import Clock
+        from twisted.logger import Logger, LogLevel, globalLogPublisher
+
+        from meteremu.compat.client_service import QuietClientService
+
+        self.assertIsInstance(vars(ClientService).get("_log"), Logger,
+                              "ClientService has no class attribute _log: see compat/client_service.py")
+
+        class Refused:
+            def connect(self, factory: Any) -> Any:
+                return fail(ConnectionRefusedError("no"))
+
+        from meteremu.logs import set_level
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        set_level("debug")  # at the default level (info) the line is not even published
+        self.addCleanup(set_level, "info")
+        service = QuietClientService(Refused(), Factory(), retryPolicy=lambda n: 5.0, clock=Clock())
+        service.startService()
+        self.addCleanup(service.stopService)
+        retries = [e for e in events if "Scheduling retry" in (e.get("log_format") or "")]
+        self.assertEqual(len(retries), 1, events)
+        self.assertEqual(retries[0]["log_level"], LogLevel.debug)
+        self.assertTrue(retries[0]["log_namespace"].startswith("meteremu."), retries[0])  # our filtered stream

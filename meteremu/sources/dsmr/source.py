@@ -43,6 +43,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from meteremu.backoff import next_delay
+from meteremu.clocks import wall
 from meteremu.failures import describe
 from meteremu.logs import logger
 from meteremu.meter import Meter
@@ -333,7 +334,7 @@ class DsmrSource(SourceStatus, SourceEvents, Service):
     def _data(self, proto: _P1Protocol, data: bytes) -> None:
         if proto is not self.proto or self._stopping:
             return
-        for result in self.decoder.feed(data, self.clock.seconds()):
+        for result in self.decoder.feed(data, wall(self.clock)):
             if isinstance(result, Accepted):
                 self._accepted(proto, result)
             elif isinstance(result, Rejected):

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 
+from meteremu.clocks import wall
 from meteremu.failures import describe
 from meteremu.httpclient import HttpResult
 from meteremu.logs import logger
@@ -378,7 +379,7 @@ class TokenManager:
             claims = decode_jwt(token)
         except AuthError:
             return None
-        if claims.expired(self.clock.seconds()):
+        if claims.expired(wall(self.clock)):
             return None
         if claims.aud and self.serial and claims.aud not in (self.serial, "un-commissioned"):
             return None
@@ -420,7 +421,7 @@ class TokenManager:
         if serial != self.serial:
             self.token = self.claims = None
         self.serial = serial
-        now = self.clock.seconds()
+        now = wall(self.clock)  # tokens expire on the wall clock
         candidates: list[tuple[str, str]] = []
 
         def add(token: str | None, origin: str | None) -> None:
@@ -499,7 +500,7 @@ class TokenManager:
         """Start fetching a new token from the cloud when the current one nears expiry."""
         if self.claims is None or self._refreshing is not None or self._fresh is not None:
             return
-        now = self.clock.seconds()
+        now = wall(self.clock)
         if not self.claims.refresh_due(now):
             return
         if not self.has_credentials:

@@ -39,6 +39,7 @@ from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.python.failure import Failure
 from twisted.web.client import RequestTransmissionFailed, ResponseFailed, ResponseNeverReceived
 
+from meteremu.clocks import wall
 from meteremu.failures import describe, is_tls_error
 from meteremu.httpclient import BodyTooLarge, HTTPClient, HttpResult
 from meteremu.logs import logger
@@ -195,7 +196,7 @@ class EnvoySource(Service):
                      serial=self.info.serial if self.info else "?", path=self.path)
         self.failures = 0
         self._last_error = None
-        return aligned_delay(self.clock.seconds(), self.options.interval)
+        return aligned_delay(wall(self.clock), self.options.interval)  # on the wall clock's multiples
 
     def _cycle_failed(self, failure: Failure) -> float | None:
         if not self.running:
@@ -277,7 +278,7 @@ class EnvoySource(Service):
         """Hand a sample to the Meter; a repeated Envoy timestamp is not new."""
         ts = sample.measured_at
         if ts is None:
-            measured = self.clock.seconds()
+            measured = wall(self.clock)
         elif ts == self._last_ts and self._last_measured is not None:
             measured = self._last_measured
         elif self._last_measured is not None and ts <= self._last_measured:

@@ -49,6 +49,7 @@ from twisted.python.failure import Failure
 
 from meteremu import failures
 from meteremu.backoff import next_delay
+from meteremu.clocks import wall
 from meteremu.failures import Explained
 from meteremu.httpclient import HTTPClient, HttpResult
 from meteremu.logs import logger
@@ -189,7 +190,7 @@ class HomeWizardSource(SourceStatus, SourceEvents, Service):
     # -- samples ----------------------------------------------------------------------------
     def _take(self, data: Any) -> Measurement:
         """Parse and hand a body to the Meter (ValueError if it is unusable)."""
-        measurement = parse_measurement(data, self.options.api, self.clock.seconds(), self.tz,
+        measurement = parse_measurement(data, self.options.api, wall(self.clock), self.tz,
                                         self.options.timestamps)
         self.failures_in_row = 0
         self.auth_failed = False
@@ -207,8 +208,8 @@ class HomeWizardSource(SourceStatus, SourceEvents, Service):
     def _monotonic(self, reading: Reading) -> Reading:
         """The device's timestamp made monotonic (:mod:`meteremu.sources.stamps`)."""
         stamp = reading.measured_at
-        if stamp > self.clock.seconds() + FUTURE_SLACK:
-            self._say("clock", f"the device's timestamp is {stamp - self.clock.seconds():.0f} s ahead of this "
+        if stamp > wall(self.clock) + FUTURE_SLACK:
+            self._say("clock", f"the device's timestamp is {stamp - wall(self.clock):.0f} s ahead of this "
                                "host's clock (timestamps: arrival ignores it)")
         else:
             self._said.pop("clock", None)

@@ -47,6 +47,7 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
 from meteremu.backoff import next_delay
+from meteremu.clocks import wall
 from meteremu.failures import Explained, describe
 from meteremu.logs import logger
 from meteremu.meter import Meter
@@ -299,5 +300,5 @@ class KamstrupSource(SourceStatus, SourceEvents, Service):
         if not extras:
             self.meter.report_failure("the meter answered none of the configured registers", down=True)
             return True
-        self.meter.update(Reading(phases=(), measured_at=self.clock.seconds(), extras=extras))
+        self.meter.update(Reading(phases=(), measured_at=wall(self.clock), extras=extras))
         return True

@@ -461,9 +461,11 @@ class Outcome:
 class Combiner:
     """The latest value of every configured key → Readings. Pure and synchronous.
 
-    Time: ``now`` is passed in by the caller (arrival time). A sample's time
-    is the payload's timestamp (``timestamp_path``) when it has one, else its
-    arrival (also when the payload's time is more than :data:`MAX_AHEAD`
+    Time: ``now`` is passed in by the caller (arrival time, on the steady
+    clock: expiry is judged on it), and ``wall``, the wall clock at arrival
+    (default ``now``), for timestamps. A sample's time is the payload's
+    timestamp (``timestamp_path``) when it has one, else its arrival on the
+    wall clock (also when the payload's time is more than :data:`MAX_AHEAD`
     ahead of the arrival: a clock glitch). A sample with the same payload
     timestamp as the value's current one is a repeat; so is a *retained*
     message whose payload is
@@ -523,8 +525,10 @@ class Combiner:
             self._warned.add((what, why))
             outcome.warnings.append(f"{what}: {why}; sample ignored")
 
-    def message(self, topic: str, data: bytes, retained: bool, now: float) -> Outcome:
+    def message(self, topic: str, data: bytes, retained: bool, now: float,
+                wall: float | None = None) -> Outcome:
         outcome = Outcome()
+        arrival = now if wall is None else wall
         payload = Payload(data)
         if topic == self.layout.availability_topic:
             self._availability(payload, outcome)
@@ -535,15 +539,16 @@ class Combiner:
         self.last_payload[topic] = data
         if repeat:
             return self._finish(outcome, [], now)
-        stamp = now
+        stamp = arrival
         if self.layout.timestamp_path is not None:
-            stamp = self._timestamp(payload, topic, now, retained, outcome)
+            stamp = self._timestamp(payload, topic, arrival, retained, outcome)
         stamps: list[float] = []
         for spec in specs:
             self._sample(spec, payload, stamp, now, outcome, stamps)
         return self._finish(outcome, stamps, now)
 
     def _timestamp(self, payload: Payload, topic: str, now: float, retained: bool, outcome: Outcome) -> float:
+        """The payload's own time, or ``now`` (the wall-clock arrival)."""
         path = self.layout.timestamp_path
         assert path is not None
         try:

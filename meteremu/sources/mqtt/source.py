@@ -36,6 +36,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
 
+from meteremu.clocks import wall
 from meteremu.logs import logger
 from meteremu.meter import Meter
 from meteremu.mqttclient import (
@@ -151,7 +152,7 @@ class MQTTSource(SourceStatus, Service):
         if not self.running:
             return
         self.messages += 1
-        self._handle(self.combiner.message(topic, payload, retained, self.reactor.seconds()))
+        self._handle(self.combiner.message(topic, payload, retained, self.reactor.seconds(), wall(self.reactor)))
         self._heartbeat()
 
     # -- outcomes -----------------------------------------------------------------------
