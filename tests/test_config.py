@@ -12,7 +12,6 @@ import os
 import re
 import sys
 import textwrap
-import typing
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -27,29 +26,9 @@ from meteremu.config import (
 )
 from meteremu.devices.shelly.options import FallbackPolicy, MdnsOptions
 from meteremu.sources.simulator import OutageOptions, SimulatorOptions
+from tests.support.options import option_fields
 
 ETC = os.path.join(os.path.dirname(__file__), "..", "etc")
-
-
-def _option_fields(roots: list[type]) -> list[tuple[type, str]]:
-    """``(dataclass, field name)`` for the roots and every dataclass nested in them."""
-    seen: list[type] = []
-    todo = list(roots)
-    while todo:
-        cls = todo.pop(0)
-        if cls in seen:
-            continue
-        seen.append(cls)
-        for hint in typing.get_type_hints(cls).values():
-            stack = [hint]
-            while stack:
-                item = stack.pop()
-                if dataclasses.is_dataclass(item):
-                    todo.append(item)
-                stack.extend(typing.get_args(item))
-    internal = {"SourceConfig", "MeterConfig", "DeviceConfig"}  # built by hand, not from keys
-    return [(cls, f.name) for cls in seen if cls.__name__ not in internal
-            for f in dataclasses.fields(cls) if f.init]
 
 
 class ConfigTestMixin:
@@ -700,7 +679,7 @@ class ShippedFilesTests(SynchronousTestCase):
         def missing(path: str, roots: list[type]) -> list[str]:
             with open(path, encoding="utf-8") as handle:
                 text = handle.read()
-            return [f"{cls.__name__}.{name}" for cls, name in _option_fields(roots)
+            return [f"{cls.__name__}.{name}" for cls, name in option_fields(roots)
                     if not (cls is Config and name == "path")
                     if not (cls.__name__ == "ExportersOptions" and name == "others")
                     if not re.search(rf"(?m)(^\s*(- )?|[{{,]\s*){name}:", text)]

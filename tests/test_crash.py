@@ -69,7 +69,7 @@ from twisted.trial.unittest import TestCase
 
 from meteremu.sources.simulator import Household, SimulatorOptions, parse_start_time
 from tests.support import HTTPClient
-from tests.test_tap import RUN, spawn
+from tests.support.twistd import RUN, spawn
 
 ROUNDS = 25
 SEED = 20260808

@@ -42,7 +42,7 @@ from tests.support.p1 import (
     register_sources,
     retime,
 )
-from tests.test_shelly_udp import Battery, free_udp_ports
+from tests.support.udp import Battery, free_udp_ports
 
 ARRIVAL = 2_000_000_000.0
 

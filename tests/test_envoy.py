@@ -58,7 +58,7 @@ from tests.support.fake_envoy import (
     folders,
     make_jwt,
 )
-from tests.test_shelly_udp import Battery, free_udp_ports
+from tests.support.udp import Battery, free_udp_ports
 
 EXPECT = expectations()
 TOL = 0.002

@@ -67,7 +67,7 @@ from tests.support.faults import (
     wrap_site,
 )
 from tests.support.p1 import dsmr_fixture, retime
-from tests.test_shelly_udp import free_udp_ports
+from tests.support.udp import free_udp_ports
 
 log = Logger(namespace="meteremu.tests.faults")
 

@@ -58,6 +58,7 @@ from meteremu.devices.shelly.rpc import CallContext, RpcError
 from meteremu.devices.shelly.udp import POLL, answer_datagram, fast_poll, general_answer
 from tests.support import fuzz as fz
 from tests.support import make_device, sample_reading, start_app, test_config
+from tests.support.udp import free_udp_ports
 
 T0 = 1_700_000_000.0
 WAIT = fz.WAIT
@@ -815,7 +816,7 @@ class LiveFuzzTests(TestCase):
     @inlineCallbacks
     def start(self) -> Any:
         fz.start_clock(self)
-        self.udp_ports = fz.free_udp_ports(2)
+        self.udp_ports = free_udp_ports(2)
         config = test_config(self.mktemp(), meters=SIM, devices=[{
             "type": "shelly_pro_3em", "udp_ports": self.udp_ports, "modbus_port": 0}])
         self.app = yield start_app(self, config)

@@ -33,7 +33,7 @@ from tests.support.fake_homeassistant import (
     VOLTAGE,
     FakeHomeAssistant,
 )
-from tests.test_shelly_udp import Battery, free_udp_ports
+from tests.support.udp import Battery, free_udp_ports
 
 WAIT = 10.0
 W = {"unit_of_measurement": "W", "device_class": "power", "state_class": "measurement"}

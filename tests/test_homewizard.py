@@ -22,7 +22,7 @@ from meteremu.sources.homewizard.source import HomeWizardSource
 from tests.support import start_app, test_config
 from tests.support.fake_homewizard import TOKEN, Certificates, FakeHomeWizard, v1_body, v2_body
 from tests.support.p1 import register_sources
-from tests.test_shelly_udp import Battery, free_udp_ports
+from tests.support.udp import Battery, free_udp_ports
 
 AMS = ZoneInfo("Europe/Amsterdam")
 ARRIVAL = 2_000_000_000.0

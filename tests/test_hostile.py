@@ -23,7 +23,8 @@ from meteremu.compat.tcp import backlog
 from tests.support import fuzz as fz
 from tests.support import sample_reading, start_app, test_config
 from tests.support.faults import UdpProber
-from tests.test_resources import BACKLOG_LIMIT, SMALL_BUFFER, ServerSide, _wait_for
+from tests.support.server_side import BACKLOG_LIMIT, SMALL_BUFFER, ServerSide, wait_for
+from tests.support.udp import free_udp_ports
 
 SIM = {"grid": {"source": {"type": "simulator", "interval": "1h", "start_time": "12:00", "seed": 3}}}
 ANSWERED = 3.0  # s: a UDP poll not answered in this long means the reactor froze
@@ -59,7 +60,7 @@ class HostileTests(TestCase):
     @inlineCallbacks
     def setUp(self) -> Any:
         self.server = ServerSide(self)
-        self.udp = fz.free_udp_ports(1)[0]
+        self.udp = free_udp_ports(1)[0]
         config = test_config(self.mktemp(), meters=SIM,
                              devices=[{"type": "shelly_pro_3em", "udp_ports": [self.udp]}])
         self.app = yield start_app(self, config)
@@ -145,7 +146,7 @@ class HostileTests(TestCase):
             yield deferLater(reactor, 0.01, lambda: None)  # the server reads and answers the burst
             peak = max(peak, backlog(server.transport) if server.transport is not None else 0)
         self.assertLessEqual(peak, BACKLOG_LIMIT, f"{peak} bytes of pongs held for a client that does not read")
-        yield _wait_for(lambda: server not in self.server.live, timeout=fz.WAIT)  # the server dropped it
+        yield wait_for(lambda: server not in self.server.live, timeout=fz.WAIT)  # the server dropped it
         self.assertIn("stopped reading", server.dropped_reason or "")
         yield self.assert_battery_answered()
 

@@ -995,7 +995,7 @@ class TransportIsolationTests(TestCase):
 
     @inlineCallbacks
     def test_udp_replies_while_the_database_hangs(self):
-        from tests.test_shelly_udp import Battery, free_udp_ports
+        from tests.support.udp import Battery, free_udp_ports
 
         silent, waiters = silent_server(self)
         request_arrived: Deferred[None] = Deferred()

@@ -22,7 +22,7 @@ from meteremu.sources.kamstrup.source import KamstrupSource
 from tests.support import HTTPClient, start_app, test_config
 from tests.support.kmp_meter import FakeMultical
 from tests.support.p1 import PtyMaster, register_sources
-from tests.test_shelly_udp import Battery, free_udp_ports
+from tests.support.udp import Battery, free_udp_ports
 
 
 def h(text: str) -> bytes:

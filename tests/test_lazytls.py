@@ -29,7 +29,7 @@ from twisted.web.static import Data
 from meteremu.compat import lazytls
 from tests.support import HTTPClient
 from tests.support.fake_envoy import _Listener, make_cert
-from tests.test_tap import RUN, spawn, write_config
+from tests.support.twistd import RUN, spawn, write_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -316,13 +316,13 @@ class OptionTests(SynchronousTestCase):
 
     def test_example_documents_every_option_and_loads(self) -> None:
         from meteremu.sources import option_types
-        from tests.test_config import _option_fields
+        from tests.support.options import option_fields
 
         register(self)
         path = os.path.join(ROOT, "etc", "examples", "mqtt.yaml")
         with open(path, encoding="utf-8") as handle:
             text = handle.read()
-        missing = [f"{cls.__name__}.{name}" for cls, name in _option_fields([option_types()["mqtt"]])
+        missing = [f"{cls.__name__}.{name}" for cls, name in option_fields([option_types()["mqtt"]])
                    if not re.search(rf"(?m)(^\s*(- )?|[{{,]\s*){name}:", text)]
         self.assertEqual(missing, [])
         meter = load_meter_file(path, env={"MQTT_PASSWORD": "p"})

@@ -27,27 +27,24 @@ import os
 import random
 import socket
 import time
-import weakref
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks, succeed
-from twisted.internet.task import deferLater
+from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
 from meteremu.compat.tcp import backlog
-from meteremu.devices.shelly import ws as shelly_ws
 from tests.support import fuzz as fz
 from tests.support import sample_reading, start_app, test_config
+from tests.support.server_side import BACKLOG_LIMIT, SMALL_BUFFER, ServerSide, turn, wait_for
+from tests.support.udp import free_udp_ports
 
 SIM = {"grid": {"source": {"type": "simulator", "interval": "1h", "start_time": "12:00", "seed": 3}}}
 WAIT = fz.WAIT
 FD_SLACK = 5
 RSS_BOUND = 20 * 1024 * 1024
-# The most a server may hold in user space for one client that does not read.
-BACKLOG_LIMIT = 1024 * 1024
 FLOOD = 8 * 1024 * 1024  # what the slow client is offered: 8x the limit
-SMALL_BUFFER = 8192  # kernel socket buffers shrunk, so the backlog shows up in user space
+
 
 
 def open_fds() -> int:
@@ -60,68 +57,6 @@ def rss_bytes() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise AssertionError("no VmRSS in /proc/self/status")
-
-
-def turn() -> Deferred[None]:
-    """One reactor iteration (lets sockets drain and callbacks run)."""
-    return deferLater(reactor, 0, lambda: None)
-
-
-class ServerSide:
-    """Every server-side WebSocket protocol: live set, weak references, message count.
-
-    Patches the device factory's protocol with a subclass that only records
-    connectionMade/onMessage/connectionLost around the real implementation.
-    """
-
-    def __init__(self, case: TestCase) -> None:
-        self.live: set[Any] = set()
-        self.refs: list[weakref.ref[Any]] = []
-        self.messages = 0
-        self._waiters: list[Deferred[None]] = []
-        tracker = self
-
-        class Tracked(shelly_ws.ShellyWebSocketProtocol):
-            def connectionMade(self) -> None:
-                tracker.live.add(self)
-                tracker.refs.append(weakref.ref(self))
-                super().connectionMade()
-
-            offered = 0  # bytes of messages the server tried to send on this connection
-
-            def onMessage(self, payload: bytes, isBinary: bool) -> None:
-                tracker.messages += 1
-                super().onMessage(payload, isBinary)
-
-            def sendMessage(self, payload: bytes, *args: Any, **kw: Any) -> None:
-                self.offered += len(payload)
-                super().sendMessage(payload, *args, **kw)
-
-            def connectionLost(self, reason: Any) -> None:
-                try:
-                    super().connectionLost(reason)
-                finally:
-                    tracker.live.discard(self)
-                    tracker._check()
-
-        case.patch(shelly_ws.ShellyWebSocketFactory, "protocol", Tracked)
-
-    def _check(self) -> None:
-        if not self.live:
-            waiters, self._waiters = self._waiters, []
-            for d in waiters:
-                d.callback(None)
-
-    def all_closed(self, timeout: float = WAIT) -> Deferred[None]:
-        if not self.live:
-            return succeed(None)
-        d: Deferred[None] = Deferred(lambda d: self._waiters.remove(d))
-        self._waiters.append(d)
-        return d.addTimeout(timeout, reactor)
-
-    def alive_after_gc(self) -> list[Any]:
-        gc.collect()
-        return [p for p in (r() for r in self.refs) if p is not None]
 
 
 class Baseline:
@@ -160,7 +95,7 @@ class ResourceTests(TestCase):
     @inlineCallbacks
     def start(self, **device: Any) -> Any:
         self.server = ServerSide(self)
-        self.udp_ports = fz.free_udp_ports(2)
+        self.udp_ports = free_udp_ports(2)
         config = test_config(self.mktemp(), meters=SIM,
                              devices=[{"type": "shelly_pro_3em", "udp_ports": self.udp_ports, **device}])
         self.app = yield start_app(self, config)
@@ -350,7 +285,7 @@ class ResourceTests(TestCase):
         reply = yield client.probe("Shelly.GetDeviceInfo", src=src)
         self.assertIn("result", reply)
         if src is not None:
-            yield _wait_for(lambda: any(f.get("method") == "NotifyFullStatus" for f in client.frames))
+            yield wait_for(lambda: any(f.get("method") == "NotifyFullStatus" for f in client.frames))
         [server] = list(self.server.live - before)
         client.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)
         server.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
@@ -386,7 +321,7 @@ class ResourceTests(TestCase):
             sent += 100
             # Let the server read and answer this burst. It may also stop reading
             # (backpressure): then nothing moves any more, and that is the bound.
-            moved = yield _wait_for(lambda sent=sent: self.server.messages - first >= sent
+            moved = yield wait_for(lambda sent=sent: self.server.messages - first >= sent
                                     or server not in self.server.live,
                                     progress=lambda: (self.server.messages, backlog(server.transport)))
             peak = max(peak, backlog(server.transport))
@@ -441,26 +376,3 @@ def fz_chunks(datagrams: list[bytes]) -> list[list[bytes]]:
         chunks[-1].append(data)
         size += len(data) + 768  # kernel overhead per datagram (skb truesize)
     return chunks
-
-
-@inlineCallbacks
-def _wait_for(predicate: Any, progress: Any = None, timeout: float = 10.0) -> Any:
-    """Turn the reactor until ``predicate()`` (fires True); bounded by ``timeout`` s of wall time.
-
-    With ``progress``, fire False instead once ``progress()`` has not changed
-    for 0.5 s: the server stopped reading or writing, a state to measure, not
-    to wait out.
-    """
-    deadline = time.monotonic() + timeout
-    last, changed = None, time.monotonic()
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not reached within {timeout} s")
-        if progress is not None:
-            now = progress()
-            if now != last:
-                last, changed = now, time.monotonic()
-            elif time.monotonic() - changed > 0.5:
-                return False
-        yield turn()
-    return True

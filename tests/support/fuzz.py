@@ -15,7 +15,6 @@ import json
 import math
 import os
 import re
-import socket
 import string
 import struct
 import time
@@ -495,16 +494,6 @@ def dataclass_dicts(cls: type, extra: dict[str, st.SearchStrategy[Any]] | None =
 # live clients (a real meteremu on 127.0.0.1; every wait bounded)
 
 WAIT = 5.0  # bound for one round trip on 127.0.0.1
-
-
-def free_udp_ports(n: int) -> list[int]:
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 class UdpClient(DatagramProtocol):
