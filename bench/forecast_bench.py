@@ -210,7 +210,7 @@ def bench_service(work: str, ts: list[float], rows: list[tuple[float, ...]], set
         result["off"] = settle_rss(server, settle)
         body = power(server)
         assert body["forecasting"] is False and body["model"] is None
-        result["off"]["modules"] = "numpy/sklearn not loaded (see tests.test_forecast.ImportTests)"
+        result["off"]["modules"] = "numpy/sklearn not loaded (see tests.integration.test_forecast.ImportTests)"
     finally:
         server.stop()
 

@@ -14,7 +14,7 @@ The Home Assistant and HomeWizard *clients* still use ``autobahn.twisted``;
 they are loaded only when such a source is configured.
 
 Private names used (checked with Autobahn 24.4 to 26.11 and Twisted 26.10;
-``setup.cfg`` pins ``autobahn<27``; ``tests/test_compat.py`` fails when the
+``setup.cfg`` pins ``autobahn<27``; ``tests/unit/test_compat.py`` and ``tests/integration/test_compat.py`` fails when the
 core calls a hook this glue does not forward): Autobahn's adapter contract
 (``_connectionMade``, ``_dataReceived``, ``_connectionLost``,
 ``_closeConnection``, the ``_on…`` hooks), ``PreparedMessage.payloadHybi``,

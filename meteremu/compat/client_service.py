@@ -7,7 +7,7 @@ given). A source that retries for hours would fill the journal with it; the
 project's rule is that a failure is logged when it first happens and its
 repeats only at debug level. :class:`QuietClientService` hands the machine a
 logger that files those lines at debug, in meteremu's own filtered stream.
-``tests/test_compat.py`` holds the contract.
+``tests/unit/test_compat.py`` and ``tests/integration/test_compat.py`` holds the contract.
 """
 
 from __future__ import annotations

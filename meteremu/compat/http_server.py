@@ -9,7 +9,7 @@ has no public hook between "headers received" and "body read", so
 intended for users" (``Request.gotLength``, ``Request.handleContentChunk``)
 and reads the request path from ``HTTPChannel._path`` (headers are parsed,
 the request line is known, the Request has no ``uri`` yet). Checked with
-Twisted 24.7 to 26.10; ``tests/test_compat.py`` holds the contract.
+Twisted 24.7 to 26.10; ``tests/unit/test_compat.py`` and ``tests/integration/test_compat.py`` holds the contract.
 
 A body over the limit for its path (``Content-Length`` at once, or while a
 chunked body arrives) and any body on an ``Upgrade`` request are answered

@@ -12,7 +12,7 @@ Private names used: ``paho.mqtt.client.Client._create_socket`` (overridden:
 no argument but ``self``, returns the object paho then uses as its socket,
 calling ``setblocking(False)``, ``recv(n)``, ``send(data)`` and ``close()``
 on it). Checked with paho-mqtt 2.2.0 (``setup.cfg`` pins ``>=2.2,<3``);
-``tests/test_compat_sources.py`` checks it on every run.
+``tests/integration/test_compat_sources.py`` checks it on every run.
 """
 
 from __future__ import annotations

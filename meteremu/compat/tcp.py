@@ -1,7 +1,7 @@
 """Twisted TCP transports: how much is still unsent, and sending right away.
 
 Private names used (checked with Twisted 24.7 to 26.10; the contract test in
-``tests/test_compat.py`` fails when an upgrade changes them):
+``tests/unit/test_compat.py`` and ``tests/integration/test_compat.py`` fails when an upgrade changes them):
 
 * ``tcp.Connection.dataBuffer`` / ``offset`` (bytes queued by ``write`` and
   how far sending got) and ``_tempDataLen`` (bytes of small writes not yet

@@ -6,7 +6,7 @@ address ``recvfrom`` just gave us that is pure cost, on the hottest path of
 the service (every battery polls several times a second). ``getHandle()`` is
 public, but writing on the socket behind the Port's back is relying on how
 Port works (no write buffer of its own, errors raised to the caller), so it
-lives here. Checked with Twisted 24.7 to 26.10; ``tests/test_compat.py``
+lives here. Checked with Twisted 24.7 to 26.10; ``tests/unit/test_compat.py`` and ``tests/integration/test_compat.py``
 holds the contract: the handle is the bound socket, and ``sendto`` on it
 delivers what ``Port.write`` would.
 """

@@ -20,7 +20,8 @@ from meteremu.devices.shelly.options import Options
 from meteremu.meter import Meter
 from meteremu.reading import PhaseReading, Reading
 
-FIXTURES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
+FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 
 
 def fixture_json(*parts: str) -> Any:

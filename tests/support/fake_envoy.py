@@ -44,7 +44,7 @@ from twisted.web.server import NOT_DONE_YET, Site
 from meteremu.sources.envoy.auth import installer_password
 from meteremu.sources.envoy.parse import parse_challenge
 
-FIXTURES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "envoy")
+FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "envoy")
 BASE_TIME = 1_800_000_000
 
 

@@ -1,0 +1,106 @@
+"""conf.d meters: loaded at start, hot reloaded while running (issue: many meters)."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+
+from meteremu.confdir import ConfDirWatcher
+from tests.support import start_app, test_config
+from tests.support.shared.confdir import write
+
+SIM = {"grid": {"source": {"type": "simulator", "interval": "1h"}}}
+
+
+class HotReloadTests(TestCase):
+    timeout = 30
+
+    @inlineCallbacks
+    def setUp(self):
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.app = yield start_app(self, test_config(
+            self.mktemp(), meters=SIM, devices=[{"type": "shelly_pro_3em", "meter": "grid"}]))
+        self.clock = Clock()
+        self.watcher = ConfDirWatcher(self.dir, self.app.manager, self.clock, debounce=1.0, poll_interval=0.5)
+        self.app.watcher = self.watcher
+        self.watcher.startService()
+        self.addCleanup(self.watcher.stopService)
+        self.errors = []
+        from twisted.logger import globalLogPublisher
+
+        def observe(event):
+            if event.get("log_namespace") == "meteremu.confdir" and event.get("log_level").name == "error":
+                self.errors.append(event["error"])
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+
+    def settle(self, seconds: float = 1.5) -> None:
+        for _ in range(int(seconds / 0.5)):
+            self.clock.advance(0.5)
+
+    def test_create_change_invalid_delete_recreate(self):
+        added = []
+        removed = []
+        self.app.meters.subscribe(lambda m: added.append(m.name), lambda m: removed.append(m.name))
+        write(self.dir, "heat.yaml", "source: {type: simulator, interval: 1h, seed: 2}\n")
+        self.clock.advance(0.5)
+        self.assertNotIn("heat", self.app.meters)  # debounce: not yet
+        self.settle()
+        self.assertIn("heat", self.app.meters)
+        meter = self.app.meters["heat"]
+        self.assertIsNotNone(meter.latest)  # its source is running
+        source = self.app.sources["heat"]
+        self.assertTrue(source.running)
+
+        write(self.dir, "heat.yaml", "source: {type: simulator, interval: 1h, seed: 3}\nstale_after: 42s\n")
+        self.settle()
+        self.assertIs(self.app.meters["heat"], meter)  # same meter: counters, devices carry on
+        self.assertEqual(meter.stale_after, 42.0)
+        self.assertIsNot(self.app.sources["heat"], source)
+        self.assertFalse(source.running)
+        self.assertTrue(self.app.sources["heat"].running)
+        self.assertTrue(self.app.sources["grid"].running)  # other meters untouched
+
+        running = self.app.sources["heat"]
+        write(self.dir, "heat.yaml", "source: {type: simulatr}\n")
+        self.settle()
+        self.assertIs(self.app.sources["heat"], running)  # the running meter keeps going
+        self.assertTrue(running.running)
+        self.assertEqual(len(self.errors), 1)
+        self.assertIn("heat.yaml: source.type: unknown source type 'simulatr'", self.errors[0])
+        self.assertIn("heat", self.app.overview()["config_errors"])
+
+        os.remove(os.path.join(self.dir, "heat.yaml"))
+        self.settle()
+        self.assertNotIn("heat", self.app.meters)
+        self.assertFalse(running.running)
+        self.assertEqual(removed, ["heat"])
+
+        write(self.dir, "heat.yaml", "source: {type: simulator, interval: 1h}\n")
+        self.settle()
+        self.assertIs(self.app.meters["heat"], meter)  # revived with its counters
+        self.assertEqual(added, ["grid", "heat", "heat"])
+
+    def test_debounce_applies_a_burst_once(self):
+        for seed in range(5):
+            write(self.dir, "burst.yaml", f"source: {{type: simulator, interval: 1h, seed: {seed}}}\n")
+            self.clock.advance(0.5)
+        self.assertNotIn("burst", self.app.meters)
+        self.settle()
+        self.assertEqual(self.app.sources["burst"].options.seed, 4)  # the last version only
+        self.assertEqual(len([n for n in self.app.meters if n == "burst"]), 1)
+
+    def test_main_file_meter_cannot_be_redefined(self):
+        source = self.app.sources["grid"]
+        write(self.dir, "grid.yaml", "source: {type: simulator}\n")
+        self.settle()
+        self.assertIs(self.app.sources["grid"], source)
+        self.assertIn("defined in the main config file already", self.errors[0])
+        os.remove(os.path.join(self.dir, "grid.yaml"))
+        self.settle()
+        self.assertIn("grid", self.app.meters)

@@ -1,0 +1,373 @@
+"""The dashboard: /ui (static page), /ui/power, POST /ui/train, energy today,
+with and without forecasting, and an end-to-end run in headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import sqlite3
+from datetime import UTC, datetime
+from typing import Any
+
+from twisted.internet import reactor, threads
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import Clock, deferLater
+from twisted.trial.unittest import TestCase
+
+from meteremu.days import DayLedger
+from meteremu.days import store_key as days_store_key
+from meteremu.forecast.dataset import SCHEMA, bucket_readings
+from meteremu.meter import Meter
+from meteremu.meterset import MeterSet
+from meteremu.reading import PhaseReading, Reading
+from meteremu.sources.simulator import Household, SimulatorOptions
+from meteremu.store import Store
+from meteremu.web.dashboard import EnergyToday
+from tests.support import HTTPClient, asyncio_reactor_skip, start_app, test_config
+
+try:
+    import numpy  # noqa: F401
+    import sklearn  # noqa: F401
+except ImportError:  # pragma: no cover - the test command installs them
+    NO_ML = "needs numpy and scikit-learn (pip install numpy scikit-learn)"
+else:
+    NO_ML = None
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+def _browser_skip() -> str | None:
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "needs selenium (pip install selenium)"
+    for path in (CHROMIUM, CHROMEDRIVER):
+        if not os.access(path, os.X_OK):
+            return f"needs {path} (apt-get install chromium chromium-driver)"
+    return None
+
+
+TWO = {"grid": {"source": {"type": "simulator", "interval": "1h", "start_time": "12:00"}},
+       "garage": {"source": {"type": "simulator", "interval": "1h", "pv_peak": 0, "seed": 9}}}
+
+
+@inlineCallbacks
+def wait_for(predicate: Any, timeout: float = 60.0, what: str = "condition") -> Any:
+    """Poll ``predicate`` on the reactor every 50 ms, failing after ``timeout`` seconds."""
+    deadline = reactor.seconds() + timeout
+    while not predicate():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        yield deferLater(reactor, 0.05, lambda: None)
+
+
+def three(t: float, a: float, b: float = 0.0, c: float = 0.0) -> Reading:
+    return Reading((PhaseReading.from_power(a), PhaseReading.from_power(b), PhaseReading.from_power(c)), t)
+
+
+class EnergyTodayTests(TestCase):
+    @inlineCallbacks
+    def test_counts_from_local_midnight(self):
+        """The ledger's day start (wall clock, local midnight), kept in the real store."""
+        midnight = datetime(2024, 3, 1, tzinfo=UTC).timestamp()
+        clock = Clock()
+        clock.advance(midnight - 2 * 3600)
+        path = os.path.join(os.path.abspath(self.mktemp()), "state.db")
+        store = Store(path, 30, clock=clock)
+        store.startService()
+        meters = MeterSet()
+        meter = Meter("grid", clock, stale_after=600)
+        meters.add(meter)
+        days = DayLedger(meters, store, clock, UTC)
+        days.startService()
+        energy = EnergyToday(days)
+        t = midnight - 2 * 3600
+        while t <= midnight + 3600:  # 3600 W on A, -1800 W on C, a reading a minute
+            clock.advance(t - 0.001 - clock.seconds())  # each sample arrives a moment before its time
+            meter.update(three(t, 3600.0, 0.0, -1800.0))
+            t += 60
+        clock.advance(0.001)
+        today = energy.today(meter)
+        self.assertEqual(today["day"], "2024-03-01")
+        self.assertAlmostEqual(today["a"]["import_wh"], 3600.0, places=6)
+        self.assertAlmostEqual(today["c"]["export_wh"], 1800.0, places=6)
+        self.assertEqual(today["b"], {"import_wh": 0.0, "export_wh": 0.0})
+        self.assertEqual(today["total"], {"import_wh": 3600.0, "export_wh": 1800.0})
+        saved = store.get(days_store_key("grid"))
+        self.assertEqual(saved["day"], "2024-03-01")
+        days.stopService()
+        yield store.stopService()
+        # after a restart the day start comes back from the store
+        store2 = Store(path, 30, clock=clock)
+        meters2 = MeterSet()
+        meter2 = Meter("grid", clock, stale_after=600)
+        meter2.energy.phases[0].import_wh = meter.energy.phases[0].import_wh
+        meters2.add(meter2)
+        days2 = DayLedger(meters2, store2, clock, UTC)
+        days2.startService()
+        self.addCleanup(days2.stopService)
+        meter2.update(three(midnight + 3700, 10.0))
+        self.assertAlmostEqual(EnergyToday(days2).today(meter2)["a"]["import_wh"], 3600.0, places=6)
+
+    def test_a_day_start_of_an_earlier_version_is_kept(self):
+        """The dashboard's own ``{day, start}`` snapshot (before the ledger) is read, not lost."""
+        clock = Clock()
+        clock.advance(datetime(2024, 3, 1, 15, tzinfo=UTC).timestamp())
+        store = Store(os.path.join(os.path.abspath(self.mktemp()), "state.db"), 30, clock=clock)
+        store.put("meter:grid:energy_day_start", {"day": "2024-03-01", "start": [[100.0, 0.0], [0.0, 0.0]]})
+        meters = MeterSet()
+        meter = Meter("grid", clock, stale_after=600)
+        meter.energy.phases[0].import_wh = 250.0
+        meters.add(meter)
+        days = DayLedger(meters, store, clock, UTC)
+        days.startService()
+        self.addCleanup(days.stopService)
+        self.assertEqual(EnergyToday(days).today(meter)["a"]["import_wh"], 150.0)
+
+
+class RouteTests(TestCase):
+    """The real service without forecasting: /ui works and says so."""
+
+    timeout = 30
+
+    @inlineCallbacks
+    def test_pages_and_power_without_forecasting(self):
+        app = yield start_app(self, test_config(self.mktemp(), meters=TWO))
+        http = HTTPClient(self)
+        base = f"http://127.0.0.1:{app.http_port()}"
+        for path in ("/ui", "/ui/"):
+            response, body = yield http.get(base + path)
+            self.assertEqual(response.code, 200)
+            self.assertIn(b"text/html", response.headers.getRawHeaders(b"content-type")[0])
+            self.assertIn(b'href="/admin/overview"', body)
+            self.assertIn(b"script-src 'self'", response.headers.getRawHeaders(b"content-security-policy")[0])
+            self.assertNotIn(b"http://", body.replace(b"http://www.w3.org", b""))  # nothing from outside
+        for name, kind in (("app.js", b"text/javascript"), ("style.css", b"text/css")):
+            response, body = yield http.get(f"{base}/ui/{name}")
+            self.assertEqual(response.code, 200)
+            self.assertIn(kind, response.headers.getRawHeaders(b"content-type")[0])
+            self.assertGreater(len(body), 1000)
+        response, body = yield http.get(base + "/ui/power")
+        self.assertEqual(response.code, 200)
+        power = json.loads(body)
+        self.assertEqual(power["meter"], "grid")
+        self.assertEqual(power["meters"], ["grid", "garage"])
+        self.assertEqual(set(power["power"]), {"total", "a", "b", "c"})
+        self.assertAlmostEqual(power["power"]["total"],
+                               power["power"]["a"] + power["power"]["b"] + power["power"]["c"], delta=0.2)
+        self.assertEqual(power["now"], app.meters["grid"].latest.measured_at)
+        self.assertEqual(len(power["history"]), 1)
+        self.assertEqual((power["forecast"], power["model"], power["baselines"], power["skill"]), ([], None, None, None))
+        self.assertEqual(power["training"]["state"], "idle")
+        self.assertFalse(power["training"]["enabled"])
+        self.assertFalse(power["forecasting"])
+        self.assertEqual(power["health"]["state"], "fresh")
+        self.assertEqual(set(power["energy_today"]), {"day", "a", "b", "c", "total"})
+        response, body = yield http.get(base + "/ui/power?meter=garage&span=900")
+        self.assertEqual((json.loads(body)["meter"], json.loads(body)["span"]), ("garage", 900.0))
+        response, body = yield http.get(base + "/ui/power?meter=nope")
+        self.assertEqual(response.code, 404)
+        self.assertEqual(json.loads(body)["meters"], ["grid", "garage"])
+        response, _ = yield http.get(base + "/ui/power?span=abc")
+        self.assertEqual(response.code, 400)
+        response, body = yield http.post(base + "/ui/train", b"")
+        self.assertEqual(response.code, 503)
+        self.assertIn("forecasting is off", json.loads(body)["error"])
+        response, _ = yield http.post(base + "/ui/train", b"", headers={b"Origin": [b"http://evil.example"]})
+        self.assertEqual(response.code, 403)
+
+
+def seed_store(path: str, days: float, end: float, resolution: float = 10.0) -> None:
+    """Write ``days`` of simulated household buckets ending at ``end`` into the dataset table."""
+    house = Household(SimulatorOptions(seed=1))
+    start = end - days * 86400
+    samples = []
+    t = start
+    while t < end:
+        r = house.reading_at(t)
+        samples.append((t, r.total_act_power, *(p.act_power for p in r.phases)))
+        t += resolution
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with sqlite3.connect(path) as conn:
+        conn.execute(SCHEMA)
+        conn.executemany("INSERT INTO forecast_samples VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         [b.row("grid") for b in bucket_readings(samples, resolution)])
+
+
+FORECAST = {"enabled": True, "window": 30, "horizon": 30, "hidden_layers": [32], "max_iter": 15,
+            "max_samples": 3000, "train_interval": "1h", "flush_interval": "1s"}
+
+
+def forecasting_app(case: TestCase) -> Any:
+    """The service with the simulator and forecasting on, its store seeded with 1.5 days."""
+    tmp = case.mktemp()
+    now = reactor.seconds()
+    seed_store(os.path.join(tmp, "state.db"), 1.5, now - 10)
+    start = datetime.fromtimestamp(now).astimezone().isoformat()
+    meters = {"grid": {"source": {"type": "simulator", "interval": "0.5s", "speed": 20, "start_time": start}}}
+    return start_app(case, test_config(tmp, meters=meters, forecast=FORECAST))
+
+
+class ForecastRouteTests(TestCase):
+    skip = NO_ML
+    timeout = 90
+
+    @inlineCallbacks
+    def test_power_with_a_trained_model_and_train_conflicts(self):
+        app = yield forecasting_app(self)
+        trainer = app.forecast.trainer
+        yield wait_for(lambda: "grid" in trainer.models and not trainer.running_now, 60, "the first model")
+        http = HTTPClient(self)
+        base = f"http://127.0.0.1:{app.http_port()}"
+        yield wait_for(lambda: len(app.forecast.dataset.series("grid")) > 30, 10, "buckets")
+        response, body = yield http.get(base + "/ui/power?span=3600")
+        power = json.loads(body)
+        self.assertTrue(power["forecasting"])
+        model, baselines = power["model"], power["baselines"]
+        for scores in (model, baselines["persistence"], baselines["seasonal_naive"]):
+            self.assertGreaterEqual(scores["mae"], 0)
+            self.assertGreaterEqual(scores["mse"], scores["mae"] ** 2 - 1e-6)  # E[e²] >= E[|e|]²
+        self.assertGreater(model["samples"], 1.4 * 8640)
+        self.assertAlmostEqual(power["skill"], 1 - model["mae"] / baselines["persistence"]["mae"], places=3)
+        self.assertEqual(len(power["forecast"]), 30)
+        last = power["history"][-1][0]
+        self.assertEqual(power["forecast"][0][0], last + 10)
+        self.assertEqual(power["forecast"][-1][0], last + 300)
+        self.assertLessEqual(last - power["history"][0][0], 3600)
+        self.assertTrue(os.path.exists(os.path.splitext(app.store.path)[0] + ".forecast-grid.json"))
+        runs = trainer.runs
+        response, body = yield http.post(base + "/ui/train", b"")
+        self.assertEqual(response.code, 202)
+        self.assertEqual(json.loads(body)["training"]["state"], "running")
+        response, body = yield http.post(base + "/ui/train", b"")
+        self.assertEqual(response.code, 409)
+        yield wait_for(lambda: not trainer.running_now, 60, "training to end")
+        self.assertEqual(trainer.runs, runs + 1)
+
+
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-extensions", "--disable-default-apps", "--no-default-browser-check",
+         "--disable-dev-shm-usage", "--hide-scrollbars", "--force-color-profile=srgb"]
+
+
+def browse(url: str, out: str, trainer: Any) -> dict[str, Any]:
+    """Run in a thread (selenium blocks): drive the page, return what was seen."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager fetch anything
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in FLAGS:
+        options.add_argument(flag)
+    profile = os.path.join(out, "profile")
+    os.makedirs(profile, exist_ok=True)
+    options.add_argument(f"--user-data-dir={profile}")
+    options.add_argument("--window-size=1280,1000")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    seen: dict[str, Any] = {}
+    try:
+        driver.set_page_load_timeout(30)
+        driver.get(url)
+        wait = WebDriverWait(driver, 30, poll_frequency=0.1)
+        find = driver.find_element
+        wait.until(lambda d: find(By.ID, "total-power").text not in ("", "–"))
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#chart path.history"))
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#chart path.forecast"))
+        wait.until(lambda d: find(By.CSS_SELECTOR, '#metrics tr[data-row="model"] .mae').text != "–")
+        wait.until(lambda d: find(By.CSS_SELECTOR, "#clients .device"))
+        seen["total"] = find(By.ID, "total-power").text
+        seen["direction"] = find(By.ID, "total-dir").text
+        seen["phases"] = [find(By.CSS_SELECTOR, f"#phase-{p} .phase-value").text for p in "abc"]
+        seen["energy"] = find(By.CSS_SELECTOR, '#energy tr[data-phase="total"] .imp').text
+        seen["freshness"] = find(By.ID, "freshness").text
+        seen["history_d"] = find(By.CSS_SELECTOR, "#chart path.history").get_attribute("d")
+        seen["forecast_d"] = find(By.CSS_SELECTOR, "#chart path.forecast").get_attribute("d")
+        seen["metrics"] = {row: find(By.CSS_SELECTOR, f'#metrics tr[data-row="{row}"] .mae').text
+                           for row in ("model", "persistence", "seasonal_naive")}
+        seen["skill"] = find(By.ID, "skill-value").text
+        seen["admin_href"] = find(By.ID, "admin-link").get_attribute("href")
+        seen["clients"] = find(By.ID, "clients").text
+        # the train button: starts a run, shows progress, comes back idle
+        button = find(By.ID, "train-button")
+        wait.until(lambda d: button.is_enabled())
+        runs = trainer.runs
+        button.click()
+        states = set()
+
+        def trained(d: Any) -> bool:
+            states.add(find(By.ID, "train-state").text)
+            return trainer.runs > runs and find(By.ID, "train-state").text == "idle" and button.is_enabled()
+
+        wait.until(trained)
+        seen["train_states"] = sorted(states)
+        seen["train_message"] = find(By.ID, "train-message").text
+        seen["runs"] = (runs, trainer.runs)
+        for name, width, mobile, scheme in (("dashboard", 1280, False, "light"),
+                                            ("dashboard-phone", 390, True, "light"),
+                                            ("dashboard-dark", 1280, False, "dark")):
+            driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {
+                "features": [{"name": "prefers-color-scheme", "value": scheme}]})
+            height = 900
+            for _ in range(2):  # lay out at this width, then grow the viewport to the whole page
+                driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+                    "width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile})
+                driver.execute_script("window.dispatchEvent(new Event('resize'))")
+                driver.execute_script("return new Promise(r => setTimeout(r, 500))")  # chart redraw
+                height = max(600, min(6000, driver.execute_script(
+                    "return document.documentElement.scrollHeight")))
+            shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png"})
+            path = os.path.join(out, f"{name}.png")
+            with open(path, "wb") as handle:
+                handle.write(base64.b64decode(shot["data"]))
+            seen[name] = path
+        seen["console"] = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
+    finally:
+        driver.quit()
+    return seen
+
+
+class BrowserTests(TestCase):
+    """End to end: the simulator, the service and /ui in headless Chromium."""
+
+    skip = NO_ML or _browser_skip() or asyncio_reactor_skip()
+    timeout = 180
+
+    @inlineCallbacks
+    def test_dashboard_renders_and_trains(self):
+        app = yield forecasting_app(self)
+        trainer = app.forecast.trainer
+        yield wait_for(lambda: "grid" in trainer.models and not trainer.running_now, 60, "the first model")
+        out = os.path.abspath(self.mktemp())
+        os.makedirs(out)
+        url = f"http://127.0.0.1:{app.http_port()}/ui"
+        seen = yield threads.deferToThread(browse, url, out, trainer)
+        self.assertRegex(seen["total"], r"^\d[\d.]* k?W$")
+        self.assertIn(seen["direction"], ("importing from the grid", "exporting to the grid", "balanced"))
+        for value in seen["phases"]:
+            self.assertRegex(value, r"^\d[\d.]* k?W$")
+        self.assertRegex(seen["energy"], r"^\d[\d.]* k?Wh$")
+        self.assertTrue(seen["freshness"].startswith("fresh"), seen["freshness"])
+        self.assertGreater(seen["history_d"].count("L"), 30)
+        self.assertEqual(seen["forecast_d"].count("L"), 30)
+        for row, value in seen["metrics"].items():
+            self.assertRegex(value, r"^[\d,.]+$", row)
+        self.assertRegex(seen["skill"], r"^[+−]?[\d.,]+ %$")
+        self.assertTrue(seen["admin_href"].endswith("/admin/overview"))
+        self.assertIn("no client has asked yet", seen["clients"])
+        self.assertEqual(seen["runs"][1], seen["runs"][0] + 1)
+        self.assertIn("trained 1 model", seen["train_message"])
+        self.assertEqual(seen["console"], [])
+        for shot in ("dashboard", "dashboard-phone", "dashboard-dark"):
+            with open(seen[shot], "rb") as handle:
+                self.assertEqual(handle.read(8), b"\x89PNG\r\n\x1a\n")
