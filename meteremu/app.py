@@ -126,7 +126,7 @@ def build(config: Config, reactor: IReactor) -> App:
 
     ops.install_routes(sites.main, meters.values, reactor, started_at,
                        metrics if config.exporters.prometheus.enabled else None,
-                       overview=app.overview)
+                       overview=app.overview, store=store.health)
     metrics.add_devices(lambda: app.devices)
 
     # numpy/scikit-learn are imported only here, only when forecasting is on.

@@ -205,8 +205,13 @@ class DayLedger(Service):
     def _stored(self, name: str) -> DayStart | None:
         if self.store is None:
             return None
-        start = DayStart.from_dict(self.store.get(store_key(name)))
-        if start is None and self.store.get(store_key(name)) is None:
+        raw = self.store.get(store_key(name))
+        start = DayStart.from_dict(raw)
+        if start is None and raw is not None:
+            report = getattr(self.store, "report", None)
+            if report is not None:
+                report(store_key(name), "was not a day start; today counts from now")
+        if start is None and raw is None:
             for legacy in LEGACY_KEYS:
                 start = legacy_day_start(self.store.get(legacy.format(name=name)), self.tz)
                 if start is not None:

@@ -11,6 +11,7 @@ import instead of netting them to zero. Counters never decrease.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -83,6 +84,22 @@ class EnergyCounters:
         """A JSON-able snapshot, for the store."""
         return {"phases": [[c.import_wh, c.export_wh] for c in self.phases]}
 
-    def restore(self, data: dict) -> None:
-        """Load a snapshot written by :meth:`to_dict` (counters only grow)."""
-        self.follow((float(i), float(e)) for i, e in data.get("phases", []))
+    def restore(self, data: object) -> None:
+        """Load a snapshot written by :meth:`to_dict` (counters only grow).
+
+        Raises ``ValueError`` (and changes nothing) for anything else: a list
+        of ``[import_wh, export_wh]`` pairs of finite numbers, at least 0.
+        """
+        phases = data.get("phases") if isinstance(data, dict) else None
+        if not isinstance(phases, list):
+            raise ValueError("expected {'phases': [[import_wh, export_wh], ...]}")
+        pairs: list[tuple[float, float]] = []
+        for item in phases:
+            if (not isinstance(item, list | tuple) or len(item) != 2
+                    or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in item)):
+                raise ValueError(f"expected [import_wh, export_wh] pairs of numbers; got {str(item)[:40]}")
+            imp, exp = float(item[0]), float(item[1])
+            if not (math.isfinite(imp) and math.isfinite(exp) and imp >= 0 and exp >= 0):
+                raise ValueError(f"expected finite counters, 0 or more; got {str(item)[:40]}")
+            pairs.append((imp, exp))
+        self.follow(pairs)

@@ -74,8 +74,11 @@ class MeterManager(MultiService):
         if meter is None:
             meter = Meter(mc.name, self.reactor, source_type=mc.source.type)
             saved = self.store.get(energy_key(mc.name))
-            if isinstance(saved, dict):
-                meter.energy.restore(saved)
+            if saved is not None:
+                try:
+                    meter.energy.restore(saved)
+                except ValueError as exc:  # never fatal: the counters start over, and it is said
+                    self.store.report(energy_key(mc.name), f"was not usable ({exc}); counters start from 0")
             self.store.register(energy_key(mc.name), meter.energy.to_dict)
         self._start_source(meter, mc)
         self.meters.add(meter)

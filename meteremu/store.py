@@ -54,6 +54,14 @@ class _Corrupt(Exception):
     """The file is not a usable database: move it aside."""
 
 
+class NonFinite(ValueError):
+    """A stored number is NaN or infinite (JSON has no such numbers)."""
+
+
+def _refuse_constant(name: str) -> float:
+    raise NonFinite(name)
+
+
 def is_corruption(error: sqlite3.Error) -> bool:
     """SQLite's own verdict: the file is damaged or not a database (not a passing problem)."""
     name = getattr(error, "sqlite_errorname", "") or ""
@@ -67,17 +75,17 @@ def _connect(path: str, timeout: float = 10.0) -> sqlite3.Connection:
     return conn
 
 
-def _check(path: str, timeout: float = 10.0) -> dict[str, Any]:
+def _check(path: str, timeout: float = 10.0, dropped: list[str] | None = None) -> dict[str, Any]:
     """Open, verify and read everything; :class:`_Corrupt` if the file is unusable."""
     try:
-        return _read(path, timeout)
+        return _read(path, timeout, dropped if dropped is not None else [])
     except sqlite3.Error as exc:
         if is_corruption(exc):
             raise _Corrupt(str(exc)) from exc
         raise
 
 
-def _read(path: str, timeout: float) -> dict[str, Any]:
+def _read(path: str, timeout: float, dropped: list[str]) -> dict[str, Any]:
     conn = _connect(path, timeout)
     try:
         row = conn.execute("PRAGMA quick_check").fetchone()
@@ -88,7 +96,12 @@ def _read(path: str, timeout: float) -> dict[str, Any]:
         values = {}
         for key, value in conn.execute("SELECT key, value FROM kv"):
             try:
-                values[key] = json.loads(value)
+                values[key] = json.loads(value, parse_constant=_refuse_constant)
+            except NonFinite:
+                # One value that can never be saved again (NaN, Infinity):
+                # that key starts over, the rest of the state is kept.
+                log.error("store {path}: {key} held a non-finite number; it starts over", path=path, key=key)
+                dropped.append(key)
             except ValueError as exc:
                 raise _Corrupt(f"value of {key!r} is not JSON") from exc
         return values
@@ -96,10 +109,13 @@ def _read(path: str, timeout: float) -> dict[str, Any]:
         conn.close()
 
 
-def open_state(path: str, now: Callable[[], float] = time.time, timeout: float = 10.0) -> dict[str, Any]:
+def open_state(path: str, now: Callable[[], float] = time.time, timeout: float = 10.0,
+               dropped: list[str] | None = None) -> dict[str, Any]:
     """Load every stored value; move a corrupt file aside and start empty.
 
-    Raises :class:`StoreError` (the file untouched) for anything else.
+    Raises :class:`StoreError` (the file untouched) for anything else. Keys
+    whose value can never be saved again (NaN, Infinity) are left out and
+    named in ``dropped``.
     """
     directory = os.path.dirname(os.path.abspath(path))
     try:
@@ -108,7 +124,7 @@ def open_state(path: str, now: Callable[[], float] = time.time, timeout: float =
     except OSError as exc:
         raise StoreError(f"store {path}: cannot create it: {exc.strerror or exc}") from None
     try:
-        return _check(path, timeout)
+        return _check(path, timeout, dropped)
     except sqlite3.Error as exc:
         code = getattr(exc, "sqlite_errorname", None)
         raise StoreError(f"store {path}: cannot be used now ({exc}{', ' + code if code else ''}); "
@@ -146,11 +162,27 @@ def _create_private(path: str) -> None:
             os.chown(path, owner.st_uid, owner.st_gid)
 
 
-def _write(txn: Any, items: dict[str, Any], stamp: float) -> None:
+def encode(items: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
+    """``(JSON text per key, why per key that cannot be saved)``.
+
+    Each key on its own: one part whose snapshot holds a NaN (or anything
+    else JSON cannot carry) must not stop every other part from being saved.
+    """
+    texts: dict[str, str] = {}
+    bad: dict[str, str] = {}
+    for key, value in items.items():
+        try:
+            texts[key] = json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            bad[key] = f"{type(exc).__name__}: {str(exc)[:80]}"
+    return texts, bad
+
+
+def _write(txn: Any, texts: dict[str, str], stamp: float) -> None:
     txn.executemany(
         "INSERT INTO kv(key, value, updated) VALUES (?, ?, ?) "
         "ON CONFLICT(key) DO UPDATE SET value=excluded.value, updated=excluded.updated",
-        [(k, json.dumps(v, allow_nan=False), stamp) for k, v in items.items()],
+        [(k, text, stamp) for k, text in texts.items()],
     )
 
 
@@ -167,7 +199,12 @@ class Store(Service):
     def __init__(self, path: str, persist_interval: float, clock: IReactorTime | None = None) -> None:
         self.path = path
         self.persist_interval = persist_interval
-        self.values = open_state(path)
+        dropped: list[str] = []
+        self.values = open_state(path, dropped=dropped)
+        # What /healthz reports: keys that were reset (loaded, but unusable),
+        # keys that cannot be saved, and whether the last save worked.
+        self.problems: dict[str, str] = {key: "held a non-finite number; reset" for key in dropped}
+        self.last_save_error: str | None = None
         self._parts: dict[str, Callable[[], Any]] = {}
         self._pending: dict[str, Any] = {}
         self._pool: adbapi.ConnectionPool | None = None
@@ -194,6 +231,24 @@ class Store(Service):
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.values.get(key, default)
+
+    def report(self, key: str, problem: str) -> None:
+        """A part found ``key`` unusable and started it over: say so in /healthz."""
+        self._problem(key, problem)
+
+    def _problem(self, key: str, problem: str) -> None:
+        if self.problems.get(key) != problem:
+            log.error("store {path}: {key} {problem}", path=self.path, key=key, problem=problem)
+        self.problems[key] = problem
+
+    def health(self) -> dict[str, Any]:
+        """For /healthz: ``failing`` (the service is degraded) while the last save
+        failed or a part's state cannot be saved; a key that was reset at start
+        is listed in ``problems`` but does not degrade."""
+        unsaved = any(p.startswith(("cannot be saved", "its snapshot failed")) for p in self.problems.values())
+        failing = self.last_save_error is not None or unsaved
+        return {"state": "failing" if failing else "ok", "path": self.path,
+                "last_save_error": self.last_save_error, "problems": dict(self.problems)}
 
     def run_interaction(self, interaction: Callable[..., Any], *args: Any) -> Deferred[Any]:
         """Run ``interaction(txn, *args)`` in one transaction on the store's single
@@ -232,19 +287,33 @@ class Store(Service):
             return self._saving
         items = dict(self._pending)
         for key, snapshot in self._parts.items():
-            items[key] = snapshot()
+            try:
+                items[key] = snapshot()
+            except Exception as exc:  # a part's bug costs that part's save, not everyone's
+                self._problem(key, f"its snapshot failed ({type(exc).__name__})")
+        texts, bad = encode(items)
+        for key, why in bad.items():
+            self._problem(key, f"cannot be saved ({why})")
+            items.pop(key)
         self.values.update(items)
         stamp = time.time()
-        d = self._pool.runInteraction(_write, items, stamp)
+        d = self._pool.runInteraction(_write, texts, stamp)
 
         def done(_: object) -> None:
             self.saves += 1
+            self.last_save_error = None
+            for key in texts:
+                if self.problems.get(key, "").startswith(("cannot be saved", "its snapshot failed")):
+                    del self.problems[key]
             for key in items:
                 if key in self._pending and self._pending[key] is items[key]:
                     del self._pending[key]
 
         def failed(failure: Any) -> None:
-            log.failure("saving state to {path} failed; will retry", failure, path=self.path)
+            why = f"{failure.type.__name__}: {str(failure.value)[:120]}"
+            if self.last_save_error != why:
+                log.failure("saving state to {path} failed; will retry", failure, path=self.path)
+            self.last_save_error = why
 
         d.addCallbacks(done, failed)
 
@@ -286,6 +355,24 @@ class MemoryValues:
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.values.get(key, default)
+
+    def report(self, key: str, problem: str) -> None:
+        """A part found ``key`` unusable and started it over: say so in /healthz."""
+        self._problem(key, problem)
+
+    def _problem(self, key: str, problem: str) -> None:
+        if self.problems.get(key) != problem:
+            log.error("store {path}: {key} {problem}", path=self.path, key=key, problem=problem)
+        self.problems[key] = problem
+
+    def health(self) -> dict[str, Any]:
+        """For /healthz: ``failing`` (the service is degraded) while the last save
+        failed or a part's state cannot be saved; a key that was reset at start
+        is listed in ``problems`` but does not degrade."""
+        unsaved = any(p.startswith(("cannot be saved", "its snapshot failed")) for p in self.problems.values())
+        failing = self.last_save_error is not None or unsaved
+        return {"state": "failing" if failing else "ok", "path": self.path,
+                "last_save_error": self.last_save_error, "problems": dict(self.problems)}
 
     def put(self, key: str, value: Any) -> None:
         self.values[key] = value

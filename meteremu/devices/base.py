@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -47,7 +48,10 @@ class DeviceContext:
             return configured
         key = f"device:{self.index}:mac"
         mac = self.store.get(key)
-        if not isinstance(mac, str):
+        if mac is not None and not (isinstance(mac, str) and re.fullmatch(r"[0-9A-F]{12}", mac)):
+            self.store.report(key, "was not a MAC; a new one was generated (clients see a new device)")
+            mac = None
+        if mac is None:
             mac = generate()
             self.store.put(key, mac)
             log.info("generated MAC {mac} for {key} (kept in the store)", mac=mac, key=key)

@@ -39,15 +39,26 @@ def meter_health(meter: Meter) -> dict[str, Any]:
     return body
 
 
-def health(meters: Iterable[Meter], uptime: float) -> tuple[int, dict[str, Any]]:
-    """Pure: ``(http status, body)`` for /healthz."""
+def health(meters: Iterable[Meter], uptime: float,
+           store: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+    """Pure: ``(http status, body)`` for /healthz.
+
+    Degraded (503) while a meter is not fresh, or while the store cannot save
+    (``store["state"] == "failing"``): counters that are not being kept are
+    a problem an operator must see.
+    """
     body = {name: meter_health(m) for name, m in ((m.name, m) for m in meters)}
     ok = all(m["state"] == Freshness.FRESH.value for m in body.values())
-    return (200 if ok else 503), {
+    if store is not None and store.get("state") != "ok":
+        ok = False
+    out: dict[str, Any] = {
         "status": "ok" if ok else "degraded",
         "uptime_s": round(uptime, 3),
         "meters": body,
     }
+    if store is not None:
+        out["store"] = store
+    return (200 if ok else 503), out
 
 
 def install_routes(
@@ -57,10 +68,11 @@ def install_routes(
     started_at: float,
     metrics: Metrics | None,
     overview: Callable[[], dict[str, Any]] | None = None,
+    store: Callable[[], dict[str, Any]] | None = None,
 ) -> None:
     @app.route("/healthz", methods=["GET"])
     def healthz(request: IRequest) -> bytes:
-        code, body = health(meters(), clock.seconds() - started_at)
+        code, body = health(meters(), clock.seconds() - started_at, store() if store is not None else None)
         request.setResponseCode(code)
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")

@@ -11,8 +11,11 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
+from meteremu import store as store_module
 from meteremu.store import Store, open_state
-from tests.support import sample_reading, start_app, test_config
+from tests.support import HTTPClient, sample_reading, start_app, test_config
+
+REAL_WRITE = store_module._write
 
 SIM = {"grid": {"source": {"type": "simulator", "interval": "1h"}}}
 
@@ -75,3 +78,59 @@ class CountersSurviveRestartTests(TestCase):
             self.assertGreaterEqual(i1, i0)
             self.assertGreaterEqual(e1, e0)
         self.assertGreater(after[0][0], before["phases"][0][0])
+
+
+class HealthTests(TestCase):
+    """Bad stored values are reset and reported; a store that cannot save degrades health (#22.15, .16)."""
+
+    timeout = 30
+
+    @inlineCallbacks
+    def test_wrong_shapes_are_reset_and_reported_never_fatal(self):
+        directory = os.path.abspath(self.mktemp())
+        path = os.path.join(directory, "state.db")
+        open_state(path)
+        conn = sqlite3.connect(path)
+        for key, value in (("meter:grid:energy", {"phases": [["x", 1]]}), ("device:0:mac", 42),
+                           ("meter:grid:day_start", {"day": "soon"})):
+            conn.execute("INSERT INTO kv VALUES (?, ?, 0)", (key, json.dumps(value)))
+        conn.commit()
+        conn.close()
+        config = test_config(directory, meters={"grid": {"source": {"type": "simulator", "interval": "1h"}}},
+                             store={"path": path, "persist_interval": "1h"})
+        app = yield start_app(self, config)
+        health = app.store.health()
+        self.assertEqual(health["state"], "ok")  # reset keys are told, not a failure
+        self.assertEqual(sorted(health["problems"]), ["device:0:mac", "meter:grid:day_start", "meter:grid:energy"])
+        self.assertIn("counters start from 0", health["problems"]["meter:grid:energy"])
+        self.assertRegex(app.devices[0].identity.mac, r"^C8F09E[0-9A-F]{6}$")
+        http = HTTPClient(self)
+        response, body = yield http.get(f"http://127.0.0.1:{app.http_port()}/healthz")
+        self.assertEqual(response.code, 200)
+        self.assertIn("meter:grid:energy", json.loads(body)["store"]["problems"])
+
+    @inlineCallbacks
+    def test_a_save_that_fails_makes_health_degraded_with_the_reason(self):
+        config = test_config(self.mktemp(), meters={"grid": {"source": {"type": "simulator", "interval": "1h"}}})
+        app = yield start_app(self, config)
+        http = HTTPClient(self)
+        url = f"http://127.0.0.1:{app.http_port()}/healthz"
+        response, _ = yield http.get(url)
+        self.assertEqual(response.code, 200)
+
+        def disk_full(txn, texts, stamp):  # what SQLite raises when the disk is full
+            raise sqlite3.OperationalError("database or disk is full")
+
+        self.patch(store_module, "_write", disk_full)
+        yield app.store.persist()
+        response, body = yield http.get(url)
+        self.assertEqual(response.code, 503)
+        report = json.loads(body)
+        self.assertEqual(report["status"], "degraded")
+        self.assertEqual(report["store"]["state"], "failing")
+        self.assertIn("disk is full", report["store"]["last_save_error"])
+        self.flushLoggedErrors(sqlite3.OperationalError)
+        self.patch(store_module, "_write", REAL_WRITE)
+        yield app.store.persist()
+        response, _ = yield http.get(url)
+        self.assertEqual(response.code, 200)  # healthy again once a save works

@@ -111,3 +111,40 @@ def _error(name: str) -> sqlite3.Error:
     error = sqlite3.OperationalError("x")
     error.sqlite_errorname = name  # type: ignore[attr-defined]
     return error
+
+
+class BadValuesTests(SynchronousTestCase):
+    """A value that can never be saved again costs its own key, never the store (issue #22.15)."""
+
+    def test_a_stored_infinity_is_dropped_and_reported(self):
+        path = os.path.join(self.mktemp(), "state.db")
+        open_state(path)
+        conn = sqlite3.connect(path)
+        conn.execute("INSERT INTO kv VALUES ('meter:grid:energy', '{\"phases\": [[Infinity, 0]]}', 0)")
+        conn.execute("INSERT INTO kv VALUES ('device:0:mac', '\"C8F09E000001\"', 0)")
+        conn.commit()
+        conn.close()
+        dropped: list[str] = []
+        values = open_state(path, dropped=dropped)
+        self.assertEqual(values, {"device:0:mac": "C8F09E000001"})  # the rest is kept
+        self.assertEqual(dropped, ["meter:grid:energy"])
+        self.assertEqual(glob.glob(path + ".corrupt-*"), [])  # not corruption
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
+
+    def test_each_key_is_encoded_on_its_own(self):
+        from meteremu.store import encode
+
+        texts, bad = encode({"ok": {"n": 1}, "nan": float("nan"), "set": {1, 2}})
+        self.assertEqual(texts, {"ok": '{"n": 1}'})
+        self.assertEqual(sorted(bad), ["nan", "set"])
+
+    def test_energy_counters_refuse_a_wrong_shape(self):
+        from meteremu.energy import EnergyCounters
+
+        counters = EnergyCounters(3)
+        for bad in ({"phases": [["x", 1]]}, {"phases": [[1.0]]}, {"phases": "no"}, [1, 2],
+                    {"phases": [[-1.0, 0.0]]}, {"phases": [[True, 0.0]]}, {"phases": [[float("inf"), 0.0]]}):
+            self.assertRaises(ValueError, counters.restore, bad)
+        self.assertEqual(counters.to_dict(), {"phases": [[0.0, 0.0]] * 3})  # nothing half-applied
+        counters.restore({"phases": [[5.0, 1.0], [2, 0]]})
+        self.assertEqual(counters.to_dict()["phases"][:2], [[5.0, 1.0], [2.0, 0.0]])
