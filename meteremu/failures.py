@@ -31,6 +31,21 @@ def _loaded_type(module: str, name: str) -> type | None:
     return found if isinstance(found, type) else None
 
 
+def exception_of(failure: Failure | BaseException) -> BaseException:
+    """The exception behind ``failure`` (a Failure's ``value``, or the exception itself).
+
+    Twisted types ``Failure.value`` as ``BaseException | None`` (it is filled
+    in from ``sys.exc_info()`` while the Failure is built), but a Failure
+    always holds one: ``Failure()`` raises ``NoCurrentExceptionError`` when
+    there is none.
+    """
+    if not isinstance(failure, Failure):
+        return failure
+    value = failure.value
+    assert value is not None, "a Failure always holds an exception"
+    return value
+
+
 def is_tls_error(exc: BaseException) -> bool:
     """An OpenSSL error (a failed or refused TLS handshake)."""
     ssl_error = _loaded_type("OpenSSL.SSL", "Error")
@@ -44,7 +59,7 @@ def describe(failure: Failure | BaseException, timeout: float | None = None) -> 
     ``RequestTransmissionFailed``): the cause is described. A response whose
     body was cut off (``ResponseFailed``) says so, with the cause.
     """
-    exc = failure.value if isinstance(failure, Failure) else failure
+    exc = exception_of(failure)
     if isinstance(exc, Explained):
         return str(exc)
     reasons = getattr(exc, "reasons", None)

@@ -39,6 +39,7 @@ from twisted.web.iweb import IAgentEndpointFactory, IResponse
 from zope.interface import implementer
 
 from meteremu.failures import Explained, describe
+from meteremu.interfaces import IReactor, IReactorTime
 from meteremu.tls import TLSPolicy, web_policy
 
 MAX_BODY = 4 * 1024 * 1024
@@ -124,7 +125,9 @@ def read_body(response: IResponse, limit: int = MAX_BODY, *, truncate: bool = Fa
 # -- the pool's connections, made quietly ---------------------------------------------------------
 
 
-class _QuietFactory(Factory):
+# Factory[Any]: the wrapped factory's protocols are any IProtocol, not necessarily the
+# Protocol-with-a-factory that Twisted's Factory is typed to build.
+class _QuietFactory(Factory[Any]):
     """Builds the wrapped factory's protocols; starting and stopping it logs nothing."""
 
     noisy = False
@@ -149,15 +152,18 @@ class _QuietEndpoint:
 class QuietEndpoints:
     """Endpoints for an ``Agent``, as its standard ones (TCP, TLS by ``policy``), but quiet."""
 
-    def __init__(self, reactor: Any, policy: TLSPolicy, connect_timeout: float | None = None) -> None:
+    def __init__(self, reactor: IReactor, policy: TLSPolicy, connect_timeout: float | None = None) -> None:
         self.reactor = reactor
         self.policy = policy
         self.connect_timeout = connect_timeout
 
     def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
-        kwargs = {"timeout": self.connect_timeout} if self.connect_timeout is not None else {}
-        endpoint: IStreamClientEndpoint = HostnameEndpoint(self.reactor, uri.host.decode("ascii"), uri.port,
-                                                           **kwargs)
+        host = uri.host.decode("ascii")
+        endpoint: IStreamClientEndpoint
+        if self.connect_timeout is not None:
+            endpoint = HostnameEndpoint(self.reactor, host, uri.port, timeout=self.connect_timeout)
+        else:
+            endpoint = HostnameEndpoint(self.reactor, host, uri.port)
         if uri.scheme == b"https":
             endpoint = wrapClientTLS(self.policy.creatorForNetloc(uri.host, uri.port), endpoint)
         elif uri.scheme != b"http":
@@ -179,23 +185,25 @@ class HTTPClient:
     in flight and closes the pool's connections.
     """
 
-    def __init__(self, reactor: Any, timeout: float, tls: TLSPolicy | None = None, *, clock: Any = None,
+    def __init__(self, reactor: IReactor, timeout: float, tls: TLSPolicy | None = None, *,
+                 clock: IReactorTime | None = None,
                  persistent: bool = True, per_host: int = 1, idle_timeout: float = 30.0, retry: bool = False,
                  connect_timeout: float | None = None) -> None:
         self.reactor = reactor
-        self.clock = clock if clock is not None else reactor
+        self.clock: IReactorTime = clock if clock is not None else reactor
         self.timeout = timeout
         self.pool = HTTPConnectionPool(reactor, persistent=persistent)
         self.pool.maxPersistentPerHost = per_host
-        self.pool.cachedConnectionTimeout = idle_timeout
+        # Twisted infers int from the class default (240); it is seconds, handed to callLater.
+        self.pool.cachedConnectionTimeout = idle_timeout  # type: ignore[assignment]
         self.pool.retryAutomatically = retry
         endpoints = QuietEndpoints(reactor, tls if tls is not None else web_policy(),
                                    connect_timeout if connect_timeout is not None else timeout)
         self._client = treq.client.HTTPClient(Agent.usingEndpointFactory(reactor, endpoints, pool=self.pool))
         self._inflight: set[Deferred[Any]] = set()
 
-    def request(self, method: str, url: str, headers: Mapping[str, Any] | None = None, data: Any = None,
-                json_body: Any = None, limit: int = MAX_BODY, *, truncate: bool = False,
+    def request(self, method: str, url: str, headers: Mapping[str, Any] | Mapping[bytes, Any] | None = None,
+                data: Any = None, json_body: Any = None, limit: int = MAX_BODY, *, truncate: bool = False,
                 redirects: bool = False) -> Deferred[HttpResult]:
         """One exchange; the body of an error status (3xx-5xx) is kept up to :data:`ERROR_BODY`."""
         async def exchange() -> HttpResult:

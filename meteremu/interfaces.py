@@ -5,9 +5,10 @@ Services take their collaborators as constructor arguments (tests pass a
 checked against:
 
 * :class:`IReactor` — the reactor: Twisted's own interfaces for time, TCP,
-  UDP, threads and the run loop, joined in one. It is a typing device only
-  (nothing asks ``providedBy``); Twisted's APIs that want one of the parts
-  (``LoopingCall.clock``, ``HostnameEndpoint``) accept it as such.
+  UDP, threads, file descriptors (serial ports) and the run loop, joined in
+  one. It is a typing device only (nothing asks ``providedBy``); Twisted's
+  APIs that want one of the parts (``LoopingCall.clock``,
+  ``HostnameEndpoint``, ``SerialPort``) accept it as such.
 * ``IReactorTime`` — a clock, where scheduling is all a part needs.
 * :class:`StateStore` — what parts use of :class:`meteremu.store.Store`;
   :class:`Values` — the part of it that only reads and puts by key.
@@ -21,6 +22,7 @@ from typing import Any, Protocol
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IReactorCore,
+    IReactorFDSet,
     IReactorTCP,
     IReactorThreads,
     IReactorTime,
@@ -30,7 +32,7 @@ from twisted.internet.interfaces import (
 __all__ = ["IReactor", "IReactorTime", "StateStore", "Values"]
 
 
-class IReactor(IReactorCore, IReactorTime, IReactorTCP, IReactorUDP, IReactorThreads):
+class IReactor(IReactorCore, IReactorTime, IReactorTCP, IReactorUDP, IReactorThreads, IReactorFDSet):
     """The reactor meteremu runs on (its own asyncio-based one, or a test's)."""
 
 

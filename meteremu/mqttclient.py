@@ -56,14 +56,21 @@ from typing import Any
 from twisted.internet import defer, error
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IConsumer,
+    IPushProducer,
+    IStreamClientEndpoint,
+    ISystemHandle,
+    ITCPTransport,
+)
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from meteremu.compat.paho import client_class
-from meteremu.failures import describe, is_tls_error
+from meteremu.failures import describe, exception_of, is_tls_error
+from meteremu.interfaces import IReactor
 from meteremu.logs import logger
 from meteremu.mqttoptions import (
     BrokerOptions,
@@ -159,7 +166,7 @@ def _openssl_reasons(exc: BaseException) -> str:
 
 def _tls_problem(reason: Failure) -> str | None:
     """Why a TLS connection ended before it was usable, or None if TLS was not the reason."""
-    exc = reason.value
+    exc = exception_of(reason)
     if is_tls_error(exc):
         text = _openssl_reasons(exc)
         if "certificate verify failed" in text:
@@ -174,6 +181,10 @@ def _tls_problem(reason: Failure) -> str | None:
 # -- paho's socket over a Twisted transport ----------------------------------------------------
 
 
+class _Transport(ITCPTransport, IConsumer, ISystemHandle):
+    """The broker connection's transport: TCP, or TLS over it (a typing device only)."""
+
+
 @implementer(IPushProducer)
 class _BrokerConnection(Protocol):
     """The broker connection: a Twisted protocol, and the socket paho reads and writes.
@@ -181,6 +192,8 @@ class _BrokerConnection(Protocol):
     paho calls ``setblocking``, ``recv``, ``send`` and ``close``
     (``paho.mqtt.client.SocketLike``).
     """
+
+    transport: _Transport  # set by makeConnection
 
     def __init__(self, client: ReactorMQTTClient) -> None:
         self.client = client
@@ -261,7 +274,7 @@ class ReactorMQTTClient:
     each connection attempt.
     """
 
-    def __init__(self, settings: BrokerSettings, reactor: Any, *, name: str = "MQTT",
+    def __init__(self, settings: BrokerSettings, reactor: IReactor, *, name: str = "MQTT",
                  on_connected: Callable[[], None] | None = None,
                  on_disconnected: Callable[[str], None] | None = None,
                  on_message: Callable[[str, bytes, bool], None] | None = None,
@@ -564,7 +577,12 @@ class ReactorMQTTClient:
         if self._closed is not None:
             # paho closes the socket right after this callback: fire once it has.
             closed = self._closed
-            self.reactor.callLater(0, lambda: closed.called or closed.callback(None))
+
+            def fire_closed() -> None:
+                if not closed.called:
+                    closed.callback(None)
+
+            self.reactor.callLater(0, fire_closed)
         if not self._running:
             return
         if was_connected:

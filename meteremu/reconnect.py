@@ -38,7 +38,12 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -53,18 +58,20 @@ def _nothing(*_: Any) -> None:
     return None
 
 
-class _Recording(Factory):
-    """The owner's factory, quiet, remembering the last protocol it built."""
+# Factory[Any]: the wrapped factory's protocols are any IProtocol, not necessarily the
+# Protocol-with-a-factory that Twisted's Factory is typed to build.
+class _Recording(Factory[Any]):
+    """The owner's factory, quiet, remembering the last protocol it built (``built``)."""
 
     noisy = False
 
     def __init__(self, wrapped: IProtocolFactory) -> None:
         self.wrapped = wrapped
-        self.protocol: IProtocol | None = None
+        self.built: IProtocol | None = None
 
     def buildProtocol(self, addr: Any) -> IProtocol | None:
-        self.protocol = self.wrapped.buildProtocol(addr)
-        return self.protocol
+        self.built = self.wrapped.buildProtocol(addr)
+        return self.built
 
 
 @implementer(IStreamClientEndpoint)
@@ -100,8 +107,8 @@ class Reconnector:
     in ClientService's log lines what is connected to.
     """
 
-    def __init__(self, endpoint: IStreamClientEndpoint, factory: IProtocolFactory, *, clock: Any,
-                 reactor: Any, retry: Callable[[], float], attempting: Callable[[], None] = _nothing,
+    def __init__(self, endpoint: IStreamClientEndpoint, factory: IProtocolFactory, *, clock: IReactorTime,
+                 reactor: IReactorTime, retry: Callable[[], float], attempting: Callable[[], None] = _nothing,
                  failed: Callable[[Failure], None] = _nothing, name: str | None = None) -> None:
         self.reactor = reactor
         self._stopping: Deferred[None] | None = None
@@ -147,7 +154,7 @@ class Reconnector:
         done = self.service.stopService()
         if done.called:
             return done
-        protocol = self._factory.protocol
+        protocol = self._factory.built
         timer = self.reactor.callLater(CLOSE_WAIT, self._abort, protocol)
 
         def finished(result: Any) -> Any:

@@ -19,10 +19,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IAddress, IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IAddress,
+    IProtocol,
+    IProtocolFactory,
+    IReactorFDSet,
+    IStreamClientEndpoint,
+)
 from zope.interface import implementer
 
 
@@ -70,7 +76,7 @@ class PortUnavailable(Exception):
 class SerialEndpoint:
     """Opens ``device`` with ``line`` (settings, or a callable asked at each attempt)."""
 
-    def __init__(self, reactor: Any, device: str, line: Line | Callable[[], Line]) -> None:
+    def __init__(self, reactor: IReactorFDSet, device: str, line: Line | Callable[[], Line]) -> None:
         self.reactor = reactor
         self.device = device
         self.line = line
@@ -91,8 +97,10 @@ class SerialEndpoint:
         try:
             # connectionMade runs in here. pyserial's SerialException is an
             # OSError; a termios.error (settings the port refuses) is not.
-            SerialPort(protocol, self.device, self.reactor, baudrate=line.baudrate, bytesize=line.bytesize,
-                       parity=line.parity, stopbits=line.stopbits, timeout=0)
+            # type: ignore: mypy sees the Windows SerialPort (twisted.internet.serialport picks
+            # its class by platform); the POSIX one, used here, takes pyserial's ``timeout``.
+            SerialPort(protocol, self.device, self.reactor, baudrate=line.baudrate,  # type: ignore[call-arg]
+                       bytesize=line.bytesize, parity=line.parity, stopbits=line.stopbits, timeout=0)
         except Exception as exc:  # noqa: BLE001 - any way the open fails is a failed attempt
             return fail(exc)
         return succeed(protocol)

@@ -225,8 +225,11 @@ def names_match(cert: crypto.X509, name: str) -> bool:
     """``name`` is the certificate's common name or one of its DNS alternative names."""
     if cert.get_subject().CN == name:
         return True
-    for i in range(cert.get_extension_count()):
-        ext = cert.get_extension(i)
-        if ext.get_short_name() == b"subjectAltName" and f"DNS:{name}" in str(ext).split(", "):
-            return True
-    return False
+    # pyOpenSSL 26.2 removed X509.get_extension: the alternative names are read with cryptography.
+    from cryptography import x509
+
+    try:
+        names = cert.to_cryptography().extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except (x509.ExtensionNotFound, x509.DuplicateExtension, ValueError):  # none, or none that can be read
+        return False
+    return name in names.value.get_values_for_type(x509.DNSName)

@@ -36,6 +36,7 @@ from autobahn.websocket import protocol  # noqa: E402
 from autobahn.websocket.protocol import PreparedMessage  # noqa: E402, F401  (for ws.py)
 from autobahn.websocket.types import ConnectionRequest  # noqa: E402, F401  (for ws.py)
 from twisted.internet.address import IPv4Address, IPv6Address  # noqa: E402
+from twisted.internet.interfaces import IReactorTime  # noqa: E402
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone  # noqa: E402
 from twisted.protocols.policies import ProtocolWrapper  # noqa: E402
 from twisted.python.failure import Failure  # noqa: E402
@@ -199,10 +200,12 @@ class WebSocketServerFactory(protocol.WebSocketServerFactory, ServerFactory):
     log = make_logger()
     protocol = WebSocketServerProtocol
 
-    def __init__(self, *args: Any, reactor: Any = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, reactor: IReactorTime | None = None, **kwargs: Any) -> None:
         if reactor is None:
-            from twisted.internet import reactor
-        self.reactor = reactor
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.reactor: IReactorTime = reactor
         protocol.WebSocketServerFactory.__init__(self, *args, **kwargs)
 
 

@@ -36,7 +36,7 @@ def client_class() -> type:
         if not hasattr(mqtt.Client, "_create_socket"):  # pragma: no cover - guarded by the pin and the test
             raise RuntimeError("meteremu needs paho-mqtt >= 2.2, < 3 (Client._create_socket is missing)")
 
-        class _HandedSocketClient(mqtt.Client):  # type: ignore[misc]
+        class _HandedSocketClient(mqtt.Client):
             handed: Any = None
 
             def _create_socket(self) -> Any:

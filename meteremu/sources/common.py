@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
 
+from meteremu.interfaces import IReactorTime
 from meteremu.logs import logger
 
 
@@ -19,8 +21,8 @@ class SourceStatus:
     meter: Any
     state: str
     _said: dict[str, str]
-    clock: Any
-    _timer: Any
+    clock: IReactorTime
+    _timer: IDelayedCall | None
     _stopping: bool
 
     def _set_state(self, state: str) -> None:
@@ -71,7 +73,7 @@ class SourceEvents:
     """
 
     _waiters: list[tuple[str, Any]]
-    reactor: Any
+    reactor: IReactorTime
 
     def _wait_for(self, event: str) -> Deferred[Any]:
         d: Deferred[Any] = Deferred()

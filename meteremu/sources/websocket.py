@@ -11,7 +11,7 @@ and ``ws_closed(conn, code, reason)``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
@@ -20,6 +20,7 @@ from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.python.failure import Failure
 
+from meteremu.interfaces import IReactor, IReactorTime
 from meteremu.reconnect import Reconnector
 from meteremu.tls import TLSPolicy
 
@@ -69,8 +70,19 @@ class SourceWebSocket(WebSocketClientProtocol):
             self.closed.callback(None)
 
 
+class _SourceFactory(WebSocketClientFactory):
+    """Autobahn's client factory, with the source its connections report to."""
+
+    protocol = SourceWebSocket
+
+    def __init__(self, url: str, source: WebSocketSource) -> None:
+        super().__init__(url)
+        self.source = source
+
+
 def websocket_reconnector(source: WebSocketSource, url: str, host: str, port: int, *, tls: TLSPolicy,
-                          timeout: float, max_size: int, reactor: Any, clock: Any, retry: Callable[[], float],
+                          timeout: float, max_size: int, reactor: IReactor, clock: IReactorTime,
+                          retry: Callable[[], float],
                           attempting: Callable[[], None], failed: Callable[[Failure], None],
                           name: str) -> Reconnector:
     """A WebSocket to ``url`` at ``host``:``port`` (TLS by ``tls`` for ``wss://``), kept up for ``source``.
@@ -78,9 +90,7 @@ def websocket_reconnector(source: WebSocketSource, url: str, host: str, port: in
     ``timeout`` bounds the TCP connect and the opening handshake; messages
     and frames may be ``max_size`` bytes.
     """
-    factory = WebSocketClientFactory(url)
-    factory.protocol = SourceWebSocket
-    factory.source = source
+    factory = _SourceFactory(url, source)
     factory.setProtocolOptions(openHandshakeTimeout=timeout, maxMessagePayloadSize=max_size,
                                maxFramePayloadSize=max_size)
     endpoint: IStreamClientEndpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)

@@ -58,3 +58,37 @@ class TLSHelperTests(SynchronousTestCase):
             handle.write(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
         self.assertRaises(ValueError, check_ca_file, broken)
         self.assertRaises(OSError, check_ca_file, "/nonexistent/ca.pem")
+
+    def test_a_name_matches_the_common_name_or_a_dns_alternative_name(self) -> None:
+        import datetime as dt
+        import ipaddress
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+        from OpenSSL import crypto
+
+        from meteremu.tls import names_match
+
+        def certificate(*alternative: str) -> crypto.X509:
+            key = ec.generate_private_key(ec.SECP256R1())
+            name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "appliance/p1dongle/5c2fafaabbcc")])
+            now = dt.datetime.now(dt.UTC)
+            builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                       .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                       .not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+                       .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True))
+            if alternative:
+                builder = builder.add_extension(x509.SubjectAlternativeName(
+                    [x509.DNSName(n) for n in alternative] + [x509.IPAddress(ipaddress.ip_address("192.0.2.7"))]),
+                    critical=False)
+            return crypto.X509.from_cryptography(builder.sign(key, hashes.SHA256()))
+
+        named = certificate("envoy.local", "p1.local")
+        self.assertTrue(names_match(named, "appliance/p1dongle/5c2fafaabbcc"))
+        self.assertTrue(names_match(named, "p1.local"))
+        self.assertFalse(names_match(named, "other.local"))
+        self.assertFalse(names_match(named, "192.0.2.7"))  # an IP address entry is not a DNS name
+        plain = certificate()
+        self.assertFalse(names_match(plain, "p1.local"))

@@ -47,7 +47,7 @@ from meteremu.exporters.influxdb.lineprotocol import format_lines
 from meteremu.exporters.influxdb.points import daily_points, lines, reading_points
 from meteremu.exporters.prometheus import Metrics
 from meteremu.httpclient import HTTPClient, describe
-from meteremu.interfaces import IReactorTime, StateStore, Values
+from meteremu.interfaces import IReactor, IReactorTime, StateStore, Values
 from meteremu.logs import logger
 from meteremu.meter import Meter
 from meteremu.meterset import MeterSet
@@ -88,7 +88,7 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
 class InfluxHTTP:
     """The HTTP room's client with InfluxDB's headers; every request bounded as a whole."""
 
-    def __init__(self, reactor: Any, options: Options) -> None:
+    def __init__(self, reactor: IReactor, options: Options) -> None:
         self.client = HTTPClient(reactor, options.timeout, per_host=2, idle_timeout=120, retry=True)
         self.headers = {b"Content-Type": [b"text/plain; charset=utf-8"], b"User-Agent": [b"meteremu"]}
         auth = _authorization(options)
@@ -188,7 +188,7 @@ class Sink:
     of the buffer.
     """
 
-    def __init__(self, target: Target, http: InfluxHTTP, clock: Any, options: Options,
+    def __init__(self, target: Target, http: InfluxHTTP, clock: IReactorTime, options: Options,
                  rng: random.Random | None = None) -> None:
         self.target = target
         self.http = http
@@ -479,7 +479,7 @@ class InfluxExporter(Service):
 
     name = "influxdb"
 
-    def __init__(self, options: Options, meters: MeterSet, reactor: Any, metrics: Metrics | None = None,
+    def __init__(self, options: Options, meters: MeterSet, reactor: IReactor, metrics: Metrics | None = None,
                  store: StateStore | None = None, clock: IReactorTime | None = None,
                  rng: random.Random | None = None, days: DayLedger | None = None) -> None:
         self.options = options

@@ -53,8 +53,11 @@ from meteremu.exporters.mqtt.topics import (
     json_state,
     meter_values,
 )
+from meteremu.exporters.prometheus import Metrics
+from meteremu.interfaces import IReactor, Values
 from meteremu.logs import logger
 from meteremu.meter import Meter
+from meteremu.meterset import MeterSet
 from meteremu.mqttclient import (
     BrokerSettings,
     Message,
@@ -114,8 +117,8 @@ class MQTTExporter(Service):
     """Then this long (s) before re-sending the values, once HA has subscribed to the state topics."""
     max_backlog = 2000
 
-    def __init__(self, options: Options, meters: Any, reactor: Any, metrics: Any = None,
-                 store: Any = None, rnd: random.Random | None = None) -> None:
+    def __init__(self, options: Options, meters: MeterSet, reactor: IReactor, metrics: Metrics | None = None,
+                 store: Values | None = None, rnd: random.Random | None = None) -> None:
         self.options, self.meters, self.reactor, self.store = options, meters, reactor, store
         self.rnd = rnd or random.Random()
         self.ready: Deferred[None] = Deferred()
@@ -194,7 +197,7 @@ class MQTTExporter(Service):
     def _added(self, meter: Meter) -> None:
         key = f"{meter.source_type}/{meter.name}"
         state = _MeterState(meter, self.options.min_interval, self._store_topics.get(key, []))
-        state.listener = lambda _meter, _reading, state=state: self._on_reading(state)
+        state.listener = lambda _meter, _reading: self._on_reading(state)
         self._states[meter.name] = state
         meter.add_listener(state.listener)
         if self.connected:

@@ -7,16 +7,21 @@ reconnects, line-setting probing), ``options`` the configuration.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
-from meteremu.meter import Meter
 from meteremu.sources.dsmr.options import DsmrOptions
+
+if TYPE_CHECKING:
+    from twisted.application.service import Service
+
+    from meteremu.interfaces import IReactor, StateStore
+    from meteremu.meter import Meter
 
 Options = DsmrOptions
 PUSH = False  # telegrams come every `interval`; stale_after defaults to 3x that
 
 
-def make_source(meter: Meter, options: DsmrOptions, reactor: Any, store: Any = None) -> Any:
+def make_source(meter: Meter, options: DsmrOptions, reactor: IReactor, store: StateStore | None = None) -> Service:
     from meteremu.sources.dsmr.source import DsmrSource
 
     return DsmrSource(meter, options, reactor)

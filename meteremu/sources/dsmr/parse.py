@@ -560,9 +560,9 @@ def telegram_values(telegram: Telegram) -> TelegramValues:
     elif total_import is not None or total_export is not None:
         p = float((total_import or Decimal(0)) - (total_export or Decimal(0)))
         phases.append(phase_reading(p, _float(volts[0]), None, freq))
-        for n in (1, 2):
-            if volts[n] is not None and volts[n] >= MIN_VOLTAGE_V:
-                phases.append(PhaseReading(float(volts[n]), 0.0, 0.0, 0.0, 0.0, freq))
+        for volt in volts[1:]:
+            if volt is not None and volt >= MIN_VOLTAGE_V:
+                phases.append(PhaseReading(float(volt), 0.0, 0.0, 0.0, 0.0, freq))
 
     imp = _bounded(_scaled(t, "ELECTRICITY_IMPORTED_TOTAL", _ENERGY_WH), MAX_ENERGY_WH)
     tariffs_in = [_bounded(_scaled(t, f"ELECTRICITY_USED_TARIFF_{n}", _ENERGY_WH), MAX_ENERGY_WH)

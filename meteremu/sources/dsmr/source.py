@@ -37,14 +37,20 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IProtocol,
+    IProtocolFactory,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from meteremu.backoff import next_delay
 from meteremu.clocks import wall
-from meteremu.failures import describe
+from meteremu.failures import describe, exception_of
+from meteremu.interfaces import IReactor, IReactorTime
 from meteremu.logs import logger
 from meteremu.meter import Meter
 from meteremu.reconnect import Reconnector, protocol_factory
@@ -103,12 +109,12 @@ class _P1SerialEndpoint:
             if failure.check(OSError, ValueError, PortUnavailable):
                 return failure
             if line.bytesize != 7:
-                raise LineRefused(line, failure.value)
+                raise LineRefused(line, exception_of(failure))
             eight = SerialLine(line.baudrate, 8, "N", line.stopbits)
             again = SerialEndpoint(reactor, self.device, eight).connect(protocolFactory)
 
             def still_refused(_: Failure) -> None:
-                raise LineRefused(line, failure.value)
+                raise LineRefused(line, exception_of(failure))
 
             return again.addErrback(still_refused)
 
@@ -142,11 +148,11 @@ class DsmrSource(SourceStatus, SourceEvents, Service):
 
     type_name = "dsmr"
 
-    def __init__(self, meter: Meter, options: DsmrOptions, reactor: Any, clock: Any = None,
+    def __init__(self, meter: Meter, options: DsmrOptions, reactor: IReactor, clock: IReactorTime | None = None,
                  rng: Callable[[], float] = random.random) -> None:
         self.meter = meter
         self.options = options
-        self.reactor = reactor
+        self.reactor: IReactor = reactor
         self.clock = clock if clock is not None else reactor
         self.rng = rng
         self.version = options.spec_name()
@@ -163,7 +169,7 @@ class DsmrSource(SourceStatus, SourceEvents, Service):
         self.attempts = 0
         self.connections = 0
         self.proto: _P1Protocol | None = None
-        self._watchdog: Any = None
+        self._watchdog: IDelayedCall | None = None
         self._stopping = True
         self._said: dict[str, str] = {}
         self._waiters: list[tuple[str, Deferred[Any]]] = []
@@ -248,7 +254,7 @@ class DsmrSource(SourceStatus, SourceEvents, Service):
     def _attempt_failed(self, failure: Failure) -> None:
         if self._stopping or failure.check(defer.CancelledError):
             return
-        exc = failure.value
+        exc = exception_of(failure)
         if self.options.tcp is not None:
             message = f"cannot connect to {self.where}: {describe(exc)}"
         elif isinstance(exc, PortUnavailable):

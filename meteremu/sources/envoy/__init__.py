@@ -10,15 +10,20 @@ See docs/sources.md ("Envoy") for the user-facing description.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
-from meteremu.meter import Meter
 from meteremu.sources.envoy.options import EnvoyOptions
+
+if TYPE_CHECKING:
+    from twisted.application.service import Service
+
+    from meteremu.interfaces import IReactor, StateStore
+    from meteremu.meter import Meter
 
 Options = EnvoyOptions
 
 
-def make_source(meter: Meter, options: EnvoyOptions, reactor: Any, store: Any = None) -> Any:
+def make_source(meter: Meter, options: EnvoyOptions, reactor: IReactor, store: StateStore | None = None) -> Service:
     """Build the source service for the registry in ``meteremu.sources``.
 
     The client stack (treq, pyOpenSSL) is imported here, not at module import,

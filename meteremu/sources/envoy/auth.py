@@ -34,6 +34,7 @@ from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from meteremu.clocks import wall
 from meteremu.failures import describe
 from meteremu.httpclient import HttpResult
+from meteremu.interfaces import IReactorTime, Values
 from meteremu.logs import logger
 
 log = logger("meteremu.sources.envoy.auth")
@@ -339,7 +340,8 @@ class TokenManager:
     """
 
     def __init__(self, *, static_token: str | None, username: str | None, password: str | None,
-                 cloud: EnlightenCloud | None, store: Any, clock: Any, redact: Redactor) -> None:
+                 cloud: EnlightenCloud | None, store: Values | None, clock: IReactorTime,
+                 redact: Redactor) -> None:
         self.static_token = static_token.strip() if static_token else None
         self.username = username
         self.password = password

@@ -36,12 +36,14 @@ from urllib.parse import urlsplit, urlunsplit
 from twisted.application.service import Service
 from twisted.internet import defer, error
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
 from twisted.web.client import RequestTransmissionFailed, ResponseFailed, ResponseNeverReceived
 
 from meteremu.clocks import wall
-from meteremu.failures import describe, is_tls_error
+from meteremu.failures import describe, exception_of, is_tls_error
 from meteremu.httpclient import BodyTooLarge, HTTPClient, HttpResult
+from meteremu.interfaces import IReactor, Values
 from meteremu.logs import logger
 from meteremu.meter import Meter
 from meteremu.reading import Reading
@@ -102,7 +104,8 @@ class EnvoySource(Service):
 
     type_name = "envoy"
 
-    def __init__(self, meter: Meter, options: EnvoyOptions, clock: Any, store: Any = None, *,
+    # ``clock``: the reactor (it also makes the HTTP clients' connections, unless tests give them).
+    def __init__(self, meter: Meter, options: EnvoyOptions, clock: IReactor, store: Values | None = None, *,
                  envoy_http: Any = None, cloud_http: Any = None,
                  rng: random.Random | None = None) -> None:
         self.meter = meter
@@ -155,7 +158,7 @@ class EnvoySource(Service):
         self._stream_enabled_at: float | None = None
         self._slow_errors: dict[str, str] = {}
         self._last_error: str | None = None
-        self._call: Any = None
+        self._call: IDelayedCall | None = None
         self._cycle: Deferred[Any] | None = None
         self.next_delay: float | None = None
 
@@ -203,7 +206,7 @@ class EnvoySource(Service):
             return None
         self.connected = False
         self.failures += 1
-        exc = failure.value
+        exc = exception_of(failure)
         delay = None
         if isinstance(exc, NoGridData):
             message = f"no grid data from the Envoy: {exc}"

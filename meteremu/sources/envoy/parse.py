@@ -77,6 +77,12 @@ def _int(value: Any, default: int = 0) -> int:
     return int(_num(value, default))
 
 
+def _object(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    """The JSON object at ``key``; an empty one if it is missing or not an object."""
+    value = data.get(key)
+    return value if isinstance(value, Mapping) else {}
+
+
 def guess_frequency(voltage: float) -> float:
     """Nominal grid frequency when an endpoint has none: 60 Hz on 120 V legs, else 50 Hz."""
     return 60.0 if 0 < voltage < 180 else 50.0
@@ -356,11 +362,11 @@ def grid_from_readings(readings: Mapping[str, CTReading]) -> GridSample:
     if total is not None and total.enabled and production is not None and production.enabled:
         load = total.channels or (total.total,)
         pv = production.channels or (production.total,)
-        phases = []
+        flows: list[PhaseReading] = []
         for i, ch in enumerate(load):
             pv_w = pv[i].active_power if i < len(pv) else 0.0
-            phases.append(make_phase(ch.active_power - pv_w, ch.voltage, pf=1.0, freq=ch.freq))
-        return GridSample(tuple(phases), total.timestamp, None, "readings")
+            flows.append(make_phase(ch.active_power - pv_w, ch.voltage, pf=1.0, freq=ch.freq))
+        return GridSample(tuple(flows), total.timestamp, None, "readings")
     if net is not None or total is not None:
         raise NoGridData("the consumption CT is disabled in /ivp/meters")
     raise NoGridData("no consumption CT in /ivp/meters")
@@ -662,8 +668,8 @@ def parse_livedata(data: Any) -> LiveData:
     """``/ivp/livedata/status`` (documented shape only, spec §4.7): milliwatts → W."""
     if not isinstance(data, Mapping):
         raise EnvoyParseError("/ivp/livedata/status is not an object")
-    connection = data.get("connection") if isinstance(data.get("connection"), Mapping) else {}
-    meters = data.get("meters") if isinstance(data.get("meters"), Mapping) else {}
+    connection = _object(data, "connection")
+    meters = _object(data, "meters")
     stream = connection.get("sc_stream")
     grid = meters.get("grid")
     phases = None

@@ -10,13 +10,14 @@ the service is built. See docs/sources.md, "Home Assistant".
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from meteremu.sources.homeassistant.options import HomeAssistantOptions
 
 if TYPE_CHECKING:
     from twisted.application.service import Service
 
+    from meteremu.interfaces import IReactor, StateStore
     from meteremu.meter import Meter
 
 PUSH = True  # freshness follows the connection: default stale_after 60 s (design.md §4)
@@ -24,7 +25,7 @@ PUSH = True  # freshness follows the connection: default stale_after 60 s (desig
 Options = HomeAssistantOptions
 
 
-def make_source(meter: Meter, options: HomeAssistantOptions, reactor: Any, store: Any = None) -> Service:
+def make_source(meter: Meter, options: HomeAssistantOptions, reactor: IReactor, store: StateStore | None = None) -> Service:
     from meteremu.sources.homeassistant.client import HomeAssistantSource
 
     return HomeAssistantSource(meter, options, reactor)

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -52,6 +52,7 @@ from twisted.python.failure import Failure
 from meteremu.backoff import next_delay
 from meteremu.failures import Explained
 from meteremu.httpclient import HTTPClient, HttpResult, describe
+from meteremu.interfaces import IReactor, IReactorTime
 from meteremu.logs import logger
 from meteremu.meter import Meter
 from meteremu.reconnect import Reconnector
@@ -102,8 +103,8 @@ class HomeAssistantSource(SourceStatus, Service):
 
     type_name = "homeassistant"
 
-    def __init__(self, meter: Meter, options: HomeAssistantOptions, reactor: Any,
-                 clock: Any = None, rng: Callable[[], float] = random.random) -> None:
+    def __init__(self, meter: Meter, options: HomeAssistantOptions, reactor: IReactor,
+                 clock: IReactorTime | None = None, rng: Callable[[], float] = random.random) -> None:
         self.meter = meter
         self.options = options
         self.reactor = reactor
@@ -128,7 +129,7 @@ class HomeAssistantSource(SourceStatus, Service):
         self.session: _Session | None = None
         self.attempts = 0
         self.connections = 0
-        self._timer: Any = None
+        self._timer = None
         self.reconnector: Reconnector | None = None
         self.http: HTTPClient | None = None
         self._stopping = False
@@ -322,7 +323,7 @@ class HomeAssistantSource(SourceStatus, Service):
     # -- discovery ------------------------------------------------------------------------------
     def _discovered(self, prefs: Any, states: list[Any]) -> bool:
         """Choose the mapping from prefs/states; False (and meter down) when none fits."""
-        objects = [s for s in states if isinstance(s, dict)]
+        objects: list[Mapping[str, Any]] = [s for s in states if isinstance(s, dict)]
         if self.options.entities is not None:  # configured entities, circuits: auto
             base = ha.EntityMapping(entities=self.options.entities.as_dict(), invert=self.options.invert)
             used = base.entity_ids()
@@ -421,15 +422,15 @@ class HomeAssistantSource(SourceStatus, Service):
                 return
             try:
                 self._dispatch(session, message)
-            except Exception:  # noqa: BLE001 - last line of defence, see below
+            except Exception as exc:  # noqa: BLE001 - last line of defence, see below
                 # A message this code did not expect must not escape into
                 # autobahn (which would drop the connection, and HA would
                 # resend the same state after the reconnect's snapshot).
                 # Log the first of each kind with its traceback, count all.
                 self.bad_messages += 1
                 failure = Failure()
-                if failure.type not in self._unexpected:
-                    self._unexpected.add(failure.type)
+                if type(exc) not in self._unexpected:
+                    self._unexpected.add(type(exc))
                     log.failure("meter {meter}: ignoring a Home Assistant message that could not be handled",
                                 failure, meter=self.meter.name)
         if session.subscription is not None:
@@ -451,7 +452,8 @@ class HomeAssistantSource(SourceStatus, Service):
                 self._slow_retry = True
                 session.reason, session.fatal = "auth_invalid", True
                 self._set_state("bad token")
-                why = message.get("message") if isinstance(message.get("message"), str) else ""
+                text = message.get("message")
+                why = text if isinstance(text, str) else ""
                 self._fail(f"Home Assistant rejected the access token (auth_invalid: {why[:80]})",
                            down=True)
             return

@@ -728,8 +728,8 @@ def mapping_from_states(states: list[Mapping[str, Any]]) -> dict[str, Any]:
             text = _text(obj)
             if not _has(text, GRID_WORDS):
                 continue
-            index = _phase(text)
-            entities.setdefault(f"{PHASES[index if index is not None else 0]}_{suffix}", obj["entity_id"])
+            phase_index = _phase(text)
+            entities.setdefault(f"{PHASES[phase_index if phase_index is not None else 0]}_{suffix}", obj["entity_id"])
     for obj in sorted(_candidates(states, FREQUENCY), key=lambda o: o["entity_id"]):
         if _has(_text(obj), GRID_WORDS):
             entities.setdefault("frequency", obj["entity_id"])

@@ -11,20 +11,21 @@ See docs/sources.md ("HomeWizard P1 meter") for the user-facing description.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from meteremu.sources.homewizard.options import HomeWizardOptions
 
 if TYPE_CHECKING:
     from twisted.application.service import Service
 
+    from meteremu.interfaces import IReactor, StateStore
     from meteremu.meter import Meter
 
 Options = HomeWizardOptions
 PUSH = False  # freshness follows interval (the WebSocket pushes once per P1 telegram)
 
 
-def make_source(meter: Meter, options: HomeWizardOptions, reactor: Any, store: Any = None) -> Service:
+def make_source(meter: Meter, options: HomeWizardOptions, reactor: IReactor, store: StateStore | None = None) -> Service:
     from meteremu.sources.homewizard.source import HomeWizardSource
 
     return HomeWizardSource(meter, options, reactor)

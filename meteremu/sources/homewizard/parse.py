@@ -81,6 +81,12 @@ def _phase(p: float, voltage: float | None, current: float | None, freq: float) 
     return PhaseReading.from_power(p, voltage=v, pf=1.0, freq=freq)
 
 
+def _text(data: Mapping[str, Any], key: str) -> str:
+    """The string at ``key``, else ""."""
+    value = data.get(key)
+    return value if isinstance(value, str) else ""
+
+
 def _slug(text: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in text).strip("_").lower() or "value"
 
@@ -139,9 +145,9 @@ def parse_measurement(data: Mapping[str, Any], api: str, arrival: float, tz: Any
             phases.append(_phase(powers[n] or 0.0, volts[n], amps[n], freq))
     elif total is not None:
         phases.append(_phase(total, volts[0], None, freq))
-        for n in (1, 2):
-            if volts[n] is not None and volts[n] >= MIN_VOLTAGE_V:
-                phases.append(PhaseReading(volts[n], 0.0, 0.0, 0.0, 0.0, freq))
+        for volt in volts[1:]:
+            if volt is not None and volt >= MIN_VOLTAGE_V:
+                phases.append(PhaseReading(volt, 0.0, 0.0, 0.0, 0.0, freq))
 
     extras: dict[str, float] = {}
     labels: dict[str, dict[str, str]] = {}
@@ -176,7 +182,7 @@ def parse_measurement(data: Mapping[str, Any], api: str, arrival: float, tz: Any
         if not isinstance(item, Mapping):
             continue
         value = _number(item, "value")
-        unit = item.get("unit") if isinstance(item.get("unit"), str) else ""
+        unit = _text(item, "unit")
         kind = EXTERNAL_KINDS.get(str(item.get("type")), _slug(str(item.get("type") or "external")))
         if value is None:
             continue
@@ -186,7 +192,7 @@ def parse_measurement(data: Mapping[str, Any], api: str, arrival: float, tz: Any
                 continue
         else:
             key = f"{kind}_{_slug(unit)}"
-        ident = item.get("unique_id") if isinstance(item.get("unique_id"), str) else ""
+        ident = _text(item, "unique_id")
         if key in extras:
             if labels.get(key, {}).get("unique_id") == ident and ident:
                 continue  # v1 lists the gas meter twice (total_gas_m3 and external)

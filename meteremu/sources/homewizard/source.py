@@ -45,6 +45,7 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
 
 from meteremu import failures
@@ -52,6 +53,7 @@ from meteremu.backoff import next_delay
 from meteremu.clocks import wall
 from meteremu.failures import Explained
 from meteremu.httpclient import HTTPClient, HttpResult
+from meteremu.interfaces import IReactor, IReactorTime
 from meteremu.logs import logger
 from meteremu.meter import Meter, default_stale_after
 from meteremu.reading import Reading
@@ -92,7 +94,7 @@ class HTTPStatusError(Explained):
 
 def describe(failure: Failure | BaseException, tls: DeviceTLS | None = None) -> str:
     """Why a poll or connection failed: a refused certificate or an unusable body first."""
-    exc = failure.value if isinstance(failure, Failure) else failure
+    exc = failures.exception_of(failure)
     if tls is not None and tls.problem and not isinstance(exc, Explained):
         return f"TLS: {tls.problem}"
     if isinstance(exc, ValueError) and not isinstance(exc, Explained):
@@ -105,11 +107,11 @@ class HomeWizardSource(SourceStatus, SourceEvents, Service):
 
     type_name = "homewizard"
 
-    def __init__(self, meter: Meter, options: HomeWizardOptions, reactor: Any, clock: Any = None,
-                 rng: Callable[[], float] = random.random) -> None:
+    def __init__(self, meter: Meter, options: HomeWizardOptions, reactor: IReactor,
+                 clock: IReactorTime | None = None, rng: Callable[[], float] = random.random) -> None:
         self.meter = meter
         self.options = options
-        self.reactor = reactor
+        self.reactor: IReactor = reactor
         self.clock = clock if clock is not None else reactor
         self.rng = rng
         self.tz = options.tz()
@@ -127,8 +129,8 @@ class HomeWizardSource(SourceStatus, SourceEvents, Service):
         self.connections = 0
         self.auth_failed = False
         self._stopping = True
-        self._timer: Any = None
-        self._watchdog: Any = None
+        self._timer = None
+        self._watchdog: IDelayedCall | None = None
         self.http: HTTPClient | None = None
         self._inflight: Deferred[Any] | None = None
         self.reconnector: Reconnector | None = None

@@ -12,20 +12,21 @@ Validating a config imports no I/O module (the registry contract);
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from meteremu.sources.kamstrup.options import KamstrupOptions
 
 if TYPE_CHECKING:
     from twisted.application.service import Service
 
+    from meteremu.interfaces import IReactor, StateStore
     from meteremu.meter import Meter
 
 Options = KamstrupOptions
 PUSH = False
 
 
-def make_source(meter: Meter, options: KamstrupOptions, reactor: Any, store: Any = None) -> Service:
+def make_source(meter: Meter, options: KamstrupOptions, reactor: IReactor, store: StateStore | None = None) -> Service:
     from meteremu.sources.kamstrup.source import KamstrupSource
 
     return KamstrupSource(meter, options, reactor)

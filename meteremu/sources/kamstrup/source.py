@@ -42,13 +42,14 @@ from twisted.internet import defer
 from twisted.internet import error as net_error
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint, ITransport
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
 from meteremu.backoff import next_delay
 from meteremu.clocks import wall
-from meteremu.failures import Explained, describe
+from meteremu.failures import Explained, describe, exception_of
+from meteremu.interfaces import IReactor, IReactorTime
 from meteremu.logs import logger
 from meteremu.meter import Meter
 from meteremu.reading import Reading
@@ -69,6 +70,8 @@ class KmpTimeout(Explained):
 class _KmpProtocol(Protocol):
     """One open line to the optical head: request in, frame out."""
 
+    transport: ITransport  # set by makeConnection
+
     def __init__(self, source: KamstrupSource) -> None:
         self.source = source
         self.reader = kmp.FrameReader()
@@ -86,7 +89,7 @@ class _KmpProtocol(Protocol):
             if waiting is not None:
                 waiting.callback(frame)
 
-    def ask(self, request: bytes, timeout: float, clock: Any) -> Deferred[bytes]:
+    def ask(self, request: bytes, timeout: float, clock: IReactorTime) -> Deferred[bytes]:
         if self.lost:
             return defer.fail(net_error.ConnectionDone("the line is closed"))
         self.reader.reset()
@@ -115,11 +118,11 @@ class KamstrupSource(SourceStatus, SourceEvents, Service):
 
     type_name = "kamstrup"
 
-    def __init__(self, meter: Meter, options: KamstrupOptions, reactor: Any, clock: Any = None,
-                 rng: Callable[[], float] = random.random) -> None:
+    def __init__(self, meter: Meter, options: KamstrupOptions, reactor: IReactor,
+                 clock: IReactorTime | None = None, rng: Callable[[], float] = random.random) -> None:
         self.meter = meter
         self.options = options
-        self.reactor = reactor
+        self.reactor: IReactor = reactor
         self.clock = clock if clock is not None else reactor
         self.rng = rng
         self.registers = options.register_list()
@@ -129,7 +132,7 @@ class KamstrupSource(SourceStatus, SourceEvents, Service):
         self.failures_in_row = 0
         self.serial_number: str | None = None
         self.next_poll = 0.0
-        self._timer: Any = None
+        self._timer = None
         self._polling: Deferred[Any] | None = None
         self._unreported: bool | None = None  # a read's outcome, told once the next one is scheduled
         self._stopping = True
@@ -186,7 +189,7 @@ class KamstrupSource(SourceStatus, SourceEvents, Service):
     def _open_failed(self, failure: Failure) -> None:
         if self._stopping or failure.check(defer.CancelledError):
             return
-        self._failed(failure.value)
+        self._failed(exception_of(failure))
         self._read_done(False)
 
     def _until_next_poll(self) -> float:

@@ -20,7 +20,7 @@ documentation: docs/sources.md, "MQTT".
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from meteremu.configtypes import Duration
 from meteremu.mqttoptions import BrokerOptions, TLSOptions
@@ -31,6 +31,7 @@ from meteremu.sources.mqtt.mapping import (
     unit_factor,
 )
 from meteremu.sources.values import (
+    COUNTER_KEYS,
     DEFAULT_UNIT,
     KEY_KIND,
     Smoothing,
@@ -38,6 +39,11 @@ from meteremu.sources.values import (
     power_key_errors,
     quantity_fields,
 )
+
+if TYPE_CHECKING:  # the service imports paho: only when built
+    from meteremu.interfaces import IReactor, StateStore
+    from meteremu.meter import Meter
+    from meteremu.sources.mqtt.source import MQTTSource
 
 __all__ = ["PUSH", "MQTTSourceOptions", "Options", "Smoothing", "TLSOptions", "Value", "Values", "make_source"]
 
@@ -120,11 +126,11 @@ class Values:
                 unit_factor(kind, item.unit if item.unit is not None else DEFAULT_UNIT[kind])
             except ValueError as err:
                 errors.append((f"{where}.unit", str(err)))
-        if isinstance(self.energy_import, tuple) and not self.energy_import:
-            errors.append(("energy_import", "at least one value (or leave it out)"))
-        if isinstance(self.energy_export, tuple) and not self.energy_export:
-            errors.append(("energy_export", "at least one value (or leave it out)"))
+        # The quantity fields are added by @quantity_fields: read by name, not as attributes.
         configured = {f.name: getattr(self, f.name) for f in fields(self)}
+        for key in COUNTER_KEYS:
+            if isinstance(configured[key], tuple) and not configured[key]:
+                errors.append((key, "at least one value (or leave it out)"))
         errors += power_key_errors(configured, "value")
         if not has_power_key(configured):
             errors.append(("power", "a power value (power, or a_power/b_power/c_power)"))
@@ -194,7 +200,8 @@ class MQTTSourceOptions(BrokerOptions):
 Options = MQTTSourceOptions
 
 
-def make_source(meter: Any, options: MQTTSourceOptions, reactor: Any, store: Any = None) -> Any:
+def make_source(meter: Meter, options: MQTTSourceOptions, reactor: IReactor,
+                store: StateStore | None = None) -> MQTTSource:
     """The MQTT source service (imports paho only now)."""
     from meteremu.sources.mqtt.source import MQTTSource
 

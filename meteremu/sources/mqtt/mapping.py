@@ -413,6 +413,9 @@ class Layout:
 def _value_spec(key: str, index: int, value: Any, default_topic: str | None) -> Spec:
     """A configured value (a topic string, ``$path`` string or a Value mapping) → Spec."""
     kind = KEY_KIND[key]
+    topic: str | None
+    path: str | None
+    unit: str | None
     if isinstance(value, str):
         topic, path, unit, scale, invert = value, None, None, 1.0, False
         if value.startswith("$"):

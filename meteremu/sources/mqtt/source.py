@@ -37,6 +37,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
 
 from meteremu.clocks import wall
+from meteremu.interfaces import IReactor, StateStore
 from meteremu.logs import logger
 from meteremu.meter import Meter
 from meteremu.mqttclient import (
@@ -60,7 +61,7 @@ class MQTTSource(SourceStatus, Service):
 
     type_name = "mqtt"
 
-    def __init__(self, meter: Meter, options: MQTTSourceOptions, reactor: Any,
+    def __init__(self, meter: Meter, options: MQTTSourceOptions, reactor: IReactor,
                  client_factory: Callable[..., Any] = ReactorMQTTClient,
                  rnd: Callable[[], float] = random.random) -> None:
         self.meter, self.options, self.reactor = meter, options, reactor
@@ -207,5 +208,6 @@ class MQTTSource(SourceStatus, Service):
         self._heartbeat()
 
 
-def make_source(meter: Meter, options: MQTTSourceOptions, reactor: Any, store: Any = None) -> MQTTSource:
+def make_source(meter: Meter, options: MQTTSourceOptions, reactor: IReactor,
+                store: StateStore | None = None) -> MQTTSource:
     return MQTTSource(meter, options, reactor)
