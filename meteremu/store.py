@@ -356,23 +356,5 @@ class MemoryValues:
     def get(self, key: str, default: Any = None) -> Any:
         return self.values.get(key, default)
 
-    def report(self, key: str, problem: str) -> None:
-        """A part found ``key`` unusable and started it over: say so in /healthz."""
-        self._problem(key, problem)
-
-    def _problem(self, key: str, problem: str) -> None:
-        if self.problems.get(key) != problem:
-            log.error("store {path}: {key} {problem}", path=self.path, key=key, problem=problem)
-        self.problems[key] = problem
-
-    def health(self) -> dict[str, Any]:
-        """For /healthz: ``failing`` (the service is degraded) while the last save
-        failed or a part's state cannot be saved; a key that was reset at start
-        is listed in ``problems`` but does not degrade."""
-        unsaved = any(p.startswith(("cannot be saved", "its snapshot failed")) for p in self.problems.values())
-        failing = self.last_save_error is not None or unsaved
-        return {"state": "failing" if failing else "ok", "path": self.path,
-                "last_save_error": self.last_save_error, "problems": dict(self.problems)}
-
     def put(self, key: str, value: Any) -> None:
         self.values[key] = value

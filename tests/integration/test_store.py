@@ -117,6 +117,7 @@ class HealthTests(TestCase):
         url = f"http://127.0.0.1:{app.http_port()}/healthz"
         response, _ = yield http.get(url)
         self.assertEqual(response.code, 200)
+        yield app.store.persist()  # a save already running (the new MAC) ends first
 
         def disk_full(txn, texts, stamp):  # what SQLite raises when the disk is full
             raise sqlite3.OperationalError("database or disk is full")
