@@ -103,7 +103,7 @@ class TcpEndToEndTests(TestCase):
                 self.assertEqual(status[f"{phase}_act_power"], round(p, 1), name)
                 self.assertEqual(status[f"{phase}_voltage"], v, name)
                 self.assertIsInstance(status[f"{phase}_current"], float, name)
-            self.assertAlmostEqual(status["total_act_power"], sum(powers), delta=0.001, msg=name)
+            self.assertApproximates(status["total_act_power"], sum(powers), 0.001, msg=name)
             self.assertEqual(self.meter.freshness(), Freshness.FRESH, name)
         self.assertEqual(self.meter.details["telegrams"], len(EM_EXPECTED))
         self.assertEqual(self.meter.details["crc_errors"], 0)

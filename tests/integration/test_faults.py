@@ -180,7 +180,7 @@ class FaultCase(TestCase):
         for port in (self.udp_error, self.udp_fallback):
             reply = yield self.prober.ask("EM.GetStatus", port, 2.0)
             self.assertIsNotNone(reply, f"no EM.GetStatus reply from port {port}; {self.describe()}")
-            self.assertAlmostEqual(reply["result"]["total_act_power"], total, delta=0.01, msg=reply)
+            self.assertApproximates(reply["result"]["total_act_power"], total, 0.01, msg=reply)
 
     def check_transports(self) -> None:
         """Every UDP reply within BOUND, every Sys.GetStatus answered, never 0 W served."""
