@@ -2,7 +2,10 @@
 
 Polling (default every second) with sha256 checksums rather than mtimes:
 editors that keep mtimes, clocks that jump and network filesystems all fool
-mtime checks, and a few small files are cheap to hash. A change is applied
+mtime checks, and a few small files are cheap to hash. A file is hashed again
+only when its size, times or inode moved (a scan is a ``stat`` per file), and
+never when it is over the meter file limit (16 KiB): applying it then says so,
+unread, and the running meter keeps going. A change is applied
 only once the file's content has been stable for ``debounce`` (an editor
 writing in several steps is seen once). Created → the meter starts; changed →
 just its source restarts; deleted → it stops. An invalid file is logged with
@@ -18,7 +21,13 @@ from dataclasses import dataclass
 from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
 
-from meteremu.config import ConfigError, conf_dir_files, load_meter_file, meter_name_for
+from meteremu.config import (
+    MAX_METER_FILE_BYTES,
+    ConfigError,
+    conf_dir_files,
+    load_meter_file,
+    meter_name_for,
+)
 from meteremu.interfaces import IReactorTime
 from meteremu.logs import logger
 from meteremu.metermanager import MeterManager
@@ -26,15 +35,46 @@ from meteremu.metermanager import MeterManager
 log = logger(__name__)
 
 
-def checksums(directory: str) -> dict[str, str]:
-    """``{meter name: sha256 of the file}`` for every meter file now present."""
+Signature = tuple[int, int, int, int, int]  # size, mtime_ns, ctime_ns, inode, device
+
+
+def signature(path: str) -> Signature:
+    """What changes whenever the file's content may have (ctime too: an editor
+    that restores the mtime cannot restore it)."""
+    st = os.stat(path)
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+
+
+def digest(path: str, size: int) -> str:
+    """sha256 of the file; a file over the size limit is not read (it is refused when applied)."""
+    if size > MAX_METER_FILE_BYTES:
+        return f"too large:{size}"
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read(MAX_METER_FILE_BYTES + 1)).hexdigest()
+
+
+def checksums(directory: str, known: dict[str, tuple[Signature, str]] | None = None) -> dict[str, str]:
+    """``{meter name: sha256 of the file}`` for every meter file now present.
+
+    With ``known`` (path → the signature and digest seen last), a file whose
+    signature did not change is not read again: a scan every second costs a
+    ``stat`` per file, not a read.
+    """
+    known = {} if known is None else known
     out = {}
+    seen = set()
     for path in conf_dir_files(directory):
         try:
-            with open(path, "rb") as handle:
-                out[meter_name_for(path)] = hashlib.sha256(handle.read()).hexdigest()
+            sig = signature(path)
+            entry = known.get(path)
+            if entry is None or entry[0] != sig:
+                entry = known[path] = (sig, digest(path, sig[0]))
         except OSError:
             continue  # vanished between listing and reading: seen next scan
+        seen.add(path)
+        out[meter_name_for(path)] = entry[1]
+    for gone in set(known) - seen:
+        del known[gone]
     return out
 
 
@@ -66,12 +106,13 @@ class ConfDirWatcher(Service):
         self._seen: dict[str, tuple[str | None, float]] = {}
         self.errors: dict[str, str] = {}
         self.main_meters: set[str] = set()
+        self._known: dict[str, tuple[Signature, str]] = {}
         self._loop: LoopingCall | None = None
 
     def startService(self) -> None:
         super().startService()
         try:
-            on_disk = checksums(self.directory)
+            on_disk = checksums(self.directory, self._known)
         except ConfigError as exc:  # readable at load time, not now (twistd --uid?)
             log.error("conf.d: {error}; hot reload is off", error=str(exc))
             return
@@ -98,7 +139,7 @@ class ConfDirWatcher(Service):
 
     def _scan(self) -> None:
         now = self.clock.seconds()
-        current = checksums(self.directory)
+        current = checksums(self.directory, self._known)
         names = set(current) | set(self.applied)
         for name in names:
             digest = current.get(name)

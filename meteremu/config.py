@@ -632,12 +632,21 @@ _Loader.add_implicit_resolver(
 )
 
 
-def _read_yaml(path: str) -> Any:
+MAX_CONFIG_BYTES = 256 * 1024  # the main file (an annotated example with every option is ~20 KiB)
+MAX_METER_FILE_BYTES = 16 * 1024  # one conf.d meter (a few hundred bytes): parsed on the running service
+
+
+def _read_yaml(path: str, limit: int = MAX_CONFIG_BYTES) -> Any:
+    """Parse a YAML file of at most ``limit`` bytes (a larger one is refused unread)."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
+        with open(path, "rb") as handle:
+            raw = handle.read(limit + 1)
     except OSError as exc:
         raise ConfigError(path, "(file)", f"cannot read the file: {exc.strerror or exc}") from None
+    if len(raw) > limit:
+        raise ConfigError(path, "(file)", f"larger than {limit} bytes; expected a configuration file")
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(path, "(file)", "expected UTF-8 text") from None
     try:
@@ -666,7 +675,7 @@ def load_meter_file(path: str, env: typing.Mapping[str, str] | None = None) -> M
     """One ``conf.d`` file: file name = meter name, body = the meter's body."""
     env = os.environ if env is None else env
     name = meter_name_for(path)
-    data = _read_yaml(path)
+    data = _read_yaml(path, MAX_METER_FILE_BYTES)
     try:
         if not _METER_NAME.fullmatch(name):
             raise _Invalid("(file name)", "expected a meter name of letters, digits, '_', '-' or '.' before .yaml")

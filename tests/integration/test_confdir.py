@@ -104,3 +104,39 @@ class HotReloadTests(TestCase):
         os.remove(os.path.join(self.dir, "grid.yaml"))
         self.settle()
         self.assertIn("grid", self.app.meters)
+
+
+class HostileFileTests(TestCase):
+    """A huge conf.d file is refused unread; an unchanged one is not read again (issue #22.13)."""
+
+    timeout = 30
+
+    @inlineCallbacks
+    def test_a_huge_file_is_refused_and_unchanged_files_are_not_reread(self):
+        from meteremu import confdir as confdir_module
+
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        app = yield start_app(self, test_config(self.mktemp(), meters=SIM, devices=[]))
+        clock = Clock()
+        watcher = ConfDirWatcher(directory, app.manager, clock, debounce=0.0, poll_interval=1.0)
+        watcher.startService()
+        self.addCleanup(watcher.stopService)
+        reads: list[str] = []
+        real = confdir_module.digest
+        self.patch(confdir_module, "digest", lambda path, size: (reads.append(path), real(path, size))[1])
+        write(directory, "heat.yaml", "source: {type: simulator, interval: 1h, seed: 4}\n")
+        clock.advance(1.0)
+        self.assertIn("heat", app.meters)
+        self.assertEqual(len(reads), 1)
+        for _ in range(5):
+            clock.advance(1.0)
+        self.assertEqual(len(reads), 1, "an unchanged file was read again")
+        huge = os.path.join(directory, "huge.yaml")
+        with open(huge, "wb") as handle:
+            handle.truncate(50 * 1024 * 1024)  # 50 MB (sparse: it costs no disk)
+        clock.advance(1.0)
+        self.assertNotIn("huge", app.meters)
+        self.assertIn("larger than 16384 bytes", watcher.errors["huge"])
+        self.assertTrue(real(huge, os.path.getsize(huge)).startswith("too large"))  # never opened
+        self.assertIn("heat", app.meters)  # the others keep going

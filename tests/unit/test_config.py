@@ -211,6 +211,11 @@ class EnvironmentTests(ConfigTestMixin, SynchronousTestCase):
 
 
 class SyntaxTests(ConfigTestMixin, SynchronousTestCase):
+    def test_a_huge_file_is_refused_unread(self) -> None:
+        exc = self.error("logging: {}\n" + "#" * (300 * 1024) + "\n")
+        self.assertEqual(exc.key, "(file)")
+        self.assertIn("larger than 262144 bytes", exc.why)
+
     def test_yaml_syntax_error(self) -> None:
         exc = self.error("server:\n  http_port: [1, 2\nlogging: {}\n")
         self.assertEqual(exc.key, "line 3, column 8")
