@@ -38,12 +38,14 @@ from autobahn.websocket.types import ConnectionRequest  # noqa: E402, F401  (for
 from twisted.internet.address import IPv4Address, IPv6Address  # noqa: E402
 from twisted.internet.interfaces import IReactorTime  # noqa: E402
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone  # noqa: E402
+from twisted.logger import Logger  # noqa: E402
 from twisted.protocols.policies import ProtocolWrapper  # noqa: E402
 from twisted.python.failure import Failure  # noqa: E402
 from twisted.web.resource import Resource  # noqa: E402
 from twisted.web.server import NOT_DONE_YET, Request  # noqa: E402
 
 from meteremu.compat.tcp import backlog  # noqa: E402
+from meteremu.ratelog import RateLimitedLog  # noqa: E402
 
 
 def peer_name(address: object) -> str:
@@ -135,7 +137,8 @@ class WebSocketServerProtocol(Protocol, protocol.WebSocketServerProtocol):
         """Close at once (no closing handshake with a client that misbehaves)."""
         if self.dropped_reason is None:
             self.dropped_reason = reason
-            self.log.warn("dropping WebSocket client {peer}: {reason}", peer=self.peer, reason=reason)
+            self.factory.drops.warn("drop", "dropping WebSocket client {peer}: {reason}",
+                                    peer=self.peer, reason=reason)
         self.dropConnection(abort=True)
 
     def _closeConnection(self, abort: bool = False) -> None:
@@ -206,6 +209,8 @@ class WebSocketServerFactory(protocol.WebSocketServerFactory, ServerFactory):
 
             reactor = default_reactor
         self.reactor: IReactorTime = reactor
+        # One line per minute for dropped clients, however many an attacker opens.
+        self.drops = RateLimitedLog(Logger(namespace="meteremu.websocket"), reactor)
         protocol.WebSocketServerFactory.__init__(self, *args, **kwargs)
 
 

@@ -52,6 +52,8 @@ class ScalingOptions:
     weights: dict[str, float] = field(default_factory=dict, metadata={
         "doc": "factor per client IP (mode: weights)"})
     default_weight: float = field(default=1.0, metadata={"doc": "factor for battery IPs not in weights"})
+    max_batteries: int = field(default=8, metadata={
+        "doc": "at most this many client IPs count as batteries at a time (spoofed pollers cannot dilute more)"})
     min_interval: Duration = field(default=0.0, metadata={
         "doc": "per client: drop (never queue) polls closer than this; 0 = off"})
 
@@ -62,6 +64,8 @@ class ScalingOptions:
         for ip, factor in self.weights.items():
             if factor < 0:
                 errors.append((f"weights.{ip}", f"expected a factor >= 0; got {factor}"))
+        if not 1 <= self.max_batteries <= 1024:
+            errors.append(("max_batteries", f"expected 1-1024; got {self.max_batteries}"))
         if self.mode == "weights" and not self.weights:
             errors.append(("weights", "mode 'weights' needs at least one 'ip: factor' entry"))
         return errors

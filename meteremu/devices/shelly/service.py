@@ -105,7 +105,8 @@ def build(options: Options, ctx: DeviceContext) -> ShellyService:
     udp_host = options.udp_bind or ctx.host
     for udp_port in options.udp_ports:
         proto = ShellyUDP(device.core, options.udp_max_bytes, udp_host,
-                          on_drop=drop_counter(ctx.metrics, identity.device_id), observe_latency=latency)
+                          on_drop=drop_counter(ctx.metrics, identity.device_id), observe_latency=latency,
+                          clock=ctx.reactor)
         # One byte more than the limit is read, so a longer datagram is seen (and dropped) as such.
         listener = udp_listener(ctx.reactor, udp_port, proto, udp_host,
                                 max_packet_size=options.udp_max_bytes + 1)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from typing import cast
 
 from twisted.internet.protocol import DatagramProtocol
 
@@ -21,7 +22,9 @@ from meteremu.compat.udp import SendTo, raw_sendto
 from meteremu.devices.shelly import jsonfmt
 from meteremu.devices.shelly.clients import THROTTLED
 from meteremu.devices.shelly.rpc import UNAVAILABLE, CallContext, RpcCore, RpcError, parse_frame
+from meteremu.interfaces import IReactorTime
 from meteremu.logs import logger
+from meteremu.ratelog import RateLimitedLog
 
 log = logger(__name__)
 
@@ -84,6 +87,36 @@ def general_answer(core: RpcCore, data: bytes, ctx: CallContext) -> tuple[bytes 
 
 
 MAX_CONTEXTS = 1024  # peers whose CallContext is kept (a house has a few batteries)
+LARGE_ANSWER = 1024  # bytes: EM(1).GetStatus, what batteries poll, stays well below
+LARGE_PER_SECOND = 1.0  # large answers per source and second, on average...
+LARGE_BURST = 3.0  # ...with this many at once (Home Assistant's setup asks a few)
+
+
+class AnswerBudget:
+    """How many large answers each source may get: UDP's source address is not proven.
+
+    A 36-byte ``Shelly.GetStatus`` gets a 1,385-byte answer: sent to a forged
+    source, a 38x amplifier. Small answers (the polls batteries send) are
+    never limited; large ones are, per source, by a token bucket. Pure (the
+    time is passed in); bounded (the table is cleared past MAX_CONTEXTS sources).
+    """
+
+    def __init__(self, per_second: float = LARGE_PER_SECOND, burst: float = LARGE_BURST) -> None:
+        self.per_second, self.burst = per_second, burst
+        self._tokens: dict[str, tuple[float, float]] = {}  # ip -> (tokens, at)
+
+    def allow(self, ip: str, size: int, now: float) -> bool:
+        if size <= LARGE_ANSWER:
+            return True
+        tokens, at = self._tokens.get(ip, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.per_second)
+        if tokens < 1.0:
+            self._tokens[ip] = (tokens, now)
+            return False
+        if ip not in self._tokens and len(self._tokens) >= MAX_CONTEXTS:
+            self._tokens.clear()
+        self._tokens[ip] = (tokens - 1.0, now)
+        return True
 
 
 class ShellyUDP(DatagramProtocol):
@@ -98,8 +131,16 @@ class ShellyUDP(DatagramProtocol):
 
     def __init__(self, core: RpcCore, max_bytes: int, local_ip: str | None,
                  on_drop: Callable[[str], None] | None = None,
-                 observe_latency: Callable[[str, float], None] | None = None) -> None:
+                 observe_latency: Callable[[str, float], None] | None = None,
+                 clock: IReactorTime | None = None) -> None:
         self.core, self.max_bytes, self.local_ip = core, max_bytes, local_ip
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = cast(IReactorTime, reactor)
+        self.clock: IReactorTime = clock
+        self.budget = AnswerBudget()
+        self.warnings = RateLimitedLog(log, self.clock)
         self.on_drop = on_drop or (lambda reason: None)
         self.observe_latency = observe_latency or (lambda transport, seconds: None)
         self.dropped: dict[str, int] = {}
@@ -126,8 +167,11 @@ class ShellyUDP(DatagramProtocol):
         try:
             reply, dropped = answer_datagram(self.core, data, self._context(addr[0]), self.max_bytes)
         except Exception:
-            log.failure("answering a datagram from {addr} failed", addr=addr[0])
+            if self.dropped.get("error", 0) == 0:  # a bug: its first traceback is enough
+                log.failure("answering a datagram from {addr} failed", addr=addr[0])
             reply, dropped = None, "error"
+        if reply is not None and not self.budget.allow(addr[0], len(reply), self.clock.seconds()):
+            reply, dropped = None, "rate_limited"
         if dropped is not None:
             self.dropped[dropped] = self.dropped.get(dropped, 0) + 1
             self.on_drop(dropped)
@@ -139,7 +183,7 @@ class ShellyUDP(DatagramProtocol):
             else:
                 self.transport.write(reply, addr)
         except OSError as exc:  # EPERM/ENETUNREACH for an odd source, EAGAIN when the buffer is full
-            log.warn("cannot answer {addr}: {why}", addr=addr[0], why=str(exc))
+            self.warnings.warn("send", "cannot answer {addr}: {why}", addr=addr[0], why=str(exc))
             self.on_drop("send_error")
             return
         self.answered += 1
