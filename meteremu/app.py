@@ -92,7 +92,7 @@ class App:
 
     def overview(self) -> dict[str, Any]:
         """``/admin/overview``: the clients of every device."""
-        errors = dict(self.watcher.errors) if self.watcher is not None else {}
+        errors = self.watcher.public_errors() if self.watcher is not None else {}
         return {"config_errors": errors, "devices": {
             (getattr(device.options, "name", None) or str(index)): {
                 "id": device.identity.device_id, "meter": device.meter.name,

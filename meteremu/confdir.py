@@ -104,7 +104,7 @@ class ConfDirWatcher(Service):
         # The state applied at start: the meters load_config read from files.
         self.applied: dict[str, str] = {}
         self._seen: dict[str, tuple[str | None, float]] = {}
-        self.errors: dict[str, str] = {}
+        self.errors: dict[str, str] = {}  # meter name -> the full error (the log's; may quote the file)
         self.main_meters: set[str] = set()
         self._known: dict[str, tuple[Signature, str]] = {}
         self._loop: LoopingCall | None = None
@@ -124,6 +124,16 @@ class ConfDirWatcher(Service):
         self._loop.clock = self.clock
         self._loop.start(self.poll_interval, now=False).addErrback(
             lambda f: log.failure("conf.d watcher stopped", f))
+
+    def public_errors(self) -> dict[str, str]:
+        """The errors as ``/admin/overview`` shows them: which file, never what is in it.
+
+        A config error quotes the offending value, and a file is whatever its
+        path points to (a symlink to ``/etc/shadow`` would show its first
+        line); the endpoint is not authenticated. The log has the details.
+        """
+        return {name: f"{name}.yaml is not a valid meter file; the service log says why"
+                for name in self.errors}
 
     def stopService(self) -> None:
         super().stopService()

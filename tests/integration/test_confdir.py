@@ -140,3 +140,30 @@ class HostileFileTests(TestCase):
         self.assertIn("larger than 16384 bytes", watcher.errors["huge"])
         self.assertTrue(real(huge, os.path.getsize(huge)).startswith("too large"))  # never opened
         self.assertIn("heat", app.meters)  # the others keep going
+
+
+class PublicErrorTests(TestCase):
+    """/admin/overview never shows what is in a file (issue #22.17): it is not authenticated."""
+
+    timeout = 30
+
+    @inlineCallbacks
+    def test_a_symlink_to_a_secret_shows_the_file_name_only(self):
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        secret = os.path.abspath(self.mktemp())
+        with open(secret, "w", encoding="ascii") as handle:
+            handle.write("root:$6$s3cr3t-hash:19000:0:99999:7:::\n")
+        os.symlink(secret, os.path.join(directory, "shadow.yaml"))
+        app = yield start_app(self, test_config(self.mktemp(), meters=SIM, devices=[]))
+        clock = Clock()
+        watcher = ConfDirWatcher(directory, app.manager, clock, debounce=0.0, poll_interval=1.0)
+        app.watcher = watcher
+        watcher.startService()
+        self.addCleanup(watcher.stopService)
+        clock.advance(1.0)
+        self.assertIn("s3cr3t", watcher.errors["shadow"])  # the log may say what is wrong...
+        shown = app.overview()["config_errors"]
+        self.assertEqual(list(shown), ["shadow"])
+        self.assertNotIn("s3cr3t", shown["shadow"])  # ...the endpoint only which file
+        self.assertNotIn("root", shown["shadow"])

@@ -16,6 +16,7 @@ Nothing here contacts any address but 127.0.0.1.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +34,7 @@ from meteremu.sources.envoy.auth import (
 )
 from meteremu.sources.envoy.client import EnvoySource
 from meteremu.sources.envoy.options import EnvoyOptions
-from tests.support import HTTPClient, start_app, test_config
+from tests.support import ROOT, HTTPClient, start_app, test_config
 from tests.support.fake_envoy import (
     FakeCloud,
     FakeEnvoy,
@@ -374,6 +375,31 @@ class AuthFlowTests(IOCase):
         await meter2.wait_reading(2)
         self.assertEqual(cloud.logins, 1)
         self.assertEqual(source2.tokens.origin, "store")
+
+    async def test_the_example_files_cloud_urls_reach_the_services(self) -> None:
+        """Issue #22.18: the example's URLs carried paths the code added again."""
+        from urllib.parse import urlsplit
+
+        from meteremu.config import load_meter_file
+        from meteremu.sources.envoy.auth import service_base
+
+        example = load_meter_file(os.path.join(ROOT, "etc", "examples", "envoy.yaml"), env={}).source.options
+        envoy = self.envoy(self.FOLDER)
+        cloud = self.cloud(envoy)
+        here = urlsplit(cloud.url)
+
+        def on_the_fake(url: str) -> str:  # the example's path, on the fake cloud's scheme and host
+            return urlsplit(url)._replace(scheme=here.scheme, netloc=here.netloc).geturl()
+
+        source, meter = self.source(envoy, username=cloud.username, password=cloud.password,
+                                    enlighten_url=on_the_fake(example.enlighten_url),
+                                    entrez_url=on_the_fake(example.entrez_url),
+                                    cloud_ca_file=cloud.write_ca(self.mktemp()))
+        await meter.wait_reading(1)
+        self.assertEqual([urlsplit(s.path).path for s in cloud.seen], ["/login/login.json", "/tokens"])
+        for written in ("https://enlighten.enphaseenergy.com", "https://enlighten.enphaseenergy.com/",
+                        "https://enlighten.enphaseenergy.com/login/login.json"):  # older example files
+            self.assertEqual(service_base(written, "/login/login.json"), "https://enlighten.enphaseenergy.com")
 
     async def test_401_triggers_one_reauthentication(self) -> None:
         envoy = self.envoy(self.FOLDER)

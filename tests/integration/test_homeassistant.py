@@ -9,6 +9,7 @@ a test needs to control them; sockets always use the real reactor.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from twisted.internet import reactor
@@ -21,7 +22,7 @@ from meteremu.meter import Freshness, Meter
 from meteremu.reading import Reading
 from meteremu.sources.homeassistant.client import HomeAssistantSource
 from meteremu.sources.homeassistant.options import Entities, HomeAssistantOptions
-from tests.support import HTTPClient, asyncio_reactor_skip, start_app, test_config
+from tests.support import ROOT, HTTPClient, asyncio_reactor_skip, start_app, test_config
 from tests.support.fake_homeassistant import (
     DSMR_ENERGY,
     HOMEWIZARD_POWER,
@@ -221,6 +222,37 @@ class WebSocketTests(SourceTestBase):
         self.assertEqual(self.fake.auth_failures, 1)
         self.assertNotIn("wrong-token-123", log.text())
         self.assertNotIn("wrong-token-123", json.dumps(self.meter.details))
+
+    @inlineCallbacks
+    def test_the_example_files_url_reaches_home_assistant(self) -> Any:
+        """Issue #22.18: every example's URLs, exercised against the fake server."""
+        import dataclasses
+        from urllib.parse import urlsplit
+
+        from meteremu.config import load_meter_file
+
+        example = load_meter_file(os.path.join(ROOT, "etc", "examples", "homeassistant.yaml"),
+                                  env={"HA_TOKEN": self.fake.token}).source.options
+        here = urlsplit(self.fake.url)
+        url = urlsplit(example.url)._replace(scheme=here.scheme, netloc=here.netloc).geturl()
+        self.fake.set_state("sensor.p1_meter_power", "321", W)
+        fields = {f.name: getattr(example, f.name) for f in dataclasses.fields(example)}
+        self.start(**{**fields, "url": url})
+        reading = yield next_reading(self.meter)
+        self.assertEqual(reading.total_act_power, 321.0)
+        self.assertEqual(len(self.fake.connections), 1)  # the WebSocket is served at /api/websocket only
+
+    @inlineCallbacks
+    def test_an_echoing_server_never_gets_the_token_into_health(self) -> Any:
+        """Issue #22.17: HA's auth_invalid text went into last_error, which /healthz shows."""
+        log = LogCapture(self)
+        self.fake.echo_auth = True
+        self.start(clock=Clock(), token="wrong-token-456", entities=Entities(power="sensor.p"),
+                   reconnect_max=300.0)
+        yield until(lambda: self.source.state == "bad token" and self.source.session is None
+                    and not self.source.http.busy)
+        self.assertEqual(self.meter.stats.last_error, "Home Assistant rejected the access token (auth_invalid)")
+        self.assertNotIn("wrong-token-456", log.text())
 
     @inlineCallbacks
     def test_ping_pong_and_reconnect_when_no_pong(self) -> Any:

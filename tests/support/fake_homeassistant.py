@@ -176,7 +176,10 @@ class HAServerProtocol(WebSocketServerProtocol):
             self.send({"type": "auth_ok", "ha_version": HA_VERSION})
         else:
             self.fake.auth_failures += 1
-            self.send({"type": "auth_invalid", "message": "Invalid access token or password"})
+            text = "Invalid access token or password"
+            if self.fake.echo_auth:  # a hostile or broken server repeating what it was sent
+                text += f": {message.get('access_token')}"
+            self.send({"type": "auth_invalid", "message": text})
             self.sendClose()
 
     # -- commands ------------------------------------------------------------
@@ -296,6 +299,7 @@ class FakeHomeAssistant:
         self.answer_pings = True
         self.allow_coalescing = True
         self.reject_auth = False
+        self.echo_auth = False  # auth_invalid repeats the token it was sent
         self.auth_failures = 0
         self.connections: list[HAServerProtocol] = []
         self.received: list[Any] = []

@@ -264,6 +264,21 @@ class HttpLike(Protocol):
                 data: Any = None, json_body: Any = None, limit: int = ...) -> Deferred[HttpResult]: ...
 
 
+LOGIN_PATH = "/login/login.json"
+TOKENS_PATH = "/tokens"
+
+
+def service_base(url: str, endpoint: str) -> str:
+    """The service's base URL, whether the endpoint's path was written or not.
+
+    ``https://enlighten.enphaseenergy.com`` and
+    ``https://enlighten.enphaseenergy.com/login/login.json`` both mean the same
+    service (earlier example files wrote the latter): the path is never added twice.
+    """
+    base = url.rstrip("/")
+    return base[: -len(endpoint)] if base.endswith(endpoint) else base
+
+
 class EnlightenCloud:
     """Login at Enlighten, then ask Entrez for a token (spec §3.1 steps 1-2).
 
@@ -274,14 +289,14 @@ class EnlightenCloud:
     def __init__(self, http: HttpLike, enlighten_url: str, entrez_url: str,
                  redact: Redactor) -> None:
         self.http = http
-        self.enlighten_url = enlighten_url.rstrip("/")
-        self.entrez_url = entrez_url.rstrip("/")
+        self.enlighten_url = service_base(enlighten_url, LOGIN_PATH)
+        self.entrez_url = service_base(entrez_url, TOKENS_PATH)
         self.redact = redact
 
     async def fetch_token(self, username: str, password: str, serial: str) -> str:
         try:
             login = await self.http.request(
-                "POST", f"{self.enlighten_url}/login/login.json?",
+                "POST", f"{self.enlighten_url}{LOGIN_PATH}?",
                 data={"user[email]": username, "user[password]": password},
                 headers={"Accept": "application/json"})
         except AuthError:
@@ -305,7 +320,7 @@ class EnlightenCloud:
         self.redact.add(session)
         try:
             issued = await self.http.request(
-                "POST", f"{self.entrez_url}/tokens",
+                "POST", f"{self.entrez_url}{TOKENS_PATH}",
                 json_body={"session_id": session, "serial_num": serial, "username": username},
                 headers={"Accept": "text/plain, application/json"})
         except AuthError:

@@ -452,10 +452,9 @@ class HomeAssistantSource(SourceStatus, Service):
                 self._slow_retry = True
                 session.reason, session.fatal = "auth_invalid", True
                 self._set_state("bad token")
-                text = message.get("message")
-                why = text if isinstance(text, str) else ""
-                self._fail(f"Home Assistant rejected the access token (auth_invalid: {why[:80]})",
-                           down=True)
+                # HA's own text is not repeated: a server that echoes what it
+                # was sent could put the token there (it reaches /healthz).
+                self._fail("Home Assistant rejected the access token (auth_invalid)", down=True)
             return
         msg_id = message.get("id")
         if kind == "event":
@@ -555,5 +554,5 @@ class HomeAssistantSource(SourceStatus, Service):
             return
         if not session.fatal:
             self._set_state("disconnected")
-            why = session.reason or f"closed ({code}{': ' + reason[:80] if reason else ''})"
+            why = session.reason or f"closed ({code})"  # the close reason is the server's text: not shown
             self._fail(f"Home Assistant connection lost: {why}", down=False)

@@ -374,7 +374,7 @@ class HomeWizardSource(SourceStatus, SourceEvents, Service):
                 proto.reason = "HomeWizard rejected the token (user:unauthorized)"
                 proto.sendClose(1000)
             else:
-                self._say("error", f"HomeWizard WebSocket error: {text[:120]}")
+                self._say("error", "HomeWizard WebSocket error (its text is not repeated: it could echo the token)")
 
     def _arm_watchdog(self, seconds: float) -> None:
         if self._watchdog is not None and self._watchdog.active():
@@ -405,7 +405,7 @@ class HomeWizardSource(SourceStatus, SourceEvents, Service):
         elif self.tls.problem:
             message = f"cannot connect to {self.ws_url}: TLS: {self.tls.problem}"
         else:
-            message = f"HomeWizard WebSocket closed ({code}{': ' + reason[:80] if reason else ''})"
+            message = f"HomeWizard WebSocket closed ({code})"  # not the server's reason text
         self._failed(message, down=True)
         self._set_state("bad token" if self.auth_failed else "disconnected")
         self._emit("failure", message)
