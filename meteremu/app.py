@@ -43,6 +43,7 @@ from meteremu.metermanager import MeterManager
 from meteremu.meterset import MeterSet
 from meteremu.store import Store
 from meteremu.web import ops
+from meteremu.web.guard import Guard, own_names
 from meteremu.web.sites import Sites
 
 __all__ = ["App", "StartupError", "build", "fail_fast"]
@@ -150,9 +151,15 @@ def build(config: Config, reactor: IReactor) -> App:
         device.setServiceParent(devices)
         app.device_services.append(device)
 
-    cors = config.server.cors
-    wrap = (lambda root: ops.CORS(root, cors.origins)) if cors.enabled else None
-    for listener in sites.listeners(reactor, config.server.host, wrap).values():
+    server = config.server
+    names = own_names(server.allowed_hosts)
+
+    def wrap(root: Any) -> Any:
+        if server.cors.enabled:
+            root = ops.CORS(root, server.cors.origins)
+        return Guard(root, names, server.admin_token)
+
+    for listener in sites.listeners(reactor, server.host, wrap).values():
         listener.setServiceParent(http)
 
     if config.conf_dir is not None and config.reload.enabled:

@@ -316,11 +316,19 @@ class ServerOptions:
     host: str = "0.0.0.0"
     http_port: int = 80
     cors: CorsOptions = CorsOptions()
+    # Names in Host the dashboard, /admin and /metrics answer besides this
+    # machine's own names and addresses (meteremu.web.guard); "*" allows any.
+    allowed_hosts: tuple[str, ...] = ()
+    # When set, the dashboard, /admin and /metrics also need this token.
+    admin_token: str | None = field(default=None, repr=False)
 
     def validate(self) -> list[tuple[str, str]]:
+        errors = []
         if not 0 <= self.http_port <= 65535:
-            return [("http_port", f"expected a port 0-65535; got {self.http_port}")]
-        return []
+            errors.append(("http_port", f"expected a port 0-65535; got {self.http_port}"))
+        if self.admin_token is not None and len(self.admin_token) < 16:
+            errors.append(("admin_token", "expected at least 16 characters (or leave it out)"))
+        return errors
 
 
 @dataclass(frozen=True)

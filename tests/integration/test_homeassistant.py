@@ -238,8 +238,9 @@ class WebSocketTests(SourceTestBase):
         self.fake.set_state("sensor.p1_meter_power", "321", W)
         fields = {f.name: getattr(example, f.name) for f in dataclasses.fields(example)}
         self.start(**{**fields, "url": url})
-        reading = yield next_reading(self.meter)
+        reading = yield next_reading(self.meter)  # from the REST seed or the WebSocket, whichever is first
         self.assertEqual(reading.total_act_power, 321.0)
+        yield self.connected()
         self.assertEqual(len(self.fake.connections), 1)  # the WebSocket is served at /api/websocket only
 
     @inlineCallbacks

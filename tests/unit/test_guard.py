@@ -1,0 +1,32 @@
+"""The Host allowlist's pure parts (meteremu.web.guard)."""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from meteremu.web.guard import allowed, host_name, own_names, protected
+
+
+class GuardTests(SynchronousTestCase):
+    def test_host_names(self) -> None:
+        self.assertEqual(host_name(b"192.168.1.5:8080"), "192.168.1.5")
+        self.assertEqual(host_name(b"Meteremu.LOCAL."), "meteremu.local")
+        self.assertEqual(host_name(b"[fe80::1]:80"), "fe80::1")
+        self.assertEqual(host_name(b"::1"), "::1")  # bare IPv6 (no port can be told apart)
+        self.assertIsNone(host_name(None))
+        self.assertIsNone(host_name(b""))
+
+    def test_protected_paths(self) -> None:
+        for path in (b"/ui", b"/ui/power", b"/ui/train", b"/admin/overview", b"/metrics"):
+            self.assertTrue(protected(path), path)
+        for path in (b"/shelly", b"/rpc", b"/rpc/EM.GetStatus", b"/healthz", b"/uix", b"/metricsfoo"):
+            self.assertFalse(protected(path), path)
+
+    def test_own_names_and_extras(self) -> None:
+        names = own_names(["Dash.Example ", ""])
+        for name in ("localhost", "127.0.0.1", "::1", "dash.example"):
+            self.assertIn(name, names)
+        self.assertTrue(allowed("127.0.0.1", names))
+        self.assertFalse(allowed("rebind.attacker.example", names))
+        self.assertFalse(allowed(None, names))
+        self.assertTrue(allowed("anything", frozenset({"*"})))
