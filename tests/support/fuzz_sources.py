@@ -163,7 +163,9 @@ SPECIAL_TEXTS = ("", "NaN", "Infinity", "1e999", "-1e999", "1e-999", "-0", "0x10
                  "0001-01-01T00:00:00", "9999-12-31T23:59:59")
 SPECIAL_VALUES = (None, True, False, [], {}, [[]], {"": None}) + SPECIAL_NUMBERS + SPECIAL_TEXTS
 
-special_values = fz.lazy_choice(SPECIAL_VALUES)
+# Copies: the lists and dicts among them must not be shared between examples
+# (a parser that mutates what it is given would leak into the next draw).
+special_values = fz.lazy_choice(SPECIAL_VALUES).map(copy.deepcopy)
 replacement_values = st.one_of(special_values, fz.json_scalars, fz.json_values(max_leaves=6))
 
 
