@@ -1,0 +1,165 @@
+"""Runs scenarios × seeds on the simulated clock, on every core, and gathers the results.
+
+A run's result is plain JSON-able data (metrics, a per-battery summary and,
+for the first seed only, a thinned trace for the report's plots). Results
+hold no time of day, host name or timing: the same scenarios, seeds and
+setup give byte-identical ``results`` (the ``meta`` block beside them says
+when, where and how fast).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any, TextIO
+
+from meteremu.lab import catalogue
+from meteremu.lab.loop import Loop
+from meteremu.lab.meterpath import DeviceSetup
+from meteremu.lab.metrics import METRICS, run_summary, score
+from meteremu.lab.scenario import Scenario
+from meteremu.lab.stats import bootstrap
+
+FORMAT = "meteremu-lab/1"
+PLOT_POINTS = 1800
+SCALINGS = ("none", "divide", "weights")
+
+
+def setup_for(scenario: Scenario, scaling: str) -> DeviceSetup:
+    """meteremu's setup for a scenario: its stale policy, and weights by discharge limit."""
+    weights: tuple[tuple[str, float], ...] = ()
+    if scaling == "weights":
+        specs = [b.resolved() for b in scenario.batteries]
+        total = sum(s.max_discharge or 0.0 for s in specs) or 1.0
+        weights = tuple((f"127.0.0.{11 + i}", round((s.max_discharge or 0.0) / total, 4))
+                        for i, s in enumerate(specs))
+    return DeviceSetup(on_stale=scenario.on_stale, scaling=scaling, weights=weights,
+                       expire_after=scenario.expire_after)
+
+
+def thin(loop: Loop, points: int = PLOT_POINTS) -> dict[str, Any]:
+    """The run's trace, every n-th point (never averaged: hunting must stay visible)."""
+    trace = loop.trace
+    step = max(1, len(trace.t) // points)
+
+    def pick(values: Sequence[float | None]) -> list[float | None]:
+        return [None if v is None else round(v, 1) for v in values[::step]]
+
+    return {"t": [round(v, 1) for v in trace.t[::step]], "grid": pick(trace.grid),
+            "published": pick(trace.published),
+            "batteries": [{"label": f"{b.spec.model} #{b.index + 1} ({b.spec.transport}, {b.ip})",
+                           "power": pick(trace.power[i]), "setpoint": pick(trace.setpoint[i]),
+                           "served": pick(trace.served[i])} for i, b in enumerate(loop.batteries)],
+            "events": [[round(t, 1), label] for t, label in loop.household.events]}
+
+
+def run_one(name: str, seed: int, scaling: str, with_trace: bool) -> dict[str, Any]:
+    """One scenario, one seed, on the simulated clock (runs in a worker process)."""
+    from meteremu.lab.sim import Simulation
+
+    scenario = catalogue.get(name)
+    started = time.process_time()
+    loop = Simulation(scenario, seed, setup_for(scenario, scaling)).run()
+    out: dict[str, Any] = {"scenario": name, "seed": seed,
+                           "metrics": {k: round(v, 4) for k, v in score(loop).items()}}
+    out.update(run_summary(loop))
+    if with_trace:
+        out["trace"] = thin(loop)
+    out["cpu_s"] = time.process_time() - started
+    return out
+
+
+def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, list[float]]:
+    """Per metric: ``[mean, low, high]`` over the runs' seeds (95 % bootstrap)."""
+    return {k: [round(v, 4) for v in bootstrap([r["metrics"][k] for r in runs])] for k in METRICS}
+
+
+def commit() -> str:
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
+                              text=True, timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+class Progress:
+    """One line on stderr, rewritten in place on a terminal, every 10 % otherwise."""
+
+    def __init__(self, total: int, stream: TextIO | None = None) -> None:
+        self.total, self.done = total, 0
+        self.stream = stream or sys.stderr
+        self.started = time.monotonic()
+        self.tty = self.stream.isatty()
+        self._said = -1
+
+    def step(self, what: str) -> None:
+        self.done += 1
+        elapsed = time.monotonic() - self.started
+        eta = elapsed / self.done * (self.total - self.done)
+        line = f"[{self.done:>{len(str(self.total))}}/{self.total}] {what}  {elapsed:.0f} s, ~{eta:.0f} s left"
+        if self.tty:
+            self.stream.write("\r\x1b[K" + line + ("\n" if self.done == self.total else ""))
+        else:
+            decile = self.done * 10 // self.total
+            if decile == self._said:
+                return
+            self._said = decile
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def run_many(names: Sequence[str], seeds: Sequence[int], scaling: str, jobs: int = 0,
+             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Every scenario × seed; ``jobs`` worker processes (0: one per core)."""
+    tasks = [(name, seed, scaling, seed == seeds[0]) for name in names for seed in seeds]
+    jobs = jobs or os.cpu_count() or 1
+    started, cpu = time.monotonic(), 0.0
+    results: dict[tuple[str, int], dict[str, Any]] = {}
+    if jobs == 1:
+        for task in tasks:
+            results[(task[0], task[1])] = run_one(*task)
+            if progress:
+                progress(f"{task[0]} seed {task[1]}")
+    else:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            futures = {pool.submit(run_one, *task): task for task in tasks}
+            from concurrent.futures import as_completed
+
+            for future in as_completed(futures):
+                task = futures[future]
+                results[(task[0], task[1])] = future.result()
+                if progress:
+                    progress(f"{task[0]} seed {task[1]}")
+    scenarios: dict[str, Any] = {}
+    for name in names:
+        scenario = catalogue.get(name)
+        runs = [results[(name, seed)] for seed in seeds]
+        cpu += sum(r.pop("cpu_s") for r in runs)
+        trace = runs[0].pop("trace", None)
+        scenarios[name] = {"description": scenario.description, "duration_s": scenario.duration,
+                           "batteries": [b.model for b in scenario.batteries], "summary": summarise(runs),
+                           "runs": runs, "trace": trace}
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit(),
+            "machine": machine(), "jobs": jobs, "wall_s": round(time.monotonic() - started, 2),
+            "cpu_s": round(cpu, 2)}
+    return {"format": FORMAT, "clock": "simulated", "scaling": scaling, "seeds": list(seeds),
+            "results": scenarios, "meta": meta}
