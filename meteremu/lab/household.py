@@ -26,7 +26,6 @@ from meteremu.lab.profiles import Site, clear_sky_pv, richardson_day
 
 RES = 0.5  # s per sample of the household arrays
 EVENT_MIN_W = 250.0  # a switch at least this large is a labelled event (settle, overshoot)
-JITTER = 20.0  # ± s per-seed jitter of each appliance's start
 
 
 @dataclass(frozen=True)
@@ -38,6 +37,7 @@ class Appliance:
     phase: int = 0
     power: float | None = None
     duration: float | None = None  # s; default per kind
+    jitter: float = 20.0  # ± s per seed on the start
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ def build(spec: HouseholdSpec, duration: float, seed: int) -> Household:
         power, length = KINDS[app.kind]
         power = app.power if app.power is not None else power
         length = app.duration if app.duration is not None else length
-        start = max(0.0, app.at * duration + timeline.uniform(-JITTER, JITTER))
+        start = max(0.0, app.at * duration + timeline.uniform(-app.jitter, app.jitter))
         for on, off in _blocks(app.kind, start, power, length, timeline):
             lo, hi = int(on / RES), min(n, int(off / RES))
             column = load[app.phase]

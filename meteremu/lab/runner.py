@@ -65,12 +65,18 @@ def run_one(name: str, seed: int, scaling: str, with_trace: bool) -> dict[str, A
     scenario = catalogue.get(name)
     started = time.process_time()
     loop = Simulation(scenario, seed, setup_for(scenario, scaling)).run()
+    out = result_of(name, seed, loop, with_trace)
+    out["cpu_s"] = time.process_time() - started
+    return out
+
+
+def result_of(name: str, seed: int, loop: Loop, with_trace: bool) -> dict[str, Any]:
+    """A finished run as results data (either clock)."""
     out: dict[str, Any] = {"scenario": name, "seed": seed,
                            "metrics": {k: round(v, 4) for k, v in score(loop).items()}}
     out.update(run_summary(loop))
     if with_trace:
         out["trace"] = thin(loop)
-    out["cpu_s"] = time.process_time() - started
     return out
 
 
@@ -149,17 +155,24 @@ def run_many(names: Sequence[str], seeds: Sequence[int], scaling: str, jobs: int
                 results[(task[0], task[1])] = future.result()
                 if progress:
                     progress(f"{task[0]} seed {task[1]}")
+    for run in results.values():
+        cpu += run.pop("cpu_s", 0.0)
+    out = assemble(names, seeds, results, scaling, "simulated")
+    out["meta"].update(jobs=jobs, wall_s=round(time.monotonic() - started, 2), cpu_s=round(cpu, 2))
+    return out
+
+
+def assemble(names: Sequence[str], seeds: Sequence[int], results: dict[tuple[str, int], dict[str, Any]],
+             scaling: str, clock: str) -> dict[str, Any]:
+    """The results file of finished runs (``results[(name, seed)]`` from :func:`result_of`)."""
     scenarios: dict[str, Any] = {}
     for name in names:
         scenario = catalogue.get(name)
         runs = [results[(name, seed)] for seed in seeds]
-        cpu += sum(r.pop("cpu_s") for r in runs)
         trace = runs[0].pop("trace", None)
         scenarios[name] = {"description": scenario.description, "duration_s": scenario.duration,
                            "batteries": [b.model for b in scenario.batteries], "summary": summarise(runs),
                            "runs": runs, "trace": trace}
-    meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit(),
-            "machine": machine(), "jobs": jobs, "wall_s": round(time.monotonic() - started, 2),
-            "cpu_s": round(cpu, 2)}
-    return {"format": FORMAT, "clock": "simulated", "scaling": scaling, "seeds": list(seeds),
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit(), "machine": machine()}
+    return {"format": FORMAT, "clock": clock, "scaling": scaling, "seeds": list(seeds),
             "results": scenarios, "meta": meta}

@@ -1,0 +1,133 @@
+"""The HTML report of a results file: one self-contained page, plots drawn in the page (pure).
+
+No CDN and no vendored library: the data sits in the page as JSON and a
+small SVG renderer (below, ~60 lines of JavaScript) draws, per scenario, the
+true grid, the value meteremu served each battery, and each battery's
+output and setpoint (the first seed's run). The table gives every metric's
+mean over the seeds with its 95 % bootstrap interval.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from typing import Any
+
+from meteremu.lab.metrics import METRICS
+
+HEADLINE = ("grid_rms_w", "steady_rms_w", "band_crossings_per_h", "settle_mean_s", "overshoot_max_w",
+            "avoidable_import_wh", "avoidable_export_wh", "cost_regret_ct", "share_imbalance_w")
+
+SCRIPT = r"""
+const COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"];
+const NS = "http://www.w3.org/2000/svg";
+function el(name, attrs, parent) {
+  const node = document.createElementNS(NS, name);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  if (parent) parent.appendChild(node);
+  return node;
+}
+function path(ts, ys, sx, sy) {
+  let d = "", pen = false;
+  for (let i = 0; i < ts.length; i++) {
+    const y = ys[i];
+    if (y === null || y === undefined) { pen = false; continue; }
+    d += (pen ? "L" : "M") + sx(ts[i]).toFixed(1) + " " + sy(y).toFixed(1);
+    pen = true;
+  }
+  return d;
+}
+function plot(holder, trace) {
+  const W = 960, H = 300, L = 56, R = 10, T = 10, B = 26;
+  const series = [{label: "grid (true)", ys: trace.grid, colour: "#000", width: 1.4}];
+  series.push({label: "published by the meter", ys: trace.published, colour: "#999", width: 1, dash: "4 3"});
+  trace.batteries.forEach((b, i) => {
+    const c = COLOURS[i % COLOURS.length];
+    series.push({label: b.label + " output", ys: b.power, colour: c, width: 1.2});
+    series.push({label: b.label + " setpoint", ys: b.setpoint, colour: c, width: 0.8, dash: "2 2"});
+    series.push({label: b.label + " served", ys: b.served, colour: c, width: 0.8, dash: "6 2", opacity: 0.5});
+  });
+  let lo = Infinity, hi = -Infinity;
+  for (const s of series) for (const y of s.ys) if (y !== null) { lo = Math.min(lo, y); hi = Math.max(hi, y); }
+  if (!isFinite(lo)) { lo = -1; hi = 1; }
+  const pad = (hi - lo) * 0.05 || 1; lo -= pad; hi += pad;
+  const t0 = trace.t[0] || 0, t1 = trace.t[trace.t.length - 1] || 1;
+  const sx = t => L + (t - t0) / ((t1 - t0) || 1) * (W - L - R);
+  const sy = y => T + (hi - y) / (hi - lo) * (H - T - B);
+  const svg = el("svg", {viewBox: `0 0 ${W} ${H}`, width: "100%", class: "plot"}, holder);
+  for (let k = 0; k <= 5; k++) {
+    const y = lo + (hi - lo) * k / 5, x = t0 + (t1 - t0) * k / 5;
+    el("line", {x1: L, x2: W - R, y1: sy(y), y2: sy(y), stroke: "#eee"}, svg);
+    el("text", {x: L - 4, y: sy(y) + 4, "text-anchor": "end", "font-size": 10}, svg).textContent = Math.round(y);
+    el("text", {x: sx(x), y: H - 8, "text-anchor": "middle", "font-size": 10}, svg).textContent = Math.round(x) + " s";
+  }
+  el("line", {x1: L, x2: W - R, y1: sy(0), y2: sy(0), stroke: "#bbb"}, svg);
+  for (const [t, label] of trace.events) {
+    const line = el("line", {x1: sx(t), x2: sx(t), y1: T, y2: H - B, stroke: "#f4c430", "stroke-width": 0.6}, svg);
+    el("title", {}, line).textContent = label;
+  }
+  for (const s of series) {
+    const attrs = {d: path(trace.t, s.ys, sx, sy), fill: "none", stroke: s.colour, "stroke-width": s.width,
+                   "class": "series", "data-label": s.label};
+    if (s.dash) attrs["stroke-dasharray"] = s.dash;
+    if (s.opacity) attrs["stroke-opacity"] = s.opacity;
+    el("path", attrs, svg);
+  }
+  const legend = document.createElement("div");
+  legend.className = "legend";
+  legend.innerHTML = series.map(s => `<span style="color:${s.colour}">&#9632; ${s.label}</span>`).join(" ");
+  holder.appendChild(legend);
+}
+const data = JSON.parse(document.getElementById("lab-data").textContent);
+for (const holder of document.querySelectorAll("[data-plot]")) {
+  const trace = data[holder.dataset.plot];
+  if (trace) plot(holder, trace);
+}
+document.body.dataset.rendered = "yes";
+"""
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
+table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ddd;padding:3px 6px;text-align:right}
+th{background:#f6f6f6}td.name{text-align:left}.ci{color:#888;font-size:10px}
+.legend{font-size:11px;margin:2px 0 18px}.legend span{margin-right:10px}
+section{margin-top:1.5em}h2{font-size:16px;margin-bottom:2px}p.d{margin:0;color:#555}
+"""
+
+
+def _cell(summary: list[float]) -> str:
+    centre, low, high = summary
+    return f"{centre:.1f}<br><span class=ci>[{low:.1f}, {high:.1f}]</span>"
+
+
+def render(results: dict[str, Any]) -> str:
+    """The report page of one results file (``meteremu-lab run`` output)."""
+    meta = results.get("meta", {})
+    scenarios: dict[str, Any] = results["results"]
+    head = "".join(f"<th>{html.escape(k)} ({METRICS[k]})</th>" for k in HEADLINE)
+    rows = []
+    for name, entry in scenarios.items():
+        cells = "".join(f"<td>{_cell(entry['summary'][k])}</td>" for k in HEADLINE)
+        rows.append(f"<tr><td class=name><a href='#{html.escape(name)}'>{html.escape(name)}</a></td>{cells}</tr>")
+    sections = []
+    for name, entry in scenarios.items():
+        full = "".join(f"<tr><td class=name>{html.escape(k)}</td><td>{_cell(v)}</td></tr>"
+                       for k, v in entry["summary"].items())
+        sections.append(
+            f"<section id='{html.escape(name)}'><h2>{html.escape(name)}</h2>"
+            f"<p class=d>{html.escape(entry['description'])} — {entry['duration_s']:g} s, "
+            f"batteries: {html.escape(', '.join(entry['batteries']))}; plot: seed {results['seeds'][0]}</p>"
+            f"<div data-plot='{html.escape(name)}'></div>"
+            f"<details><summary>all metrics</summary><table>{full}</table></details></section>")
+    traces = {name: entry.get("trace") for name, entry in scenarios.items() if entry.get("trace")}
+    payload = json.dumps(traces, separators=(",", ":")).replace("</", "<\\/")
+    title = f"meteremu battery lab — scaling {results.get('scaling')}, {results.get('clock')} clock"
+    info = (f"seeds {results['seeds'][0]}–{results['seeds'][-1]} ({len(results['seeds'])}); "
+            f"{html.escape(str(meta.get('date', '')))}; commit {html.escape(str(meta.get('commit', '')))}; "
+            f"{html.escape(str(meta.get('machine', '')))}")
+    return (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1><p>{info}</p>"
+            f"<p>Mean over seeds, 95 % bootstrap interval below each value. Lower is better everywhere.</p>"
+            f"<table><tr><th>scenario</th>{head}</tr>{''.join(rows)}</table>{''.join(sections)}"
+            f"<script type='application/json' id='lab-data'>{payload}</script>"
+            f"<script>{SCRIPT}</script></body></html>")
