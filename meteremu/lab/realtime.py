@@ -219,7 +219,7 @@ class RealtimeRun:
         self._agents: dict[int, Any] = {}
         self._ids = 1
         self._start = 0.0
-        self._calls: list[Any] = []
+        self._calls: set[Any] = set()  # pending timers, cancelled when the run ends
 
     def now(self) -> float:
         return float(self.reactor.seconds()) - self._start
@@ -287,16 +287,21 @@ class RealtimeRun:
                        else b'{"id":%d,"method":"%s"}' % (frame_id, method.encode()))
 
             def answered(data: bytes) -> None:
+                if timer.active():
+                    timer.cancel()
+                self._calls.discard(timer)
                 if not d.called:
                     d.callback(data)
-            client.waiting[frame_id] = answered
-            port.write(request, (target.host, target.port))
 
             def expire() -> None:
+                self._calls.discard(timer)
                 client.waiting.pop(frame_id, None)
                 if not d.called:
                     d.callback(None)
-            self.reactor.callLater(timeout, expire)
+            timer = self.reactor.callLater(timeout, expire)
+            self._calls.add(timer)
+            client.waiting[frame_id] = answered
+            port.write(request, (target.host, target.port))
             return d
         agent = self._agents[battery.index]
         path = "/rpc/EM.GetStatus?id=0" if method == "EM.GetStatus" else "/shelly"
@@ -342,9 +347,10 @@ class RealtimeRun:
             yield self._loop(publisher)
             return self.loop
         finally:
-            for call in self._calls:
+            for call in list(self._calls):
                 if call.active():
                     call.cancel()
+            self._calls.clear()
             for cleanup in reversed(self._cleanups):
                 try:
                     result = cleanup()
@@ -354,7 +360,11 @@ class RealtimeRun:
                     pass
 
     def _at(self, t: float, action: Callable[[], None]) -> None:
-        self._calls.append(self.reactor.callLater(max(0.0, t - self.now()), action))
+        def fire() -> None:
+            self._calls.discard(call)
+            action()
+        call = self.reactor.callLater(max(0.0, t - self.now()), fire)
+        self._calls.add(call)
 
     def _loop(self, publisher: Publisher) -> Deferred[None]:
         loop, duration = self.loop, self.scenario.duration
