@@ -17,7 +17,7 @@ from meteremu.lab.battery import Battery, BatterySpec
 from meteremu.lab.household import Appliance, HouseholdSpec
 from meteremu.lab.household import build as build_household
 from meteremu.lab.meterpath import DeviceSetup
-from meteremu.lab.runner import run_one, setup_for
+from meteremu.lab.runner import run_many, run_one, setup_for
 from meteremu.lab.scenario import MeterSpec, Scenario
 from meteremu.lab.sim import Simulation
 
@@ -194,6 +194,11 @@ class PlantBalanceTests(SynchronousTestCase):
         self.assertEqual(a.events, quiet.events)  # the noise never moves the timeline
         self.assertNotEqual(a.load, build_household(spec, 600, 5).load)
 
+    def test_parallel_runs_give_the_same_results(self):
+        one = run_many(["short_step"], [0, 1], "divide", jobs=1)
+        two = run_many(["short_step"], [0, 1], "divide", jobs=2)
+        self.assertEqual(json.dumps(one["results"], sort_keys=True), json.dumps(two["results"], sort_keys=True))
+
     def test_same_seed_same_json(self):
         first = run_one("venus_washer", 2, "divide", True)
         second = run_one("venus_washer", 2, "divide", True)
@@ -213,6 +218,9 @@ class MetricTests(SynchronousTestCase):
         self.assertEqual(settles, [8.0])
         self.assertEqual(overshoots, [80.0])
         self.assertEqual(unsettled, 0)
+        hunting = [300.0 if k % 8 < 4 else -300.0 for k in range(200)]
+        settles, _, unsettled = metrics.step_responses(t, hunting, [0.0, 60.0], 100.0)
+        self.assertEqual((settles, unsettled), ([60.0, 40.0], 2))  # censored at the window
 
     def test_percentile_and_rms(self):
         self.assertEqual(metrics.percentile([1, 2, 3, 4, 5], 50), 3)
@@ -240,6 +248,35 @@ class StatsTests(SynchronousTestCase):
         centre, low, high = stats.paired([10.0, 20.0, 30.0], [11.0, 21.0, 31.5])
         self.assertAlmostEqual(centre, 7 / 6)
         self.assertGreater(low, 0.0)
+
+
+class ProfileTests(SynchronousTestCase):
+    def test_richardson_offline_deterministic_and_tidy(self):
+        import random
+
+        import numpy
+
+        from meteremu.lab.profiles import richardson_day
+
+        random.seed(99)
+        numpy.random.seed(99)
+        before = (random.random(), numpy.random.random())
+        random.seed(99)
+        numpy.random.seed(99)
+        day = richardson_day(5)
+        self.assertEqual((random.random(), numpy.random.random()), before)  # global generators put back
+        self.assertEqual(len(day), 1440)
+        self.assertEqual(day, richardson_day(5))
+        self.assertNotEqual(day, richardson_day(6))
+        self.assertTrue(100.0 < sum(day) / len(day) < 2000.0)  # a household's mean W
+
+    def test_pvlib_clear_sky_at_noon(self):
+        from meteremu.lab.profiles import Site, clear_sky_pv
+
+        noon = clear_sky_pv(Site(start="11:00"), 60.0, 1000.0)  # Berlin, 21 June, 13:00 CEST
+        night = clear_sky_pv(Site(start="23:00"), 60.0, 1000.0)
+        self.assertTrue(800.0 < noon[0] < 1100.0, noon[0])
+        self.assertEqual(max(night), 0.0)
 
 
 class CatalogueTests(SynchronousTestCase):

@@ -98,8 +98,8 @@ def _all() -> list[Scenario]:
                  on_stale="hold", expire_after=5.0, tags=("faults", "outage")),
         Scenario("packet_loss", "5 % of polls and of answers lost, two batteries", 1800, steps,
                  (B("venus"), B("hmg50", phase=1)), meter=MeterSpec(loss=0.05), tags=("faults", "loss")),
-        Scenario("short_step", "30 s: a 1 kW step, a Venus over UDP and a Hoymiles over HTTP "
-                 "(the test that holds both clocks together)", 30,
+        Scenario("short_step", "25 s: a 1 kW step, a Venus over UDP and a Hoymiles over HTTP "
+                 "(the test that holds both clocks together)", 25,
                  HouseholdSpec(appliances=(A("step", 0.25, power=1000.0, duration=1000.0, jitter=0.0),)),
                  (B("venus"), B("hoymiles", phase=1)), tags=("short", "realtime")),
         Scenario("latency_spikes", "10 % of samples 3 s late (held back in order)", 1800, steps,

@@ -1,4 +1,4 @@
-"""``meteremu-lab``: run, list, report, compare, bench.
+"""``meteremu-lab``: run, list, report, compare, table, bench.
 
 Bad input (an unknown scenario, a bad ``--target``, an emulator that does not
 answer) is one line on stderr and exit status 2, never a traceback.
@@ -50,6 +50,8 @@ def parser() -> Parser:
     compare.add_argument("b")
     compare.add_argument("--changes", action="store_true", help="only the deltas beyond their intervals")
     compare.add_argument("--strict", action="store_true", help="exit 1 when a regression is flagged")
+    table = sub.add_parser("table", help="the Markdown results table of docs/control.md")
+    table.add_argument("results", nargs="+")
     bench = sub.add_parser("bench", help="the two benchmark figures of docs/control.md")
     bench.add_argument("--seeds", type=int, default=10)
     bench.add_argument("--jobs", type=int, default=0)
@@ -76,13 +78,18 @@ def dispatch(args: argparse.Namespace) -> int:
         return cmd_report(args.results, args.out)
     if args.command == "compare":
         return cmd_compare(args.a, args.b, args.changes, args.strict)
+    if args.command == "table":
+        from meteremu.lab.report import markdown_table
+
+        print(markdown_table([_load(path) for path in args.results]))
+        return 0
     return cmd_bench(args.seeds, args.jobs)
 
 
 def cmd_list() -> int:
     for name, scenario in catalogue.CATALOGUE.items():
         models = "+".join(b.model for b in scenario.batteries)
-        print(f"{name:22} {scenario.duration / 60:5.0f} min  {models:32} {scenario.description}")
+        print(f"{name:22} {scenario.duration:6.0f} s  {models:32} {scenario.description}")
     return 0
 
 
@@ -139,8 +146,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         from meteremu.lab.runner import Progress, run_many
 
+        from meteremu.lab.profiles import ProfileError
+
         progress = Progress(len(names) * len(seeds))
-        results = run_many(names, seeds, args.scaling, args.jobs, progress.step)
+        try:
+            results = run_many(names, seeds, args.scaling, args.jobs, progress.step)
+        except ProfileError as exc:
+            raise UsageError(str(exc)) from None
     _write(results, args.out)
     _print_summary(results)
     print(f"results: {os.path.join(args.out, 'results.json')}, report: {os.path.join(args.out, 'report.html')}")

@@ -5,6 +5,8 @@ has one, with these differences, each on purpose:
 
 * the time series is the true grid every 0.5 s (not one sample per poll);
   energies are the exact integrals of the plant (0.1 s steps);
+* an event that never settles enters the settle times as its whole window
+  (censored), not only into the unsettled count;
 * *avoidable* import/export counts only the part a battery could have
   covered: ``min(|grid|, Σ headroom)`` (AstraMeter counts the whole import
   while any battery has headroom);
@@ -62,8 +64,10 @@ def step_responses(t: Sequence[float], grid: Sequence[float], events: Sequence[f
     """``(settle times, overshoots, unsettled)`` of the labelled events.
 
     Settle: seconds from the event until |grid| stays under 25 W for 10 s,
-    within 600 s or until the next event. Events whose grid right after
-    (the largest |grid| in the first 2 s) is under 25 W are skipped.
+    within 600 s or until the next event; an event that never settles counts
+    as its whole window (and as unsettled), so hunting can never score a
+    better settle time than settling. Events whose grid right after (the
+    largest |grid| in the first 2 s) is under 25 W are skipped.
     Overshoot: the largest excursion opposite to that first error.
     """
     settles: list[float] = []
@@ -93,8 +97,8 @@ def step_responses(t: Sequence[float], grid: Sequence[float], events: Sequence[f
                 inside_since = None
         if settled is None:
             unsettled += 1
-        else:
-            settles.append(settled)
+            settled = stop - start  # censored: counted as the whole window, never as 0
+        settles.append(settled)
     return settles, overshoots, unsettled
 
 

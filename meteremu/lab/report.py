@@ -131,3 +131,30 @@ def render(results: dict[str, Any]) -> str:
             f"<table><tr><th>scenario</th>{head}</tr>{''.join(rows)}</table>{''.join(sections)}"
             f"<script type='application/json' id='lab-data'>{payload}</script>"
             f"<script>{SCRIPT}</script></body></html>")
+
+
+TABLE = ("grid_rms_w", "band_crossings_per_h", "settle_mean_s", "overshoot_max_w", "avoidable_import_wh",
+         "avoidable_export_wh", "cost_regret_ct", "share_imbalance_w")
+
+
+def markdown_table(files: list[dict[str, Any]]) -> str:
+    """docs/control.md's results table: one row per scenario and results file (its scaling).
+
+    Each cell is the mean over the seeds and its 95 % bootstrap interval.
+    """
+    head = "| scenario | scaling | " + " | ".join(f"{k} ({METRICS[k]})" for k in TABLE) + " |"
+    lines = [head, "|" + "---|" * (len(TABLE) + 2)]
+    names: list[str] = []
+    for results in files:
+        names += [n for n in results["results"] if n not in names]
+    for name in names:
+        for results in files:
+            entry = results["results"].get(name)
+            if entry is None:
+                continue
+            cells = []
+            for k in TABLE:
+                centre, low, high = entry["summary"][k]
+                cells.append(f"{centre:.1f} [{low:.1f}, {high:.1f}]")
+            lines.append(f"| {name} | {results.get('scaling')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
