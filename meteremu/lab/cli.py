@@ -144,9 +144,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.realtime:
         results = _run_realtime(names, seeds, args)
     else:
-        from meteremu.lab.runner import Progress, run_many
-
         from meteremu.lab.profiles import ProfileError
+        from meteremu.lab.runner import Progress, run_many
 
         progress = Progress(len(names) * len(seeds))
         try:
