@@ -221,6 +221,10 @@ class MetricTests(SynchronousTestCase):
         hunting = [300.0 if k % 8 < 4 else -300.0 for k in range(200)]
         settles, _, unsettled = metrics.step_responses(t, hunting, [0.0, 60.0], 100.0)
         self.assertEqual((settles, unsettled), ([60.0, 40.0], 2))  # censored at the window
+        beyond = [1500.0] * 200  # a 2 kW kettle on an 800 W battery: saturated from 3 s on
+        room = [100.0 if k < 6 else 0.0 for k in range(200)]
+        settles, _, unsettled = metrics.step_responses(t, beyond, [0.0], 100.0, room, [0.0] * 200)
+        self.assertEqual((settles, unsettled), ([3.0], 0))
 
     def test_percentile_and_rms(self):
         self.assertEqual(metrics.percentile([1, 2, 3, 4, 5], 50), 3)

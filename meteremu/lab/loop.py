@@ -38,6 +38,8 @@ class Trace:
     setpoint: list[list[float]] = field(default_factory=list)
     served: list[list[float | None]] = field(default_factory=list)
     published: list[float | None] = field(default_factory=list)
+    room_up: list[float] = field(default_factory=list)  # Σ W the batteries could still discharge more
+    room_down: list[float] = field(default_factory=list)  # Σ W they could still charge more
 
 
 @dataclass
@@ -128,6 +130,9 @@ class Loop:
             trace.setpoint[i].append(battery.setpoint)
             trace.served[i].append(battery.served)
         trace.published.append(self.last_published)
+        rooms = [b.headroom() for b in self.batteries]
+        trace.room_up.append(sum(r[1] for r in rooms))
+        trace.room_down.append(sum(r[0] for r in rooms))
         self._next_record += RECORD
 
     # -- timing draws -----------------------------------------------------------------------

@@ -6,7 +6,9 @@ has one, with these differences, each on purpose:
 * the time series is the true grid every 0.5 s (not one sample per poll);
   energies are the exact integrals of the plant (0.1 s steps);
 * an event that never settles enters the settle times as its whole window
-  (censored), not only into the unsettled count;
+  (censored), not only into the unsettled count; and a grid the batteries
+  cannot reach (saturated: no headroom in the needed direction) counts as
+  settled, so settle times measure the control, not the battery's size;
 * *avoidable* import/export counts only the part a battery could have
   covered: ``min(|grid|, Σ headroom)`` (AstraMeter counts the whole import
   while any battery has headroom);
@@ -59,12 +61,19 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
+SATURATED = 5.0  # W: less headroom than this in the needed direction is saturation
+
+
 def step_responses(t: Sequence[float], grid: Sequence[float], events: Sequence[float],
-                   end: float) -> tuple[list[float], list[float], int]:
+                   end: float, room_up: Sequence[float] | None = None,
+                   room_down: Sequence[float] | None = None) -> tuple[list[float], list[float], int]:
     """``(settle times, overshoots, unsettled)`` of the labelled events.
 
-    Settle: seconds from the event until |grid| stays under 25 W for 10 s,
-    within 600 s or until the next event; an event that never settles counts
+    Settle: seconds from the event until the grid stays *settled* for 10 s
+    -- under 25 W, or the batteries saturated in the direction the grid asks
+    (importing while none can discharge more, exporting while none can charge
+    more: what no control law could fix) -- within 600 s or until the next
+    event; an event that never settles counts
     as its whole window (and as unsettled), so hunting can never score a
     better settle time than settling. Events whose grid right after (the
     largest |grid| in the first 2 s) is under 25 W are skipped.
@@ -87,7 +96,10 @@ def step_responses(t: Sequence[float], grid: Sequence[float], events: Sequence[f
         inside_since: float | None = None
         settled: float | None = None
         for k in range(lo, hi):
-            if abs(grid[k]) < SETTLE_BAND:
+            g = grid[k]
+            saturated = ((room_up is not None and g > 0 and room_up[k] < SATURATED)
+                         or (room_down is not None and g < 0 and room_down[k] < SATURATED))
+            if abs(g) < SETTLE_BAND or saturated:
                 if inside_since is None:
                     inside_since = t[k]
                 if t[k] - inside_since >= SETTLE_HOLD:
@@ -176,7 +188,7 @@ def score(loop: Loop) -> dict[str, float]:
     trace, tally, duration = loop.trace, loop.tally, loop.scenario.duration
     t, grid = trace.t, trace.grid
     events = [when for when, _label in loop.household.events]
-    settles, overshoots, unsettled = step_responses(t, grid, events, duration)
+    settles, overshoots, unsettled = step_responses(t, grid, events, duration, trace.room_up, trace.room_down)
     mask = steady_mask(t, events)
     hours = duration / 3600.0
     batteries = loop.batteries
