@@ -115,7 +115,8 @@ def step_responses(t: Sequence[float], grid: Sequence[float], events: Sequence[f
 
 
 def _index(t: Sequence[float], when: float) -> int:
-    k = int(round(when / RECORD))
+    """The trace point at or before ``when`` (the household switches at the same floor)."""
+    k = int(when / RECORD)
     return min(max(k, 0), len(t))
 
 
