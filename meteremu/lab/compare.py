@@ -6,7 +6,10 @@ seeds saw the same households, so pairing removes the household's own
 variance). A delta whose whole interval lies above 0 is a regression
 (every metric is lower-is-better), below 0 an improvement; otherwise the
 two are not told apart by these seeds. Metrics that are not scores of the
-regulation (the oracle's cost, export) are shown but never flagged.
+regulation (the oracle's cost, export) are shown but never flagged, and a
+delta smaller than ``MIN_EFFECT`` (1 %) of A's value is not flagged either:
+with paired seeds even a 0.01 Wh timing difference can be "significant",
+and a verdict should mean something to a battery owner.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from meteremu.lab.metrics import METRICS, NEUTRAL
 from meteremu.lab.stats import paired
 
 SMALL = 1e-6  # deltas this small are noise of the float formatting, not a change
+MIN_EFFECT = 0.01  # a flagged delta is at least this fraction of A's value
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,7 @@ class Delta:
 
     @property
     def verdict(self) -> str:
-        if self.metric in NEUTRAL:
+        if self.metric in NEUTRAL or abs(self.mean) < max(SMALL, MIN_EFFECT * abs(self.base)):
             return ""
         if self.low > SMALL:
             return "REGRESSION"

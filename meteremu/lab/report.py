@@ -148,6 +148,7 @@ def markdown_table(files: list[dict[str, Any]]) -> str:
     for results in files:
         names += [n for n in results["results"] if n not in names]
     for name in names:
+        rows = []
         for results in files:
             entry = results["results"].get(name)
             if entry is None:
@@ -156,5 +157,8 @@ def markdown_table(files: list[dict[str, Any]]) -> str:
             for k in TABLE:
                 centre, low, high = entry["summary"][k]
                 cells.append(f"{centre:.1f} [{low:.1f}, {high:.1f}]")
-            lines.append(f"| {name} | {results.get('scaling')} | " + " | ".join(cells) + " |")
+            rows.append((str(results.get("scaling")), " | ".join(cells)))
+        if len(rows) > 1 and len({cells for _, cells in rows}) == 1:
+            rows = [("all alike", rows[0][1])]  # one battery: the modes cannot differ
+        lines += [f"| {name} | {scaling} | {cells} |" for scaling, cells in rows]
     return "\n".join(lines)
