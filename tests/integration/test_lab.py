@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -21,7 +22,6 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from meteremu.lab import catalogue
 from meteremu.lab.battery import BatterySpec
-from meteremu.lab.compare import compare, format_table
 from meteremu.lab.household import Appliance, HouseholdSpec
 from meteremu.lab.meterpath import TOPIC, DeviceSetup, meteremu_config
 from meteremu.lab.metrics import score
@@ -32,9 +32,24 @@ from meteremu.lab.scenario import Scenario
 from meteremu.lab.sim import Simulation
 from tests.support import start_app
 from tests.support.mosquitto import Mosquitto, mosquitto_skip
-from tests.test_dashboard import CHROMEDRIVER, CHROMIUM, FLAGS, _browser_skip
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--disable-extensions", "--disable-dev-shm-usage"]
+
+
+def browser_skip() -> str | None:
+    """Why the report cannot be looked at here, if it cannot (as the dashboard test decides)."""
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "needs selenium (pip install selenium)"
+    for path in (CHROMIUM, CHROMEDRIVER):
+        if not os.access(path, os.X_OK):
+            return f"needs {path} (apt-get install chromium chromium-driver)"
+    return None
 
 
 class TwoClocksTests(TestCase):
@@ -161,27 +176,6 @@ class UnreachableEmulatorTests(TestCase):
         CliInputTests.one_clear_line(self, result, "no answer from")  # type: ignore[arg-type]
 
 
-class CompareTests(SynchronousTestCase):
-    def results(self, value: float) -> dict[str, Any]:
-        runs = [{"seed": s, "metrics": {k: value + s * 0.01 for k in score_keys()}} for s in range(5)]
-        return {"results": {"x": {"runs": runs}}}
-
-    def test_regression_flagged_beyond_interval(self):
-        deltas = compare(self.results(10.0), self.results(12.0))
-        flagged = {d.metric for d in deltas if d.verdict == "REGRESSION"}
-        self.assertIn("grid_rms_w", flagged)
-        self.assertNotIn("oracle_cost_ct", flagged)  # not a regulation score
-        self.assertIn("regressions", format_table(deltas))
-        same = compare(self.results(10.0), self.results(10.0))
-        self.assertFalse([d for d in same if d.verdict])
-
-
-def score_keys() -> list[str]:
-    from meteremu.lab.metrics import METRICS
-
-    return list(METRICS)
-
-
 def look_at(path: str, out: str) -> dict[str, Any]:
     """Open the report in headless Chromium (a thread: selenium blocks) and read the plots."""
     from selenium import webdriver
@@ -212,7 +206,7 @@ def look_at(path: str, out: str) -> dict[str, Any]:
 
 
 class ReportInChromiumTests(TestCase):
-    skip = _browser_skip()
+    skip = browser_skip()
     timeout = 90
 
     @inlineCallbacks

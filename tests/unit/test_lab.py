@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from meteremu.lab import catalogue, firmware, metrics, stats
 from meteremu.lab.battery import Battery, BatterySpec
+from meteremu.lab.compare import compare, format_table
 from meteremu.lab.household import Appliance, HouseholdSpec
 from meteremu.lab.household import build as build_household
 from meteremu.lab.meterpath import DeviceSetup
@@ -291,3 +293,18 @@ class CatalogueTests(SynchronousTestCase):
                 spec.resolved()
             setup_for(scenario, "weights")
         self.assertRaises(catalogue.UnknownScenario, catalogue.get, "nope")
+
+
+class CompareTests(SynchronousTestCase):
+    def results(self, value: float) -> dict[str, Any]:
+        runs = [{"seed": s, "metrics": {k: value + s * 0.01 for k in metrics.METRICS}} for s in range(5)]
+        return {"results": {"x": {"runs": runs}}}
+
+    def test_regression_flagged_beyond_interval(self):
+        deltas = compare(self.results(10.0), self.results(12.0))
+        flagged = {d.metric for d in deltas if d.verdict == "REGRESSION"}
+        self.assertIn("grid_rms_w", flagged)
+        self.assertNotIn("oracle_cost_ct", flagged)  # not a regulation score
+        self.assertIn("regressions", format_table(deltas))
+        same = compare(self.results(10.0), self.results(10.0))
+        self.assertFalse([d for d in same if d.verdict])
