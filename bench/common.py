@@ -282,15 +282,8 @@ def slope_per_hour(points: Sequence[tuple[float, float]]) -> float:
 # -- machine and versions ---------------------------------------------------------------
 
 def machine() -> dict[str, Any]:
-    model = "unknown"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    from meteremu.hostinfo import cpu_model
+    model = cpu_model()
     mem = 0.0
     with open("/proc/meminfo", encoding="ascii") as handle:
         for line in handle:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import os
 import platform
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TextIO
 
+from meteremu.hostinfo import cpu_model, git_commit
 from meteremu.lab import catalogue
 from meteremu.lab.loop import Loop
 from meteremu.lab.meterpath import DeviceSetup
@@ -85,26 +85,8 @@ def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, list[float]]:
     return {k: [round(v, 4) for v in bootstrap([r["metrics"][k] for r in runs])] for k in METRICS}
 
 
-def commit() -> str:
-    try:
-        here = os.path.dirname(os.path.abspath(__file__))
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
-                              text=True, timeout=5).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    return f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 class Progress:
@@ -173,6 +155,6 @@ def assemble(names: Sequence[str], seeds: Sequence[int], results: dict[tuple[str
         scenarios[name] = {"description": scenario.description, "duration_s": scenario.duration,
                            "batteries": [b.model for b in scenario.batteries], "summary": summarise(runs),
                            "runs": runs, "trace": trace}
-    meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit(), "machine": machine()}
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": git_commit(), "machine": machine()}
     return {"format": FORMAT, "clock": clock, "scaling": scaling, "seeds": list(seeds),
             "results": scenarios, "meta": meta}

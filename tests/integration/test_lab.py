@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -31,25 +30,10 @@ from meteremu.lab.runner import run_many, setup_for
 from meteremu.lab.scenario import Scenario
 from meteremu.lab.sim import Simulation
 from tests.support import start_app
+from tests.support.browser import browser_skip, headless_chrome
 from tests.support.mosquitto import Mosquitto, mosquitto_skip
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--disable-extensions", "--disable-dev-shm-usage"]
-
-
-def browser_skip() -> str | None:
-    """Why the report cannot be looked at here, if it cannot (as the dashboard test decides)."""
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        return "needs selenium (pip install selenium)"
-    for path in (CHROMIUM, CHROMEDRIVER):
-        if not os.access(path, os.X_OK):
-            return f"needs {path} (apt-get install chromium chromium-driver)"
-    return None
 
 
 class TwoClocksTests(TestCase):
@@ -178,19 +162,10 @@ class UnreachableEmulatorTests(TestCase):
 
 def look_at(path: str, out: str) -> dict[str, Any]:
     """Open the report in headless Chromium (a thread: selenium blocks) and read the plots."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    os.environ.setdefault("SE_OFFLINE", "true")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={os.path.join(out, 'profile')}")
-    options.add_argument("--window-size=1280,1400")
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    driver = headless_chrome(out, window="1280,1400")
     try:
         driver.set_page_load_timeout(30)
         driver.get("file://" + path)
