@@ -5,9 +5,10 @@ One meteremu configuration (:func:`meteremu_config`) serves both clocks:
 * in real time it is built and started whole (``meteremu.app.build``) with
   the MQTT source on a real broker, the device on real UDP and HTTP ports;
 * on the simulated clock (:class:`SimMeterPath`) the same validated options
-  drive the same objects in-process: the MQTT source's pure mapping
-  (``Combiner``) turns each published payload into a Reading, a real
-  :class:`~meteremu.meter.Meter` judges freshness, a real
+  drive the same objects in-process on a ``task.Clock``: the real
+  :class:`~meteremu.sources.mqtt.source.MQTTSource` (its broker connection
+  replaced by :class:`SimBroker`, which hands it the household's payloads)
+  feeds a real :class:`~meteremu.meter.Meter`, a real
   :class:`~meteremu.devices.shelly.device.ShellyDevice` applies the stale
   policy and request-side scaling, and the batteries' polls go through the
   UDP transport's pure core (:func:`~meteremu.devices.shelly.udp.answer_datagram`)
@@ -16,11 +17,8 @@ One meteremu configuration (:func:`meteremu_config`) serves both clocks:
 Why the MQTT source: it is a push source fed by whatever publishes the
 household's grid, so the same scenario can feed meteremu or any emulator
 that reads MQTT (``--feed``), and its options (``expire_after``) give a real
-stale path for outage scenarios. The service part of the source (the broker
-connection) is the only piece replaced on the simulated clock;
-:class:`SimMeterPath` repeats its three rules that touch the Meter (a new
-Reading → ``update``; down → ``report_failure``; healthy → ``alive`` on
-every message and once a second).
+stale path for outage scenarios. Only the broker connection is replaced on the simulated clock: every
+rule of the source (debounce, expiry, the heartbeat) is the service's own.
 """
 
 from __future__ import annotations
@@ -28,8 +26,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
 
 from meteremu.config import Config, parse_config
 from meteremu.devices.shelly import jsonfmt
@@ -38,13 +40,13 @@ from meteremu.devices.shelly.identity import make_identity
 from meteremu.devices.shelly.options import Options as ShellyOptions
 from meteremu.devices.shelly.rpc import CallContext, RpcError
 from meteremu.devices.shelly.udp import answer_datagram
+from meteremu.interfaces import IReactor
 from meteremu.meter import Meter, default_stale_after
 from meteremu.sources.mqtt import MQTTSourceOptions
-from meteremu.sources.mqtt.mapping import Combiner, Smoother, layout_from_options
+from meteremu.sources.mqtt.source import MQTTSource
 
 TOPIC = "meteremu-lab/grid"
 MAC = "C0FFEE000001"
-HEARTBEAT = 1.0  # s: the MQTT source's own heartbeat and expiry check
 HTTP_AGENT = "lab-battery"
 
 
@@ -84,21 +86,50 @@ def meteremu_config(setup: DeviceSetup, broker_port: int = 1883, udp_ports: tupl
     return parse_config(data, "(meteremu-lab)", env={})
 
 
-class SimClock:
-    """The simulated clock the Meter, device and client tracker read."""
+EPOCH = 1_750_000_000.0  # the simulated clock's start (a fixed instant: runs are reproducible)
 
-    def __init__(self, start: float = 1_750_000_000.0) -> None:
-        self.epoch = start
-        self.now = start
 
-    def seconds(self) -> float:
-        return self.now
+def sim_clock(start: float = EPOCH) -> Clock:
+    """The simulated clock the source, Meter, device and client tracker read and schedule on."""
+    clock = Clock()
+    clock.advance(start)
+    return clock
+
+
+class SimBroker:
+    """The MQTT source's broker connection on the simulated clock: always up, fed by the lab.
+
+    It has the shape of the source's ``client_factory`` product (the real one
+    is :class:`~meteremu.compat.paho.ReactorMQTTClient`), so the source runs
+    unchanged; :meth:`publish` is a message arriving on a subscribed topic.
+    """
+
+    def __init__(self, settings: Any, reactor: Any, *, on_message: Callable[[str, bytes, bool], None],
+                 on_connected: Callable[[], None], **_callbacks: Any) -> None:
+        self.connected = False
+        self.topics: list[str] = []
+        self._on_message, self._on_connected = on_message, on_connected
+
+    def subscribe(self, topic: str, qos: int) -> None:
+        self.topics.append(topic)
+
+    def start(self) -> None:
+        self.connected = True
+        self._on_connected()
+
+    def stop(self) -> Deferred[None]:
+        self.connected = False
+        return succeed(None)
+
+    def publish(self, topic: str, data: bytes) -> None:
+        if self.connected and topic in self.topics:
+            self._on_message(topic, data, False)
 
 
 class SimMeterPath:
-    """meteremu's meter path in-process on a :class:`SimClock` (see the module docstring)."""
+    """meteremu's meter path in-process on a simulated clock (see the module docstring)."""
 
-    def __init__(self, setup: DeviceSetup, clock: SimClock) -> None:
+    def __init__(self, setup: DeviceSetup, clock: Clock) -> None:
         config = meteremu_config(setup)
         mc = config.meters["grid"]
         options = mc.source.options
@@ -106,38 +137,20 @@ class SimMeterPath:
         self.clock = clock
         self.meter = Meter("grid", clock, source_type="mqtt")
         self.meter.stale_after = mc.stale_after or default_stale_after(None, push=True)
-        self.combiner = Combiner(layout_from_options(options), Smoother.from_options(options.smoothing),
-                                 expire_after=options.expire_after)
+        # With SimBroker as its connection the source only reads and schedules on the clock.
+        self.source = MQTTSource(self.meter, options, cast(IReactor, clock), client_factory=SimBroker)
         device_options = config.devices[0].options
         assert isinstance(device_options, ShellyOptions)
         self.device = ShellyDevice(device_options, make_identity(device_options, MAC), self.meter, clock,
                                    udp_ports=device_options.udp_ports, temperature=lambda: None)
         self.max_bytes = device_options.udp_max_bytes
         self._contexts: dict[tuple[str, str], CallContext] = {}
-        self.connected = True  # the source's broker connection
+        self.source.startService()
+        self.broker: SimBroker = self.source.client
 
-    # -- the source's rules ---------------------------------------------------------
     def deliver(self, data: bytes) -> None:
         """One message on the topic arrives now."""
-        outcome = self.combiner.message(TOPIC, data, False, self.clock.seconds())
-        if outcome.down is not None:
-            self.meter.report_failure(outcome.down, down=True)
-        elif outcome.reading is not None:
-            self.meter.update(outcome.reading)
-        self._heartbeat()
-
-    def tick(self) -> None:
-        """Once a second: expiry, then the heartbeat."""
-        expiry = self.combiner.expiry(self.clock.seconds())
-        if expiry is not None and self.combiner.ready:
-            if self.meter.down_reason != expiry:
-                self.meter.report_failure(expiry, down=True)
-            return
-        self._heartbeat()
-
-    def _heartbeat(self) -> None:
-        if self.connected and self.meter.latest is not None and self.combiner.healthy(self.clock.seconds()):
-            self.meter.alive()
+        self.broker.publish(TOPIC, data)
 
     # -- the batteries' polls ------------------------------------------------------------
     def _context(self, transport: str, ip: str) -> CallContext:

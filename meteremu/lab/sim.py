@@ -2,8 +2,8 @@
 
 Events (a heap ordered by time, then by insertion): the meter samples the
 true grid and its payload is delivered to meteremu's meter path after the
-scenario's latency; the MQTT source's once-a-second tick; each battery's
-polls at its own jittered cadence. The device answers at the instant the
+scenario's latency; each battery's polls at its own jittered cadence (the
+MQTT source's own once-a-second timer runs on the same clock). The device answers at the instant the
 poll arrives (loopback round trips are a millisecond, far below every
 cadence); the battery's law acts on the answer at once.
 """
@@ -19,26 +19,26 @@ from meteremu.lab.household import Household
 from meteremu.lab.household import build as build_household
 from meteremu.lab.loop import Loop
 from meteremu.lab.meterpath import (
-    HEARTBEAT,
+    EPOCH,
     DeviceSetup,
-    SimClock,
     SimMeterPath,
     payload,
     served_total,
+    sim_clock,
     udp_request,
 )
 from meteremu.lab.scenario import Scenario
 
 
 class Simulation:
-    """One scenario, one seed, one meteremu setup, on a :class:`SimClock`."""
+    """One scenario, one seed, one meteremu setup, on a simulated ``task.Clock``."""
 
     def __init__(self, scenario: Scenario, seed: int, setup: DeviceSetup,
                  household: Household | None = None) -> None:
         self.scenario, self.seed, self.setup = scenario, seed, setup
         self.household = household or build_household(scenario.household, scenario.duration, seed)
         self.loop = Loop(scenario, seed, self.household)
-        self.clock = SimClock()
+        self.clock = sim_clock()
         self.path = SimMeterPath(setup, self.clock)
         self._heap: list[tuple[float, int, Callable[[], None]]] = []
         self._order = itertools.count()
@@ -51,10 +51,6 @@ class Simulation:
         loop, duration = self.loop, self.scenario.duration
         for sampled in loop.sample_times():
             self.at(sampled, self._sampler(sampled))
-        t = HEARTBEAT
-        while t < duration:
-            self.at(t, self.path.tick)
-            t += HEARTBEAT
         for battery in loop.batteries:
             self.at(loop.first_poll(battery.index), self._poller(battery))
         while self._heap:
@@ -62,7 +58,7 @@ class Simulation:
             if t > duration:
                 break
             loop.advance(t)
-            self.clock.now = self.clock.epoch + t
+            self.clock.advance(EPOCH + t - self.clock.seconds())  # the source's own timers run first
             action()
         loop.advance(duration)
         return loop
