@@ -157,7 +157,7 @@ def build(config: Config, reactor: IReactor) -> App:
     def wrap(root: Any) -> Any:
         if server.cors.enabled:
             root = ops.CORS(root, server.cors.origins)
-        return Guard(root, names, server.admin_token)
+        return Guard(root, names, server.admin_token, server.ingress_proxies)
 
     for listener in sites.listeners(reactor, server.host, wrap).values():
         listener.setServiceParent(http)

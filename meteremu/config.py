@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import math
 import os
 import re
@@ -321,11 +322,21 @@ class ServerOptions:
     allowed_hosts: tuple[str, ...] = ()
     # When set, the dashboard, /admin and /metrics also need this token.
     admin_token: str | None = field(default=None, repr=False)
+    # Addresses of a reverse proxy that serves the dashboard under a path
+    # prefix and authenticates users itself (Home Assistant ingress:
+    # 172.30.32.2). Its requests carrying X-Ingress-Path skip the Host check
+    # and the token; anyone else's do not.
+    ingress_proxies: tuple[str, ...] = ()
 
     def validate(self) -> list[tuple[str, str]]:
         errors = []
         if not 0 <= self.http_port <= 65535:
             errors.append(("http_port", f"expected a port 0-65535; got {self.http_port}"))
+        for address in self.ingress_proxies:
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                errors.append(("ingress_proxies", f"expected IP addresses; got {address!r}"))
         if self.admin_token is not None and len(self.admin_token) < 16:
             errors.append(("admin_token", "expected at least 16 characters (or leave it out)"))
         return errors

@@ -37,6 +37,8 @@ SUPERVISOR = "http://supervisor"
 OPTIONS_FILE = "/data/options.json"
 # The add-on's HTTP port is fixed (config.yaml's ingress_port and the real device's port).
 HTTP_PORT = 80
+# The Supervisor's ingress proxy: the only address ingress requests come from.
+INGRESS_PROXY = "172.30.32.2"
 
 
 class AddonOptionError(Exception):
@@ -258,7 +260,7 @@ def translate(options: Mapping[str, Any], sup: Supervisor) -> Translation:
     }
     config: dict[str, Any] = {
         "logging": {"level": level},
-        "server": {"host": "0.0.0.0", "http_port": HTTP_PORT},
+        "server": {"host": "0.0.0.0", "http_port": HTTP_PORT, "ingress_proxies": [INGRESS_PROXY]},
         "meters": {"grid": {"source": _source(options, sup, tr)}},
         "store": {"path": "/data/meteremu.db", "persist_interval": "30s"},
         "devices": [device],

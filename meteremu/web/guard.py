@@ -12,6 +12,13 @@ is set, only with that token (``Authorization: Bearer …``, or the cookie that
 ``/ui?token=…`` sets). The Shelly RPC routes stay open, as on the real
 device: batteries and Home Assistant must reach them by IP, and they change
 nothing.
+
+Behind Home Assistant's ingress the Supervisor is the client: it has
+authenticated the user, forwards the browser's own ``Host`` and adds the path
+prefix it serves us under in ``X-Ingress-Path``. Requests from an address in
+``server.ingress_proxies`` that carry that header pass; the prefix (checked
+to be a plain path) becomes the page's ``<base href>``, so the dashboard's
+relative links stay under it.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import re
 import socket
 from collections.abc import Iterable
 from typing import Any, cast
@@ -29,6 +37,9 @@ from twisted.web.server import Request
 
 PROTECTED = (b"/ui", b"/admin", b"/metrics")
 COOKIE = b"meteremu_token"
+INGRESS_HEADER = b"x-ingress-path"
+_PLAIN_PATH = re.compile(r"(/[A-Za-z0-9._~-]+){1,8}")
+_BASE = "_meteremu_base_href"
 
 
 def protected(path: bytes) -> bool:
@@ -67,6 +78,27 @@ def own_names(extra: Iterable[str] = ()) -> frozenset[str]:
     return frozenset(names)
 
 
+def ingress_prefix(peer: str | None, header: bytes | None, proxies: frozenset[str]) -> str | None:
+    """Pure: the path prefix of a request that came through a trusted ingress proxy, or None.
+
+    Only a peer in ``proxies`` counts, and only a plain path (segments of
+    letters, digits and ``._~-``, at most 8, no ``..``): the value ends up
+    in the page as ``<base href>``.
+    """
+    if peer is None or header is None or peer not in proxies:
+        return None
+    text = header.decode("latin-1").strip().rstrip("/")
+    if len(text) > 200 or not _PLAIN_PATH.fullmatch(text) or "/../" in text + "/" or "/./" in text + "/":
+        return None
+    return text
+
+
+def base_href(request: IRequest) -> str:
+    """Where the dashboard's relative links start: ``/``, or the ingress prefix plus ``/``."""
+    prefix = getattr(request, _BASE, None)
+    return f"{prefix}/" if isinstance(prefix, str) else "/"
+
+
 def allowed(host: str | None, names: frozenset[str]) -> bool:
     """Pure: may a request with this Host reach a protected route?"""
     return "*" in names or (host is not None and host in names)
@@ -77,15 +109,22 @@ class Guard(Resource):
 
     isLeaf = True
 
-    def __init__(self, wrapped: IResource, names: frozenset[str], token: str | None = None) -> None:
+    def __init__(self, wrapped: IResource, names: frozenset[str], token: str | None = None,
+                 ingress_proxies: Iterable[str] = ()) -> None:
         super().__init__()
         self._wrapped = wrapped
         self._names = names
         self._token = token.encode() if token else None
+        self._proxies = frozenset(str(ipaddress.ip_address(a)) for a in ingress_proxies)
 
     def render(self, request: IRequest) -> Any:
         path = request.path
         if not protected(path):
+            return self._wrapped.render(request)
+        peer = getattr(request.getClientAddress(), "host", None)
+        prefix = ingress_prefix(peer, request.getHeader(INGRESS_HEADER), self._proxies)
+        if prefix is not None:  # the proxy authenticated the user (module docstring)
+            setattr(request, _BASE, prefix)
             return self._wrapped.render(request)
         if not allowed(host_name(request.getHeader(b"host")), self._names):
             return _refuse(request, 403, "this name is not one of this device's (server.allowed_hosts)")

@@ -70,3 +70,34 @@ class RebindingTests(TestCase):
         self.assertEqual(response.code, 200)  # the page's own requests carry the cookie
         response, _ = yield self.get("/rpc/EM.GetStatus?id=0")
         self.assertEqual(response.code, 200)  # RPC never needs it
+
+
+class IngressTests(TestCase):
+    """Home Assistant ingress: the Supervisor's proxy forwards the browser's Host."""
+
+    timeout = 30
+
+    @inlineCallbacks
+    def start(self, proxies: list[str]) -> Any:
+        config = test_config(self.mktemp(), meters=SIM, server={
+            "host": "127.0.0.1", "http_port": 0, "admin_token": TOKEN, "ingress_proxies": proxies})
+        self.app = yield start_app(self, config)
+        self.base = f"http://127.0.0.1:{self.app.http_port()}"
+        self.http = HTTPClient(self)
+
+    @inlineCallbacks
+    def test_the_trusted_proxy_reaches_the_dashboard_under_its_prefix(self) -> Any:
+        yield self.start(["127.0.0.1"])
+        headers = {"Host": ["homeassistant.local:8123"], "X-Ingress-Path": ["/api/hassio_ingress/tok3n"]}
+        for path in ("/ui", "/ui/power", "/admin/overview"):
+            response, _ = yield self.http.get(self.base + path, headers=headers)
+            self.assertEqual(response.code, 200, path)
+        response, _ = yield self.http.get(self.base + "/ui", headers={"Host": ["homeassistant.local:8123"]})
+        self.assertEqual(response.code, 403)  # no ingress header: the ordinary rules
+
+    @inlineCallbacks
+    def test_the_header_from_anyone_else_changes_nothing(self) -> Any:
+        yield self.start(["172.30.32.2"])
+        headers = {"Host": ["homeassistant.local:8123"], "X-Ingress-Path": ["/api/hassio_ingress/tok3n"]}
+        response, _ = yield self.http.get(self.base + "/ui", headers=headers)
+        self.assertEqual(response.code, 403)

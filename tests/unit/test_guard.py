@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from meteremu.web import guard
 from meteremu.web.guard import allowed, host_name, own_names, protected
 
 
@@ -30,3 +31,21 @@ class GuardTests(SynchronousTestCase):
         self.assertFalse(allowed("rebind.attacker.example", names))
         self.assertFalse(allowed(None, names))
         self.assertTrue(allowed("anything", frozenset({"*"})))
+
+
+class IngressPrefixTests(SynchronousTestCase):
+    PROXIES = frozenset({"172.30.32.2"})
+
+    def test_a_trusted_proxy_with_a_plain_path(self) -> None:
+        self.assertEqual(guard.ingress_prefix("172.30.32.2", b"/api/hassio_ingress/Abc-123_x/", self.PROXIES),
+                         "/api/hassio_ingress/Abc-123_x")
+
+    def test_anyone_else_or_no_header_is_not_ingress(self) -> None:
+        self.assertIsNone(guard.ingress_prefix("192.0.2.7", b"/api/hassio_ingress/abc", self.PROXIES))
+        self.assertIsNone(guard.ingress_prefix("172.30.32.2", None, self.PROXIES))
+        self.assertIsNone(guard.ingress_prefix(None, b"/api/hassio_ingress/abc", self.PROXIES))
+
+    def test_only_plain_paths_reach_the_page(self) -> None:
+        for header in (b"", b"/", b"api", b"/a/../b", b'/x"><script>', b"/a b", b"//evil.example/x",
+                       b"/" + b"a" * 300, b"/a/./b", b"javascript:alert(1)"):
+            self.assertIsNone(guard.ingress_prefix("172.30.32.2", header, self.PROXIES), header)
