@@ -13,11 +13,17 @@ FROM ${PYTHON_IMAGE} AS build
 # WHEELS: a folder in the build context holding every wheel needed, for an
 # offline build (the test suite uses it); empty = install from PyPI.
 ARG WHEELS=
+# FORECAST=0: a smaller image without numpy/scipy/scikit-learn (forecasting,
+# imported only when enabled, then refuses to start with a clear message).
+ARG FORECAST=1
 COPY . /src
 RUN set -eu; \
     if [ -n "$WHEELS" ]; then set -- --no-index --find-links "/src/$WHEELS"; fi; \
     python3 -m venv /opt/meteremu; \
     /opt/meteremu/bin/pip install --no-cache-dir --no-compile "$@" /src; \
+    if [ "$FORECAST" = 0 ]; then \
+        /opt/meteremu/bin/pip uninstall -q -y scikit-learn scipy numpy joblib threadpoolctl; \
+    fi; \
     # Not needed to run: the installer itself and the libraries' own test suites.
     /opt/meteremu/bin/pip uninstall -q -y pip setuptools wheel; \
     find /opt/meteremu/lib -depth -type d \( -name tests -o -name test \) -path '*/site-packages/*' \
