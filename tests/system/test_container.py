@@ -22,6 +22,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from autobahn.twisted.resource import WebSocketResource
 from twisted.internet import defer, reactor
 from twisted.internet.interfaces import IListeningPort
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -29,6 +30,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from tests.support import docker as dk
+from tests.support.fake_homeassistant import FakeHomeAssistant
 from tests.support.mosquitto import Mosquitto, Subscriber, mosquitto_skip
 
 START = 90.0  # seconds for a container to answer /healthz (a slow CI machine, pyc already compiled)
@@ -191,13 +193,23 @@ class ContainerImageTests(SynchronousTestCase):
 
 
 class FakeSupervisor(Resource):
-    """``GET /services/mqtt`` as the Supervisor answers it (token checked)."""
+    """The Supervisor API an add-on sees: ``/services/mqtt`` and the Core proxy (token checked).
 
-    isLeaf = True
+    ``/core/api/…`` and ``/core/websocket`` lead to a fake Home Assistant
+    (tests/support/fake_homeassistant.py) whose token is the add-on's
+    ``SUPERVISOR_TOKEN``, as the real proxy accepts it.
+    """
 
-    def __init__(self, token: str, mqtt: dict[str, Any]) -> None:
+    def __init__(self, token: str, mqtt: dict[str, Any], core: FakeHomeAssistant) -> None:
         super().__init__()
         self.token, self.mqtt, self.asked = token, mqtt, 0
+        proxy = Resource()
+        proxy.putChild(b"api", core.site.resource.children[b"api"])
+        proxy.putChild(b"websocket", WebSocketResource(core.factory))
+        self.putChild(b"core", proxy)
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        return self
 
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"application/json")
@@ -217,23 +229,30 @@ class AddonTests(TestCase):
 
     @defer.inlineCallbacks
     def test_runs_as_the_supervisor_runs_it(self) -> Any:
+        """Options → config; HA entities through the Core proxy; MQTT service; ingress; no secret logged."""
         image = dk.addon_image()
         broker = Mosquitto(self, users={"addons": "pw-from-the-supervisor"})
         yield broker.start()
         token = secrets.token_hex(16)
+        core = FakeHomeAssistant(token=token)
+        core.set_state("sensor.grid_power", "1234.5", {"unit_of_measurement": "W", "device_class": "power",
+                                                         "state_class": "measurement"})
         supervisor = FakeSupervisor(token, {"addon": "core_mosquitto", "host": "127.0.0.1", "port": broker.port,
                                             "ssl": False, "protocol": "3.1.1", "username": "addons",
-                                            "password": "pw-from-the-supervisor"})
+                                            "password": "pw-from-the-supervisor"}, core)
         port: IListeningPort = reactor.listenTCP(0, Site(supervisor), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
+        self.addCleanup(core.drop_connections)
         subscriber = Subscriber(self, broker, ("meters/#",), username="addons", password="pw-from-the-supervisor")
         yield subscriber.connect()
         http_port, udp_port = dk.free_port(), dk.free_port(socket.SOCK_DGRAM)
         data = os.path.abspath(self.mktemp())
         os.makedirs(data)
-        options = {"source": "simulator", "udp_ports": [udp_port], "modbus": False, "mdns": False,
-                   "forecast": False, "mqtt_publish": True, "log_level": "info",
-                   "custom_config": f"server: {{host: 127.0.0.1, http_port: {http_port}}}\n"}
+        # The real add-on listens on 80 with the ingress proxy at 172.30.32.2; here loopback stands in.
+        custom = (f"server: {{host: 127.0.0.1, http_port: {http_port}, ingress_proxies: [127.0.0.1]}}\n")
+        options = {"source": "homeassistant", "ha_power": "sensor.grid_power", "udp_ports": [udp_port],
+                   "modbus": False, "mdns": False, "forecast": False, "mqtt_publish": True, "log_level": "info",
+                   "custom_config": custom}
         with open(os.path.join(data, "options.json"), "w") as file:
             json.dump(options, file)
         name = f"meteremu-test-addon-{secrets.token_hex(4)}"
@@ -241,10 +260,14 @@ class AddonTests(TestCase):
                   "-e", f"SUPERVISOR_TOKEN={token}",
                   "-e", f"METEREMU_SUPERVISOR_URL=http://127.0.0.1:{port.getHost().port}", image)
         self.addCleanup(dk.docker, "rm", "-f", name, check=False)
-        message = yield subscriber.wait("meters/simulator/grid/total_act_power", timeout=START)
-        float(message.text)
+        message = yield subscriber.wait("meters/homeassistant/grid/total_act_power",
+                                        where=lambda m: abs(float(m.text) - 1234.5) < 0.01, timeout=START)
+        self.assertTrue(message.retain)
         self.assertEqual(supervisor.asked, 1)
-        self.assertIn("total_act_power", udp_rpc(udp_port)["result"])
+        self.assertAlmostEqual(udp_rpc(udp_port)["result"]["total_act_power"], 1234.5, places=1)
+        status, page = http(f"http://127.0.0.1:{http_port}/ui", headers={
+            "Host": "homeassistant.local:8123", "X-Ingress-Path": "/api/hassio_ingress/tok3n"})
+        self.assertEqual(status, 200)
         logs = dk.docker("logs", name)
         for secret in (token, "pw-from-the-supervisor"):
             self.assertNotIn(secret, logs.stdout + logs.stderr)
