@@ -24,17 +24,20 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.task import LoopingCall
 
 from meteremu.forecast import ForecastOptions
+from meteremu.forecast.backfill import Backfiller, Row, observe
 from meteremu.interfaces import IReactorTime, StateStore
 from meteremu.logs import logger
 from meteremu.meter import Meter
 from meteremu.meterset import MeterSet
+from meteremu.past import Past
 from meteremu.reading import Reading
 
 log = logger(__name__)
@@ -117,6 +120,14 @@ class Bucketer:
         return bucket
 
 
+def merge_series(existing: Iterable[tuple[float, float]], new: Iterable[tuple[float, float]],
+                 size: int) -> deque[tuple[float, float]]:
+    """Pure: both series by time, at most ``size`` newest points; ``existing`` wins a tie."""
+    points = {ts: value for ts, value in new}
+    points.update(existing)
+    return deque(sorted(points.items()), maxlen=size)
+
+
 def bucket_readings(readings: Iterable[tuple[float, float, float, float, float]],
                     resolution: float) -> list[Bucket]:
     """Pure helper: every bucket of ``(ts, total, a, b, c)`` samples, the last one included."""
@@ -190,6 +201,8 @@ class Dataset(Service):
         self._loop: LoopingCall | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._listening: dict[str, Meter] = {}
+        self.backfills: dict[str, Backfiller] = {}
+        self._backfill_runs: dict[str, Deferred[Any]] = {}
         self.written = 0
         self.pruned = 0
 
@@ -203,25 +216,56 @@ class Dataset(Service):
         self.store.run_interaction(_read, name, None, self._recent_size).addCallbacks(
             lambda rows, name=name: self._merge_recent(name, rows),
             lambda f: log.failure("reading recent forecast samples failed", f))
+        meter.add_past_listener(self._on_past)
 
     def _removed(self, meter: Meter) -> None:
         meter.remove_listener(self._on_reading)
+        meter.remove_past_listener(self._on_past)
+        job = self.backfills.get(meter.name)
+        if job is not None:
+            job.stop()
         self._listening.pop(meter.name, None)
         bucket = self._bucketers.pop(meter.name, Bucketer(self.resolution)).close()
         if bucket is not None:
             self._finished(meter.name, bucket)
 
-    def _merge_recent(self, name: str, rows: list[tuple[float, float]]) -> None:
+    def _merge_recent(self, name: str, rows: Iterable[tuple[float, float]]) -> None:
+        """Stored rows (at start, or just backfilled) into the in-memory recent buckets."""
         recent = self.recent.get(name)
         if recent is None:
             return
-        first = recent[0][0] if recent else math.inf
-        older = [(float(ts), float(total)) for ts, total in rows if ts < first]
-        if older:
-            merged = deque(older, maxlen=self._recent_size)
-            merged.extend(recent)
-            self.recent[name] = merged
-            self._latest[name] = max(self._latest.get(name, -math.inf), merged[-1][0])
+        rows = [(float(ts), float(total)) for ts, total in rows]
+        if not rows:
+            return
+        if len(recent) == recent.maxlen and max(ts for ts, _ in rows) < recent[0][0]:
+            return  # all older than a full window: nothing to keep
+        merged = merge_series(recent, rows, self._recent_size)
+        self.recent[name] = merged
+        self._latest[name] = max(self._latest.get(name, -math.inf), merged[-1][0])
+
+    # -- backfill (a source's computed past, meteremu.past) --------------------------
+    def _on_past(self, meter: Meter, past: Past) -> None:
+        if not self.running:
+            return
+        name = meter.name
+        old = self.backfills.get(name)
+        job = Backfiller(name, past, self.store, self.clock, self.resolution, self.options.retention,
+                         on_rows=partial(self._backfilled, name))
+        self.backfills[name] = job
+        before = old.stop() if old is not None else succeed(None)
+        self._backfill_runs[name] = before.addCallback(lambda _: job.start())
+
+    def _backfilled(self, name: str, rows: list[Row]) -> None:
+        self._merge_recent(name, ((row[1], row[2]) for row in rows))
+
+    def settled(self) -> Deferred[None]:
+        """Fires when every backfill started so far has ended (at once if there is none)."""
+        waits = [observe(run) for run in self._backfill_runs.values()]
+        return gatherResults(waits).addCallback(lambda _: None)
+
+    def backfill_status(self, name: str) -> dict[str, Any] | None:
+        job = self.backfills.get(name)
+        return None if job is None else job.status()
 
     def _on_reading(self, meter: Meter, reading: Reading) -> None:
         bucketer = self._bucketers.get(meter.name)
@@ -311,12 +355,14 @@ class Dataset(Service):
             self._unsubscribe = None
         for meter in list(self._listening.values()):
             meter.remove_listener(self._on_reading)
+            meter.remove_past_listener(self._on_past)
         self._listening.clear()
+        backfills = [job.stop() for job in self.backfills.values()]
         # The open buckets are written as they are (a mean of fewer readings).
         for name, bucketer in self._bucketers.items():
             bucket = bucketer.close()
             if bucket is not None:
                 self._finished(name, bucket)
-        d = self._writing or succeed(None)
+        d = gatherResults(backfills + [self._writing or succeed(None)], consumeErrors=True)
         d.addBoth(lambda _: self.flush())
         return d

@@ -73,8 +73,12 @@ class Trainer(Service):
                  meters: Callable[[], list[str]], clock: IReactorTime, *,
                  reactor: IReactorThreads | None = None, base: Callable[[str], str] | None = None,
                  run_in_thread: Callable[..., Deferred[Any]] | None = None,
-                 job: Job | None = None, loader: Loader | None = None) -> None:
+                 job: Job | None = None, loader: Loader | None = None,
+                 settled: Callable[[], Deferred[Any]] | None = None) -> None:
         self.options = options
+        # The first training waits for the dataset's backfill (if any), so a
+        # first start trains on the backfilled history rather than on nothing.
+        self.settled = settled or (lambda: succeed(None))
         self.load_rows = load_rows
         self.meters = meters
         self.clock = clock
@@ -269,7 +273,17 @@ class Trainer(Service):
         self._finished(None)
         self.message = None
         if missing and not self._stopping:
-            self.train_now("no saved model")
+            waiting = self.settled()
+            if not waiting.called:
+                self.message = "waiting for the backfill before the first training"
+
+            def go(_: object) -> None:
+                if not self._stopping and self.running:
+                    if self.message == "waiting for the backfill before the first training":
+                        self.message = None
+                    self.train_now("no saved model")
+
+            waiting.addCallback(go).addErrback(lambda f: log.failure("waiting for the backfill failed", f))
 
     def _load_failed(self, failure: Any) -> None:
         log.failure("loading saved forecast models failed; will train", failure)
@@ -338,7 +352,8 @@ class ForecastService(MultiService):
         self.tz = tz
         self.dataset = Dataset(meters, store, options, reactor)
         self.trainer = Trainer(options, self.dataset.load, meters.keys, reactor, reactor=reactor,
-                               base=lambda meter: model_base(store.path, meter))
+                               base=lambda meter: model_base(store.path, meter),
+                               settled=self.dataset.settled)
         self.dataset.setServiceParent(self)
         self.trainer.setServiceParent(self)
         self._cache: dict[str, tuple[Any, list[tuple[float, float]]]] = {}
