@@ -169,6 +169,18 @@ def observe(d: Deferred[Any]) -> Deferred[None]:
     return seen
 
 
+def add_range(ranges: list[tuple[float, float, str]], start: float, end: float,
+              label: str) -> list[tuple[float, float, str]]:
+    """Pure: ``ranges`` with ``[start, end)`` added, touching ranges of one label joined."""
+    out: list[tuple[float, float, str]] = []
+    for s0, e0, l0 in sorted([*ranges, (start, end, label)]):
+        if out and out[-1][2] == l0 and s0 <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], e0), l0)
+        else:
+            out.append((s0, e0, l0))
+    return out
+
+
 class Backfiller:
     """One meter's backfill run: ``start()`` once, ``stop()`` to end it early."""
 

@@ -32,7 +32,8 @@ from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.task import LoopingCall
 
 from meteremu.forecast import ForecastOptions
-from meteremu.forecast.backfill import Backfiller, Row, observe
+from meteremu.forecast.backfill import Backfiller, Row, add_range, observe
+from meteremu.forecast.backfill import ranges as stored_ranges
 from meteremu.interfaces import IReactorTime, StateStore
 from meteremu.logs import logger
 from meteremu.meter import Meter
@@ -172,6 +173,15 @@ def _read(txn: Any, meter: str, since: float | None, limit: int | None) -> list[
     return txn.fetchall()
 
 
+def _read_slots(txn: Any, meter: str, since: float, until: float, step: float) -> list[tuple[float, float]]:
+    """Mean ``total`` per ``step``-wide slot of one meter over ``[since, until)``, oldest first."""
+    txn.execute(SCHEMA)
+    txn.execute(f"SELECT CAST(ts / ? + 1e-9 AS INTEGER) AS k, AVG(total) FROM {TABLE} "
+                "WHERE meter = ? AND ts >= ? AND ts < ? GROUP BY k ORDER BY k",
+                (step, meter, since, until))
+    return [(k * step, float(total)) for k, total in txn.fetchall()]
+
+
 def _latest(txn: Any, meter: str) -> float | None:
     txn.execute(SCHEMA)
     txn.execute(f"SELECT MAX(ts) FROM {TABLE} WHERE meter = ?", (meter,))
@@ -203,6 +213,7 @@ class Dataset(Service):
         self._listening: dict[str, Meter] = {}
         self.backfills: dict[str, Backfiller] = {}
         self._backfill_runs: dict[str, Deferred[Any]] = {}
+        self.backfill_ranges: dict[str, list[tuple[float, float, str]]] = {}
         self.written = 0
         self.pruned = 0
 
@@ -216,7 +227,14 @@ class Dataset(Service):
         self.store.run_interaction(_read, name, None, self._recent_size).addCallbacks(
             lambda rows, name=name: self._merge_recent(name, rows),
             lambda f: log.failure("reading recent forecast samples failed", f))
+        self.store.run_interaction(stored_ranges, name, -math.inf, math.inf).addCallbacks(
+            lambda found, name=name: self._add_ranges(name, found),
+            lambda f: log.failure("reading backfilled ranges failed", f))
         meter.add_past_listener(self._on_past)
+
+    def _add_ranges(self, name: str, found: list[tuple[float, float, str]]) -> None:
+        for start, end, label in found:
+            self.backfill_ranges[name] = add_range(self.backfill_ranges.get(name, []), start, end, label)
 
     def _removed(self, meter: Meter) -> None:
         meter.remove_listener(self._on_reading)
@@ -257,6 +275,9 @@ class Dataset(Service):
 
     def _backfilled(self, name: str, rows: list[Row]) -> None:
         self._merge_recent(name, ((row[1], row[2]) for row in rows))
+        job = self.backfills.get(name)
+        if rows and job is not None:
+            self._add_ranges(name, [(rows[0][1], rows[-1][1] + self.resolution, job.past.label)])
 
     def settled(self) -> Deferred[None]:
         """Fires when every backfill started so far has ended (at once if there is none)."""
@@ -290,6 +311,22 @@ class Dataset(Service):
     def series(self, name: str) -> list[tuple[float, float]]:
         """Recent finished buckets ``(ts, total W)`` of a meter, oldest first."""
         return list(self.recent.get(name, ()))
+
+    def window(self, name: str, since: float, step: float) -> Deferred[list[tuple[float, float]]]:
+        """Finished buckets from ``since`` on, for the chart.
+
+        From memory when the recent buckets reach back that far (or are all
+        there is), else the older part from the store as means per ``step``
+        slot (aggregated in SQLite, off the reactor thread) plus memory.
+        """
+        recent = list(self.recent.get(name, ()))
+        covered = bool(recent) and (recent[0][0] <= since or len(recent) < self._recent_size)
+        if covered or not recent:
+            if not recent:
+                return self.store.run_interaction(_read_slots, name, since, math.inf, step)
+            return succeed([p for p in recent if p[0] >= since])
+        d = self.store.run_interaction(_read_slots, name, since, recent[0][0], step)
+        return d.addCallback(lambda older: older + recent)
 
     def load(self, name: str) -> Deferred[list[tuple[float, float]]]:
         """Every retained ``(ts, total)`` row of a meter (for training), oldest first.

@@ -382,13 +382,17 @@ class ForecastService(MultiService):
         self._cache[meter] = (key, points)
         return points
 
+    def history(self, meter: str, since: float, step: float) -> Deferred[list[tuple[float, float]]]:
+        """Dataset buckets from ``since`` on (means per ``step`` where older than memory)."""
+        return self.dataset.window(meter, since, step)
+
+    def backfill(self, meter: str) -> tuple[list[tuple[float, float, str]], dict[str, Any] | None]:
+        """The meter's backfilled ranges ``(start, end, label)`` and its backfill run's status."""
+        return list(self.dataset.backfill_ranges.get(meter, [])), self.dataset.backfill_status(meter)
+
     def view(self, meter: str, span: float) -> dict[str, Any]:
-        """History (buckets of the last ``span`` s), forecast, metrics and training state."""
+        """Forecast, metrics and training state (the history comes from :meth:`history`)."""
         series = self.dataset.series(meter)
-        history = series
-        if series:
-            since = series[-1][0] - span
-            history = [p for p in series if p[0] > since]
         fitted = self.trainer.models.get(meter)
         model = baselines = skill = None
         if fitted is not None:
@@ -407,5 +411,5 @@ class ForecastService(MultiService):
                          "seasonal_naive": _rounded(metrics.get("seasonal_naive"))}
             skill = meta.get("skill")
             skill = None if skill is None else round(skill, 4)
-        return {"history": history, "forecast": self.forecast(meter, series), "model": model,
+        return {"forecast": self.forecast(meter, series), "model": model,
                 "baselines": baselines, "skill": skill, "resolution": self.options.resolution}
