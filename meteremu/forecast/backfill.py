@@ -203,6 +203,8 @@ class Backfiller:
 
     def start(self) -> Deferred[int]:
         """Run; fires with the number of buckets written (also after a stop), never fails."""
+        if self._run is None and self._stopping:
+            return succeed(0)  # stopped before it began (a stop while an older run was ending)
         if self._run is None:
             self.state = "running"
             self._run = ensureDeferred(self._go())
