@@ -13,6 +13,15 @@ than ``retention`` before the newest sample. The reactor thread only appends to
 a list. The last few hours of buckets are also kept in memory per meter, for
 the dashboard's chart and the model's input.
 
+Backfill: a meter whose source offers its computed past (only the simulator,
+:mod:`meteremu.past`) gets it written by a :class:`~meteremu.forecast.backfill.Backfiller`
+at start; :meth:`Dataset.settled` tells the trainer when that is done, and the
+backfilled ranges are kept (with their label) for the dashboard.
+
+Reads for the chart (:meth:`Dataset.window`) come from the in-memory buckets
+when they reach back far enough, else from the store, averaged per chart slot
+in SQLite.
+
 :class:`Bucketer` is pure (no reactor, no I/O); :class:`Dataset` is the thin
 Service around it. No numpy here: this module loads only when forecasting is
 on, but stays cheap anyway.

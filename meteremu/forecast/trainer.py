@@ -18,7 +18,8 @@ blocking) for the job to notice, then stops the idle pool.
 
 Saved models are loaded in the pool at start (importing scikit-learn there,
 not on the reactor thread); a meter without a compatible saved model is
-trained right away.
+trained as soon as the dataset's backfill (if a source offered one) is
+written, so a first start trains on that history rather than on nothing.
 
 :class:`ForecastService` bundles the dataset and the trainer and answers the
 dashboard (history, forecast, metrics, training state).
