@@ -399,11 +399,18 @@
     }
     var note = fc.length ? "next " + Math.round((fc[fc.length - 1][0] - tNow) / 60) + " min"
       : d.forecasting ? "no forecast yet" : "forecasting off";
+    var bf = d.backfill;
+    if (bf && bf.state === "running" && bf.planned) {
+      note = "computing the simulated past: " + Math.round(100 * bf.written / bf.planned) + " %";
+    }
     text($("chart-note"), note);
-    attachCursor(box, svg, hist, fc, x, y, m, h);
+    attachCursor(box, svg, hist, fc, backfilled, x, y, m, h);
   }
 
-  function attachCursor(box, svg, hist, fc, x, y, m, h) {
+  function attachCursor(box, svg, hist, fc, backfilled, x, y, m, h) {
+    function simulated(t) {
+      return backfilled.some(function (p) { return p.from <= t && t < p.to; });
+    }
     var points = hist.map(function (p) { return [p[0], p[1], false]; })
       .concat(fc.map(function (p) { return [p[0], p[1], true]; }));
     var cursor = el("line", { y1: m.t, y2: h - m.b, "class": "cursor", visibility: "hidden" }, svg);
@@ -423,7 +430,7 @@
       tip.style.left = cx + "px"; tip.style.top = cy + "px";
       var dir = direction(best[1]);
       tip.textContent = fmtClock(best[0], true) + " · " + fmtW(best[1]) +
-        (dir === "none" ? "" : " " + dir) + (best[2] ? " (forecast)" : "");
+        (dir === "none" ? "" : " " + dir) + (best[2] ? " (forecast)" : simulated(best[0]) ? " (simulated)" : "");
     }
     function leave() {
       cursor.setAttribute("visibility", "hidden"); dot.setAttribute("visibility", "hidden"); tip.hidden = true;
