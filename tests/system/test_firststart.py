@@ -83,6 +83,50 @@ class FreshVenvTests(TestCase):
         self.assertEqual(result.stdout.strip(), "True True True")
 
 
+class DemoTests(TestCase):
+    """etc/meteremu.yaml as a first ``scripts/run`` starts it: a trained forecast and its scores."""
+
+    timeout = 240
+
+    @inlineCallbacks
+    def test_the_demo_shows_a_trained_forecast_on_backfilled_history(self):
+        import json
+
+        import yaml
+
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        with open(os.path.join(ROOT, "etc", "meteremu.yaml"), encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+        data["server"] = {"host": "127.0.0.1", "http_port": 0}  # loopback, any port; the rest as shipped
+        data["store"]["path"] = os.path.join(directory, "state.db")
+        for device in data["devices"]:
+            device.update(udp_ports=[], mdns=False)
+            device.pop("modbus_port", None)
+        config = os.path.join(directory, "meteremu.yaml")
+        with open(config, "w", encoding="utf-8") as handle:
+            yaml.safe_dump(data, handle)
+        proto = spawn(self, [*RUN, "--config", config], directory)
+        port = yield proto.serving()
+        http = HTTPClient(self)
+        power: dict = {}
+        for _ in range(2000):  # bounded: a model, or the test's timeout
+            response, body = yield http.get(f"http://127.0.0.1:{port}/ui/power?span=21600")
+            power = json.loads(body)
+            if power["model"] is not None:
+                break
+            yield deferLater(reactor, 0.1, lambda: None)
+        self.assertIsNotNone(power["model"], proto.output.decode(errors="replace")[-2000:])
+        self.assertGreater(power["model"]["samples"], 13 * 8640)  # trained on the 14-day backfill
+        self.assertIsNotNone(power["baselines"]["persistence"]["mae"])
+        self.assertIsNotNone(power["skill"])
+        self.assertEqual(len(power["forecast"]), 60)
+        self.assertEqual(power["backfill"]["state"], "done")
+        self.assertEqual(power["history_parts"][0]["source"], "backfill")
+        self.assertIn("simulated", power["history_parts"][0]["label"])
+        self.assertNotIn(b"Traceback", proto.output + proto.stderr)
+
+
 class ForecastingOffTests(TestCase):
     """A started service (a fresh twistd process) with forecasting off maps neither library."""
 
