@@ -132,6 +132,11 @@ def build(config: Config, reactor: IReactor) -> App:
 
     # numpy/scikit-learn are imported only here, only when forecasting is on.
     # The dashboard (/ui) is always there; without forecasting it says so.
+    if not config.forecast.enabled:
+        for name, mc in config.meters.items():
+            if getattr(mc.source.options, "backfill", None):
+                log.warn("meter {meter}: backfill is ignored while forecast.enabled is false "
+                         "(the backfill is written to the forecast dataset)", meter=name)
     if config.forecast.enabled:
         from meteremu.forecast.trainer import ForecastService
 

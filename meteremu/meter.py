@@ -16,6 +16,7 @@ from typing import Protocol
 
 from meteremu.energy import EnergyCounters
 from meteremu.logs import logger
+from meteremu.past import Past
 from meteremu.reading import Reading
 
 log = logger(__name__)
@@ -48,6 +49,7 @@ class SourceStats:
 
 
 Listener = Callable[["Meter", Reading], None]
+PastListener = Callable[["Meter", Past], None]
 
 MIN_STALE_AFTER = 5.0
 PUSH_STALE_AFTER = 60.0
@@ -91,6 +93,10 @@ class Meter:
         self.extras: dict[str, tuple[float, float]] = {}
         self.details: dict[str, object] = {}
         self._listeners: list[Listener] = []
+        # What the source can compute about its own past (only the simulator:
+        # meteremu.past); the forecast dataset backfills from it.
+        self.past: Past | None = None
+        self._past_listeners: list[PastListener] = []
         self._broken: set[Listener] = set()  # listeners whose failure was logged already
         self.listener_errors = 0  # listener calls that raised (each listener logged once)
         self._last_new_arrival: float | None = None
@@ -105,6 +111,26 @@ class Meter:
         if listener in self._listeners:
             self._listeners.remove(listener)
         self._broken.discard(listener)
+
+    def add_past_listener(self, listener: PastListener) -> None:
+        """Hear of the source's past: now if it offered one already, and on every new offer."""
+        self._past_listeners.append(listener)
+        if self.past is not None:
+            listener(self, self.past)
+
+    def remove_past_listener(self, listener: PastListener) -> None:
+        if listener in self._past_listeners:
+            self._past_listeners.remove(listener)
+
+    def offer_past(self, past: Past) -> None:
+        """The source can compute its readings over ``past`` (see :mod:`meteremu.past`)."""
+        self.past = past
+        for listener in list(self._past_listeners):
+            try:
+                listener(self, past)
+            except Exception:
+                self.listener_errors += 1
+                log.failure("meter {meter}: a listener failed on the source's past", meter=self.name)
 
     def _tell(self, reading: Reading) -> None:
         """Tell every listener; one that raises cannot keep the others from hearing.

@@ -13,6 +13,15 @@ than ``retention`` before the newest sample. The reactor thread only appends to
 a list. The last few hours of buckets are also kept in memory per meter, for
 the dashboard's chart and the model's input.
 
+Backfill: a meter whose source offers its computed past (only the simulator,
+:mod:`meteremu.past`) gets it written by a :class:`~meteremu.forecast.backfill.Backfiller`
+at start; :meth:`Dataset.settled` tells the trainer when that is done, and the
+backfilled ranges are kept (with their label) for the dashboard.
+
+Reads for the chart (:meth:`Dataset.window`) come from the in-memory buckets
+when they reach back far enough, else from the store, averaged per chart slot
+in SQLite.
+
 :class:`Bucketer` is pure (no reactor, no I/O); :class:`Dataset` is the thin
 Service around it. No numpy here: this module loads only when forecasting is
 on, but stays cheap anyway.
@@ -24,17 +33,21 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.task import LoopingCall
 
 from meteremu.forecast import ForecastOptions
+from meteremu.forecast.backfill import Backfiller, Row, add_range, observe
+from meteremu.forecast.backfill import ranges as stored_ranges
 from meteremu.interfaces import IReactorTime, StateStore
 from meteremu.logs import logger
 from meteremu.meter import Meter
 from meteremu.meterset import MeterSet
+from meteremu.past import Past
 from meteremu.reading import Reading
 
 log = logger(__name__)
@@ -117,6 +130,14 @@ class Bucketer:
         return bucket
 
 
+def merge_series(existing: Iterable[tuple[float, float]], new: Iterable[tuple[float, float]],
+                 size: int) -> deque[tuple[float, float]]:
+    """Pure: both series by time, at most ``size`` newest points; ``existing`` wins a tie."""
+    points = {ts: value for ts, value in new}
+    points.update(existing)
+    return deque(sorted(points.items()), maxlen=size)
+
+
 def bucket_readings(readings: Iterable[tuple[float, float, float, float, float]],
                     resolution: float) -> list[Bucket]:
     """Pure helper: every bucket of ``(ts, total, a, b, c)`` samples, the last one included."""
@@ -161,6 +182,15 @@ def _read(txn: Any, meter: str, since: float | None, limit: int | None) -> list[
     return txn.fetchall()
 
 
+def _read_slots(txn: Any, meter: str, since: float, until: float, step: float) -> list[tuple[float, float]]:
+    """Mean ``total`` per ``step``-wide slot of one meter over ``[since, until)``, oldest first."""
+    txn.execute(SCHEMA)
+    txn.execute(f"SELECT CAST(ts / ? + 1e-9 AS INTEGER) AS k, AVG(total) FROM {TABLE} "
+                "WHERE meter = ? AND ts >= ? AND ts < ? GROUP BY k ORDER BY k",
+                (step, meter, since, until))
+    return [(k * step, float(total)) for k, total in txn.fetchall()]
+
+
 def _latest(txn: Any, meter: str) -> float | None:
     txn.execute(SCHEMA)
     txn.execute(f"SELECT MAX(ts) FROM {TABLE} WHERE meter = ?", (meter,))
@@ -190,6 +220,9 @@ class Dataset(Service):
         self._loop: LoopingCall | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._listening: dict[str, Meter] = {}
+        self.backfills: dict[str, Backfiller] = {}
+        self._backfill_runs: dict[str, Deferred[Any]] = {}
+        self.backfill_ranges: dict[str, list[tuple[float, float, str]]] = {}
         self.written = 0
         self.pruned = 0
 
@@ -203,25 +236,66 @@ class Dataset(Service):
         self.store.run_interaction(_read, name, None, self._recent_size).addCallbacks(
             lambda rows, name=name: self._merge_recent(name, rows),
             lambda f: log.failure("reading recent forecast samples failed", f))
+        self.store.run_interaction(stored_ranges, name, -math.inf, math.inf).addCallbacks(
+            lambda found, name=name: self._add_ranges(name, found),
+            lambda f: log.failure("reading backfilled ranges failed", f))
+        meter.add_past_listener(self._on_past)
+
+    def _add_ranges(self, name: str, found: list[tuple[float, float, str]]) -> None:
+        for start, end, label in found:
+            self.backfill_ranges[name] = add_range(self.backfill_ranges.get(name, []), start, end, label)
 
     def _removed(self, meter: Meter) -> None:
         meter.remove_listener(self._on_reading)
+        meter.remove_past_listener(self._on_past)
+        job = self.backfills.get(meter.name)
+        if job is not None:
+            job.stop()
         self._listening.pop(meter.name, None)
         bucket = self._bucketers.pop(meter.name, Bucketer(self.resolution)).close()
         if bucket is not None:
             self._finished(meter.name, bucket)
 
-    def _merge_recent(self, name: str, rows: list[tuple[float, float]]) -> None:
+    def _merge_recent(self, name: str, rows: Iterable[tuple[float, float]]) -> None:
+        """Stored rows (at start, or just backfilled) into the in-memory recent buckets."""
         recent = self.recent.get(name)
         if recent is None:
             return
-        first = recent[0][0] if recent else math.inf
-        older = [(float(ts), float(total)) for ts, total in rows if ts < first]
-        if older:
-            merged = deque(older, maxlen=self._recent_size)
-            merged.extend(recent)
-            self.recent[name] = merged
-            self._latest[name] = max(self._latest.get(name, -math.inf), merged[-1][0])
+        rows = [(float(ts), float(total)) for ts, total in rows]
+        if not rows:
+            return
+        if len(recent) == recent.maxlen and max(ts for ts, _ in rows) < recent[0][0]:
+            return  # all older than a full window: nothing to keep
+        merged = merge_series(recent, rows, self._recent_size)
+        self.recent[name] = merged
+        self._latest[name] = max(self._latest.get(name, -math.inf), merged[-1][0])
+
+    # -- backfill (a source's computed past, meteremu.past) --------------------------
+    def _on_past(self, meter: Meter, past: Past) -> None:
+        if not self.running:
+            return
+        name = meter.name
+        old = self.backfills.get(name)
+        job = Backfiller(name, past, self.store, self.clock, self.resolution, self.options.retention,
+                         on_rows=partial(self._backfilled, name))
+        self.backfills[name] = job
+        before = old.stop() if old is not None else succeed(None)
+        self._backfill_runs[name] = before.addCallback(lambda _: job.start())
+
+    def _backfilled(self, name: str, rows: list[Row]) -> None:
+        self._merge_recent(name, ((row[1], row[2]) for row in rows))
+        job = self.backfills.get(name)
+        if rows and job is not None:
+            self._add_ranges(name, [(rows[0][1], rows[-1][1] + self.resolution, job.past.label)])
+
+    def settled(self) -> Deferred[None]:
+        """Fires when every backfill started so far has ended (at once if there is none)."""
+        waits = [observe(run) for run in self._backfill_runs.values()]
+        return gatherResults(waits).addCallback(lambda _: None)
+
+    def backfill_status(self, name: str) -> dict[str, Any] | None:
+        job = self.backfills.get(name)
+        return None if job is None else job.status()
 
     def _on_reading(self, meter: Meter, reading: Reading) -> None:
         bucketer = self._bucketers.get(meter.name)
@@ -246,6 +320,22 @@ class Dataset(Service):
     def series(self, name: str) -> list[tuple[float, float]]:
         """Recent finished buckets ``(ts, total W)`` of a meter, oldest first."""
         return list(self.recent.get(name, ()))
+
+    def window(self, name: str, since: float, step: float) -> Deferred[list[tuple[float, float]]]:
+        """Finished buckets from ``since`` on, for the chart.
+
+        From memory when the recent buckets reach back that far (or are all
+        there is), else the older part from the store as means per ``step``
+        slot (aggregated in SQLite, off the reactor thread) plus memory.
+        """
+        recent = list(self.recent.get(name, ()))
+        covered = bool(recent) and (recent[0][0] <= since or len(recent) < self._recent_size)
+        if covered or not recent:
+            if not recent:
+                return self.store.run_interaction(_read_slots, name, since, math.inf, step)
+            return succeed([p for p in recent if p[0] >= since])
+        d = self.store.run_interaction(_read_slots, name, since, recent[0][0], step)
+        return d.addCallback(lambda older: older + recent)
 
     def load(self, name: str) -> Deferred[list[tuple[float, float]]]:
         """Every retained ``(ts, total)`` row of a meter (for training), oldest first.
@@ -311,12 +401,14 @@ class Dataset(Service):
             self._unsubscribe = None
         for meter in list(self._listening.values()):
             meter.remove_listener(self._on_reading)
+            meter.remove_past_listener(self._on_past)
         self._listening.clear()
+        backfills = [job.stop() for job in self.backfills.values()]
         # The open buckets are written as they are (a mean of fewer readings).
         for name, bucketer in self._bucketers.items():
             bucket = bucketer.close()
             if bucket is not None:
                 self._finished(name, bucket)
-        d = self._writing or succeed(None)
+        d = gatherResults(backfills + [self._writing or succeed(None)], consumeErrors=True)
         d.addBoth(lambda _: self.flush())
         return d

@@ -18,7 +18,8 @@ blocking) for the job to notice, then stops the idle pool.
 
 Saved models are loaded in the pool at start (importing scikit-learn there,
 not on the reactor thread); a meter without a compatible saved model is
-trained right away.
+trained as soon as the dataset's backfill (if a source offered one) is
+written, so a first start trains on that history rather than on nothing.
 
 :class:`ForecastService` bundles the dataset and the trainer and answers the
 dashboard (history, forecast, metrics, training state).
@@ -73,8 +74,12 @@ class Trainer(Service):
                  meters: Callable[[], list[str]], clock: IReactorTime, *,
                  reactor: IReactorThreads | None = None, base: Callable[[str], str] | None = None,
                  run_in_thread: Callable[..., Deferred[Any]] | None = None,
-                 job: Job | None = None, loader: Loader | None = None) -> None:
+                 job: Job | None = None, loader: Loader | None = None,
+                 settled: Callable[[], Deferred[Any]] | None = None) -> None:
         self.options = options
+        # The first training waits for the dataset's backfill (if any), so a
+        # first start trains on the backfilled history rather than on nothing.
+        self.settled = settled or (lambda: succeed(None))
         self.load_rows = load_rows
         self.meters = meters
         self.clock = clock
@@ -269,7 +274,17 @@ class Trainer(Service):
         self._finished(None)
         self.message = None
         if missing and not self._stopping:
-            self.train_now("no saved model")
+            waiting = self.settled()
+            if not waiting.called:
+                self.message = "waiting for the backfill before the first training"
+
+            def go(_: object) -> None:
+                if not self._stopping and self.running:
+                    if self.message == "waiting for the backfill before the first training":
+                        self.message = None
+                    self.train_now("no saved model")
+
+            waiting.addCallback(go).addErrback(lambda f: log.failure("waiting for the backfill failed", f))
 
     def _load_failed(self, failure: Any) -> None:
         log.failure("loading saved forecast models failed; will train", failure)
@@ -338,7 +353,8 @@ class ForecastService(MultiService):
         self.tz = tz
         self.dataset = Dataset(meters, store, options, reactor)
         self.trainer = Trainer(options, self.dataset.load, meters.keys, reactor, reactor=reactor,
-                               base=lambda meter: model_base(store.path, meter))
+                               base=lambda meter: model_base(store.path, meter),
+                               settled=self.dataset.settled)
         self.dataset.setServiceParent(self)
         self.trainer.setServiceParent(self)
         self._cache: dict[str, tuple[Any, list[tuple[float, float]]]] = {}
@@ -367,13 +383,17 @@ class ForecastService(MultiService):
         self._cache[meter] = (key, points)
         return points
 
+    def history(self, meter: str, since: float, step: float) -> Deferred[list[tuple[float, float]]]:
+        """Dataset buckets from ``since`` on (means per ``step`` where older than memory)."""
+        return self.dataset.window(meter, since, step)
+
+    def backfill(self, meter: str) -> tuple[list[tuple[float, float, str]], dict[str, Any] | None]:
+        """The meter's backfilled ranges ``(start, end, label)`` and its backfill run's status."""
+        return list(self.dataset.backfill_ranges.get(meter, [])), self.dataset.backfill_status(meter)
+
     def view(self, meter: str, span: float) -> dict[str, Any]:
-        """History (buckets of the last ``span`` s), forecast, metrics and training state."""
+        """Forecast, metrics and training state (the history comes from :meth:`history`)."""
         series = self.dataset.series(meter)
-        history = series
-        if series:
-            since = series[-1][0] - span
-            history = [p for p in series if p[0] > since]
         fitted = self.trainer.models.get(meter)
         model = baselines = skill = None
         if fitted is not None:
@@ -392,5 +412,5 @@ class ForecastService(MultiService):
                          "seasonal_naive": _rounded(metrics.get("seasonal_naive"))}
             skill = meta.get("skill")
             skill = None if skill is None else round(skill, 4)
-        return {"history": history, "forecast": self.forecast(meter, series), "model": model,
+        return {"forecast": self.forecast(meter, series), "model": model,
                 "baselines": baselines, "skill": skill, "resolution": self.options.resolution}

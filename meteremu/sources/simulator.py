@@ -15,6 +15,13 @@ is noon where the user is. Tests pass an explicit ``tz`` to be deterministic.
 Timing: ``interval`` and outages are *real* seconds on the injected clock; each
 reading carries the *simulated* clock's timestamp, which runs ``speed`` times
 faster than real time from ``start_time``.
+
+Backfill: because the household is a pure function of time, ``backfill: 14d``
+offers the Meter the same household over the 14 days before the simulated
+clock's start (:class:`meteremu.past.Past`, labelled as simulated). The
+forecast dataset writes it to the store at start, so a first run already has
+a history to chart and to train on. Only this source can do that: a real
+meter's past is never made up.
 """
 
 from __future__ import annotations
@@ -32,12 +39,15 @@ from meteremu.configtypes import Duration
 from meteremu.interfaces import IReactorTime, StateStore
 from meteremu.logs import logger
 from meteremu.meter import Meter
+from meteremu.past import Past
 from meteremu.reading import PhaseReading, Reading
 
 DAY = 86400.0
 HOUR = 3600.0
 SUNRISE, SUNSET = 6 * HOUR, 20 * HOUR  # solar noon (their middle) at 13:00, as under DST
 BASE_SPLIT = (0.45, 0.32, 0.23)  # not equal thirds: phase detection needs asymmetry
+MAX_BACKFILL = 366 * DAY
+BACKFILL_LABEL = "simulated: the simulator's household computed for the past (backfill), not measured"
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,8 @@ class SimulatorOptions:
     pv_peak: float = field(default=4000.0, metadata={"doc": "PV output at solar noon in W (0: none)"})
     outages: OutageOptions | None = field(default=None, metadata={
         "doc": "periodic silence of the source: {every, duration}"})
+    backfill: Duration | None = field(default=None, metadata={
+        "doc": "history to compute for the past at start, e.g. 14d (written to the forecast dataset)"})
 
     def validate(self) -> list[tuple[str, str]]:
         """Semantic checks the type-driven config loader cannot make."""
@@ -73,6 +85,8 @@ class SimulatorOptions:
             parse_start_time(self.start_time, 0.0)
         except ValueError:
             errors.append(("start_time", '"HH:MM", "HH:MM:SS" or an ISO-8601 datetime'))
+        if self.backfill is not None and not 0 < self.backfill <= MAX_BACKFILL:
+            errors.append(("backfill", "a duration above 0 and at most 366d, e.g. 14d"))
         if self.outages is not None:
             if not self.outages.every > 0:
                 errors.append(("outages.every", "a duration greater than 0"))
@@ -258,6 +272,12 @@ class Household:
         return Reading(phases=tuple(phases), measured_at=t,
                        extras={"pv_power": pv_each * 3, "load_power": sum(p)})
 
+    def power_at(self, t: float) -> tuple[float, float, float, float]:
+        """Total and per-phase active power at ``t``: the values a backfill records."""
+        reading = self.reading_at(t)
+        a, b, c = (reading.phase(i).act_power for i in range(3))
+        return reading.total_act_power, a, b, c
+
 
 class SimulatorSource(Service):
     """Feeds a Meter from a Household every ``interval`` real seconds."""
@@ -280,6 +300,9 @@ class SimulatorSource(Service):
         super().startService()
         self.real_start = self.clock.seconds()
         self.sim_start = parse_start_time(self.options.start_time, wall(self.clock), self.tz)
+        if self.options.backfill is not None:
+            self.meter.offer_past(Past(self.sim_start - self.options.backfill, self.sim_start,
+                                       self.household.power_at, BACKFILL_LABEL))
         self._loop = LoopingCall(self._tick)
         self._loop.clock = self.clock
         self._loop.start(self.options.interval, now=True).addErrback(

@@ -5,9 +5,13 @@ build step, no CDN: it works offline on a LAN) that poll ``/ui/power`` every
 few seconds and ``/admin/overview`` for the battery clients.
 
 ``/ui/power`` works without forecasting: history then comes from the Meter's
-own ring of readings, and ``model``/``baselines``/``skill`` are null,
-``forecast`` is ``[]``. With forecasting on, history is the dataset's buckets
-(``resolution`` wide) and the forecast continues it. Timestamps are epoch
+own ring of readings (an hour at most), and ``model``/``baselines``/``skill``
+are null, ``forecast`` is ``[]``. With forecasting on, history is the
+dataset's buckets (``resolution`` wide, from the store for the spans memory
+does not hold, up to 7 days) and only the seconds after the last finished
+bucket come from the ring; ``history_parts`` says which part came from where,
+backfilled (simulated) buckets included (:mod:`meteremu.web.history`). The
+forecast continues the history. Timestamps are epoch
 seconds on the *source's* clock (a simulator's fast clock included); ``now``
 is the newest reading's timestamp, ``server_time`` the server's clock, which
 ``last_seen`` in ``/admin/overview`` uses.
@@ -30,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from klein import Klein
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.web.iweb import IRequest
 
 from meteremu.days import DayLedger
@@ -37,6 +42,7 @@ from meteremu.interfaces import IReactorTime
 from meteremu.meter import Meter
 from meteremu.meterset import MeterSet
 from meteremu.reading import PHASE_NAMES
+from meteremu.web.history import compose, step_for
 from meteremu.web.ops import meter_health
 
 if TYPE_CHECKING:
@@ -53,31 +59,7 @@ CSP = (b"default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 
 
 DEFAULT_SPAN = 3600.0
 MIN_SPAN = 60.0
-MAX_SPAN = 6 * 3600.0
-MAX_POINTS = 720  # history points sent at most (means of equal time slices beyond)
-
-
-def downsample(points: Sequence[tuple[float, float]], max_points: int) -> list[tuple[float, float]]:
-    """Pure: at most ``max_points`` points, each the mean (time and value) of an equal time slice."""
-    if len(points) <= max_points or max_points < 1:
-        return list(points)
-    first, last = points[0][0], points[-1][0]
-    width = (last - first) / max_points or 1.0
-    out: list[tuple[float, float]] = []
-    slot, t_sum, v_sum, count = None, 0.0, 0.0, 0
-    for t, v in points:
-        index = min(max_points - 1, int((t - first) / width))
-        if index != slot and count:
-            out.append((t_sum / count, v_sum / count))
-            t_sum = v_sum = 0.0
-            count = 0
-        slot = index
-        t_sum += t
-        v_sum += v
-        count += 1
-    if count:
-        out.append((t_sum / count, v_sum / count))
-    return out
+MAX_SPAN = 7 * 86400.0  # the longest chart (the dataset keeps 14 days by default)
 
 
 class EnergyToday:
@@ -120,7 +102,7 @@ class Dashboard:
             return {"state": "idle", "progress": 0.0, "enabled": False, "message": "forecasting is off"}
         return {**self.forecast.training_status(), "enabled": True}
 
-    def power(self, name: str | None, span: float = DEFAULT_SPAN) -> tuple[int, dict[str, Any]]:
+    async def power(self, name: str | None, span: float = DEFAULT_SPAN) -> tuple[int, dict[str, Any]]:
         names = self.meters.keys()
         server_time = self.clock.seconds()
         if name is None:
@@ -144,14 +126,18 @@ class Dashboard:
         else:
             power = {"total": None, "a": None, "b": None, "c": None}
             now = server_time
-        view: dict[str, Any] = {"history": [], "forecast": [], "model": None, "baselines": None,
+        view: dict[str, Any] = {"forecast": [], "model": None, "baselines": None,
                                 "skill": None, "resolution": None}
+        since = now - span
+        dataset: list[tuple[float, float]] = []
+        ranges: list[tuple[float, float, str]] = []
+        backfill = None
         if self.forecast is not None:
             view.update(self.forecast.view(name, span))
-        history = view["history"]
-        if not history:
-            since = now - span
-            history = [p for p in meter.history if p[0] > since]
+            step = step_for(span, view["resolution"])
+            dataset = await self.forecast.history(name, since, step)
+            ranges, backfill = self.forecast.backfill(name)
+        history, parts = compose(dataset, list(meter.history), since, span, view["resolution"], ranges)
         return 200, {
             "now": now,
             "server_time": server_time,
@@ -162,7 +148,9 @@ class Dashboard:
             "energy_today": self.energy.today(meter),
             "health": meter_health(meter),
             "span": span,
-            "history": _points(downsample(history, MAX_POINTS)),
+            "history": _points(history),
+            "history_parts": [part.to_json() for part in parts],
+            "backfill": backfill,
             "forecast": _points(view["forecast"]),
             "resolution": view["resolution"],
             "model": view["model"],
@@ -228,7 +216,7 @@ def install_routes(app: Klein, meters: MeterSet, clock: IReactorTime, days: DayL
         app.route(f"/ui/{name}", methods=["GET"], endpoint=f"ui_{name}")(static(name))
 
     @app.route("/ui/power", methods=["GET"])
-    def power(request: IRequest) -> bytes:
+    def power(request: IRequest) -> bytes | Deferred[bytes]:
         span = DEFAULT_SPAN
         raw = _arg(request, b"span")
         if raw is not None:
@@ -238,8 +226,9 @@ def install_routes(app: Klein, meters: MeterSet, clock: IReactorTime, days: DayL
                 return _json(request, 400, {"error": "span: expected seconds"})
             if span != span:  # NaN
                 return _json(request, 400, {"error": "span: expected seconds"})
-        code, body = dashboard.power(_arg(request, b"meter"), span)
-        return _json(request, code, body)
+        d: Deferred[tuple[int, dict[str, Any]]] = ensureDeferred(
+            dashboard.power(_arg(request, b"meter"), span))
+        return d.addCallback(lambda answer: _json(request, *answer))
 
     @app.route("/ui/train", methods=["POST"])
     def train(request: IRequest) -> bytes:

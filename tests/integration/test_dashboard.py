@@ -6,8 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
-import sqlite3
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,14 +16,13 @@ from twisted.trial.unittest import TestCase
 
 from meteremu.days import DayLedger
 from meteremu.days import store_key as days_store_key
-from meteremu.forecast.dataset import SCHEMA, bucket_readings
 from meteremu.meter import Meter
 from meteremu.meterset import MeterSet
 from meteremu.reading import PhaseReading, Reading
-from meteremu.sources.simulator import Household, SimulatorOptions
 from meteremu.store import Store
 from meteremu.web.dashboard import EnergyToday
 from tests.support import HTTPClient, asyncio_reactor_skip, start_app, test_config
+from tests.support.browser import browser_skip, headless_chrome
 
 try:
     import numpy  # noqa: F401
@@ -34,23 +31,6 @@ except ImportError:  # pragma: no cover - the test command installs them
     NO_ML = "needs numpy and scikit-learn (pip install numpy scikit-learn)"
 else:
     NO_ML = None
-
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-
-
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-
-
-def _browser_skip() -> str | None:
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        return "needs selenium (pip install selenium)"
-    for path in (CHROMIUM, CHROMEDRIVER):
-        if not os.access(path, os.X_OK):
-            return f"needs {path} (apt-get install chromium chromium-driver)"
-    return None
 
 
 TWO = {"grid": {"source": {"type": "simulator", "interval": "1h", "start_time": "12:00"}},
@@ -183,34 +163,14 @@ class RouteTests(TestCase):
         self.assertEqual(response.code, 403)
 
 
-def seed_store(path: str, days: float, end: float, resolution: float = 10.0) -> None:
-    """Write ``days`` of simulated household buckets ending at ``end`` into the dataset table."""
-    house = Household(SimulatorOptions(seed=1))
-    start = end - days * 86400
-    samples = []
-    t = start
-    while t < end:
-        r = house.reading_at(t)
-        samples.append((t, r.total_act_power, *(p.act_power for p in r.phases)))
-        t += resolution
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with sqlite3.connect(path) as conn:
-        conn.execute(SCHEMA)
-        conn.executemany("INSERT INTO forecast_samples VALUES (?, ?, ?, ?, ?, ?, ?)",
-                         [b.row("grid") for b in bucket_readings(samples, resolution)])
-
-
 FORECAST = {"enabled": True, "window": 30, "horizon": 30, "hidden_layers": [32], "max_iter": 15,
             "max_samples": 3000, "train_interval": "1h", "flush_interval": "1s"}
 
 
 def forecasting_app(case: TestCase) -> Any:
-    """The service with the simulator and forecasting on, its store seeded with 1.5 days."""
+    """The service with the simulator and forecasting on; the simulator backfills 1.5 days."""
     tmp = case.mktemp()
-    now = reactor.seconds()
-    seed_store(os.path.join(tmp, "state.db"), 1.5, now - 10)
-    start = datetime.fromtimestamp(now).astimezone().isoformat()
-    meters = {"grid": {"source": {"type": "simulator", "interval": "0.5s", "speed": 20, "start_time": start}}}
+    meters = {"grid": {"source": {"type": "simulator", "interval": "0.5s", "speed": 20, "backfill": "36h"}}}
     return start_app(case, test_config(tmp, meters=meters, forecast=FORECAST))
 
 
@@ -236,10 +196,11 @@ class ForecastRouteTests(TestCase):
         self.assertGreater(model["samples"], 1.4 * 8640)
         self.assertAlmostEqual(power["skill"], 1 - model["mae"] / baselines["persistence"]["mae"], places=3)
         self.assertEqual(len(power["forecast"]), 30)
-        last = power["history"][-1][0]
+        buckets = [part for part in power["history_parts"] if part["source"] != "ring"]
+        last = buckets[-1]["to"] - 10  # the forecast continues the last finished bucket
         self.assertEqual(power["forecast"][0][0], last + 10)
         self.assertEqual(power["forecast"][-1][0], last + 300)
-        self.assertLessEqual(last - power["history"][0][0], 3600)
+        self.assertLessEqual(power["history"][-1][0] - power["history"][0][0], 3600)
         self.assertTrue(os.path.exists(os.path.splitext(app.store.path)[0] + ".forecast-grid.json"))
         runs = trainer.runs
         response, body = yield http.post(base + "/ui/train", b"")
@@ -251,30 +212,12 @@ class ForecastRouteTests(TestCase):
         self.assertEqual(trainer.runs, runs + 1)
 
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-extensions", "--disable-default-apps", "--no-default-browser-check",
-         "--disable-dev-shm-usage", "--hide-scrollbars", "--force-color-profile=srgb"]
-
-
 def browse(url: str, out: str, trainer: Any) -> dict[str, Any]:
     """Run in a thread (selenium blocks): drive the page, return what was seen."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager fetch anything
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in FLAGS:
-        options.add_argument(flag)
-    profile = os.path.join(out, "profile")
-    os.makedirs(profile, exist_ok=True)
-    options.add_argument(f"--user-data-dir={profile}")
-    options.add_argument("--window-size=1280,1000")
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    driver = headless_chrome(out, console=True)
     seen: dict[str, Any] = {}
     try:
         driver.set_page_load_timeout(30)
@@ -292,6 +235,12 @@ def browse(url: str, out: str, trainer: Any) -> dict[str, Any]:
         seen["energy"] = find(By.CSS_SELECTOR, '#energy tr[data-phase="total"] .imp').text
         seen["freshness"] = find(By.ID, "freshness").text
         seen["history_d"] = find(By.CSS_SELECTOR, "#chart path.history").get_attribute("d")
+        find(By.CSS_SELECTOR, '.seg button[data-span="21600"]').click()
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#chart rect.backfill-zone"))
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#chart path.forecast"))
+        seen["six_hours_d"] = find(By.CSS_SELECTOR, "#chart path.history").get_attribute("d")
+        seen["backfill_label"] = find(By.CSS_SELECTOR, "#chart text.backfill-label").text
+        seen["backfill_legend"] = find(By.ID, "backfill-legend").is_displayed()
         seen["forecast_d"] = find(By.CSS_SELECTOR, "#chart path.forecast").get_attribute("d")
         seen["metrics"] = {row: find(By.CSS_SELECTOR, f'#metrics tr[data-row="{row}"] .mae').text
                            for row in ("model", "persistence", "seasonal_naive")}
@@ -340,7 +289,7 @@ def browse(url: str, out: str, trainer: Any) -> dict[str, Any]:
 class BrowserTests(TestCase):
     """End to end: the simulator, the service and /ui in headless Chromium."""
 
-    skip = NO_ML or _browser_skip() or asyncio_reactor_skip()
+    skip = NO_ML or browser_skip() or asyncio_reactor_skip()
     timeout = 180
 
     @inlineCallbacks
@@ -359,6 +308,9 @@ class BrowserTests(TestCase):
         self.assertRegex(seen["energy"], r"^\d[\d.]* k?Wh$")
         self.assertTrue(seen["freshness"].startswith("fresh"), seen["freshness"])
         self.assertGreater(seen["history_d"].count("L"), 30)
+        self.assertGreater(seen["six_hours_d"].count("L"), 2000)  # 6 h at the dataset's 10 s
+        self.assertEqual(seen["backfill_label"], "simulated (backfill)")
+        self.assertTrue(seen["backfill_legend"])
         self.assertEqual(seen["forecast_d"].count("L"), 30)
         for row, value in seen["metrics"].items():
             self.assertRegex(value, r"^[\d,.]+$", row)

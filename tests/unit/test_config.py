@@ -716,6 +716,10 @@ class ShippedFilesTests(SynchronousTestCase):
         ports = [config.server.http_port, options.modbus_port, *options.udp_ports]
         self.assertTrue(all(port >= 1024 for port in ports), ports)  # runs as any user
         self.assertTrue(options.udp_ports and options.websocket and options.modbus_port)
+        # the demo shows the whole mission: a forecast, trained on the simulator's backfill
+        self.assertTrue(config.forecast.enabled)
+        self.assertEqual(config.meters["grid"].source.type, "simulator")
+        self.assertEqual(config.meters["grid"].source.options.backfill, 14 * 86400.0)
 
     def test_pi_config_loads(self) -> None:
         config = load_config(os.path.join(ETC, "meteremu.pi.yaml"), env={})
@@ -723,6 +727,8 @@ class ShippedFilesTests(SynchronousTestCase):
         self.assertEqual((config.server.http_port, options.udp_ports, options.modbus_port), (80, (1010, 2220), 502))
         self.assertEqual(options.mdns.interfaces, ("eth0",))
         self.assertEqual(config.store.path, "/var/lib/meteremu/state.db")
+        self.assertFalse(config.forecast.enabled)  # the user's choice: off until turned on
+        self.assertIsNone(config.meters["grid"].source.options.backfill)  # never for a real meter
 
 
 class TapTests(ConfigTestMixin, SynchronousTestCase):

@@ -309,6 +309,21 @@ class TrainerClockTests(SynchronousTestCase):
         trainer.stopService()
         self.assertEqual(clock.getDelayedCalls(), [])
 
+    def test_the_first_training_waits_for_the_backfill(self):
+        calls: list[str] = []
+        backfill: Deferred[None] = Deferred()
+        clock = Clock()
+        options = ForecastOptions(enabled=True, train_interval=3600.0)
+        trainer = Trainer(options, FakeData().load, lambda: ["grid"], clock, run_in_thread=sync_thread,
+                          job=lambda *a: (calls.append("trained"), FakeModel(1))[1],
+                          loader=lambda meter: (None, "no saved model"), settled=lambda: backfill)
+        trainer.startService()
+        self.assertEqual(calls, [])  # no model, but the backfill is still being written
+        self.assertEqual(trainer.status()["message"], "waiting for the backfill before the first training")
+        backfill.callback(None)
+        self.assertEqual(calls, ["trained"])
+        trainer.stopService()
+
     def test_a_compatible_saved_model_is_used_without_training(self):
         calls: list[str] = []
         saved = FakeModel(0)

@@ -314,7 +314,13 @@
     return (f <= 1 ? 1 : f <= 2 ? 2 : f <= 2.5 ? 2.5 : f <= 5 ? 5 : 10) * mag;
   }
 
-  var TIME_STEPS = [60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400];
+  var TIME_STEPS = [60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 172800];
+  var DAYS = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+  function fmtTick(t, step) {
+    if (step < 86400) return fmtClock(t);
+    var d = new Date(t * 1000);
+    return DAYS[d.getDay()] + " " + pad2(d.getDate());
+  }
 
   function drawChart(d) {
     var box = $("chart");
@@ -352,7 +358,7 @@
     var offset = new Date(t0 * 1000).getTimezoneOffset() * 60;
     for (var t = Math.ceil((t0 - offset) / tstep) * tstep + offset; t <= t1; t += tstep) {
       el("line", { x1: x(t), x2: x(t), y1: m.t, y2: h - m.b, "class": "gridline" }, svg);
-      el("text", { x: x(t), y: h - 6, "text-anchor": "middle", "class": "axis" }, svg).textContent = fmtClock(t);
+      el("text", { x: x(t), y: h - 6, "text-anchor": "middle", "class": "axis" }, svg).textContent = fmtTick(t, tstep);
     }
 
     var defs = el("defs", {}, svg), zero = y(0);
@@ -362,6 +368,18 @@
     if (fc.length) {
       el("rect", { x: x(tNow), y: m.t, width: Math.max(0, x(t1) - x(tNow)), height: ph, "class": "forecast-zone" }, svg);
     }
+    // Backfilled history is the simulator's computed past, not a measurement: shade and label it.
+    var backfilled = (d.history_parts || []).filter(function (p) { return p.source === "backfill"; });
+    backfilled.forEach(function (p) {
+      var a = x(Math.max(t0, p.from)), b = x(Math.min(tNow, p.to));
+      if (b <= a) return;
+      var zone = el("rect", { x: a, y: m.t, width: b - a, height: ph, "class": "backfill-zone" }, svg);
+      el("title", {}, zone).textContent = p.label;
+      if (b - a > 90) {
+        el("text", { x: a + 4, y: m.t + 10, "class": "backfill-label" }, svg).textContent = "simulated (backfill)";
+      }
+    });
+    $("backfill-key").hidden = $("backfill-legend").hidden = !backfilled.length;
     var line = "", area = "M" + x(hist[0][0]).toFixed(1) + "," + zero.toFixed(1);
     hist.forEach(function (p, k) {
       var pt = x(p[0]).toFixed(1) + "," + y(p[1]).toFixed(1);
@@ -381,11 +399,18 @@
     }
     var note = fc.length ? "next " + Math.round((fc[fc.length - 1][0] - tNow) / 60) + " min"
       : d.forecasting ? "no forecast yet" : "forecasting off";
+    var bf = d.backfill;
+    if (bf && bf.state === "running" && bf.planned) {
+      note = "computing the simulated past: " + Math.round(100 * bf.written / bf.planned) + " %";
+    }
     text($("chart-note"), note);
-    attachCursor(box, svg, hist, fc, x, y, m, h);
+    attachCursor(box, svg, hist, fc, backfilled, x, y, m, h);
   }
 
-  function attachCursor(box, svg, hist, fc, x, y, m, h) {
+  function attachCursor(box, svg, hist, fc, backfilled, x, y, m, h) {
+    function simulated(t) {
+      return backfilled.some(function (p) { return p.from <= t && t < p.to; });
+    }
     var points = hist.map(function (p) { return [p[0], p[1], false]; })
       .concat(fc.map(function (p) { return [p[0], p[1], true]; }));
     var cursor = el("line", { y1: m.t, y2: h - m.b, "class": "cursor", visibility: "hidden" }, svg);
@@ -405,7 +430,7 @@
       tip.style.left = cx + "px"; tip.style.top = cy + "px";
       var dir = direction(best[1]);
       tip.textContent = fmtClock(best[0], true) + " · " + fmtW(best[1]) +
-        (dir === "none" ? "" : " " + dir) + (best[2] ? " (forecast)" : "");
+        (dir === "none" ? "" : " " + dir) + (best[2] ? " (forecast)" : simulated(best[0]) ? " (simulated)" : "");
     }
     function leave() {
       cursor.setAttribute("visibility", "hidden"); dot.setAttribute("visibility", "hidden"); tip.hidden = true;
