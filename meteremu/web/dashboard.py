@@ -42,6 +42,7 @@ from meteremu.interfaces import IReactorTime
 from meteremu.meter import Meter
 from meteremu.meterset import MeterSet
 from meteremu.reading import PHASE_NAMES
+from meteremu.web.guard import base_href
 from meteremu.web.history import compose, step_for
 from meteremu.web.ops import meter_health
 
@@ -55,7 +56,16 @@ FILES = {
     "style.css": "text/css; charset=utf-8",
 }
 CSP = (b"default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-       b"connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+       b"connect-src 'self'; base-uri 'self'; form-action 'none'; frame-ancestors 'none'")
+# Behind Home Assistant's ingress the page is shown in an iframe of Home
+# Assistant's own page, which is the same origin as the ingress URL.
+CSP_INGRESS = CSP.replace(b"frame-ancestors 'none'", b"frame-ancestors 'self'")
+BASE_TAG = b'<base href="/">'
+
+
+def with_base(page: bytes, href: str) -> bytes:
+    """Pure: the page with its ``<base href>`` set (every link in it and in app.js is relative)."""
+    return page.replace(BASE_TAG, b'<base href="' + href.encode("ascii") + b'">', 1)
 
 DEFAULT_SPAN = 3600.0
 MIN_SPAN = 60.0
@@ -204,8 +214,10 @@ def install_routes(app: Klein, meters: MeterSet, clock: IReactorTime, days: DayL
             request.setHeader(b"cache-control", b"no-cache")
             request.setHeader(b"x-content-type-options", b"nosniff")
             if name == "index.html":
-                request.setHeader(b"content-security-policy", CSP)
+                href = base_href(request)
+                request.setHeader(b"content-security-policy", CSP if href == "/" else CSP_INGRESS)
                 request.setHeader(b"referrer-policy", b"no-referrer")
+                body = with_base(body, href)
             return body
 
         return serve

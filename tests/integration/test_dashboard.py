@@ -12,7 +12,7 @@ from typing import Any
 from twisted.internet import reactor, threads
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock, deferLater
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from meteremu.days import DayLedger
 from meteremu.days import store_key as days_store_key
@@ -23,6 +23,7 @@ from meteremu.store import Store
 from meteremu.web.dashboard import EnergyToday
 from tests.support import HTTPClient, asyncio_reactor_skip, start_app, test_config
 from tests.support.browser import browser_skip, headless_chrome
+from tests.support.ingress import PREFIX, ingress_site
 
 try:
     import numpy  # noqa: F401
@@ -125,7 +126,8 @@ class RouteTests(TestCase):
             response, body = yield http.get(base + path)
             self.assertEqual(response.code, 200)
             self.assertIn(b"text/html", response.headers.getRawHeaders(b"content-type")[0])
-            self.assertIn(b'href="/admin/overview"', body)
+            self.assertIn(b'<base href="/">', body)
+            self.assertIn(b'href="admin/overview"', body)
             self.assertIn(b"script-src 'self'", response.headers.getRawHeaders(b"content-security-policy")[0])
             self.assertNotIn(b"http://", body.replace(b"http://www.w3.org", b""))  # nothing from outside
         for name, kind in (("app.js", b"text/javascript"), ("style.css", b"text/css")):
@@ -323,3 +325,66 @@ class BrowserTests(TestCase):
         for shot in ("dashboard", "dashboard-phone", "dashboard-dark"):
             with open(seen[shot], "rb") as handle:
                 self.assertEqual(handle.read(8), b"\x89PNG\r\n\x1a\n")
+
+
+def browse_ingress(url: str, out: str) -> dict[str, Any]:
+    """Run in a thread: the page under an ingress prefix, as Home Assistant's sidebar loads it."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = headless_chrome(out, console=True)
+    try:
+        driver.set_page_load_timeout(30)
+        driver.get(url)
+        wait = WebDriverWait(driver, 30, poll_frequency=0.1)
+        find = driver.find_element
+        wait.until(lambda d: find(By.ID, "total-power").text not in ("", "–"))
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#chart path.history"))
+        wait.until(lambda d: find(By.CSS_SELECTOR, "#clients .device"))
+        return {"total": find(By.ID, "total-power").text,
+                "admin_href": find(By.ID, "admin-link").get_attribute("href"),
+                "styled": driver.execute_script(
+                    "return getComputedStyle(document.body).fontFamily"),
+                "console": [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]}
+    finally:
+        driver.quit()
+
+
+class IngressTests(TestCase):
+    """The dashboard under Home Assistant's ingress prefix (the add-on's sidebar panel)."""
+
+    timeout = 120
+
+    @inlineCallbacks
+    def start(self) -> Any:
+        config = test_config(self.mktemp(), meters=TWO, server={
+            "host": "127.0.0.1", "http_port": 0, "ingress_proxies": ["127.0.0.1"]})
+        app = yield start_app(self, config)
+        port = reactor.listenTCP(0, ingress_site(app.http_port()), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return f"http://127.0.0.1:{port.getHost().port}{PREFIX}"
+
+    @inlineCallbacks
+    def test_the_page_names_the_prefix_and_may_be_framed_by_home_assistant(self):
+        base = yield self.start()
+        http = HTTPClient(self)
+        response, body = yield http.get(base + "/ui")
+        self.assertEqual(response.code, 200)
+        self.assertIn(f'<base href="{PREFIX}/">'.encode(), body)
+        csp = response.headers.getRawHeaders(b"content-security-policy")[0]
+        self.assertIn(b"frame-ancestors 'self'", csp)
+        response, body = yield http.get(base + "/ui/power")
+        self.assertEqual(json.loads(body)["meter"], "grid")
+
+    @inlineCallbacks
+    def test_the_dashboard_works_in_a_browser_under_the_prefix(self):
+        if browser_skip():
+            raise SkipTest(browser_skip())
+        base = yield self.start()
+        out = os.path.abspath(self.mktemp())
+        os.makedirs(out)
+        seen = yield threads.deferToThread(browse_ingress, base + "/ui", out)
+        self.assertRegex(seen["total"], r"^\d[\d.]* k?W$")
+        self.assertEqual(seen["admin_href"], base + "/admin/overview")
+        self.assertNotIn("Times", seen["styled"])  # style.css was found under the prefix
+        self.assertEqual(seen["console"], [])

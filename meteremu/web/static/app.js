@@ -74,7 +74,7 @@
   function powerUrl() {
     var q = "?span=" + state.span;
     if (state.meter) q += "&meter=" + encodeURIComponent(state.meter);
-    return "/ui/power" + q;
+    return "ui/power" + q;
   }
 
   function getJSON(url) {
@@ -101,7 +101,7 @@
       }
     })];
     if (Date.now() - state.overviewAt > OVERVIEW_MS) {
-      jobs.push(getJSON("/admin/overview").then(function (r) {
+      jobs.push(getJSON("admin/overview").then(function (r) {
         state.overviewAt = Date.now();
         state.overview = r.status === 200 ? r.body : null;
         renderClients();
@@ -444,7 +444,7 @@
   function train() {
     var button = $("train-button");
     button.disabled = true;
-    fetch("/ui/train", { method: "POST", headers: { "Content-Type": "application/json" }, body: "{}" })
+    fetch("ui/train", { method: "POST", headers: { "Content-Type": "application/json" }, body: "{}" })
       .then(function (r) { return r.json().then(function (b) { return { status: r.status, body: b }; }); })
       .then(function (r) {
         if (r.status === 202 || r.status === 409) state.fast = true;
