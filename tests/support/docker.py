@@ -173,20 +173,24 @@ def _wheels(context: Path) -> None:
                    capture_output=True, timeout=300)
 
 
-def image() -> str:
-    """Build the meteremu image (once per run) with the repository's Dockerfile, offline."""
-    if IMAGE in _built:
-        return IMAGE
+def image(forecast: bool = True) -> str:
+    """Build the meteremu image (once per run) with the repository's Dockerfile, offline.
+
+    ``forecast=False`` builds the ``FORECAST=0`` variant (no numpy/scipy/scikit-learn).
+    """
+    name = IMAGE if forecast else IMAGE.replace(":latest", ":noforecast")
+    if name in _built:
+        return name
     engine()
     base_image()
     with tempfile.TemporaryDirectory(prefix="build-", dir=ROOT) as tmp:
         context = Path(tmp)
         _context(context)
         _wheels(context)
-        docker("build", "--network", "none", "--build-arg", "WHEELS=wheels", "-t", IMAGE, str(context),
-               timeout=900)
-    _built.add(IMAGE)
-    return IMAGE
+        docker("build", "--network", "none", "--build-arg", "WHEELS=wheels",
+               "--build-arg", f"FORECAST={1 if forecast else 0}", "-t", name, str(context), timeout=900)
+    _built.add(name)
+    return name
 
 
 def addon_image() -> str:
@@ -209,3 +213,18 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def main() -> None:
+    """``python -m tests.support.docker``: build both variants and print their sizes (docs/container.md)."""
+    if (why := docker_skip()) is not None:
+        raise SystemExit(why)
+    for forecast in (True, False):
+        name = image(forecast)
+        venv = docker("run", "--rm", "--entrypoint", "du", name, "-sm", "/opt/meteremu").stdout.split()[0]
+        print(f"{name}: {image_size(name) / 1e6:.0f} MB (virtual environment {venv} MiB)")
+    print(f"base {BASE}: {image_size(BASE) / 1e6:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
