@@ -83,7 +83,11 @@ class WebSocketServerProtocol(Protocol, protocol.WebSocketServerProtocol):
         if set_no_delay is not None:
             set_no_delay(getattr(self, "tcpNoDelay", True))
 
+    tracked: Any = None  # meteremu.connections.Tracked, handed over by the HTTP channel
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.tracked is not None:
+            self.tracked.release()
         lost: Any = self._connectionLost  # Autobahn annotates the reason as str; it takes a Failure
         lost(reason)
 
@@ -235,6 +239,8 @@ class WebSocketResource(Resource):
             request.setHeader(b"upgrade", b"websocket")
             return b"WebSocket needs HTTP/1.1\n"
         proto: Any = self.factory.buildProtocol(transport.getPeer())
+        detach = getattr(request.channel, "detach", None)  # meteremu.compat.http_server.BoundedChannel
+        proto.tracked = detach() if detach is not None else None  # the connection-cap entry moves along
         request.channel.transport = None  # Twisted Web lets go of the connection
         if isinstance(transport, ProtocolWrapper):  # the connection is itself wrapped (TLS)
             transport.wrappedProtocol = proto
@@ -243,6 +249,8 @@ class WebSocketResource(Resource):
         else:
             transport.protocol = proto
         proto.makeConnection(transport)
+        if proto.tracked is not None:
+            proto.tracked.attach(proto)
         # Twisted Web paused the connection while it served the request.
         producer = getattr(transport, "_networkProducer", transport)
         producer.resumeProducing()
