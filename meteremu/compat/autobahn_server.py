@@ -60,6 +60,31 @@ def peer_name(address: object) -> str:
 make_logger: Any = getattr(txaio, "make_logger")  # noqa: B009  (set by use_twisted(); untyped)
 
 
+class ConnectionLog:
+    """Autobahn's log lines about one connection, at most once a minute per message, with a count.
+
+    Autobahn logs a warning for every connection it drops uncleanly
+    ("dropping connection to peer … with abort=True") and an info line for
+    every failed opening handshake: an attacker who opens and breaks
+    connections in a loop wrote 150 lines a second to the journal. Debug
+    lines go to Autobahn's own logger (filtered by level as before).
+    """
+
+    def __init__(self, limited: RateLimitedLog, debug: Any) -> None:
+        self.limited = limited
+        self.debug = debug
+        self.trace = debug
+
+    def info(self, format: str, **fields: Any) -> None:
+        self.limited.emit("info", format, format, **fields)
+
+    def warn(self, format: str, **fields: Any) -> None:
+        self.limited.emit("warn", format, format, **fields)
+
+    def error(self, format: str, **fields: Any) -> None:
+        self.limited.emit("error", format, format, **fields)
+
+
 class WebSocketServerProtocol(Protocol, protocol.WebSocketServerProtocol):
     """A Twisted protocol driving Autobahn's network-independent server protocol."""
 
@@ -71,6 +96,7 @@ class WebSocketServerProtocol(Protocol, protocol.WebSocketServerProtocol):
     transport: Any
 
     def connectionMade(self) -> None:
+        self.log = self.factory.connection_log
         self._transport_details = TransportDetails(
             channel_type=TransportDetails.CHANNEL_TYPE_TCP,
             channel_framing=TransportDetails.CHANNEL_FRAMING_WEBSOCKET,
@@ -215,6 +241,8 @@ class WebSocketServerFactory(protocol.WebSocketServerFactory, ServerFactory):
         self.reactor: IReactorTime = reactor
         # One line per minute for dropped clients, however many an attacker opens.
         self.drops = RateLimitedLog(Logger(namespace="meteremu.websocket"), reactor)
+        self.connection_log = ConnectionLog(RateLimitedLog(Logger(namespace="meteremu.websocket.autobahn"), reactor),
+                                            WebSocketServerProtocol.log.debug)
         protocol.WebSocketServerFactory.__init__(self, *args, **kwargs)
 
 

@@ -16,13 +16,14 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from meteremu.compat.http_server import HELD
 from meteremu.compat.tcp import backlog
 from meteremu.connections import HTTP, MODBUS
 from tests.support import sample_reading, start_app, test_config
-from tests.support.rawtcp import SMALL_BUFFER, connect, modbus_read
+from tests.support.rawtcp import SMALL_BUFFER, UPGRADE, connect, masked, modbus_read
 from tests.support.server_side import BACKLOG_LIMIT, wait_for
 
 SIM = {"grid": {"source": {"type": "simulator", "interval": "1h", "start_time": "12:00", "seed": 3}}}
@@ -120,6 +121,66 @@ class BackPressureTests(ConnectionsBase):
         tids = [int.from_bytes(client.received[i * 169:i * 169 + 2], "big") for i in range(whole)]
         self.assertEqual(tids, list(range(whole)), "every answer, in order")
         self.assertFalse(client.closed.called)
+
+
+class Turns:
+    """Counts reactor iterations (a ``callLater(0)`` chain) and what happened in each."""
+
+    def __init__(self, case: TestCase) -> None:
+        self.turn = 0
+        self.events: dict[int, int] = {}
+        self.call = reactor.callLater(0, self._tick)
+        case.addCleanup(lambda: self.call.active() and self.call.cancel())
+
+    def _tick(self) -> None:
+        self.turn += 1
+        self.call = reactor.callLater(0, self._tick)
+
+    def record(self) -> None:
+        self.events[self.turn] = self.events.get(self.turn, 0) + 1
+
+    def wrap(self, case: TestCase, obj: Any, name: str) -> None:
+        real = getattr(obj, name)
+
+        def wrapped(*args: Any) -> Any:
+            self.record()
+            return real(*args)
+
+        case.patch(obj, name, wrapped)
+
+
+class SliceTests(ConnectionsBase):
+    """One read full of pipelined requests is answered over several reactor turns."""
+
+    @inlineCallbacks
+    def test_pipelined_http_requests_are_answered_a_few_per_turn(self) -> Any:
+        from meteremu.compat.http_server import PIPELINE_BURST
+
+        before = set(self.registry.connections())
+        client = yield connect(self, self.http)
+        yield wait_for(lambda: len(self.registry.connections()) > len(before), timeout=WAIT)
+        channel = self.server_side(HTTP, before)
+        turns = Turns(self)
+        turns.wrap(self, channel, "allContentReceived")
+        client.transport.write(GET * 100)
+        yield wait_for(lambda: answers(client.received) == 100, timeout=WAIT)
+        self.assertEqual(sum(turns.events.values()), 100)
+        self.assertLessEqual(max(turns.events.values()), PIPELINE_BURST)
+
+    @inlineCallbacks
+    def test_pipelined_modbus_requests_are_answered_a_few_per_turn(self) -> Any:
+        from meteremu.devices.shelly.modbus import FRAMES_PER_TURN
+
+        before = set(self.registry.connections())
+        client = yield connect(self, self.modbus)
+        yield wait_for(lambda: len(self.registry.connections()) > len(before), timeout=WAIT)
+        protocol = self.server_side(MODBUS, before)
+        turns = Turns(self)
+        turns.wrap(self, protocol, "_answer")
+        client.transport.write(b"".join(modbus_read(tid) for tid in range(1000)))
+        yield wait_for(lambda: len(client.received) == 1000 * 169, timeout=WAIT)
+        self.assertEqual(sum(turns.events.values()), 1000)
+        self.assertLessEqual(max(turns.events.values()), FRAMES_PER_TURN)
 
 
 class DeadlineTests(ConnectionsBase):
@@ -281,3 +342,21 @@ class CapTests(ConnectionsBase):
         self.assertEqual(type(entry.protocol).__name__, "ShellyWebSocketProtocol")
         client.transport.loseConnection()
         yield wait_for(lambda: len(self.registry) == 0, timeout=WAIT)
+
+
+class LogFloodTests(ConnectionsBase):
+    """Connections an attacker breaks in a loop write a line a minute, not a line each."""
+
+    @inlineCallbacks
+    def test_websocket_clients_dropped_in_a_loop(self) -> Any:
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        for _ in range(20):  # each is dropped for a fragmented message of too many frames
+            client = yield connect(self, self.http)
+            client.transport.write(UPGRADE)
+            yield wait_for(lambda client=client: b"\r\n\r\n" in client.received, timeout=WAIT)
+            client.transport.write(masked(0x1, b"{", fin=False) + masked(0x0, fin=False) * 300)
+            yield client.closed.addTimeout(WAIT, reactor)
+        warned = [e for e in events if e.get("log_level") is not None and e["log_level"].name in ("warn", "error")]
+        self.assertLessEqual(len(warned), 3, [e.get("log_format") for e in warned])

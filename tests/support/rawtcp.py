@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 from typing import Any
@@ -46,3 +47,14 @@ def connect(case: TestCase, port: int, host: str = "127.0.0.1") -> Any:
 def modbus_read(tid: int, address: int = 1000, count: int = 80, unit: int = 1) -> bytes:
     """A Modbus TCP FC 0x04 request (read input registers)."""
     return struct.pack(">HHHBBHH", tid & 0xFFFF, 0, 6, unit, 0x04, address, count)
+
+
+UPGRADE = (b"GET /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+
+def masked(opcode: int, payload: bytes = b"", fin: bool = True) -> bytes:
+    """One client WebSocket frame (clients must mask), payload below 126 bytes."""
+    mask = os.urandom(4)
+    data = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([(0x80 if fin else 0) | opcode, 0x80 | len(payload)]) + mask + data

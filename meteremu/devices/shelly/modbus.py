@@ -24,7 +24,9 @@ the next within ``idle_timeout`` of the last; TCP keep-alive finds vanished
 peers. A client that sends requests and does not read the answers is not
 read from either (the protocol is the transport's streaming producer: when
 the send buffer is full, reading pauses and the requests already received
-wait), and is dropped after ``idle_timeout`` of that.
+wait), and is dropped after ``idle_timeout`` of that. At most
+``FRAMES_PER_TURN`` requests of one connection are answered per reactor
+turn, so a read full of requests does not hold up the other transports.
 
 The MBAP header is checked here rather than by ``FramerSocket.decode``, which
 waits forever on a frame with a wrong protocol id; such garbage closes the
@@ -84,6 +86,7 @@ READ_HOLDING = 0x03
 READ_INPUT = 0x04
 MBAP = struct.Struct(">HHHB")  # transaction id, protocol id, length, unit id
 READ_PDU = struct.Struct(">BHH")  # function code, start address, register count
+FRAMES_PER_TURN = 32  # requests answered per reactor turn from one connection
 MAX_MBAP_LENGTH = 254  # unit id + PDU (at most 253 bytes), so an ADU is at most 260 bytes
 
 
@@ -139,7 +142,8 @@ class ModbusTcpProtocol(Protocol):
         self.tracked = tracked
         self._buffer = b""
         self._store: _RegisterStore | None = None
-        self._paused = False
+        self._paused = False  # the send buffer is full
+        self._yielding = False  # waiting for the next reactor turn to answer more
         self._deadline: IDelayedCall | None = None
         self.dropped_reason: str | None = None
         self.closed: defer.Deferred[None] = defer.Deferred()
@@ -169,7 +173,16 @@ class ModbusTcpProtocol(Protocol):
         self._process()
 
     def _process(self) -> None:
-        while len(self._buffer) >= MBAP.size and not self._paused:
+        answered = 0
+        while len(self._buffer) >= MBAP.size and not self._paused and not self._yielding:
+            if answered >= FRAMES_PER_TURN and self.shared.clock is not None:
+                # Let the reactor turn: a read holds up to 5,000 requests, and
+                # every other client would wait for all of them.
+                self._yielding = True
+                self.transport.pauseProducing()
+                self.shared.clock.callLater(0, self._next_turn)
+                return
+            answered += 1
             tid, protocol_id, length, unit = MBAP.unpack_from(self._buffer)
             if protocol_id != 0 or not 2 <= length <= MAX_MBAP_LENGTH:
                 log.info("Modbus TCP: closing connection from {peer}: not Modbus TCP "
@@ -189,6 +202,12 @@ class ModbusTcpProtocol(Protocol):
             if not self._paused:
                 self._arm(self.shared.limits.idle_timeout, "idle")
 
+    def _next_turn(self) -> None:
+        self._yielding = False
+        if not self._paused and self.transport is not None and self.transport.connected:
+            self.transport.resumeProducing()
+            self._process()
+
     # -- IPushProducer: the transport's send buffer is full / has drained -----------------
     def pauseProducing(self) -> None:
         if not self._paused:
@@ -199,9 +218,10 @@ class ModbusTcpProtocol(Protocol):
     def resumeProducing(self) -> None:
         if self._paused:
             self._paused = False
-            self.transport.resumeProducing()
             self._arm(self.shared.limits.idle_timeout, "idle")
-            self._process()
+            if not self._yielding:
+                self.transport.resumeProducing()
+                self._process()
 
     def stopProducing(self) -> None:
         self._disarm()
