@@ -139,7 +139,7 @@ def bounded(body_limit: BodyLimit) -> type[BoundedRequest]:
 TIMED_OUT = (b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
              b"Connection: close\r\n\r\n%s")
 TIMED_OUT_BODY = json.dumps({"error": "the request did not arrive in time"}).encode()
-PIPELINE_BURST = 8  # pipelined requests answered per reactor turn (each costs about 0.3 ms)
+PIPELINE_BURST = 4  # pipelined requests answered per reactor turn (each costs about 0.3 ms)
 CLOSING_GRACE = 5.0  # s for a closing connection to send its last answer before it is aborted
 
 # What a connection is doing, for its deadline.

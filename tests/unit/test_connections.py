@@ -118,3 +118,35 @@ class ConfigTests(TestCase):
             with self.assertRaises(ConfigError) as caught:
                 parse_config({"server": {key: value}}, "(test)", env={})
             self.assertIn(f"server.{key}", str(caught.exception))
+
+
+class TrimmerTests(TestCase):
+    """The heap is given back after connections close, not more than once per interval."""
+
+    def test_debounced_and_spaced(self) -> None:
+        from meteremu.memory import Trimmer
+
+        clock, runs = Clock(), []
+        trimmer = Trimmer(clock, delay=2, interval=30, action=lambda: runs.append(clock.seconds()))
+        trimmer.soon()  # not running: nothing
+        trimmer.startService()
+        for _ in range(100):
+            trimmer.soon()
+        clock.advance(2)
+        self.assertEqual(runs, [2])
+        trimmer.soon()
+        clock.advance(10)
+        self.assertEqual(runs, [2])
+        clock.advance(20)
+        self.assertEqual(runs, [2, 32])
+        trimmer.soon()
+        trimmer.stopService()
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_the_registry_asks_for_a_trim_when_a_connection_goes(self) -> None:
+        reg, asked = registry(), []
+        reg.on_release = lambda: asked.append(1)
+        entry = admit(reg)
+        entry.release()
+        entry.release()
+        self.assertEqual(asked, [1])
