@@ -123,22 +123,23 @@ class ConfigTests(TestCase):
 class TrimmerTests(TestCase):
     """The heap is given back after connections close, not more than once per interval."""
 
-    def test_debounced_and_spaced(self) -> None:
+    def test_after_the_last_close_and_at_least_every_interval(self) -> None:
         from meteremu.memory import Trimmer
 
         clock, runs = Clock(), []
         trimmer = Trimmer(clock, delay=2, interval=30, action=lambda: runs.append(clock.seconds()))
         trimmer.soon()  # not running: nothing
         trimmer.startService()
-        for _ in range(100):
+        for _ in range(5):  # closes a second apart: one trim, 2 s after the last
             trimmer.soon()
-        clock.advance(2)
-        self.assertEqual(runs, [2])
-        trimmer.soon()
-        clock.advance(10)
-        self.assertEqual(runs, [2])
-        clock.advance(20)
-        self.assertEqual(runs, [2, 32])
+            clock.advance(1)
+        clock.advance(1)
+        self.assertEqual(runs, [6])
+        for _ in range(100):  # a long flood: trims keep coming
+            trimmer.soon()
+            clock.advance(1)
+        self.assertEqual(len(runs), 4)
+        self.assertTrue(all(b - a <= 32 for a, b in zip(runs, runs[1:], strict=False)), runs)
         trimmer.soon()
         trimmer.stopService()
         self.assertEqual(clock.getDelayedCalls(), [])

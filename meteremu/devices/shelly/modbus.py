@@ -351,5 +351,6 @@ class ModbusService(Listener):
         waits: list[defer.Deferred[Any]] = [defer.maybeDeferred(super().stopService)]
         for connection in list(self.factory.connections):
             waits.append(connection.closed)
-            connection.transport.loseConnection()
+            # abort: a client that does not read would keep a graceful close waiting
+            connection.transport.abortConnection()
         return defer.gatherResults(waits, consumeErrors=True)
