@@ -294,8 +294,30 @@ def section(res: dict[str, Any], info: dict[str, Any] | None = None, started: st
     return lines
 
 
-def splice(document: str, lines: list[str]) -> str:
+def goal_rows(res: dict[str, Any]) -> list[str]:
+    verdict = {None: "n/a", True: "**pass**", False: "**FAIL**"}
+    return [f"| {name} | {target} | {measured} | {verdict[ok]} |" for name, target, measured, ok in goals(res)]
+
+
+def splice_goals(document: str, rows: list[str]) -> str:
+    """The report's goal table with its attack rows replaced by ``rows``."""
+    lines = document.split("\n")
+    if "## Goals" not in lines:
+        return document
+    start = lines.index("## Goals")
+    end = start + 1
+    while end < len(lines) and not lines[end].startswith("## "):
+        end += 1
+    table = [line for line in lines[start:end] if not line.startswith("| Attacks")]
+    last = max(i for i, line in enumerate(table) if line.startswith("|"))
+    table[last + 1:last + 1] = rows
+    return "\n".join(lines[:start] + table + lines[end:])
+
+
+def splice(document: str, lines: list[str], rows: list[str] | None = None) -> str:
     """``document`` with its attacks section replaced (or inserted before the findings)."""
+    if rows:
+        document = splice_goals(document, rows)
     block = "\n".join(lines)
     if BEGIN in document and END in document:
         head, rest = document.split(BEGIN, 1)

@@ -1000,7 +1000,7 @@ def main() -> None:
                 with open(args.out, encoding="utf-8") as handle:
                     document = handle.read()
             with open(args.out, "w", encoding="utf-8") as handle:
-                handle.write(attacks.splice(document, attacks.section(res, info, started)))
+                handle.write(attacks.splice(document, attacks.section(res, info, started), attacks.goal_rows(res)))
             print(f"wrote the attacks section of {args.out} (raw results: {raw})")
             return
         only = set(args.only.split(",")) if args.only else set(SECTIONS)

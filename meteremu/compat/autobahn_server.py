@@ -44,7 +44,7 @@ from twisted.python.failure import Failure  # noqa: E402
 from twisted.web.resource import Resource  # noqa: E402
 from twisted.web.server import NOT_DONE_YET, Request  # noqa: E402
 
-from meteremu.compat.tcp import backlog  # noqa: E402
+from meteremu.compat.tcp import backlog, release_buffers  # noqa: E402
 from meteremu.ratelog import RateLimitedLog  # noqa: E402
 
 
@@ -116,6 +116,10 @@ class WebSocketServerProtocol(Protocol, protocol.WebSocketServerProtocol):
             self.tracked.release()
         lost: Any = self._connectionLost  # Autobahn annotates the reason as str; it takes a Failure
         lost(reason)
+        # The bytes still held for this connection go now, not at the next full GC (see release_buffers).
+        self._pending_input = b""
+        self.data = b""  # Autobahn's receive buffer
+        release_buffers(self.transport)
 
     # -- limits an abusive client meets (what Autobahn does not bound itself) ----------
     # Input is fed to Autobahn in slices, with reading paused in between: a

@@ -58,6 +58,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Request
 
+from meteremu.compat.tcp import release_buffers
 from meteremu.connections import ConnectionLimits, Tracked, keepalive
 from meteremu.ratelog import RateLimitedLog
 
@@ -232,6 +233,10 @@ class BoundedChannel(HTTPChannel):
         if self.tracked is not None:
             self.tracked.release()
         super().connectionLost(reason)
+        # Pipelined bytes and unsent answers go now, not at the next full GC (see release_buffers).
+        self._dataBuffer = []
+        self._buffer = b""
+        release_buffers(self.transport)
 
     def detach(self) -> Tracked | None:
         """The connection is handed to another protocol (WebSocket): stop watching it, hand over the entry."""

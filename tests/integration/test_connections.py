@@ -360,3 +360,38 @@ class LogFloodTests(ConnectionsBase):
             yield client.closed.addTimeout(WAIT, reactor)
         warned = [e for e in events if e.get("log_level") is not None and e["log_level"].name in ("warn", "error")]
         self.assertLessEqual(len(warned), 3, [e.get("log_format") for e in warned])
+
+
+class ReleaseTests(ConnectionsBase):
+    """What a closed connection held is let go at once, not at the next full garbage collection."""
+
+    @inlineCallbacks
+    def test_unsent_answers_of_a_dropped_websocket_client(self) -> Any:
+        client = yield connect(self, self.http)
+        client.stop_reading()
+        client.transport.write(UPGRADE)
+        yield wait_for(lambda: len(self.registry) == 1 and self.registry.connections()[0].served, timeout=WAIT)
+        server = self.registry.connections()[0].protocol
+        server.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
+        ping = masked(0x9, b"p" * 125)
+        while not client.closed.called and len(self.registry):
+            client.transport.write(ping * 256)
+            yield deferLater(reactor, 0.01, lambda: None)
+        yield wait_for(lambda: len(self.registry) == 0, timeout=WAIT)  # dropped: it stopped reading
+        self.assertEqual(backlog(server.transport), 0)
+        self.assertEqual(server._pending_input, b"")
+
+    @inlineCallbacks
+    def test_unsent_answers_of_a_pipelining_client_that_went_away(self) -> Any:
+        before = set(self.registry.connections())
+        client = yield connect(self, self.http)
+        yield wait_for(lambda: len(self.registry.connections()) > len(before), timeout=WAIT)
+        channel = self.server_side(HTTP, before)
+        client.stop_reading()
+        channel.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
+        client.transport.write(GET * 5000)
+        yield wait_for(lambda: channel.state == HELD and backlog(channel.transport) > 0, timeout=WAIT)
+        client.transport.abortConnection()
+        yield wait_for(lambda: len(self.registry) == 0, timeout=WAIT)
+        self.assertEqual(backlog(channel.transport), 0)
+        self.assertEqual(channel._dataBuffer, [])

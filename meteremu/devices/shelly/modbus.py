@@ -60,6 +60,7 @@ from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from meteremu.compat.tcp import release_buffers
 from meteremu.connections import (
     MODBUS,
     ConnectionLimits,
@@ -166,6 +167,8 @@ class ModbusTcpProtocol(Protocol):
         self.shared.connections.discard(self)
         if self.tracked is not None:
             self.tracked.release()
+        self._buffer = b""
+        release_buffers(self.transport)  # unsent answers go now, not at the next full GC
         self.closed.callback(None)
 
     def dataReceived(self, data: bytes) -> None:
