@@ -8,7 +8,9 @@ generators run pinned to core 1. Nothing leaves 127.0.0.0/8.
     bench/run                 everything, about 20 minutes (includes the 10-minute soak)
     bench/run --quick         short durations, for development (about 4 minutes)
     bench/run --soak HOURS    only the soak, for a person to leave running
-    bench/run --only udp,http sections by name (udp http ws freshness footprint soak)
+    bench/run --only udp,http sections by name (udp http ws freshness footprint soak attacks)
+    bench/run --attacks       only the attacks of issue #22 (a few minutes), replacing their section
+                              of docs/performance.md and nothing else; --attack-seconds S per attack
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import time
 import urllib.error
 from typing import Any
 
+import attacks
 import common
 from common import (
     BENCH,
@@ -45,7 +48,7 @@ from common import (
     start_process,
 )
 
-SECTIONS = ("udp", "http", "ws", "freshness", "micro", "footprint", "soak")
+SECTIONS = ("udp", "http", "ws", "freshness", "micro", "footprint", "soak", "attacks")
 
 
 class Durations:
@@ -778,6 +781,10 @@ def report(info: dict[str, Any], results: dict[str, Any], d: Durations, started:
         goals.append((f"Soak ({s['seconds'] / 60:.0f} min): RSS growth per hour", "report",
                       f"{s['growth_mib_per_h']:+.2f} MiB/h", None))
 
+    if results.get("attacks"):
+        lines += attacks.section(results["attacks"])
+        goals += attacks.goals(results["attacks"])
+
     summary = ["## Goals", "", "| goal | target | measured | result |", "|---|---|---|---|"]
     for name, target, measured, ok in goals:
         summary.append(f"| {name} | {target} | {measured} | {verdict(ok)} |")
@@ -793,7 +800,8 @@ def report(info: dict[str, Any], results: dict[str, Any], d: Durations, started:
               "bench/run               # everything, about 20 minutes, rewrites this file",
               "bench/run --quick       # short durations, for development (about 4 minutes)",
               "bench/run --soak 24     # only the soak, for hours; writes bench/results/soak-*.md",
-              "bench/run --only udp,ws # some sections (udp http ws freshness micro footprint soak)",
+              "bench/run --only udp,ws # some sections (udp http ws freshness micro footprint soak attacks)",
+              "bench/run --attacks     # only the attacks (a few minutes), rewrites only their section",
               "bench/run --report-only bench/results/last.json   # re-render the last run's report",
               "```",
               "",
@@ -925,6 +933,11 @@ def main() -> None:
     parser.add_argument("--source", help="what is measured, for the report (default: git describe)")
     parser.add_argument("--merge", action="store_true",
                         help="with --only: keep the other sections from bench/results/last.json")
+    parser.add_argument("--attacks", action="store_true",
+                        help="only the attacks (issue #22); replaces their section of the report, nothing else")
+    parser.add_argument("--attack-seconds", type=float, default=10.0, metavar="S",
+                        help="how long each attack runs (default 10, at most 60)")
+    parser.add_argument("--attack-only", metavar="NAMES", help="comma-separated attacks: " + " ".join(attacks.ATTACKS))
     parser.add_argument("--report-only", metavar="JSON",
                         help="only rewrite the report from a results file (bench/results/last.json)")
     args = parser.parse_args()
@@ -939,6 +952,11 @@ def main() -> None:
         print(f"wrote {args.out} from {args.report_only}")
         return
     d = Durations(args.quick)
+    if not 1 <= args.attack_seconds <= 60:
+        parser.error("--attack-seconds must be between 1 and 60")
+    chosen = args.attack_only.split(",") if args.attack_only else None
+    if chosen and set(chosen) - set(attacks.ATTACKS):
+        parser.error(f"unknown attacks: {', '.join(sorted(set(chosen) - set(attacks.ATTACKS)))}")
     install(args.no_install)
     info = common.machine()
     info["source"] = args.source or source_description()
@@ -968,6 +986,23 @@ def main() -> None:
                                  + "\n".join(f"| {t:.0f} | {r:.1f} |" for t, r in forecast["samples"]) + "\n")
             print(f"wrote {path}")
             return
+        if args.attacks:
+            print("[attacks]", flush=True)
+            load_before = common.loadavg()
+            res = attacks.bench_attacks(args.attack_seconds, 5.0, work, chosen)
+            res.update(load_before=load_before, load_after=common.loadavg())
+            raw = os.path.join(BENCH, "results", "attacks.json")
+            os.makedirs(os.path.dirname(raw), exist_ok=True)
+            with open(raw, "w", encoding="utf-8") as handle:
+                json.dump({"machine": info, "started": started, "results": res}, handle, indent=1, default=str)
+            document = ""
+            if os.path.exists(args.out):
+                with open(args.out, encoding="utf-8") as handle:
+                    document = handle.read()
+            with open(args.out, "w", encoding="utf-8") as handle:
+                handle.write(attacks.splice(document, attacks.section(res, info, started), attacks.goal_rows(res)))
+            print(f"wrote the attacks section of {args.out} (raw results: {raw})")
+            return
         only = set(args.only.split(",")) if args.only else set(SECTIONS)
         unknown = only - set(SECTIONS)
         if unknown:
@@ -990,6 +1025,9 @@ def main() -> None:
         if "footprint" in only or "soak" in only:
             print("[footprint + soak]", flush=True)
             results["footprint"] = bench_footprint(d, work, soak_seconds=None)
+        if "attacks" in only:
+            print("[attacks]", flush=True)
+            results["attacks"] = attacks.bench_attacks(args.attack_seconds, 5.0, work, chosen)
         saved = {"machine": info, "results": results, "quick": args.quick, "started": started,
                  "seconds": time.monotonic() - t0, "load_before": load_before,
                  "load_after": common.loadavg(), "command": "bench/run " + " ".join(sys.argv[1:])}

@@ -22,6 +22,7 @@ Every port is bound in ``privilegedStartService`` (``meteremu.listeners``).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from dataclasses import dataclass, field
@@ -30,7 +31,8 @@ from typing import Any
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 
-from meteremu.config import Config
+from meteremu.config import Config, ServerOptions
+from meteremu.connections import ConnectionLimits, ConnectionRegistry
 from meteremu.days import DayLedger
 from meteremu.devices import device_module
 from meteremu.devices.base import DeviceContext, DeviceService
@@ -39,6 +41,7 @@ from meteremu.exporters.prometheus import Metrics
 from meteremu.interfaces import IReactor
 from meteremu.listeners import Listener, StartupError, all_ready
 from meteremu.logs import logger
+from meteremu.memory import Trimmer
 from meteremu.metermanager import MeterManager
 from meteremu.meterset import MeterSet
 from meteremu.store import Store
@@ -68,6 +71,7 @@ class App:
     watcher: Any = None  # meteremu.confdir.ConfDirWatcher with conf_dir and reload
     forecast: Any = None  # meteremu.forecast.trainer.ForecastService when forecast.enabled
     async_parts: list[Any] = field(default_factory=list)  # exporters with a ``ready``
+    connections: ConnectionRegistry | None = None  # every accepted TCP connection, against the caps
 
     @property
     def meters(self) -> MeterSet:
@@ -122,8 +126,12 @@ def build(config: Config, reactor: IReactor) -> App:
     days = DayLedger(meters, store, reactor, config.tzinfo())
     days.setServiceParent(top)
     metrics = Metrics(meters.values)
-    sites = Sites(config.server.http_port)
-    app = App(config, top, store, metrics, manager, sites, days, reactor=reactor)
+    connections = ConnectionRegistry(connection_limits(config.server), reactor)
+    trimmer = Trimmer(reactor)  # heap given back after connections close (floods)
+    trimmer.setServiceParent(top)
+    connections.on_release = trimmer.soon
+    sites = Sites(config.server.http_port, connections)
+    app = App(config, top, store, metrics, manager, sites, days, reactor=reactor, connections=connections)
 
     ops.install_routes(sites.main, meters.values, reactor, started_at,
                        metrics if config.exporters.prometheus.enabled else None,
@@ -151,7 +159,7 @@ def build(config: Config, reactor: IReactor) -> App:
     devices = MultiService()
     devices.setServiceParent(top)
     for index, dc in enumerate(config.devices):
-        ctx = DeviceContext(index, reactor, store, metrics, meters, sites, config.server.host)
+        ctx = DeviceContext(index, reactor, store, metrics, meters, sites, config.server.host, connections)
         device = device_module(dc.type).make_device(dc.options, ctx)
         device.setServiceParent(devices)
         app.device_services.append(device)
@@ -180,6 +188,19 @@ def build(config: Config, reactor: IReactor) -> App:
         if hasattr(exporter, "ready"):
             app.async_parts.append(exporter)
     return app
+
+
+def connection_limits(server: ServerOptions) -> ConnectionLimits:
+    """The configured caps, the total one kept under the open-files limit (meteremu.openfiles)."""
+    from meteremu.openfiles import connection_budget, soft_limit
+
+    limits = server.connection_limits()
+    budget = connection_budget(limits.max_connections, soft_limit())
+    if budget < limits.max_connections:
+        log.warn("server.max_connections {configured} does not fit the open-files limit; using {budget}",
+                 configured=limits.max_connections, budget=budget)
+        limits = dataclasses.replace(limits, max_connections=budget)
+    return limits
 
 
 def fail_fast(reactor: IReactor, message: str) -> None:

@@ -32,6 +32,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 
 from meteremu.configtypes import DURATION, Duration
+from meteremu.connections import ConnectionLimits
 from meteremu.forecast import ForecastOptions  # a plain dataclass: no numpy/sklearn
 
 # --------------------------------------------------------------------------
@@ -327,6 +328,13 @@ class ServerOptions:
     # 172.30.32.2). Its requests carrying X-Ingress-Path skip the Host check
     # and the token; anyone else's do not.
     ingress_proxies: tuple[str, ...] = ()
+    # Connection caps and deadlines (meteremu.connections): against slowloris
+    # and floods of silent connections, for HTTP, WebSocket and Modbus TCP.
+    max_connections: int = 512
+    max_connections_per_ip: int = 64
+    max_modbus_connections: int = 32
+    header_timeout: Duration = 10.0
+    idle_timeout: Duration = 60.0
 
     def validate(self) -> list[tuple[str, str]]:
         errors = []
@@ -337,9 +345,19 @@ class ServerOptions:
                 ipaddress.ip_address(address)
             except ValueError:
                 errors.append(("ingress_proxies", f"expected IP addresses; got {address!r}"))
+        for name in ("max_connections", "max_connections_per_ip", "max_modbus_connections"):
+            if getattr(self, name) < 1:
+                errors.append((name, f"expected a whole number of 1 or more; got {getattr(self, name)}"))
+        for name in ("header_timeout", "idle_timeout"):
+            if getattr(self, name) <= 0:
+                errors.append((name, "expected a duration above 0"))
         if self.admin_token is not None and len(self.admin_token) < 16:
             errors.append(("admin_token", "expected at least 16 characters (or leave it out)"))
         return errors
+
+    def connection_limits(self) -> ConnectionLimits:
+        return ConnectionLimits(self.max_connections, self.max_connections_per_ip, self.max_modbus_connections,
+                                self.header_timeout, self.idle_timeout)
 
 
 @dataclass(frozen=True)

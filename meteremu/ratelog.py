@@ -26,6 +26,10 @@ class RateLimitedLog:
         self.suppressed = 0  # in all, for tests and metrics
 
     def warn(self, kind: str, format: str, **fields: Any) -> None:
+        self.emit("warn", kind, format, **fields)
+
+    def emit(self, level: str, kind: str, format: str, **fields: Any) -> None:
+        """As :meth:`warn`, at ``level`` (``info``, ``warn``, ``error``)."""
         now = self.clock.seconds()
         last = self._last.get(kind)
         if last is not None and now - last < self.interval:
@@ -40,4 +44,4 @@ class RateLimitedLog:
         if held:
             format += " ({held} more like it in the last {interval:g} s)"
             fields.update(held=held, interval=self.interval)
-        self.log.warn(format, **fields)
+        getattr(self.log, level)(format, **fields)

@@ -36,6 +36,17 @@ class Options(usage.Options):
             raise SystemExit(2) from None
 
 
+def raise_open_files_limit() -> None:
+    """Every connection is a file: take the hard limit (systemd: LimitNOFILE), say so once."""
+    from meteremu.logs import logger
+    from meteremu.openfiles import raise_soft_limit
+
+    raised = raise_soft_limit()
+    if raised is not None:
+        logger("meteremu.openfiles").info("open-files limit raised from {old} to {new}",
+                                          old=raised[0], new=raised[1])
+
+
 def makeService(options: Options) -> IService:
     if "twisted.internet.reactor" not in sys.modules:
         # No --reactor: ours (asyncio, TLS loaded on first use), not Twisted's default.
@@ -69,6 +80,7 @@ def makeService(options: Options) -> IService:
         sys.stderr.write(f"meteremu: {exc}\n")
         raise SystemExit(2) from None
     set_level(config.logging.level)
+    raise_open_files_limit()
     try:
         app = build(config, reactor)
     except StoreError as exc:  # disk full, no permission, locked: the file is untouched

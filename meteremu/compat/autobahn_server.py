@@ -44,7 +44,7 @@ from twisted.python.failure import Failure  # noqa: E402
 from twisted.web.resource import Resource  # noqa: E402
 from twisted.web.server import NOT_DONE_YET, Request  # noqa: E402
 
-from meteremu.compat.tcp import backlog  # noqa: E402
+from meteremu.compat.tcp import backlog, release_buffers  # noqa: E402
 from meteremu.ratelog import RateLimitedLog  # noqa: E402
 
 
@@ -60,6 +60,31 @@ def peer_name(address: object) -> str:
 make_logger: Any = getattr(txaio, "make_logger")  # noqa: B009  (set by use_twisted(); untyped)
 
 
+class ConnectionLog:
+    """Autobahn's log lines about one connection, at most once a minute per message, with a count.
+
+    Autobahn logs a warning for every connection it drops uncleanly
+    ("dropping connection to peer … with abort=True") and an info line for
+    every failed opening handshake: an attacker who opens and breaks
+    connections in a loop wrote 150 lines a second to the journal. Debug
+    lines go to Autobahn's own logger (filtered by level as before).
+    """
+
+    def __init__(self, limited: RateLimitedLog, debug: Any) -> None:
+        self.limited = limited
+        self.debug = debug
+        self.trace = debug
+
+    def info(self, format: str, **fields: Any) -> None:
+        self.limited.emit("info", format, format, **fields)
+
+    def warn(self, format: str, **fields: Any) -> None:
+        self.limited.emit("warn", format, format, **fields)
+
+    def error(self, format: str, **fields: Any) -> None:
+        self.limited.emit("error", format, format, **fields)
+
+
 class WebSocketServerProtocol(Protocol, protocol.WebSocketServerProtocol):
     """A Twisted protocol driving Autobahn's network-independent server protocol."""
 
@@ -71,6 +96,7 @@ class WebSocketServerProtocol(Protocol, protocol.WebSocketServerProtocol):
     transport: Any
 
     def connectionMade(self) -> None:
+        self.log = self.factory.connection_log
         self._transport_details = TransportDetails(
             channel_type=TransportDetails.CHANNEL_TYPE_TCP,
             channel_framing=TransportDetails.CHANNEL_FRAMING_WEBSOCKET,
@@ -83,9 +109,17 @@ class WebSocketServerProtocol(Protocol, protocol.WebSocketServerProtocol):
         if set_no_delay is not None:
             set_no_delay(getattr(self, "tcpNoDelay", True))
 
+    tracked: Any = None  # meteremu.connections.Tracked, handed over by the HTTP channel
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.tracked is not None:
+            self.tracked.release()
         lost: Any = self._connectionLost  # Autobahn annotates the reason as str; it takes a Failure
         lost(reason)
+        # The bytes still held for this connection go now, not at the next full GC (see release_buffers).
+        self._pending_input = b""
+        self.data = b""  # Autobahn's receive buffer
+        release_buffers(self.transport)
 
     # -- limits an abusive client meets (what Autobahn does not bound itself) ----------
     # Input is fed to Autobahn in slices, with reading paused in between: a
@@ -211,6 +245,8 @@ class WebSocketServerFactory(protocol.WebSocketServerFactory, ServerFactory):
         self.reactor: IReactorTime = reactor
         # One line per minute for dropped clients, however many an attacker opens.
         self.drops = RateLimitedLog(Logger(namespace="meteremu.websocket"), reactor)
+        self.connection_log = ConnectionLog(RateLimitedLog(Logger(namespace="meteremu.websocket.autobahn"), reactor),
+                                            WebSocketServerProtocol.log.debug)
         protocol.WebSocketServerFactory.__init__(self, *args, **kwargs)
 
 
@@ -235,6 +271,8 @@ class WebSocketResource(Resource):
             request.setHeader(b"upgrade", b"websocket")
             return b"WebSocket needs HTTP/1.1\n"
         proto: Any = self.factory.buildProtocol(transport.getPeer())
+        detach = getattr(request.channel, "detach", None)  # meteremu.compat.http_server.BoundedChannel
+        proto.tracked = detach() if detach is not None else None  # the connection-cap entry moves along
         request.channel.transport = None  # Twisted Web lets go of the connection
         if isinstance(transport, ProtocolWrapper):  # the connection is itself wrapped (TLS)
             transport.wrappedProtocol = proto
@@ -243,6 +281,8 @@ class WebSocketResource(Resource):
         else:
             transport.protocol = proto
         proto.makeConnection(transport)
+        if proto.tracked is not None:
+            proto.tracked.attach(proto)
         # Twisted Web paused the connection while it served the request.
         producer = getattr(transport, "_networkProducer", transport)
         producer.resumeProducing()

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 from twisted.application.service import IServiceCollection
 from twisted.internet.defer import Deferred
 
+from meteremu.connections import ConnectionRegistry
 from meteremu.exporters.prometheus import Metrics
 from meteremu.interfaces import IReactor
 from meteremu.logs import logger
@@ -33,6 +34,7 @@ class DeviceContext:
     meters: MeterSet
     sites: Sites
     host: str  # server.host: the default address of the device's listeners
+    connections: ConnectionRegistry | None = None  # the caps TCP listeners share (meteremu.connections)
 
     def meter(self, name: str | None) -> Meter:
         """The meter the device serves (``None``: the first one)."""

@@ -17,7 +17,15 @@ from klein import Klein
 from twisted.internet.interfaces import IReactorTCP
 from twisted.web.server import Site
 
-from meteremu.compat.http_server import DEFAULT_LIMIT, BodyLimit, Refusal, bounded, plain_refusal
+from meteremu.compat.http_server import (
+    DEFAULT_LIMIT,
+    BodyLimit,
+    BoundedChannel,
+    Refusal,
+    bounded,
+    plain_refusal,
+)
+from meteremu.connections import HTTP, ConnectionLimits, ConnectionRegistry, peer_ip
 from meteremu.listeners import Listener, StartupError, tcp_listener
 
 
@@ -31,9 +39,30 @@ class QuietSite(Site):
     """
 
     noisy = False
+    # Twisted's default wraps HTTPChannel to negotiate HTTP/2 over TLS, which meteremu does not serve.
+    protocol = BoundedChannel  # type: ignore[assignment]
 
-    def __init__(self, resource: Any, body_limit: BodyLimit | None = None) -> None:
-        super().__init__(resource, requestFactory=bounded(body_limit or (lambda path: (DEFAULT_LIMIT, plain_refusal))))
+    def __init__(self, resource: Any, body_limit: BodyLimit | None = None,
+                 connections: ConnectionRegistry | None = None) -> None:
+        # timeout=None: Twisted's own idle timeout (12 h, reset by every byte)
+        # is replaced by the channel's deadlines (meteremu.compat.http_server).
+        super().__init__(resource, requestFactory=bounded(body_limit or (lambda path: (DEFAULT_LIMIT, plain_refusal))),
+                         timeout=None)
+        self.connections = connections
+        self.limits = connections.limits if connections is not None else ConnectionLimits()
+
+    def buildProtocol(self, addr: Any) -> Any:
+        """A channel, unless the connection caps refuse this one (then the socket is closed)."""
+        tracked = None
+        if self.connections is not None:
+            tracked = self.connections.admit(peer_ip(addr), HTTP)
+            if tracked is None:
+                return None
+        channel = super().buildProtocol(addr)
+        channel.tracked = tracked
+        channel.limits = self.limits
+        channel.warnings = self.connections.warnings if self.connections is not None else None
+        return channel
 
     def log(self, request: Any) -> None:
         pass
@@ -42,8 +71,9 @@ class QuietSite(Site):
 class Sites:
     """Klein apps by port, and after :meth:`listeners` their listeners."""
 
-    def __init__(self, main_port: int) -> None:
+    def __init__(self, main_port: int, connections: ConnectionRegistry | None = None) -> None:
         self.main_port = main_port
+        self.connections = connections  # the caps every HTTP port shares (with Modbus)
         self.main = Klein()
         self.apps: dict[int, Klein] = {main_port: self.main}
         self.bound: dict[int, Listener] = {}
@@ -85,7 +115,7 @@ class Sites:
         """A listener per port (``wrap`` decorates each root resource, e.g. CORS)."""
         for port, app in self.apps.items():
             root = app.resource() if wrap is None else wrap(app.resource())
-            site = QuietSite(root, self.body_limit(port))
+            site = QuietSite(root, self.body_limit(port), self.connections)
             self.bound[port] = tcp_listener(reactor, port, site, host, "HTTP")
         return self.bound
 

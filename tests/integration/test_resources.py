@@ -96,7 +96,9 @@ class ResourceTests(TestCase):
     def start(self, **device: Any) -> Any:
         self.server = ServerSide(self)
         self.udp_ports = free_udp_ports(2)
+        # A hundred clients at once, all from 127.0.0.1: above the per-address cap of a LAN.
         config = test_config(self.mktemp(), meters=SIM,
+                             server={"host": "127.0.0.1", "http_port": 0, "max_connections_per_ip": 512},
                              devices=[{"type": "shelly_pro_3em", "udp_ports": self.udp_ports, **device}])
         self.app = yield start_app(self, config)
         self.device = self.app.devices[0]

@@ -116,7 +116,7 @@ def build(options: Options, ctx: DeviceContext) -> ShellyService:
         from meteremu.devices.shelly.modbus import ModbusService
 
         service.modbus = ModbusService(device, options.modbus_bind or ctx.host, options.modbus_port,
-                                       options.modbus_unit_id, ctx.reactor)
+                                       options.modbus_unit_id, ctx.reactor, connections=ctx.connections)
         service.modbus.setServiceParent(service)
     mdns = mdns_options(options.mdns)
     if mdns is not None:
