@@ -18,6 +18,7 @@ from meteremu.registry import LazyOptions
 
 DEVICE_MODULES: dict[str, str] = {
     "shelly_pro_3em": "meteremu.devices.shelly",
+    "everhome_ecotracker": "meteremu.devices.ecotracker",
 }
 
 _options = LazyOptions(DEVICE_MODULES)

@@ -10,6 +10,7 @@ waits forever); no test asserts on time.
   meter's address from it, then poll that address unicast.
 * ``mdns TYPE…``: a python-zeroconf browser that resolves every instance of
   each service type (address, port, TXT) over real multicast.
+* ``ecotracker HOST PORT``: everHome's client library reads ``/v1/json``.
 """
 
 from __future__ import annotations
@@ -97,12 +98,31 @@ def mdns(types: list[str]) -> dict[str, Any]:
         zc.close()
 
 
+def ecotracker(host: str, port: int) -> dict[str, Any]:
+    import asyncio
+
+    from ecotracker import EcoTracker
+
+    async def read() -> dict[str, Any]:
+        meter = EcoTracker(host, port)
+        end = time.monotonic() + DEADLINE
+        while not await meter.async_update():
+            if time.monotonic() > end:
+                raise SystemExit("/v1/json could not be read")
+            await asyncio.sleep(0.2)
+        return meter.get_all_data()
+
+    return asyncio.run(read())
+
+
 def main(argv: list[str]) -> int:
     client, args = argv[0], argv[1:]
     if client == "marstek":
         result = marstek(int(args[0]), int(args[1]))
     elif client == "mdns":
         result = mdns(args)
+    elif client == "ecotracker":
+        result = ecotracker(args[0], int(args[1]))
     else:
         raise SystemExit(f"unknown client {client!r}")
     print(json.dumps(result))

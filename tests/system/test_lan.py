@@ -1,4 +1,4 @@
-"""meteremu on a real (namespaced) LAN: broadcast discovery and mDNS over multicast.
+"""meteremu on a real (namespaced) LAN: broadcast discovery, mDNS over multicast, every face.
 
 meteremu runs as a twistd process in the namespace ``meter``; the clients
 (``tests.support.lan_clients``) run in ``battery`` and ``hass``, so every
@@ -31,6 +31,13 @@ devices:
     mdns: {{interfaces: [eth0]}}
 """
 
+ECOTRACKER = """
+devices:
+  - type: everhome_ecotracker
+    mac: "B43A452249C9"
+    mdns: {interfaces: [eth0]}
+"""
+
 
 @inlineCallbacks
 def run_client(case: TestCase, net: Lan, host: str, *args: str):
@@ -42,7 +49,7 @@ def run_client(case: TestCase, net: Lan, host: str, *args: str):
     return json.loads(out)
 
 
-class ShellyOnTheLanTests(TestCase):
+class LanCase(TestCase):
     timeout = 120
 
     @inlineCallbacks
@@ -61,6 +68,8 @@ class ShellyOnTheLanTests(TestCase):
             self.fail(f"meteremu did not start: {proto.output.decode(errors='replace')[-2000:]}")
         return net
 
+
+class ShellyOnTheLanTests(LanCase):
     @inlineCallbacks
     def test_marstek_broadcasts_then_polls_unicast(self):
         """The first broadcast answer tells the battery where the meter is; it polls there."""
@@ -92,3 +101,21 @@ class ShellyOnTheLanTests(TestCase):
             self.assertEqual(txt["gen"], "2")
             self.assertEqual(txt["app"], "Pro3EM")
             self.assertEqual(txt["arch"], "esp32")
+
+
+class EcoTrackerOnTheLanTests(LanCase):
+    @inlineCallbacks
+    def test_found_over_mdns_and_read_with_everhomes_client(self):
+        """The EcoFlow app's way: browse _everhome._tcp, take ip from TXT, GET /v1/json."""
+        net = yield self.start_meter(ECOTRACKER)
+        result = yield run_client(self, net, "hass", "mdns", "_everhome._tcp.local.")
+        [entry] = result["_everhome._tcp.local."]
+        self.assertEqual(entry["name"], "ecotracker-B43A452249C9._everhome._tcp.local.")
+        self.assertEqual(entry["server"], "ecotracker-B43A452249C9.local.")
+        self.assertEqual(entry["properties"], {"ip": net.hosts["meter"], "serial": "b43a452249c9",
+                                               "productid": "1137"})
+        data = yield run_client(self, net, "battery", "ecotracker", entry["properties"]["ip"],
+                                str(entry["port"]))
+        self.assertEqual(set(data), {"power", "powerAvg", "powerPhase1", "powerPhase2", "powerPhase3",
+                                     "energyCounterIn", "energyCounterOut"})
+        self.assertIsInstance(data["power"], int)
