@@ -11,6 +11,8 @@ waits forever); no test asserts on time.
 * ``mdns TYPE…``: a python-zeroconf browser that resolves every instance of
   each service type (address, port, TXT) over real multicast.
 * ``ecotracker HOST PORT``: everHome's client library reads ``/v1/json``.
+* ``sma ADDRESS``: pysma-plus' Energy Meter client joins 239.12.255.254 on
+  the interface with this address and reads one datagram's sensors.
 """
 
 from __future__ import annotations
@@ -115,6 +117,34 @@ def ecotracker(host: str, port: int) -> dict[str, Any]:
     return asyncio.run(read())
 
 
+def sma(address: str) -> dict[str, Any]:
+    import asyncio
+
+    from pysmaplus.device_em import SMAspeedwireEM
+
+    async def read() -> dict[str, Any]:
+        em = SMAspeedwireEM()
+        em.set_options({"bindingAddr": address})
+        try:
+            end = time.monotonic() + DEADLINE
+            while True:
+                try:
+                    await em.new_session()
+                    break
+                except Exception as e:  # nothing received yet (pysma-plus' own exceptions)
+                    if time.monotonic() > end:
+                        raise SystemExit(f"no Speedwire datagram: {e}") from None
+            sensors = await em.get_sensors()
+            await em.read(sensors)
+            debug = await em.get_debug()
+            return {"sensors": {s.name: s.value for s in sensors}, "serial": debug["serial"],
+                    "data": debug["last_data"]}
+        finally:
+            await em.close_session()
+
+    return asyncio.run(read())
+
+
 def main(argv: list[str]) -> int:
     client, args = argv[0], argv[1:]
     if client == "marstek":
@@ -123,6 +153,8 @@ def main(argv: list[str]) -> int:
         result = mdns(args)
     elif client == "ecotracker":
         result = ecotracker(args[0], int(args[1]))
+    elif client == "sma":
+        result = sma(args[0])
     else:
         raise SystemExit(f"unknown client {client!r}")
     print(json.dumps(result))

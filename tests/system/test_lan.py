@@ -38,6 +38,14 @@ devices:
     mdns: {interfaces: [eth0]}
 """
 
+SMA = """
+devices:
+  - type: sma_energy_meter
+    serial: 1901234567
+    susy_id: 349
+    interface: eth0
+"""
+
 
 @inlineCallbacks
 def run_client(case: TestCase, net: Lan, host: str, *args: str):
@@ -54,7 +62,7 @@ class LanCase(TestCase):
 
     @inlineCallbacks
     def start_meter(self, extra: str):
-        net = lan(self, "meter", "battery", "hass")
+        net = lan(self, "meter", "battery", "hass", "inverter")
         directory = os.path.abspath(self.mktemp())
         path = write_config(directory, port=8080, extra=extra)
         with open(path, encoding="utf-8") as handle:
@@ -119,3 +127,19 @@ class EcoTrackerOnTheLanTests(LanCase):
         self.assertEqual(set(data), {"power", "powerAvg", "powerPhase1", "powerPhase2", "powerPhase3",
                                      "energyCounterIn", "energyCounterOut"})
         self.assertIsInstance(data["power"], int)
+
+
+class SmaOnTheLanTests(LanCase):
+    @inlineCallbacks
+    def test_speedwire_multicast_is_received_in_another_namespace(self):
+        """pysma-plus joins 239.12.255.254 on its own interface and decodes our datagrams."""
+        net = yield self.start_meter(SMA)
+        result = yield run_client(self, net, "inverter", "sma", net.hosts["inverter"])
+        self.assertEqual(result["serial"], [1901234567])
+        self.assertEqual(result["data"]["susyid"], 349)
+        self.assertEqual(result["data"]["ip"].split(":")[0], net.hosts["meter"])
+        sensors = result["sensors"]
+        for name in ("metering_power_absorbed", "metering_power_supplied", "metering_frequency",
+                     "metering_voltage_l1", "metering_current_l3", "metering_total_absorbed"):
+            self.assertIsNotNone(sensors[name], name)
+        self.assertGreater(sensors["metering_voltage_l1"], 0)
