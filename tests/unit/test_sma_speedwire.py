@@ -16,9 +16,27 @@ from meteremu.devices.sma.speedwire import encode
 from meteremu.devices.stale import Unavailable
 from meteremu.meter import Meter
 from meteremu.reading import PhaseReading, Reading
-from tests.support import sample_reading
+from tests.support import FIXTURES, sample_reading
 from tests.support.fuzz import fuzz_settings
 from tests.support.speedwire import decode
+
+
+def real_datagram() -> bytes:
+    """A real Energy Meter's datagram (tests/fixtures/sma/README.md)."""
+    with open(f"{FIXTURES}/sma/energy_meter_270.hex", encoding="ascii") as handle:
+        return bytes.fromhex(handle.read().strip())
+
+
+def layout(datagram: bytes) -> list[bytes]:
+    """The OBIS ids (4 bytes each) in order, walked by the tag length of the datagram itself."""
+    end = 16 + int.from_bytes(datagram[12:14], "big")
+    pos, ids = 28, []
+    while pos < end:
+        obis = datagram[pos:pos + 4]
+        ids.append(obis)
+        pos += 4 + (obis[2] if obis[0] != 0x90 else 4)
+    return ids
+
 
 ENERGY = [(1000.5, 20.25), (0.0, 3.5), (7.0, 0.0)]
 PHASE_BLOCKS = (21, 41, 61)
@@ -76,6 +94,28 @@ class EncodeTests(TestCase):
         data = decode(datagram)
         self.assertEqual(data["serial"], 4294967295)
         self.assertTrue(0 <= data["1:4:0"] <= 0xFFFFFFFF)
+
+
+class RealMeterLayoutTests(TestCase):
+    """Our datagram against a real meter's (nymea's capture): same framing, same channels in order."""
+
+    def test_the_capture_decodes_with_pysma_plus(self):
+        data = decode(real_datagram())
+        self.assertEqual((data["susyid"], data["serial"], data["sw_version"]), (270, 1900243374, "1.2.8.R"))
+        self.assertEqual(data["32:4:0"], 228299)  # 228.299 V on L1
+
+    def test_same_framing_and_channel_order(self):
+        real = real_datagram()
+        ours = encode(270, 1900243374, 0, sample_reading(), ENERGY, sw_version=(1, 2, 8, "R"))
+        self.assertEqual(ours[:12], real[:12])  # SMA\0, tag 0x02A0, group 1
+        self.assertEqual(ours[14:20], real[14:20])  # tag 0x0010, protocol 0x6069, SUSy id
+        self.assertEqual(ours[-12:], real[-12:])  # software version channel, end-of-data tag
+        # The same channels in the same order; ours adds 14:4 (frequency), which
+        # this older meter does not send: 608 bytes instead of 600, as newer meters send.
+        expected = layout(real)
+        expected.insert(expected.index(bytes((0, 13, 4, 0))) + 1, bytes((0, 14, 4, 0)))
+        self.assertEqual(layout(ours), expected)
+        self.assertEqual(len(ours), len(real) + 8)
 
 
 class DeviceTests(TestCase):
