@@ -55,6 +55,15 @@ class SpeedwireSender(DatagramProtocol):
         self._last_problem = problem
 
     def send(self) -> None:
+        """One tick: never raises, so the LoopingCall keeps the meter sending."""
+        try:
+            self._send()
+        except Exception:  # a bug: log its traceback once per cause, keep ticking
+            if self._last_problem != "bug":
+                log.failure("SMA Energy Meter {id}: sending failed", id=self.device.identity.device_id)
+            self._last_problem = "bug"
+
+    def _send(self) -> None:
         if self.transport is None:
             return
         data = self.device.datagram()
