@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 IP = shutil.which("ip") or "/usr/sbin/ip"
 _counter = itertools.count(1)
+_OURS = re.compile(r"^me(\d+)n\d+-\w+$")  # me<pid>n<k>-<host>: see lan()
 
 
 def unavailable() -> str | None:
@@ -44,6 +46,19 @@ def unavailable() -> str | None:
         return f"ip netns add failed: {made.stderr.strip()}"
     subprocess.run([IP, "netns", "del", probe], capture_output=True)
     return None
+
+
+def remove_orphans() -> list[str]:
+    """Delete the namespaces of test runs that died before their cleanup (their pid is gone)."""
+    listed = subprocess.run([IP, "netns", "list"], capture_output=True, text=True).stdout
+    removed = []
+    for line in listed.splitlines():
+        name = line.split(" ", 1)[0]
+        match = _OURS.match(name)
+        if match and not os.path.exists(f"/proc/{match.group(1)}"):
+            subprocess.run([IP, "netns", "del", name], capture_output=True)
+            removed.append(name)
+    return removed
 
 
 def _ip(*args: str) -> None:
@@ -115,6 +130,7 @@ def lan(case: TestCase, *hosts: str) -> Lan:
     why = unavailable()
     if why is not None:
         raise SkipTest(why)
+    remove_orphans()
     number = next(_counter)
     built = Lan(prefix=f"me{os.getpid()}n{number}", subnet=(os.getpid() + number) % 250 + 1)
     case.addCleanup(built.close)

@@ -8,6 +8,7 @@ no route out (``tests.support.netns``); without root the tests skip.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -16,7 +17,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
-from tests.support.netns import Lan, lan
+from tests.support.netns import IP, Lan, lan
 from tests.support.twistd import RUN, spawn, write_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -75,6 +76,27 @@ class LanCase(TestCase):
         except Exception:
             self.fail(f"meteremu did not start: {proto.output.decode(errors='replace')[-2000:]}")
         return net
+
+
+class IsolationTests(TestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def test_the_lan_has_no_way_out(self):
+        """No default route in any namespace: an address off the LAN is unreachable."""
+        net = lan(self, "a", "b")
+        code = ("import socket\n"
+                "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                "try:\n"
+                "    s.connect(('192.0.2.1', 9))\n"
+                "except OSError as e:\n"
+                "    print(e.errno)\n")
+        argv = net.exec_argv("a", [sys.executable, "-c", code])
+        out, err, status = yield getProcessOutputAndValue(argv[0], argv[1:], env={"PATH": os.environ["PATH"]})
+        self.assertEqual((status, out.strip()), (0, str(errno.ENETUNREACH).encode()), err)
+        argv = net.exec_argv("a", [IP, "route", "show", "default"])
+        out, _, _ = yield getProcessOutputAndValue(argv[0], argv[1:], env={"PATH": os.environ["PATH"]})
+        self.assertEqual(out.strip(), b"")
 
 
 class ShellyOnTheLanTests(LanCase):
