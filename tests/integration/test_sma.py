@@ -81,3 +81,11 @@ class SmaUnicastTests(TestCase):
         err = self.assertRaises(ConfigError, test_config, self.mktemp(), meters=SIM,
                                 devices=[{"type": "sma_energy_meter", "destinations": ["example.org"]}])
         self.assertIn("destinations", str(err))
+
+
+class SmaBesideOtherFacesTests(TestCase):
+    def test_no_http_port_is_claimed(self):
+        """The SMA face serves no HTTP: it never clashes with a Shelly on server.http_port."""
+        config = test_config(self.mktemp(), meters=SIM, devices=[
+            {"type": "shelly_pro_3em"}, {"type": "sma_energy_meter", "destinations": ["127.0.0.1"]}])
+        self.assertEqual([d.type for d in config.devices], ["shelly_pro_3em", "sma_energy_meter"])
