@@ -1,8 +1,10 @@
 """meteremu on a real (namespaced) LAN: broadcast discovery, mDNS over multicast, every face.
 
 meteremu runs as a twistd process in the namespace ``meter``; the clients
-(``tests.support.lan_clients``) run in ``battery`` and ``hass``, so every
-datagram crosses veth pairs and a bridge as on a home network. The LAN has
+(``tests.support.lan_clients``: a Marstek-style poller, python-zeroconf,
+everHome's ``ecotracker``, pysma-plus) run in ``battery``, ``hass`` and
+``inverter``, so every datagram crosses veth pairs and a bridge as on a home
+network. The LAN has
 no route out (``tests.support.netns``); without root the tests skip.
 """
 
