@@ -528,6 +528,8 @@ def _check_ports(server: ServerOptions, devices: list[DeviceConfig]) -> None:
     """Two devices cannot answer on one HTTP port: each is one Shelly."""
     seen: dict[int, int] = {}
     for i, device in enumerate(devices):
+        if not hasattr(device.options, "http_port"):
+            continue  # a face without HTTP (the SMA Energy Meter only sends datagrams)
         port = getattr(device.options, "http_port", None)
         port = server.http_port if port is None else port
         if not 0 <= port <= 65535:

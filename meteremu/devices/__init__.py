@@ -18,6 +18,8 @@ from meteremu.registry import LazyOptions
 
 DEVICE_MODULES: dict[str, str] = {
     "shelly_pro_3em": "meteremu.devices.shelly",
+    "everhome_ecotracker": "meteremu.devices.ecotracker",
+    "sma_energy_meter": "meteremu.devices.sma",
 }
 
 _options = LazyOptions(DEVICE_MODULES)

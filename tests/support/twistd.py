@@ -56,11 +56,13 @@ class Twistd(ProcessProtocol):
         self.ended.callback(reason.value)
 
 
-def spawn(case: TestCase, args: list[str], cwd: str) -> Twistd:
+def spawn(case: TestCase, args: list[str], cwd: str, wrap: list[str] | None = None) -> Twistd:
+    """Run twistd with ``args``; ``wrap`` prefixes the command (``ip netns exec <ns>``)."""
     proto = Twistd()
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TZ")}
     env["PYTHONUNBUFFERED"] = "1"
-    transport = reactor.spawnProcess(proto, TWISTD, [TWISTD, *args], env=env, path=cwd)
+    argv = [*(wrap or []), TWISTD, *args]
+    transport = reactor.spawnProcess(proto, argv[0], argv, env=env, path=cwd)
 
     def cleanup() -> Deferred[object] | None:
         if proto.ended.called:

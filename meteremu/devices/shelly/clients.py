@@ -21,7 +21,8 @@ from meteremu.devices.shelly.options import ScalingOptions
 from meteremu.devices.shelly.rpc import CallContext, RpcError
 from meteremu.meter import IClock
 
-POLL_METHODS = frozenset({"EM.GetStatus", "EM1.GetStatus"})
+# A gen1 client's poll is a GET of /status or /emeter/<n> (devices/shelly/gen1.py).
+POLL_METHODS = frozenset({"EM.GetStatus", "EM1.GetStatus", "/status", "/emeter"})
 THROTTLED = -108  # RESOURCE_EXHAUSTED in the firmware's gRPC-derived numbering
 
 

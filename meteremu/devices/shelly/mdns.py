@@ -40,6 +40,7 @@ from zeroconf import IPVersion, NonUniqueNameException
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
 from meteremu.asyncbridge import as_deferred, require_asyncio_reactor
+from meteremu.devices.base import FaceIdentity
 from meteremu.devices.shelly.identity import Identity
 from meteremu.devices.shelly.options import MdnsOptions, mdns_options  # noqa: F401 (re-export)
 
@@ -270,11 +271,15 @@ class MdnsService(Service):
     so it attaches to the reactor's loop instead of starting its own thread.
     ``zeroconf_factory``, ``get_adapters`` and ``default_address`` are
     injectable so tests can confine everything to loopback.
+
+    Other faces (the EcoTracker) reuse the service with their own records:
+    ``service_infos(port, hostname, addresses)`` builds them instead of the
+    Shelly pair, and ``identity`` then only names the device in messages.
     """
 
     def __init__(
         self,
-        identity: Identity,
+        identity: Identity | FaceIdentity,
         http_port: int | Callable[[], int],
         options: MdnsOptions,
         *,
@@ -282,8 +287,10 @@ class MdnsService(Service):
         zeroconf_factory: Callable[..., AsyncZeroconf] = AsyncZeroconf,
         get_adapters: Callable[[], Iterable[ifaddr.Adapter]] = ifaddr.get_adapters,
         default_address: Callable[[], str] = default_ipv4,
+        service_infos: Callable[[int, str | None, Sequence[str]], list[AsyncServiceInfo]] | None = None,
     ) -> None:
         self.identity = identity
+        self._service_infos = service_infos
         # A callable is read at start: with port 0 the HTTP listener's real
         # port is only known once it listens.
         self._http_port = http_port
@@ -315,8 +322,12 @@ class MdnsService(Service):
 
     async def _register(self) -> None:
         plan = plan_mdns(self.options, self._get_adapters(), self._default_address)
-        self.infos = build_service_infos(
-            self.identity, self.port, self.options.hostname, plan.addresses)
+        if self._service_infos is not None:
+            self.infos = self._service_infos(self.port, self.options.hostname, plan.addresses)
+        else:
+            assert isinstance(self.identity, Identity)  # the Shelly records need the full identity
+            self.infos = build_service_infos(
+                self.identity, self.port, self.options.hostname, plan.addresses)
         try:
             zc = self._zeroconf = self._zeroconf_factory(
                 interfaces=list(plan.interfaces), ip_version=plan.ip_version)

@@ -122,6 +122,8 @@ class Options:
         "doc": "EM.GetStatus answer: full, or minimal (act_power fields only, for picky batteries)"})
     scaling: ScalingOptions = field(default_factory=ScalingOptions, metadata={
         "doc": "several batteries on one meter"})
+    gen1_endpoints: bool = field(default=True, metadata={
+        "doc": "also serve the gen1 /status, /emeter/<n> and /settings (Hoymiles, Anker)"})
 
     def validate(self) -> list[tuple[str, str]]:
         errors = []

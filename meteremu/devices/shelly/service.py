@@ -98,6 +98,10 @@ def build(options: Options, ctx: DeviceContext) -> ShellyService:
         HubService(hub).setServiceParent(service)
         ws_resource = lambda: websocket_resource(factory)  # noqa: E731
     shelly_http.install_routes(site, device, ws_resource=ws_resource, observe_latency=latency)
+    if options.gen1_endpoints:
+        from meteremu.devices.shelly import gen1
+
+        gen1.install_routes(site, device)
     for port in (options.http_port, *options.websocket_ports):
         ctx.sites.accept_bodies(port, b"/rpc", shelly_http.MAX_BODY, shelly_http.refusal(device))
     for extra in options.websocket_ports:
