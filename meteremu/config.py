@@ -496,10 +496,12 @@ def _meter(name: str, data: Any, key: str, env: typing.Mapping[str, str]) -> Met
 
 
 def _check_ports(server: ServerOptions, devices: list[DeviceConfig]) -> None:
-    """Two devices cannot answer on one HTTP port: each is one Shelly."""
+    """Two devices cannot answer on one HTTP port: each is one Shelly (devices without HTTP are left out)."""
     seen: dict[int, int] = {}
     for i, device in enumerate(devices):
-        port = getattr(device.options, "http_port", None)
+        if not hasattr(device.options, "http_port"):
+            continue
+        port = device.options.http_port
         port = server.http_port if port is None else port
         if not 0 <= port <= 65535:
             raise _Invalid(_join(_join("devices", i), "http_port"), f"expected a port 0-65535; got {port}")

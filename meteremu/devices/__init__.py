@@ -18,6 +18,8 @@ from meteremu.registry import LazyOptions
 
 DEVICE_MODULES: dict[str, str] = {
     "shelly_pro_3em": "meteremu.devices.shelly",
+    "marstek_ct002": "meteremu.devices.marstek.ct002",
+    "marstek_ct003": "meteremu.devices.marstek.ct003",
 }
 
 _options = LazyOptions(DEVICE_MODULES)
