@@ -23,4 +23,5 @@ def shared(meter: Meter, clock: IClock, options: ControlOptions) -> Controller:
     controller = _BY_METER.get(meter)
     if controller is None:
         controller = _BY_METER[meter] = Controller(clock, options)
+        controller.follow(meter)
     return controller

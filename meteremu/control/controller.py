@@ -41,7 +41,8 @@ from typing import Any
 
 from meteremu.control.allocate import Slot, allocate, concentrate
 from meteremu.control.options import ControlOptions
-from meteremu.meter import IClock
+from meteremu.meter import IClock, Meter
+from meteremu.reading import Reading
 
 BIG = 1e6  # W: "no known limit"
 
@@ -111,6 +112,13 @@ class Controller:
         self.options = options or ControlOptions()
         self.batteries: dict[str, BatteryState] = {}
         self.view = Decision()
+
+    def follow(self, meter: Meter) -> None:
+        """Take every new reading of ``meter`` (a new reading is fresh by definition)."""
+        meter.add_listener(self._on_reading)
+
+    def _on_reading(self, meter: Meter, reading: Reading) -> None:
+        self.reading(reading.total_act_power)
 
     # -- what the device tells it -------------------------------------------------------------
     def report(self, key: str, power: float | None, phase: str = "") -> BatteryState:

@@ -26,6 +26,7 @@ class Harness:
         self.clock.advance(1000)
         self.meter = Meter("grid", self.clock, stale_after=10.0, source_type="test")
         controller = Controller(self.clock, options.control)
+        controller.follow(self.meter)
         self.device = CtDevice(options, CtIdentity(OWN, "ct002-x", options.ct_type), self.meter, self.clock,
                                controller)
 

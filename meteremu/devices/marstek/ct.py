@@ -147,11 +147,9 @@ class CtDevice:
         powers = tuple(reading.phase(i).act_power for i in range(3))
         if not all(math.isfinite(p) for p in powers):
             return None
-        if reading is not self._seen_reading:
+        if reading is not self._seen_reading:  # (the controller follows the meter itself)
             self._seen_reading = reading
             self._cycle += 1
-            if self.controller is not None:
-                self.controller.reading(sum(powers))
         return powers[0], powers[1], powers[2]
 
     def _fallback_grid(self) -> float | None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from meteremu.configtypes import Duration
+from meteremu.control.options import ControlOptions
 
 DEFAULT_MODEL = "SPEM-003CEBEU"
 DEFAULT_FW_ID = "20250508-110717/1.6.1-g8dbd358"
@@ -122,6 +123,8 @@ class Options:
         "doc": "EM.GetStatus answer: full, or minimal (act_power fields only, for picky batteries)"})
     scaling: ScalingOptions = field(default_factory=ScalingOptions, metadata={
         "doc": "several batteries on one meter"})
+    control: ControlOptions | None = field(default=None, metadata={
+        "doc": "active control: each battery its own value (weights by IP); replaces scaling for batteries"})
 
     def validate(self) -> list[tuple[str, str]]:
         errors = []
@@ -150,6 +153,8 @@ class Options:
             errors.append(("notify_interval", "expected a duration above 0"))
         if not 64 <= self.udp_max_bytes <= 65507:
             errors.append(("udp_max_bytes", f"expected 64-65507; got {self.udp_max_bytes}"))
+        if self.control is not None and self.control.enabled and self.scaling.mode != "none":
+            errors.append(("control", "use either control or scaling (mode: none), not both"))
         if self.device_id is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", self.device_id):
             errors.append(("device_id", "expected letters, digits, '-', '_' or '.'"))
         return errors
