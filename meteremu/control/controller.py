@@ -112,6 +112,7 @@ class Controller:
         self.options = options or ControlOptions()
         self.batteries: dict[str, BatteryState] = {}
         self.view = Decision()
+        self._window: list[float] = []  # errors of the quiet readings since the last decision
 
     def follow(self, meter: Meter) -> None:
         """Take every new reading of ``meter`` (a new reading is fresh by definition)."""
@@ -162,17 +163,28 @@ class Controller:
             return
         reporting = self._reporting()
         quiet = bool(reporting) and all(self._steady(b, now) and not b.new_value for b in reporting)
-        if abs(error) < opts.deadband:
+        view.quality = Quality.STABLE if abs(error) < opts.deadband else Quality.OFF_TARGET
+        if not quiet:
+            self._window.clear()
+            return
+        # A small error is judged on the mean of a few quiet readings (the meter's
+        # noise must not move anyone); a large one (a step) is acted on at once.
+        self._window.append(error)
+        del self._window[:-opts.average]
+        if abs(error) < opts.fast_error and len(self._window) < opts.average:
+            return
+        judged = error if abs(error) >= opts.fast_error else sum(self._window) / len(self._window)
+        if abs(judged) < opts.deadband:
             view.quality = Quality.STABLE
-            if quiet and self._unbalanced(reporting, now):
+            if self._unbalanced(reporting, now):
                 self._decide(reporting, 0.0, now)  # toward the shares, net zero
-            elif quiet:
+            else:
                 for battery in reporting:
                     battery.target = battery.power
             return
-        view.quality = Quality.LIMITED if self._limited(error, now) else Quality.OFF_TARGET
-        if quiet:
-            self._decide(reporting, error, now)
+        view.quality = Quality.LIMITED if self._limited(judged, now) else Quality.OFF_TARGET
+        self._window.clear()
+        self._decide(reporting, judged, now)
 
     # -- what the device serves ----------------------------------------------------------------
     def serve(self, key: str) -> tuple[float, bool]:

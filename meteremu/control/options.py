@@ -20,6 +20,10 @@ class ControlOptions:
     target: float = field(default=0.0, metadata={"doc": "grid power to aim at (W, + import)"})
     deadband: float = field(default=20.0, metadata={
         "doc": "grid error (W) left alone: below it no battery is moved (no hunting on noise)"})
+    average: int = field(default=3, metadata={
+        "doc": "a small error is judged on the mean of this many quiet readings (meter noise)"})
+    fast_error: float = field(default=80.0, metadata={
+        "doc": "an error this large (W) is acted on at once, without averaging (a step)"})
     min_step: float = field(default=15.0, metadata={
         "doc": "smallest adjustment given to one battery (W): below the firmware deadband it is ignored"})
     import_bias: float = field(default=5.0, metadata={
@@ -46,10 +50,12 @@ class ControlOptions:
 
     def validate(self) -> list[tuple[str, str]]:
         errors = []
-        for name in ("deadband", "min_step", "import_bias", "move_tolerance", "rebalance"):
+        for name in ("deadband", "min_step", "import_bias", "move_tolerance", "rebalance", "fast_error"):
             value = getattr(self, name)
             if not 0 <= value < 10_000:
                 errors.append((name, f"expected watts 0-10000; got {value}"))
+        if not 1 <= self.average <= 20:
+            errors.append(("average", f"expected 1-20 readings; got {self.average}"))
         for name in ("pace", "settle", "response_time", "saturation_hold"):
             if getattr(self, name) < 0:
                 errors.append((name, "expected a duration of 0 or more"))

@@ -133,8 +133,19 @@ class ReportingTests(SynchronousTestCase):
         ctl.reading(12.0)
         self.assertEqual([ctl.serve(k)[0] for k in ("A1", "B1", "C1")], [0.0, 0.0, 0.0])
         self.assertEqual(ctl.quality(), Quality.STABLE)
-        ctl.reading(36.0)  # 12 W each would be ignored by every firmware: one battery takes it
-        self.assertEqual(sorted(ctl.serve(k)[0] for k in ("A1", "B1", "C1")), [0.0, 0.0, 36.0])
+        ctl.reading(45.0)
+        ctl.reading(45.0)  # judged on the mean of three quiet readings: (12 + 45 + 45) / 3 = 34 W
+        # 11 W each would be ignored by every firmware: one battery takes it all
+        self.assertEqual(sorted(round(ctl.serve(k)[0]) for k in ("A1", "B1", "C1")), [0, 0, 34])
+
+    def test_noise_is_averaged_a_step_is_not(self) -> None:
+        clock, ctl = controller(import_bias=0.0)
+        ctl.report("A1", 0)
+        for noise in (30.0, -25.0, 10.0):  # mean 5 W: inside the deadband
+            ctl.reading(noise)
+            self.assertEqual(ctl.serve("A1"), (0.0, False))
+        ctl.reading(2000.0)  # a kettle: at once
+        self.assertEqual(ctl.serve("A1"), (2000.0, True))
 
     def test_import_bias_offsets_the_venus_step(self) -> None:
         clock, ctl = controller()

@@ -1,0 +1,65 @@
+"""The battery lab's CT002 path on the simulated clock: frames, the battery's dedupe, a whole run."""
+
+from __future__ import annotations
+
+import math
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from meteremu.devices.marstek import ct_codec as codec
+from meteremu.lab import catalogue, ctclient
+from meteremu.lab.battery import Battery, BatterySpec
+from meteremu.lab.runner import SCALINGS, setup_for
+from meteremu.lab.sim import Simulation
+
+
+class CtClientTests(SynchronousTestCase):
+    def test_inspects_then_joins_the_combined_bucket(self) -> None:
+        battery = Battery.build(BatterySpec("venus"), 0)
+        first = codec.parse_request(ctclient.request(battery))
+        self.assertEqual((first.battery_type, first.battery_mac, first.phase), ("VNSE3-0", battery.mac, ""))
+        battery.observe(0.0, 0.0, inspecting=True)
+        self.assertEqual(codec.parse_request(ctclient.request(battery)).phase, "D")
+
+    def test_reads_the_total_and_the_abc_count(self) -> None:
+        battery = Battery.build(BatterySpec("hmg50"), 1)
+        answer = codec.CtResponse("HME-4", "", "HMG-50", battery.mac, (10, 20, 30), 60, (0, 0, 0, 2), info_idx=9)
+        read = ctclient.read(battery, codec.encode_response(answer, "ct002"))
+        assert read is not None
+        self.assertEqual((read.value, read.nb, read.info_idx), (60.0, 2, 9))
+        other = codec.CtResponse("HME-4", "", "HMG-50", "FFFFFFFFFFFF", (0, 0, 0), 60, (1, 1, 1, 1))
+        self.assertIsNone(ctclient.read(battery, codec.encode_response(other, "ct002")))
+        self.assertIsNone(ctclient.read(battery, b"garbage"))
+
+    def test_a_repeated_info_idx_is_not_regulated_on(self) -> None:
+        battery = Battery.build(BatterySpec("venus", gate=0.0), 0)
+        battery.observe(1.0, 300.0, 1, 5)
+        after_first = battery.setpoint
+        battery.observe(2.0, 300.0, 1, 5)  # the same answer again: alive, no second step
+        self.assertEqual(battery.setpoint, after_first)
+        self.assertEqual(battery.answers, 2)
+        battery.observe(3.0, 300.0, 1, 6)
+        self.assertGreater(battery.setpoint, after_first)
+
+
+class CtRunTests(SynchronousTestCase):
+    def test_modes_are_known_and_map_to_the_faces(self) -> None:
+        scenario = catalogue.get("pair_step")
+        self.assertIn("ct002", SCALINGS)
+        self.assertEqual((setup_for(scenario, "ct002").face, setup_for(scenario, "ct002").control), ("ct002", True))
+        relay = setup_for(scenario, "ct002_relay")
+        self.assertEqual((relay.face, relay.control, relay.weights), ("ct002", False, ()))
+        shelly = setup_for(scenario, "control")
+        self.assertEqual((shelly.face, shelly.control, shelly.scaling), ("shelly", True, "none"))
+        self.assertEqual([k for k, _ in shelly.weights], ["127.0.0.11", "127.0.0.12"])
+
+    def test_a_pair_over_ct002_closes_a_2_kw_step(self) -> None:
+        for mode in ("ct002", "ct002_relay", "control"):
+            scenario = catalogue.get("pair_step")
+            sim = Simulation(scenario, 0, setup_for(scenario, mode))
+            loop = sim.run()
+            self.assertTrue(all(b.answers > 0 for b in loop.batteries), mode)
+            grid = loop.trace.grid
+            self.assertTrue(all(math.isfinite(g) for g in grid))
+            self.assertLess(abs(grid[-1]), 100.0, mode)  # 24 s after the step the batteries carry it
+            self.assertGreater(sum(b.power for b in loop.batteries), 1500.0, mode)
