@@ -43,6 +43,13 @@ class CtClientTests(SynchronousTestCase):
 
 
 class CtRunTests(SynchronousTestCase):
+    def test_ct_targets(self) -> None:
+        from meteremu.lab.realtime import RealtimeError, parse_target
+
+        target = parse_target("ct://127.0.0.1:12345")
+        self.assertEqual((target.scheme, target.port), ("ct", 12345))
+        self.assertRaises(RealtimeError, parse_target, "ct://127.0.0.1")
+
     def test_modes_are_known_and_map_to_the_faces(self) -> None:
         scenario = catalogue.get("pair_step")
         self.assertIn("ct002", SCALINGS)
