@@ -13,7 +13,7 @@ from meteremu.control.controller import Controller, Quality
 from meteremu.control.options import ControlOptions
 from meteremu.meter import IClock, Meter
 
-__all__ = ["ControlOptions", "Controller", "Quality", "shared"]
+__all__ = ["ControlOptions", "Controller", "Quality", "controller_for", "shared"]
 
 _BY_METER: weakref.WeakKeyDictionary[Meter, Controller] = weakref.WeakKeyDictionary()
 
@@ -25,3 +25,8 @@ def shared(meter: Meter, clock: IClock, options: ControlOptions) -> Controller:
         controller = _BY_METER[meter] = Controller(clock, options)
         controller.follow(meter)
     return controller
+
+
+def controller_for(meter: Meter) -> Controller | None:
+    """The controller of ``meter``, if a device steers its batteries (exporters read it)."""
+    return _BY_METER.get(meter)

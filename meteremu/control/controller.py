@@ -70,7 +70,7 @@ class BatteryState:
     served_at: float = -math.inf  # when it was last given a non-zero adjustment
     served_from: float = 0.0  # its power then
     new_value: bool = False  # a fresh adjustment waits for its next poll
-    last_value: float = 0.0  # what it was served last
+    last_value: float = 0.0  # the last adjustment it was given (silent batteries: the last share)
     asked: float = 0.0  # the last adjustment (W, without bias)
     judged: bool = True  # the last adjustment was judged (followed or missed)
     misses: int = 0  # adjustments in a row it did not follow
@@ -85,7 +85,7 @@ class BatteryState:
             return "full"
         if now < self.empty_until:
             return "empty"
-        if self.new_value or now - self.changed_at < 2.0:
+        if self.new_value or not self.judged or now - self.changed_at < 2.0:
             return "moving"
         return "steady"
 
@@ -205,8 +205,7 @@ class Controller:
             self._check_followed(battery, now)
             if battery.target is not None and self._may_adjust(battery, now):
                 battery.new_value = True
-            if not battery.new_value:
-                battery.last_value = 0.0
+            if not battery.new_value:  # a repeat; ``last_value`` keeps the last adjustment (views)
                 return 0.0, False
         battery.new_value = False
         assert battery.target is not None
