@@ -74,6 +74,7 @@ class BatteryState:
     asked: float = 0.0  # the last adjustment (W, without bias)
     judged: bool = True  # the last adjustment was judged (followed or missed)
     misses: int = 0  # adjustments in a row it did not follow
+    saturations: int = 0  # times in a row it was found full or empty
     miss_sign: int = 0
     full_until: float = -math.inf  # cannot charge more (below full_at) until then
     full_at: float = 0.0
@@ -284,6 +285,7 @@ class Controller:
         if moved >= 0.3 * abs(battery.asked):
             battery.judged = True
             battery.misses, battery.miss_sign = 0, 0
+            battery.saturations = 0
             return
         if now - battery.served_at < opts.response_time:
             return
@@ -292,10 +294,14 @@ class Controller:
         battery.miss_sign = sign
         if battery.misses >= 2:
             battery.misses = 0
+            # Held longer each time it is found still full or empty (an empty battery stays
+            # empty for hours; every retry costs a few seconds of error): 1, 2, 4, 8, 16 x.
+            hold = opts.saturation_hold * 2 ** min(battery.saturations, 4)
+            battery.saturations += 1
             if sign < 0:
-                battery.full_until, battery.full_at = now + opts.saturation_hold, battery.power
+                battery.full_until, battery.full_at = now + hold, battery.power
             else:
-                battery.empty_until, battery.empty_at = now + opts.saturation_hold, battery.power
+                battery.empty_until, battery.empty_at = now + hold, battery.power
             battery.target = battery.power
 
     def _limited(self, error: float, now: float) -> bool:

@@ -39,7 +39,8 @@ class ControlOptions:
     response_time: Duration = field(default=5.0, metadata={
         "doc": "Shelly path (no reported power): how long a battery takes to act on a value"})
     saturation_hold: Duration = field(default=60.0, metadata={
-        "doc": "a battery that stopped following is left at its limit this long before it is tried again"})
+        "doc": "a battery that stopped following is left at its limit this long before it is tried again "
+               "(doubled each time it is found still full or empty, up to 16x)"})
     weights: dict[str, float] = field(default_factory=dict, metadata={
         "doc": "share per battery (MAC on CT devices, IP on Shelly); others get default_weight"})
     default_weight: float = field(default=1.0, metadata={"doc": "share of batteries not in weights"})
