@@ -45,6 +45,8 @@ from meteremu.meter import IClock, Meter
 from meteremu.reading import Reading
 
 BIG = 1e6  # W: "no known limit"
+SATURATION_EVIDENCE = 50.0  # W: only an adjustment this large that is not followed counts as a miss
+MISSES = 1  # an adjustment sent twice (past the spike filter) and not followed: full or empty
 
 
 class Quality(StrEnum):
@@ -73,6 +75,7 @@ class BatteryState:
     last_value: float = 0.0  # the last adjustment it was given (silent batteries: the last share)
     asked: float = 0.0  # the last adjustment (W, without bias)
     judged: bool = True  # the last adjustment was judged (followed or missed)
+    sends: int = 0  # times the last adjustment was sent (a second time when the first was not taken)
     misses: int = 0  # adjustments in a row it did not follow
     saturations: int = 0  # times in a row it was found full or empty
     miss_sign: int = 0
@@ -202,10 +205,13 @@ class Controller:
             value = self._silent_share(battery, now)
             battery.last_value = value
             return value, value != 0.0
+        resend = False
         if not battery.new_value:
             self._check_followed(battery, now)
             if battery.target is not None and self._may_adjust(battery, now):
                 battery.new_value = True
+            elif battery.target is not None and self._may_resend(battery, now):
+                battery.new_value = resend = True
             if not battery.new_value:  # a repeat; ``last_value`` keeps the last adjustment (views)
                 return 0.0, False
         battery.new_value = False
@@ -214,8 +220,12 @@ class Controller:
         if abs(value) < self.options.min_step:
             battery.last_value = 0.0
             return 0.0, False
-        battery.served_at, battery.served_from = now, battery.power
-        battery.asked, battery.judged = value, False
+        battery.served_at = now
+        if resend:
+            battery.sends += 1
+        else:
+            battery.served_from, battery.sends = battery.power, 1
+            battery.asked, battery.judged = value, False
         if value > 0 and battery.power >= 0:
             value += self.options.import_bias
         battery.last_value = value
@@ -233,6 +243,17 @@ class Controller:
         assert battery.target is not None
         return (battery.judged and abs(battery.target - battery.power) >= self.options.min_step
                 and now - battery.served_at >= self.options.pace and self._steady(battery, now))
+
+    def _may_resend(self, battery: BatteryState, now: float) -> bool:
+        """The last adjustment was not taken (yet): send it once more after ``pace``.
+
+        The Marstek laws skip the first sample of a jump while their output is
+        steady (the one-shot spike filter, specs §2.2) and force the next one
+        through: an adjustment is often taken only the second time.
+        """
+        assert battery.target is not None
+        return (not battery.judged and battery.sends < 2 and now - battery.served_at >= self.options.pace
+                and abs(battery.target - battery.power) >= self.options.min_step)
 
     def _envelope(self, battery: BatteryState, now: float) -> tuple[float, float]:
         opts = self.options
@@ -268,14 +289,18 @@ class Controller:
         self.view.decisions += 1
         for battery, move in zip(reporting, moves, strict=True):
             battery.target = battery.power + move
+            if not battery.judged and move * battery.asked < 0:
+                battery.judged = True  # superseded by a move the other way: neither followed nor missed
             battery.new_value = move != 0.0 and battery.judged and now - battery.served_at >= opts.pace
 
     def _check_followed(self, battery: BatteryState, now: float) -> None:
-        """Judge the last adjustment once: moved 30 % of the way, or missed by ``response_time``.
+        """Judge the last adjustment once: moved 30 % of the way, or missed.
 
-        Two misses in a row in one direction: the battery is full (charging)
-        or empty (discharging) there for ``saturation_hold``, its target is
-        where it stands, and the next decision hands its share to the others.
+        Missed: sent twice (:meth:`_may_resend`) and still not moved
+        ``response_time`` after the second. Then the battery is full
+        (charging) or empty (discharging) in that direction for
+        ``saturation_hold``, its target is where it stands, and the next
+        decision hands its share to the others.
         """
         if battery.judged or battery.asked == 0.0:
             return
@@ -287,12 +312,14 @@ class Controller:
             battery.misses, battery.miss_sign = 0, 0
             battery.saturations = 0
             return
-        if now - battery.served_at < opts.response_time:
-            return
+        if battery.sends < 2 or now - battery.served_at < opts.response_time:
+            return  # sent twice and still not moved after response_time: judged
         battery.judged = True
+        if abs(battery.asked) < SATURATION_EVIDENCE:  # a firmware may round or hold a small value
+            return
         battery.misses = battery.misses + 1 if battery.miss_sign == sign else 1
         battery.miss_sign = sign
-        if battery.misses >= 2:
+        if battery.misses >= MISSES:
             battery.misses = 0
             # Held longer each time it is found still full or empty (an empty battery stays
             # empty for hours; every retry costs a few seconds of error): 1, 2, 4, 8, 16 x.

@@ -37,7 +37,8 @@ class ControlOptions:
     move_tolerance: float = field(default=15.0, metadata={
         "doc": "a reported power change below this (W) is not movement"})
     response_time: Duration = field(default=5.0, metadata={
-        "doc": "Shelly path (no reported power): how long a battery takes to act on a value"})
+        "doc": "how long a battery takes to act on a value: an adjustment sent twice and not followed "
+               "within this is a miss (full or empty); Shelly path: the error must shrink within this"})
     saturation_hold: Duration = field(default=60.0, metadata={
         "doc": "a battery that stopped following is left at its limit this long before it is tried again "
                "(doubled each time it is found still full or empty, up to 16x)"})

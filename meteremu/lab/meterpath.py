@@ -69,6 +69,7 @@ class DeviceSetup:
     expire_after: float = 0.0  # the MQTT source's expire_after (0: off)
     face: str = "shelly"  # shelly or ct002
     control: bool = False
+    tuning: tuple[tuple[str, Any], ...] = ()  # other keys of the control: section, to tune it in the lab
 
 
 def payload(phases: tuple[float, float, float]) -> bytes:
@@ -91,11 +92,12 @@ def meteremu_config(setup: DeviceSetup, broker_port: int = 1883, udp_ports: tupl
     device: dict[str, Any] = {"type": "shelly_pro_3em", "meter": "grid", "mac": MAC, "udp_ports": list(udp_ports),
                               "udp_bind": "127.0.0.1", "on_stale": on_stale, "scaling": scaling, "websocket": False}
     if setup.control:
-        device["control"] = {"weights": dict(setup.weights)}
+        device["control"] = {"weights": dict(setup.weights), **dict(setup.tuning)}
     if setup.face == "ct002":
         device = {"type": "marstek_ct002", "meter": "grid", "mac": MAC, "udp_port": ct_port,
                   "udp_bind": "127.0.0.1", "on_stale": on_stale,
-                  "mode": "control" if setup.control else "relay", "control": {"weights": dict(setup.weights)}}
+                  "mode": "control" if setup.control else "relay",
+                  "control": {"weights": dict(setup.weights), **dict(setup.tuning)}}
     state = state_dir or tempfile.gettempdir()
     data = {"server": {"host": "127.0.0.1", "http_port": http_port},
             "store": {"path": os.path.join(state, "meteremu-lab-state.db"), "persist_interval": "1h"},

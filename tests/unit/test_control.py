@@ -147,6 +147,19 @@ class ReportingTests(SynchronousTestCase):
         ctl.reading(2000.0)  # a kettle: at once
         self.assertEqual(ctl.serve("A1"), (2000.0, True))
 
+    def test_an_adjustment_not_taken_is_sent_once_more_after_pace(self) -> None:
+        """The Marstek spike filter skips the first sample of a jump: the second is forced through."""
+        clock, ctl = controller(import_bias=0.0, pace=3.2)
+        ctl.report("A1", 0)
+        ctl.reading(600.0)
+        self.assertEqual(ctl.serve("A1"), (600.0, True))
+        clock.advance(3.0)
+        self.assertEqual(self.poll(ctl, "A1", 0.0), (0.0, False))  # within pace: not yet
+        clock.advance(0.5)
+        self.assertEqual(self.poll(ctl, "A1", 0.0), (600.0, True))  # once more
+        clock.advance(3.5)
+        self.assertEqual(self.poll(ctl, "A1", 0.0), (0.0, False))  # not a third time before judging
+
     def test_import_bias_offsets_the_venus_step(self) -> None:
         clock, ctl = controller()
         ctl.report("A1", 0)

@@ -70,3 +70,27 @@ class CtRunTests(SynchronousTestCase):
             self.assertTrue(all(math.isfinite(g) for g in grid))
             self.assertLess(abs(grid[-1]), 100.0, mode)  # 24 s after the step the batteries carry it
             self.assertGreater(sum(b.power for b in loop.batteries), 1500.0, mode)
+
+
+class GoalsTableTests(SynchronousTestCase):
+    def results(self, mode: str, avoidable: float, settle: float, crossings: float) -> dict[str, object]:
+        def entry(batteries: list[str], a: float, c: float) -> dict[str, object]:
+            summary = {"avoidable_import_wh": [a, a, a], "big_step_settle_s": [settle, settle, settle + 1],
+                       "band_crossings_per_h": [c, c, c], "grid_rms_w": [1.0, 1.0, 1.0]}
+            return {"batteries": batteries, "summary": summary}
+        return {"scaling": mode, "seeds": [0, 1], "clock": "simulated",
+                "meta": {"machine": "m", "date": "d", "commit": "c"},
+                "results": {"two_venus_steps": entry(["venus", "venus"], avoidable, crossings),
+                            "venus_steps": entry(["venus"], 5.0, 100.0)}}
+
+    def test_cuts_settle_and_crossings_against_one_battery(self) -> None:
+        from meteremu.lab.report import markdown_goals, markdown_header
+
+        files = [self.results("none", 30.0, 40.0, 400.0), self.results("divide", 20.0, 30.0, 90.0),
+                 self.results("ct002", 10.0, 12.0, 80.0), self.results("control", 15.0, 20.0, 120.0)]
+        table = markdown_goals(files)
+        self.assertIn("| two_venus_steps | ct002 | 30.0 / 20.0 / 10.0 | 67% | 50% | 12.0 [13.0] | 80 vs 100 | ✓ |", table)
+        self.assertIn("| two_venus_steps | control | 30.0 / 20.0 / 15.0 | 50% | 25% | 20.0 [21.0] | 120 vs 100 "
+                      "| ✗ 3 missed |", table)
+        self.assertIn("| venus_steps | ct002 | 5.0 / 5.0 | 1.0 / 1.0 | 100.0 / 100.0 |", table)
+        self.assertIn("Machine: m.", markdown_header(files))
