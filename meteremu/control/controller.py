@@ -105,6 +105,9 @@ class Decision:
     decisions: int = 0
     ignored_readings: int = 0  # None / NaN readings
     gain: float = 1.0  # silent batteries' hand-off gain
+    gain_error: float = 0.0  # the error when the gain was last raised
+    recent: list[float] = field(default_factory=list)  # the last readings' errors
+    silent_error: float = 0.0  # the error silent batteries share
     history: list[tuple[float, float]] = field(default_factory=list)  # (time, |error|) for the gain
 
 
@@ -161,6 +164,12 @@ class Controller:
         opts = self.options
         view.grid, view.at = grid, now
         view.error = error = grid - opts.target
+        # silent batteries share the mean error of the last readings (noise); a jump starts afresh
+        if view.recent and abs(error - sum(view.recent) / len(view.recent)) >= opts.fast_error:
+            view.recent.clear()
+        view.recent.append(error)
+        del view.recent[:-opts.average]
+        view.silent_error = sum(view.recent) / len(view.recent)
         self._update_gain(now, error)
         if not self.batteries:
             view.quality = Quality.IDLE
@@ -341,8 +350,15 @@ class Controller:
 
     # -- silent batteries (Shelly path) ----------------------------------------------------------
     def _update_gain(self, now: float, error: float) -> None:
-        """Grow the silent batteries' gain while the error does not shrink (hand-off)."""
+        """Grow the silent batteries' gain while the error does not shrink (hand-off).
+
+        Back to 1 as soon as the error changes sign or halves: a gain raised
+        while someone was full must not overshoot once the load drops.
+        """
         view, opts = self.view, self.options
+        if view.gain > 1.0 and (error * view.gain_error < 0 or abs(error) < 0.5 * abs(view.gain_error)):
+            view.gain = 1.0
+            view.history.clear()
         view.history.append((now, abs(error)))
         while view.history and now - view.history[0][0] > opts.response_time:
             view.history.pop(0)
@@ -353,12 +369,13 @@ class Controller:
         oldest = view.history[0]
         if now - oldest[0] >= opts.response_time * 0.9 and abs(error) > 0.7 * oldest[1]:
             view.gain = min(float(silent), view.gain * 1.5)
+            view.gain_error = error
             view.history.clear()
             view.history.append((now, abs(error)))
 
     def _silent_share(self, battery: BatteryState, now: float) -> float:
         view, opts = self.view, self.options
-        error = view.error
+        error = view.silent_error
         if view.grid is None or abs(error) < opts.deadband:
             return 0.0
         silent = [b for b in self.batteries.values() if not b.reporting and now - b.seen_at <= 30.0]
