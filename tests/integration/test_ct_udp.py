@@ -13,7 +13,7 @@ from twisted.trial.unittest import TestCase
 
 from meteremu.devices.marstek import ct_codec as codec
 from tests.support import sample_reading, start_app, test_config
-from tests.support.udp import Battery, free_udp_ports
+from tests.support.udp import Battery
 
 SIM = {"grid": {"source": {"type": "simulator", "interval": "1h", "start_time": "12:00"}}}
 
@@ -33,10 +33,10 @@ class CtUdpTests(TestCase):
 
     @inlineCallbacks
     def start(self) -> object:
-        self.ports = free_udp_ports(2)
-        devices = [{"type": "marstek_ct002", "udp_port": self.ports[0], "mac": "02CA7E000001"},
-                   {"type": "marstek_ct003", "udp_port": self.ports[1], "mode": "relay", "name": "relay"}]
+        devices = [{"type": "marstek_ct002", "udp_port": 0, "mac": "02CA7E000001"},
+                   {"type": "marstek_ct003", "udp_port": 0, "mode": "relay", "name": "relay"}]
         self.app = yield start_app(self, test_config(self.mktemp(), meters=SIM, devices=devices))
+        self.ports = [service.udp.port for service in self.app.device_services]
         self.meter = self.app.meters["grid"]
         yield pause(0.05)  # the simulator's first reading comes and goes; the test publishes its own
         return self.app
