@@ -105,12 +105,19 @@ class App:
                 "manufacturer": device.identity.manufacturer,
                 "clients": device.clients.overview(),
                 "active_batteries": device.clients.active_batteries(),
+                "control": control_overview(device),
             } for index, device in enumerate(self.devices)}}
 
     def ready(self) -> Deferred[Any]:
         """Fires when every asynchronously starting part is up; fails with the first error."""
         waits = [service.ready() for service in self.device_services]
         return all_ready(waits + [part.ready for part in self.async_parts])
+
+
+def control_overview(device: Any) -> dict[str, Any] | None:
+    """The active controller's view of a device's meter (None when the device has none)."""
+    controller = getattr(device, "controller", None)
+    return controller.overview() if controller is not None else None
 
 
 def build(config: Config, reactor: IReactor) -> App:

@@ -525,7 +525,7 @@ def _meter(name: str, data: Any, key: str, env: typing.Mapping[str, str]) -> Met
 
 
 def _check_ports(server: ServerOptions, devices: list[DeviceConfig]) -> None:
-    """Two devices cannot answer on one HTTP port: each is one Shelly."""
+    """Two devices cannot answer on one HTTP port: each is one Shelly (devices without HTTP are left out)."""
     seen: dict[int, int] = {}
     for i, device in enumerate(devices):
         if not hasattr(device.options, "http_port"):

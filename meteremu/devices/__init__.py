@@ -20,6 +20,8 @@ DEVICE_MODULES: dict[str, str] = {
     "shelly_pro_3em": "meteremu.devices.shelly",
     "everhome_ecotracker": "meteremu.devices.ecotracker",
     "sma_energy_meter": "meteremu.devices.sma",
+    "marstek_ct002": "meteremu.devices.marstek.ct002",
+    "marstek_ct003": "meteremu.devices.marstek.ct003",
 }
 
 _options = LazyOptions(DEVICE_MODULES)

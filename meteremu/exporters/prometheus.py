@@ -118,6 +118,50 @@ class DeviceCollector:
                 clients.add_metric([ident.device_id, transport, battery], n)
             batteries.add_metric([ident.device_id], len(device.clients.active_batteries()))
         yield from (info, clients, batteries)
+        yield from battery_metrics(self._devices())
+
+
+BATTERY_STATES = ("moving", "steady", "full", "empty")
+
+
+def battery_metrics(devices: Iterable[Any]) -> Iterator[Metric]:
+    """Per battery (MAC or IP): reported power, target, served value, share and state; the meter's
+    control quality. From the device's controller, or (a CT relaying) from its battery table.
+    Labels are bounded: a CT has 9 slots, a Shelly at most ``max_batteries`` batteries."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    from meteremu.control import Quality
+
+    def family(name: str, doc: str, *extra: str) -> Any:
+        return GaugeMetricFamily(name, doc, labels=["device", "battery", *extra])
+
+    power = family("meteremu_battery_power_watts", "Battery output it reports (W, + discharge; CT devices)")
+    target = family("meteremu_battery_target_watts", "Battery output the controller aims at (W)")
+    served = family("meteremu_battery_served_watts", "Last value served to the battery (W)")
+    share = family("meteremu_battery_share", "Battery's share of the meter's batteries (weight, 0-1)")
+    state = family("meteremu_battery_state", "Battery state as the controller sees it (1 = current)", "state")
+    quality = GaugeMetricFamily("meteremu_control_quality", "Control state of the device's meter (1 = current)",
+                                labels=["device", "quality"])
+    for device in devices:
+        device_id = device.identity.device_id
+        controller = getattr(device, "controller", None)
+        if controller is not None:
+            current = controller.quality()
+            for q in Quality:
+                quality.add_metric([device_id, q.value], 1.0 if q is current else 0.0)
+            rows = controller.overview()["batteries"]
+        else:
+            rows = [{"key": c["mac"], "power": c.get("power"), "served": c.get("served")}
+                    for c in device.clients.overview() if "mac" in c]
+        for row in rows:
+            labels = [device_id, row["key"]]
+            for gauge, key in ((power, "power"), (target, "target"), (served, "served"), (share, "share")):
+                if row.get(key) is not None:
+                    gauge.add_metric(labels, float(row[key]))
+            if "state" in row:
+                for name in BATTERY_STATES:
+                    state.add_metric([*labels, name], 1.0 if row["state"] == name else 0.0)
+    yield from (power, target, served, share, state, quality)
 
 
 class LabelledCounter:

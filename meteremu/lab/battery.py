@@ -25,7 +25,7 @@ from typing import Literal
 
 from meteremu.lab.firmware import Law, make_law
 
-Transport = Literal["udp1010", "udp2220", "http"]
+Transport = Literal["udp1010", "udp2220", "http", "ct"]
 
 # Defaults per model: transport, cadence (s), limits (W), capacity (Wh), slew (W/s),
 # command delay (s), regulation gate (s). Cadences from specs/batteries.md §2.2/§5
@@ -110,6 +110,13 @@ class Battery:
     polls: int = 0
     answers: int = 0
     served: float | None = None  # the last value it read
+    info_idx: int | None = None  # CT path: the last info_idx it took (it dedupes on it)
+    inspections: int = 1  # CT path: polls sent with phase 0 before it names its phase
+
+    @property
+    def mac(self) -> str:
+        """Its MAC (the CT keys batteries by it)."""
+        return f"02AB0000{self.index:04X}"
 
     @classmethod
     def build(cls, spec: BatterySpec, index: int) -> Battery:
@@ -138,9 +145,23 @@ class Battery:
         return max(0.0, self.power - lo), max(0.0, hi - self.power)
 
     # -- control -------------------------------------------------------------
-    def observe(self, now: float, served: float | None) -> None:
-        """One poll's outcome: the value served (W, + import), or None for no answer."""
+    def observe(self, now: float, served: float | None, nb: int = 1, info_idx: int | None = None,
+                inspecting: bool = False) -> None:
+        """One poll's outcome: the value served (W, + import), or None for no answer.
+
+        On the CT path ``nb`` is the bucket's battery count (the law divides
+        by it), an ``info_idx`` equal to the last one taken is a repeat (the
+        battery dedupes on it: alive, no step), and an answer to a phase-0
+        inspection poll is not regulated on.
+        """
         self.polls += 1
+        if served is not None and (inspecting or (info_idx is not None and info_idx == self.info_idx)):
+            self.answers += 1
+            self.last_answer = now
+            self.safe = False
+            return
+        if info_idx is not None and served is not None:
+            self.info_idx = info_idx
         if served is None:
             if now - self.last_answer > self.spec.no_reply_hold and not self.safe:
                 self.safe = True
@@ -155,7 +176,7 @@ class Battery:
             return
         self.last_step = now
         lo, hi = self.envelope()
-        self._command(now, self.law.step(served, self.power, lo, hi))
+        self._command(now, self.law.step(served, self.power, lo, hi, nb))
 
     def _command(self, now: float, setpoint: float) -> None:
         self.setpoint = setpoint

@@ -102,6 +102,18 @@ def _all() -> list[Scenario]:
                  "(the test that holds both clocks together)", 25,
                  HouseholdSpec(appliances=(A("step", 0.25, power=1000.0, duration=1000.0, jitter=0.0),)),
                  (B("venus"), B("hoymiles", phase=1)), tags=("short", "realtime")),
+        Scenario("four_marstek", "four Marstek batteries for one CT: Venus V3 (0.45 s), HMG-50 (1 s, 2.5 kW), "
+                 "Venus V2 (3.1 s) and a 600 W Venus", 3600, steps,
+                 (B("venus"), B("hmg50", phase=1), B("venus", phase=2, cadence=3.1),
+                  B("venus", cadence=0.5, max_discharge=600.0)), tags=("multi", "mixed", "ct")),
+        Scenario("two_venus_one_empty", "an evening with one Venus nearly empty (saturation hand-off)", 3600,
+                 evening, (B("venus", soc=0.09, capacity=2560.0), B("venus", phase=1, cadence=0.5)),
+                 tags=("multi", "saturation", "ct")),
+        Scenario("pair_step", "30 s: a 2 kW step with two Venus E set to 1.2 kW discharge (the real-time "
+                 "CT002 and Shelly test)", 30,
+                 HouseholdSpec(appliances=(A("step", 0.2, power=2000.0, duration=1000.0, jitter=0.0),)),
+                 (B("venus", max_discharge=1200.0), B("venus", phase=1, cadence=0.5, max_discharge=1200.0)),
+                 tags=("short", "realtime", "ct")),
         Scenario("latency_spikes", "10 % of samples 3 s late (held back in order)", 1800, steps,
                  (B("venus"), B("hoymiles", phase=1)), meter=MeterSpec(spikes=0.1, spike_delay=3.0),
                  tags=("faults", "latency")),

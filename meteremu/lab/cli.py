@@ -52,6 +52,8 @@ def parser() -> Parser:
     compare.add_argument("--strict", action="store_true", help="exit 1 when a regression is flagged")
     table = sub.add_parser("table", help="the Markdown results table of docs/control.md")
     table.add_argument("results", nargs="+")
+    goals = sub.add_parser("goals", help="the multi-battery goals table of docs/control.md (issue #16)")
+    goals.add_argument("results", nargs="+", help="results files of the modes none, divide and the control modes")
     bench = sub.add_parser("bench", help="the two benchmark figures of docs/control.md")
     bench.add_argument("--seeds", type=int, default=10)
     bench.add_argument("--jobs", type=int, default=0)
@@ -79,9 +81,16 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command == "compare":
         return cmd_compare(args.a, args.b, args.changes, args.strict)
     if args.command == "table":
-        from meteremu.lab.report import markdown_table
+        from meteremu.lab.report import markdown_header, markdown_table
 
-        print(markdown_table([_load(path) for path in args.results]))
+        files = [_load(path) for path in args.results]
+        print(markdown_header(files) + "\n\n" + markdown_table(files))
+        return 0
+    if args.command == "goals":
+        from meteremu.lab.report import markdown_goals, markdown_header
+
+        files = [_load(path) for path in args.results]
+        print(markdown_header(files) + "\n\n" + markdown_goals(files))
         return 0
     return cmd_bench(args.seeds, args.jobs)
 

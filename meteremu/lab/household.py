@@ -66,6 +66,9 @@ KINDS = {"kettle": (2000.0, 180.0), "oven": (1500.0, 1080.0), "dishwasher": (110
          "washer": (120.0, 1200.0), "hob": (3000.0, 600.0), "ev": (3700.0, 1800.0), "step": (1000.0, 300.0)}
 
 
+BIG_STEP_W = 1500.0  # W: a "big step" (the kettle's 2 kW, the hob's 3 kW) for the step-settle goal
+
+
 @dataclass
 class Household:
     """Load and PV per phase (W) every :data:`RES` s, and the labelled events."""
@@ -74,6 +77,7 @@ class Household:
     load: tuple[list[float], list[float], list[float]]
     pv: tuple[list[float], list[float], list[float]]
     events: list[tuple[float, str]]  # (time, label): switches of at least EVENT_MIN_W
+    big_steps: list[float] = field(default_factory=list)  # times of events of at least BIG_STEP_W
 
     def index(self, t: float) -> int:
         return min(len(self.load[0]) - 1, max(0, int(t / RES)))
@@ -148,10 +152,13 @@ def build(spec: HouseholdSpec, duration: float, seed: int) -> Household:
         _add_pv(spec, duration, n, timeline, pv, edges)
     edges.sort()
     events: list[tuple[float, str]] = []
-    for t, _delta, label in edges:
+    big_steps: list[float] = []
+    for t, delta, label in edges:
         if not events or t - events[-1][0] > 5.0:
             events.append((t, label))
-    return Household(duration, load, pv, events)
+            if abs(delta) >= BIG_STEP_W:
+                big_steps.append(t)
+    return Household(duration, load, pv, events, big_steps)
 
 
 def _add_pv(spec: HouseholdSpec, duration: float, n: int, timeline: random.Random,

@@ -33,7 +33,10 @@ from typing import Any, cast
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
+from meteremu import control
 from meteremu.config import Config, parse_config
+from meteremu.devices.marstek.ct import CtDevice, CtIdentity
+from meteremu.devices.marstek.options import CtOptions
 from meteremu.devices.shelly import jsonfmt
 from meteremu.devices.shelly.device import ShellyDevice
 from meteremu.devices.shelly.identity import make_identity
@@ -52,12 +55,21 @@ HTTP_AGENT = "lab-battery"
 
 @dataclass(frozen=True)
 class DeviceSetup:
-    """How meteremu is set up for a run: the stale policy and multi-battery scaling."""
+    """How meteremu is set up for a run: the face, the stale policy and the multi-battery mode.
+
+    ``face`` is ``shelly`` (batteries poll EM.GetStatus over UDP/HTTP) or
+    ``ct002`` (every battery talks CT002 frames to a ``marstek_ct002``);
+    ``control`` turns on active control (the Shelly device's ``control:``, or
+    the CT's ``mode: control``; without it a CT relays like a real one).
+    """
 
     on_stale: str | float = "error"  # error, hold, or fallback watts
     scaling: str = "none"  # none, divide, weights
-    weights: tuple[tuple[str, float], ...] = ()  # (battery IP, factor) for scaling: weights
+    weights: tuple[tuple[str, float], ...] = ()  # (battery IP or MAC, factor): scaling weights / control
     expire_after: float = 0.0  # the MQTT source's expire_after (0: off)
+    face: str = "shelly"  # shelly or ct002
+    control: bool = False
+    tuning: tuple[tuple[str, Any], ...] = ()  # other keys of the control: section, to tune it in the lab
 
 
 def payload(phases: tuple[float, float, float]) -> bytes:
@@ -67,7 +79,7 @@ def payload(phases: tuple[float, float, float]) -> bytes:
 
 
 def meteremu_config(setup: DeviceSetup, broker_port: int = 1883, udp_ports: tuple[int, ...] = (1010, 2220),
-                    http_port: int = 0, state_dir: str | None = None) -> Config:
+                    http_port: int = 0, state_dir: str | None = None, ct_port: int = 12345) -> Config:
     """The meteremu configuration of a lab run (validated by meteremu's own parser)."""
     source: dict[str, Any] = {"type": "mqtt", "host": "127.0.0.1", "port": broker_port, "topic": TOPIC,
                               "values": {"a_power": "$.a", "b_power": "$.b", "c_power": "$.c"}}
@@ -77,8 +89,15 @@ def meteremu_config(setup: DeviceSetup, broker_port: int = 1883, udp_ports: tupl
     if setup.scaling == "weights":
         scaling["weights"] = dict(setup.weights)
     on_stale: Any = setup.on_stale if isinstance(setup.on_stale, str) else {"fallback": setup.on_stale}
-    device = {"type": "shelly_pro_3em", "meter": "grid", "mac": MAC, "udp_ports": list(udp_ports),
-              "udp_bind": "127.0.0.1", "on_stale": on_stale, "scaling": scaling, "websocket": False}
+    device: dict[str, Any] = {"type": "shelly_pro_3em", "meter": "grid", "mac": MAC, "udp_ports": list(udp_ports),
+                              "udp_bind": "127.0.0.1", "on_stale": on_stale, "scaling": scaling, "websocket": False}
+    if setup.control:
+        device["control"] = {"weights": dict(setup.weights), **dict(setup.tuning)}
+    if setup.face == "ct002":
+        device = {"type": "marstek_ct002", "meter": "grid", "mac": MAC, "udp_port": ct_port,
+                  "udp_bind": "127.0.0.1", "on_stale": on_stale,
+                  "mode": "control" if setup.control else "relay",
+                  "control": {"weights": dict(setup.weights), **dict(setup.tuning)}}
     state = state_dir or tempfile.gettempdir()
     data = {"server": {"host": "127.0.0.1", "http_port": http_port},
             "store": {"path": os.path.join(state, "meteremu-lab-state.db"), "persist_interval": "1h"},
@@ -140,6 +159,12 @@ class SimMeterPath:
         # With SimBroker as its connection the source only reads and schedules on the clock.
         self.source = MQTTSource(self.meter, options, cast(IReactor, clock), client_factory=SimBroker)
         device_options = config.devices[0].options
+        self.ct: CtDevice | None = None
+        if isinstance(device_options, CtOptions):
+            controller = control.shared(self.meter, clock, device_options.control)
+            identity = CtIdentity(MAC, f"ct002-{MAC.lower()}", device_options.ct_type)
+            self.ct = CtDevice(device_options, identity, self.meter, clock, controller)
+            device_options = ShellyOptions(meter="grid")  # unused: nothing polls it
         assert isinstance(device_options, ShellyOptions)
         self.device = ShellyDevice(device_options, make_identity(device_options, MAC), self.meter, clock,
                                    udp_ports=device_options.udp_ports, temperature=lambda: None)
@@ -164,6 +189,12 @@ class SimMeterPath:
     def poll_udp(self, ip: str, request: bytes) -> bytes | None:
         """A battery's datagram through the UDP transport's core; None: no reply."""
         reply, _dropped = answer_datagram(self.device.core, request, self._context("udp", ip), self.max_bytes)
+        return reply
+
+    def poll_ct(self, ip: str, request: bytes) -> bytes | None:
+        """A battery's CT002 request through the CT's core; None: no reply."""
+        assert self.ct is not None
+        reply, _dropped = self.ct.answer(request, ip, 22222)
         return reply
 
     def poll_http(self, ip: str) -> tuple[int, bytes]:

@@ -38,7 +38,7 @@ EXPORT_CT = 8.0  # ct/kWh
 
 # Every metric, and whether lower is better (all are, except none): compare uses it.
 METRICS: dict[str, str] = {
-    "settle_mean_s": "s", "settle_p95_s": "s", "unsettled_events": "",
+    "settle_mean_s": "s", "settle_p95_s": "s", "big_step_settle_s": "s", "unsettled_events": "",
     "overshoot_mean_w": "W", "overshoot_max_w": "W",
     "band_crossings_per_h": "/h", "grid_rms_w": "W", "steady_rms_w": "W", "grid_p2p_w": "W",
     "mean_abs_grid_w": "W", "import_wh": "Wh", "export_wh": "Wh",
@@ -132,6 +132,19 @@ def band_crossings(grid: Sequence[float], band: float = HUNT_BAND) -> int:
     return flips
 
 
+def step_times(t: Sequence[float], grid: Sequence[float], events: Sequence[float], end: float,
+               room_up: Sequence[float] | None = None,
+               room_down: Sequence[float] | None = None) -> list[tuple[float, float]]:
+    """``(event time, settle time)`` of each event :func:`step_responses` scores (same windows)."""
+    out = []
+    for n, start in enumerate(events):
+        stop = events[n + 1] if n + 1 < len(events) else end
+        settles, _, _ = step_responses(t, grid, [start], min(end, stop), room_up, room_down)
+        if settles:
+            out.append((start, settles[0]))
+    return out
+
+
 def steady_mask(t: Sequence[float], events: Sequence[float]) -> list[bool]:
     """True for trace points not within 120 s after an event."""
     mask = [True] * len(t)
@@ -190,6 +203,9 @@ def score(loop: Loop) -> dict[str, float]:
     t, grid = trace.t, trace.grid
     events = [when for when, _label in loop.household.events]
     settles, overshoots, unsettled = step_responses(t, grid, events, duration, trace.room_up, trace.room_down)
+    big = set(loop.household.big_steps)
+    timed = step_times(t, grid, events, duration, trace.room_up, trace.room_down)
+    big_settles = [s for when, s in timed if when in big]
     mask = steady_mask(t, events)
     hours = duration / 3600.0
     batteries = loop.batteries
@@ -198,6 +214,7 @@ def score(loop: Loop) -> dict[str, float]:
     return {
         "settle_mean_s": sum(settles) / len(settles) if settles else 0.0,
         "settle_p95_s": percentile(settles, 95) if settles else 0.0,
+        "big_step_settle_s": percentile(big_settles, 95) if big_settles else 0.0,
         "unsettled_events": float(unsettled),
         "overshoot_mean_w": sum(overshoots) / len(overshoots) if overshoots else 0.0,
         "overshoot_max_w": max(overshoots, default=0.0),

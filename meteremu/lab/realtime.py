@@ -17,6 +17,12 @@ mqtt://HOST:PORT/TOPIC`` where the household's grid is published (the
 payload is ``{"a": W, "b": W, "c": W}``; point the emulator's MQTT input
 at it). Every target is probed first (``Shelly.GetDeviceInfo`` over UDP,
 ``GET /shelly``): an emulator that does not answer is one clear error.
+
+CT002 (``--scaling ct002`` or ``ct002_relay``; ``--target ct://HOST:PORT``
+for another emulator's CT002): every battery sends CT002 request frames
+(:mod:`meteremu.lab.ctclient`) from its own loopback address and reads the
+answer addressed to its MAC. A CT target is not probed: a CT whose meter
+has no reading yet stays silent, as a real one does.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import deferLater
 
+from meteremu.lab import ctclient
 from meteremu.lab.battery import Battery
 from meteremu.lab.household import build as build_household
 from meteremu.lab.loop import Loop
@@ -60,7 +67,7 @@ class RealtimeError(Exception):
 
 @dataclass(frozen=True)
 class Target:
-    scheme: str  # udp | http
+    scheme: str  # udp | http | ct
     host: str
     port: int
 
@@ -69,10 +76,10 @@ class Target:
 
 
 def parse_target(text: str) -> Target:
-    """``udp://HOST:PORT`` or ``http://HOST:PORT`` (loopback or a name that resolves to it)."""
+    """``udp://HOST:PORT``, ``http://HOST:PORT`` or ``ct://HOST:PORT`` (a CT002 over UDP)."""
     parts = urlsplit(text)
-    if parts.scheme not in ("udp", "http") or not parts.hostname:
-        raise RealtimeError(f"bad --target {text!r}: expected udp://HOST:PORT or http://HOST:PORT")
+    if parts.scheme not in ("udp", "http", "ct") or not parts.hostname:
+        raise RealtimeError(f"bad --target {text!r}: expected udp://HOST:PORT, http://HOST:PORT or ct://HOST:PORT")
     try:
         port = parts.port
     except ValueError:
@@ -201,6 +208,18 @@ class UdpClient(DatagramProtocol):
             callback(data)
 
 
+class CtClient(DatagramProtocol):
+    """One battery's CT002 socket: the next answer goes to whoever waits (one request at a time)."""
+
+    def __init__(self) -> None:
+        self.waiting: Callable[[bytes], None] | None = None
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
+        callback, self.waiting = self.waiting, None
+        if callback is not None:
+            callback(data)
+
+
 class RealtimeRun:
     """One scenario, one seed, on the reactor (see the module docstring)."""
 
@@ -212,10 +231,11 @@ class RealtimeRun:
             raise RealtimeError("--target needs --feed mqtt://HOST:PORT/TOPIC: where the emulator reads the grid")
         self.udp_targets = [t for t in targets if t.scheme == "udp"]
         self.http_targets = [t for t in targets if t.scheme == "http"]
+        self.ct_targets = [t for t in targets if t.scheme == "ct"]
         self.loop = Loop(scenario, seed, build_household(scenario.household, scenario.duration, seed))
         self._cleanups: list[Callable[[], Any]] = []
         self._ports: dict[int, Any] = {}
-        self._clients: dict[int, UdpClient] = {}
+        self._clients: dict[int, Any] = {}  # UdpClient or CtClient
         self._agents: dict[int, Any] = {}
         self._ids = 1
         self._start = 0.0
@@ -233,19 +253,28 @@ class RealtimeRun:
         self._cleanups.append(broker.stop)
         yield broker.ready(self.reactor)
         udp = (free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM))
+        ct_port = free_port(socket.SOCK_DGRAM)
         state = tempfile.mkdtemp(prefix="meteremu-lab-state-")
         self._cleanups.append(lambda: shutil.rmtree(state, ignore_errors=True))
-        config = meteremu_config(self.setup, broker.port, udp, http_port=free_port(), state_dir=state)
+        config = meteremu_config(self.setup, broker.port, udp, http_port=free_port(), state_dir=state,
+                                 ct_port=ct_port)
         app = build(config, self.reactor)
         app.service.startService()
         self._cleanups.append(app.service.stopService)
         yield app.ready()
-        self.udp_targets = [Target("udp", "127.0.0.1", port) for port in udp]
-        self.http_targets = [Target("http", "127.0.0.1", app.http_port())]
+        if self.setup.face == "ct002":
+            self.ct_targets = [Target("ct", "127.0.0.1", ct_port)]
+        else:
+            self.udp_targets = [Target("udp", "127.0.0.1", port) for port in udp]
+            self.http_targets = [Target("http", "127.0.0.1", app.http_port())]
         self.feed = ("127.0.0.1", broker.port, TOPIC)
         self.app = app
 
     def _target_for(self, battery: Battery) -> Target:
+        if self.ct_targets:  # a CT serves every battery
+            return self.ct_targets[0]
+        if self.setup.face == "ct002":
+            raise RealtimeError(f"scenario {self.scenario.name} on a CT002: give --target ct://HOST:PORT")
         if battery.spec.transport == "http":
             if not self.http_targets:
                 raise RealtimeError(f"scenario {self.scenario.name} has HTTP batteries: "
@@ -259,13 +288,13 @@ class RealtimeRun:
     def _open(self, battery: Battery) -> None:
         from twisted.web.client import Agent, HTTPConnectionPool
 
-        if battery.spec.transport == "http":
+        if self._target_for(battery).scheme == "http":
             pool = HTTPConnectionPool(self.reactor, persistent=True)
             self._cleanups.append(pool.closeCachedConnections)
             self._agents[battery.index] = Agent(self.reactor, connectTimeout=HTTP_TIMEOUT,
                                                 bindAddress=(battery.ip, 0), pool=pool)
         else:
-            client = UdpClient()
+            client = CtClient() if self._target_for(battery).scheme == "ct" else UdpClient()
             try:
                 port = self.reactor.listenUDP(0, client, interface=battery.ip)
             except OSError as exc:
@@ -279,6 +308,8 @@ class RealtimeRun:
              timeout: float = HTTP_TIMEOUT) -> Deferred[bytes | None]:
         """One request; fires with the answer's bytes, or None (timeout, error status)."""
         d: Deferred[bytes | None] = Deferred()
+        if target.scheme == "ct":
+            return self._ask_ct(battery, target, timeout)
         if target.scheme == "udp":
             client, port = self._clients[battery.index], self._ports[battery.index]
             frame_id = self._ids
@@ -321,10 +352,35 @@ class RealtimeRun:
         request.addErrback(lambda _failure: None)
         return request
 
+    def _ask_ct(self, battery: Battery, target: Target, timeout: float) -> Deferred[bytes | None]:
+        """One CT002 request; fires with the answer's bytes, or None after ``timeout``."""
+        d: Deferred[bytes | None] = Deferred()
+        client, port = self._clients[battery.index], self._ports[battery.index]
+
+        def answered(data: bytes) -> None:
+            if timer.active():
+                timer.cancel()
+            self._calls.discard(timer)
+            if not d.called:
+                d.callback(data)
+
+        def expire() -> None:
+            self._calls.discard(timer)
+            client.waiting = None
+            if not d.called:
+                d.callback(None)
+        timer = self.reactor.callLater(timeout, expire)
+        self._calls.add(timer)
+        client.waiting = answered
+        port.write(ctclient.request(battery), (target.host, target.port))
+        return d
+
     @inlineCallbacks
     def _probe(self) -> Generator[Deferred[Any], Any, None]:
         for battery in self.loop.batteries:
             target = self._target_for(battery)
+            if target.scheme == "ct":
+                continue
             method = "Shelly.GetDeviceInfo" if target.scheme == "udp" else "shelly"
             answer = yield self._ask(battery, target, method, timeout=PROBE_TIMEOUT)
             if answer is None:
@@ -397,6 +453,7 @@ class RealtimeRun:
     def _poller(self, battery: Battery) -> Callable[[], None]:
         target = self._target_for(battery)
         envelope = target.scheme == "udp"
+        ct = target.scheme == "ct"
 
         def poll() -> None:
             now = self.now()
@@ -412,6 +469,13 @@ class RealtimeRun:
                 if at > self.scenario.duration:
                     return
                 self.loop.advance(at)
+                if ct:
+                    answer = ctclient.read(battery, body)
+                    if answer is None or self.loop.lost():
+                        battery.observe(at, None)
+                    else:
+                        battery.observe(at, answer.value, answer.nb, answer.info_idx, answer.inspecting)
+                    return
                 value = served_total(body, envelope) if body is not None else None
                 if value is not None and self.loop.lost():
                     value = None

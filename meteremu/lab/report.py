@@ -162,3 +162,82 @@ def markdown_table(files: list[dict[str, Any]]) -> str:
             rows = [("all alike", rows[0][1])]  # one battery: the modes cannot differ
         lines += [f"| {name} | {scaling} | {cells} |" for scaling, cells in rows]
     return "\n".join(lines)
+
+
+# The issue's goals (#16): a multi-battery scenario and the single-battery scenario on
+# the same household whose band crossings it must not exceed (None: no such scenario).
+GOAL_SCENARIOS: dict[str, str | None] = {
+    "two_venus_steps": "venus_steps", "mixed_cadence": "venus_steps", "mixed_power_limits": "venus_steps",
+    "three_venus_phases": "venus_steps", "four_marstek": "venus_steps", "two_venus_solar": None,
+    "two_venus_noisy": "venus_noisy", "two_venus_one_empty": None,
+}
+CONTROL_MODES = ("control", "ct002", "ct002_relay")
+
+
+def markdown_header(files: list[dict[str, Any]]) -> str:
+    """Where and when the results came from: machine, dates, commits, seeds, clock."""
+    metas = [f.get("meta", {}) for f in files]
+    machines = sorted({str(m.get("machine", "?")) for m in metas})
+    dates = sorted(str(m.get("date", "?")) for m in metas)
+    commits = sorted({str(m.get("commit", "?")) for m in metas})
+    seeds = sorted({len(f.get("seeds", [])) for f in files})
+    modes = ", ".join(str(f.get("scaling")) for f in files)
+    return (f"Machine: {'; '.join(machines)}. Dates {dates[0]} to {dates[-1]}; commit "
+            f"{', '.join(f'`{c}`' for c in commits)}; {'/'.join(map(str, seeds))} seeds; "
+            f"{files[0].get('clock', '?')} clock; modes {modes}.")
+
+
+def _mean(entry: dict[str, Any], key: str) -> tuple[float, float, float]:
+    centre, low, high = entry["summary"][key]
+    return float(centre), float(low), float(high)
+
+
+def markdown_goals(files: list[dict[str, Any]]) -> str:
+    """The issue's goals per multi-battery scenario and control mode, from results files by mode.
+
+    Avoidable import cut against ``none`` and ``divide`` (≥ 40 %), the settle
+    time of the big (≥ 1.5 kW) steps (< 15 s; each run's p95 over its big
+    steps, the mean over seeds with the interval's upper end), band crossings per hour against one battery on the same household
+    under ``none`` (no more), each a ✓ or ✗.
+    """
+    by_mode = {str(f.get("scaling")): f["results"] for f in files}
+    lines = ["| scenario | mode | avoidable import Wh: none / divide / mode | cut vs none | cut vs divide "
+             "| big-step settle p95 s [hi] | crossings/h: mode vs one battery | goals |",
+             "|---|---|---|---|---|---|---|---|"]
+    none, divide = by_mode.get("none", {}), by_mode.get("divide", {})
+    for name, single in GOAL_SCENARIOS.items():
+        if name not in none or name not in divide:
+            continue
+        base_none = _mean(none[name], "avoidable_import_wh")[0]
+        base_div = _mean(divide[name], "avoidable_import_wh")[0]
+        for mode in CONTROL_MODES:
+            entry = by_mode.get(mode, {}).get(name)
+            if entry is None:
+                continue
+            ai = _mean(entry, "avoidable_import_wh")[0]
+            cut_none = 1 - ai / base_none if base_none > 0 else 0.0
+            cut_div = 1 - ai / base_div if base_div > 0 else 0.0
+            settle, _, settle_hi = _mean(entry, "big_step_settle_s")
+            crossings = _mean(entry, "band_crossings_per_h")[0]
+            ref = none.get(single) if single else None
+            ref_crossings = _mean(ref, "band_crossings_per_h")[0] if ref else None
+            ok = [cut_none >= 0.4, cut_div >= 0.4, settle < 15.0]
+            if ref_crossings is not None:
+                ok.append(crossings <= ref_crossings)
+            ref_text = f"{ref_crossings:.0f}" if ref_crossings is not None else "—"
+            lines.append(f"| {name} | {mode} | {base_none:.1f} / {base_div:.1f} / {ai:.1f} | {cut_none:.0%} "
+                         f"| {cut_div:.0%} | {settle:.1f} [{settle_hi:.1f}] | {crossings:.0f} vs {ref_text} "
+                         f"| {'✓' if all(ok) else '✗ ' + str(sum(not x for x in ok)) + ' missed'} |")
+    singles = [n for n in none if n not in GOAL_SCENARIOS and len(none[n]["batteries"]) == 1]
+    if singles:
+        lines += ["", "| one battery | mode | avoidable import Wh: none / mode | grid RMS W: none / mode "
+                      "| crossings/h: none / mode |", "|---|---|---|---|---|"]
+        for name in singles:
+            for mode in CONTROL_MODES:
+                entry = by_mode.get(mode, {}).get(name)
+                if entry is None:
+                    continue
+                cells = [f"{_mean(none[name], k)[0]:.1f} / {_mean(entry, k)[0]:.1f}"
+                         for k in ("avoidable_import_wh", "grid_rms_w", "band_crossings_per_h")]
+                lines.append(f"| {name} | {mode} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

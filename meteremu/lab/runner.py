@@ -27,19 +27,28 @@ from meteremu.lab.stats import bootstrap
 
 FORMAT = "meteremu-lab/1"
 PLOT_POINTS = 1800
-SCALINGS = ("none", "divide", "weights")
+# Multi-battery modes: the Shelly face with request-side scaling (none, divide,
+# weights) or active control (control); the CT002 face relaying like a real CT
+# (ct002_relay) or with active control (ct002).
+SCALINGS = ("none", "divide", "weights", "control", "ct002", "ct002_relay")
 
 
 def setup_for(scenario: Scenario, scaling: str) -> DeviceSetup:
-    """meteremu's setup for a scenario: its stale policy, and weights by discharge limit."""
+    """meteremu's setup for a scenario: its stale policy, the face and weights by discharge limit.
+
+    Weights (for ``weights`` and the control modes) are by each battery's
+    discharge limit, keyed by its IP on the Shelly face and its MAC on the CT.
+    """
+    specs = [b.resolved() for b in scenario.batteries]
+    total = sum(s.max_discharge or 0.0 for s in specs) or 1.0
+    ct = scaling.startswith("ct002")
     weights: tuple[tuple[str, float], ...] = ()
-    if scaling == "weights":
-        specs = [b.resolved() for b in scenario.batteries]
-        total = sum(s.max_discharge or 0.0 for s in specs) or 1.0
-        weights = tuple((f"127.0.0.{11 + i}", round((s.max_discharge or 0.0) / total, 4))
-                        for i, s in enumerate(specs))
-    return DeviceSetup(on_stale=scenario.on_stale, scaling=scaling, weights=weights,
-                       expire_after=scenario.expire_after)
+    if scaling in ("weights", "control", "ct002"):
+        weights = tuple((f"02AB0000{i:04X}" if ct else f"127.0.0.{11 + i}",
+                         round((s.max_discharge or 0.0) / total, 4)) for i, s in enumerate(specs))
+    return DeviceSetup(on_stale=scenario.on_stale, scaling=scaling if scaling in ("none", "divide", "weights") else "none",
+                       weights=weights, expire_after=scenario.expire_after, face="ct002" if ct else "shelly",
+                       control=scaling in ("control", "ct002"))
 
 
 def thin(loop: Loop, points: int = PLOT_POINTS) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import heapq
 import itertools
 from collections.abc import Callable
 
+from meteremu.lab import ctclient
 from meteremu.lab.battery import Battery
 from meteremu.lab.household import Household
 from meteremu.lab.household import build as build_household
@@ -77,9 +78,24 @@ class Simulation:
     def _poller(self, battery: Battery) -> Callable[[], None]:
         def poll() -> None:
             now = self.loop.t
-            battery.observe(now, self._ask(battery))
+            if self.path.ct is not None:
+                self._ask_ct(battery, now)
+            else:
+                battery.observe(now, self._ask(battery))
             self.at(self.loop.next_poll(battery, now), poll)
         return poll
+
+    def _ask_ct(self, battery: Battery, now: float) -> None:
+        """One CT002 request through the CT's core, and the battery's reading of the answer."""
+        loop = self.loop
+        if loop.lost():
+            battery.observe(now, None)
+            return
+        answer = ctclient.read(battery, self.path.poll_ct(battery.ip, ctclient.request(battery)))
+        if answer is None or loop.lost():
+            battery.observe(now, None)
+            return
+        battery.observe(now, answer.value, answer.nb, answer.info_idx, answer.inspecting)
 
     def _ask(self, battery: Battery) -> float | None:
         """One poll through meteremu's transport core; the value served, or None."""

@@ -667,7 +667,9 @@ class ShippedFilesTests(SynchronousTestCase):
         config = load_config(os.path.join(ETC, "meteremu.example.yaml"), env={})
         ports = [config.server.http_port]
         for device in config.devices:
-            ports += [p for p in (getattr(device.options, name, None) for name in ("http_port", "modbus_port")) if p]
+            ports += [p for p in (getattr(device.options, "http_port", None),
+                                  getattr(device.options, "modbus_port", None),
+                                  getattr(device.options, "udp_port", None)) if p]
         self.assertTrue(all(p >= 1024 for p in ports), ports)
 
     def test_example_documents_every_option(self) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from meteremu import control
 from meteremu.clocks import wall
 from meteremu.devices.shelly import status as st
 from meteremu.devices.shelly.clients import ClientTracker
@@ -76,6 +77,8 @@ class ShellyDevice:
         self.em_ids = range(0) if self.monophase else range(1)
         self.em1_ids = range(3) if self.monophase else range(0)
         self.clients = ClientTracker(clock, options.scaling)
+        ctl = options.control
+        self.controller = control.shared(meter, clock, ctl) if ctl is not None and ctl.enabled else None
         self.core = RpcCore(lambda: self.identity.device_id, build_methods(self))
         self.core.guards.append(self.clients.observe)
         self._cached_reading: Reading | None = None
@@ -91,8 +94,22 @@ class ShellyDevice:
         return self.options.payload == "minimal"
 
     def scale_for(self, ctx: CallContext) -> float:
-        """The factor for power and current served to this caller (request-side scaling)."""
-        return self.clients.scale_for(ctx)
+        """The factor for power and current served to this caller (request-side scaling).
+
+        Under ``control:`` a battery is served its own value from the meter's
+        controller, as the factor that turns the reading's total into it. While
+        the meter is stale the controller is not asked: ``hold`` serves a zero
+        adjustment, ``fallback`` the fallback value as it is.
+        """
+        if self.controller is None or ctx.peer is None or not self.clients.is_battery(ctx.peer):
+            return self.clients.scale_for(ctx)
+        meter = self.meter
+        if meter.freshness() is not Freshness.FRESH or meter.latest is None:
+            return 1.0 if isinstance(self.options.on_stale, FallbackPolicy) else 0.0
+        self.controller.report(ctx.peer, None)
+        value, _new = self.controller.serve(ctx.peer)
+        total = meter.latest.total_act_power
+        return value / total if abs(total) >= 1.0 else 0.0
 
     def serving_reading(self) -> Reading:
         """The reading clients are served now, or RpcError(-114) per policy.

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from meteremu.configtypes import Duration
+from meteremu.control.options import ControlOptions
 
 DEFAULT_MODEL = "SPEM-003CEBEU"
 DEFAULT_FW_ID = "20250508-110717/1.6.1-g8dbd358"
@@ -124,6 +125,8 @@ class Options:
         "doc": "several batteries on one meter"})
     gen1_endpoints: bool = field(default=True, metadata={
         "doc": "also serve the gen1 /status, /emeter/<n> and /settings (Hoymiles, Anker)"})
+    control: ControlOptions | None = field(default=None, metadata={
+        "doc": "active control: each battery its own value (weights by IP); replaces scaling for batteries"})
 
     def validate(self) -> list[tuple[str, str]]:
         errors = []
@@ -152,6 +155,8 @@ class Options:
             errors.append(("notify_interval", "expected a duration above 0"))
         if not 64 <= self.udp_max_bytes <= 65507:
             errors.append(("udp_max_bytes", f"expected 64-65507; got {self.udp_max_bytes}"))
+        if self.control is not None and self.control.enabled and self.scaling.mode != "none":
+            errors.append(("control", "use either control or scaling (mode: none), not both"))
         if self.device_id is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", self.device_id):
             errors.append(("device_id", "expected letters, digits, '-', '_' or '.'"))
         return errors

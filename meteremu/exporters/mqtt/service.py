@@ -303,7 +303,7 @@ class MQTTExporter(Service):
             state.availability = value
             self._remember(state, topic)
 
-    def _publish_configs(self, state: _MeterState, values: list[tuple[Param, float]]) -> None:
+    def _publish_configs(self, state: _MeterState, values: list[tuple[Param, float | str]]) -> None:
         if not self.options.discovery:
             return
         meter = state.meter

@@ -29,7 +29,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from meteremu import __version__
+from meteremu import __version__, control
+from meteremu.control import Quality
 from meteremu.meter import Freshness
 from meteremu.reading import PHASE_NAMES, Reading
 
@@ -53,6 +54,7 @@ class Param:
     unit: str | None = None
     device_class: str | None = None
     state_class: str | None = "measurement"
+    options: tuple[str, ...] = ()  # device_class enum: the states Home Assistant may see
 
 
 # (attribute, entity name, decimals, unit, device_class)
@@ -194,18 +196,60 @@ def reading_values(reading: Reading, energy: Any) -> list[tuple[Param, float]]:
     return [(p, float(v)) for p, v in out if isinstance(v, int | float) and math.isfinite(v)]
 
 
-def meter_values(meter: Any) -> list[tuple[Param, float]]:
-    """:func:`reading_values` of a Meter's latest reading (empty before the first one)."""
+def meter_values(meter: Any) -> list[tuple[Param, float | str]]:
+    """:func:`reading_values` of a Meter's latest reading (empty before the first one), then
+    :func:`control_values` when the meter has a controller."""
     if meter.latest is None:
         return []
-    return reading_values(meter.latest, meter.energy)
+    values: list[tuple[Param, float | str]] = list(reading_values(meter.latest, meter.energy))
+    return values + control_values(meter)
 
 
-def format_value(value: float, decimals: int | None) -> str:
+QUALITY = Param("control_quality", "Control quality", None, None, "enum", None,
+                options=tuple(q.value for q in Quality))
+BATTERY_STATES = ("ok", "full", "empty")
+
+
+def _tens(value: float) -> float:
+    """Battery watts to 10 W: a battery's output wanders by a few watts every poll; HA need not hear it."""
+    return float(round(value / 10.0) * 10)
+
+
+def control_values(meter: Any) -> list[tuple[Param, float | str]]:
+    """The meter's control quality and, per battery (MAC or IP), power, target, served value, share, state.
+
+    Low churn (AstraMeter removed a per-second "last seen" that flooded the
+    Home Assistant recorder, specs §5): watts are rounded to 10 W, the share
+    to whole percent, the state is only ok / full / empty, and the exporter
+    publishes a topic only when its payload changes.
+    """
+    controller = control.controller_for(meter)
+    if controller is None:
+        return []
+    out: list[tuple[Param, float | str]] = [(QUALITY, controller.quality().value)]
+    for battery in controller.overview()["batteries"]:
+        key, name = slug(battery["key"]), f"Battery {battery['key']}"
+        if battery["power"] is not None:
+            out.append((Param(f"battery_{key}_power", f"{name} power", 0, "W", "power"), _tens(battery["power"])))
+        if battery["target"] is not None:
+            out.append((Param(f"battery_{key}_target", f"{name} target", 0, "W", "power"),
+                        _tens(battery["target"])))
+        out.append((Param(f"battery_{key}_served", f"{name} served", 0, "W", "power"), _tens(battery["served"])))
+        out.append((Param(f"battery_{key}_share", f"{name} share", 0, "%"), float(round(battery["share"] * 100))))
+        state = battery["state"] if battery["state"] in ("full", "empty") else "ok"
+        out.append((Param(f"battery_{key}_state", f"{name} state", None, None, "enum", None,
+                          options=BATTERY_STATES), state))
+    return out
+
+
+def format_value(value: float | str, decimals: int | None) -> str:
     """A plain number with fixed decimals (``230.0``, ``-244.0``); never ``-0.0``.
 
     ``decimals=None`` (values of unknown kind): at most 3 decimals, no trailing zeros (``2``, ``0.5``).
+    A text state (an enum sensor) is published as it is.
     """
+    if isinstance(value, str):
+        return value
     text = f"{value:.{3 if decimals is None else decimals}f}"
     if decimals is None and "." in text:
         text = text.rstrip("0").rstrip(".")
@@ -219,11 +263,11 @@ def json_number(value: float, decimals: int | None) -> float:
     return 0.0 if rounded == 0 else rounded
 
 
-def json_state(reading: Reading, values: list[tuple[Param, float]]) -> str:
-    """``{"time": <epoch s>, "<param>": <number>, …}`` (compact, keys in publish order)."""
+def json_state(reading: Reading, values: list[tuple[Param, float | str]]) -> str:
+    """``{"time": <epoch s>, "<param>": <number or text>, …}`` (compact, keys in publish order)."""
     body: dict[str, Any] = {"time": reading.measured_at}
     for param, value in values:
-        body[param.key] = json_number(value, param.decimals)
+        body[param.key] = value if isinstance(value, str) else json_number(value, param.decimals)
     return json.dumps(body, separators=(",", ":"))
 
 
@@ -296,6 +340,8 @@ class Layout:
             config["state_class"] = param.state_class
         if param.unit is not None:
             config["unit_of_measurement"] = param.unit
+        if param.options:
+            config["options"] = list(param.options)
         if param.decimals is not None:
             config["suggested_display_precision"] = 0 if param.unit == "Wh" else min(param.decimals, 2)
         if self.qos:

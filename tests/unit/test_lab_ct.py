@@ -1,0 +1,96 @@
+"""The battery lab's CT002 path on the simulated clock: frames, the battery's dedupe, a whole run."""
+
+from __future__ import annotations
+
+import math
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from meteremu.devices.marstek import ct_codec as codec
+from meteremu.lab import catalogue, ctclient
+from meteremu.lab.battery import Battery, BatterySpec
+from meteremu.lab.runner import SCALINGS, setup_for
+from meteremu.lab.sim import Simulation
+
+
+class CtClientTests(SynchronousTestCase):
+    def test_inspects_then_joins_the_combined_bucket(self) -> None:
+        battery = Battery.build(BatterySpec("venus"), 0)
+        first = codec.parse_request(ctclient.request(battery))
+        self.assertEqual((first.battery_type, first.battery_mac, first.phase), ("VNSE3-0", battery.mac, ""))
+        battery.observe(0.0, 0.0, inspecting=True)
+        self.assertEqual(codec.parse_request(ctclient.request(battery)).phase, "D")
+
+    def test_reads_the_total_and_the_abc_count(self) -> None:
+        battery = Battery.build(BatterySpec("hmg50"), 1)
+        answer = codec.CtResponse("HME-4", "", "HMG-50", battery.mac, (10, 20, 30), 60, (0, 0, 0, 2), info_idx=9)
+        read = ctclient.read(battery, codec.encode_response(answer, "ct002"))
+        assert read is not None
+        self.assertEqual((read.value, read.nb, read.info_idx), (60.0, 2, 9))
+        other = codec.CtResponse("HME-4", "", "HMG-50", "FFFFFFFFFFFF", (0, 0, 0), 60, (1, 1, 1, 1))
+        self.assertIsNone(ctclient.read(battery, codec.encode_response(other, "ct002")))
+        self.assertIsNone(ctclient.read(battery, b"garbage"))
+
+    def test_a_repeated_info_idx_is_not_regulated_on(self) -> None:
+        battery = Battery.build(BatterySpec("venus", gate=0.0), 0)
+        battery.observe(1.0, 300.0, 1, 5)
+        after_first = battery.setpoint
+        battery.observe(2.0, 300.0, 1, 5)  # the same answer again: alive, no second step
+        self.assertEqual(battery.setpoint, after_first)
+        self.assertEqual(battery.answers, 2)
+        battery.observe(3.0, 300.0, 1, 6)
+        self.assertGreater(battery.setpoint, after_first)
+
+
+class CtRunTests(SynchronousTestCase):
+    def test_ct_targets(self) -> None:
+        from meteremu.lab.realtime import RealtimeError, parse_target
+
+        target = parse_target("ct://127.0.0.1:12345")
+        self.assertEqual((target.scheme, target.port), ("ct", 12345))
+        self.assertRaises(RealtimeError, parse_target, "ct://127.0.0.1")
+
+    def test_modes_are_known_and_map_to_the_faces(self) -> None:
+        scenario = catalogue.get("pair_step")
+        self.assertIn("ct002", SCALINGS)
+        self.assertEqual((setup_for(scenario, "ct002").face, setup_for(scenario, "ct002").control), ("ct002", True))
+        relay = setup_for(scenario, "ct002_relay")
+        self.assertEqual((relay.face, relay.control, relay.weights), ("ct002", False, ()))
+        shelly = setup_for(scenario, "control")
+        self.assertEqual((shelly.face, shelly.control, shelly.scaling), ("shelly", True, "none"))
+        self.assertEqual([k for k, _ in shelly.weights], ["127.0.0.11", "127.0.0.12"])
+
+    def test_a_pair_over_ct002_closes_a_2_kw_step(self) -> None:
+        for mode in ("ct002", "ct002_relay", "control"):
+            scenario = catalogue.get("pair_step")
+            sim = Simulation(scenario, 0, setup_for(scenario, mode))
+            loop = sim.run()
+            self.assertTrue(all(b.answers > 0 for b in loop.batteries), mode)
+            grid = loop.trace.grid
+            self.assertTrue(all(math.isfinite(g) for g in grid))
+            self.assertLess(abs(grid[-1]), 100.0, mode)  # 24 s after the step the batteries carry it
+            self.assertGreater(sum(b.power for b in loop.batteries), 1500.0, mode)
+
+
+class GoalsTableTests(SynchronousTestCase):
+    def results(self, mode: str, avoidable: float, settle: float, crossings: float) -> dict[str, object]:
+        def entry(batteries: list[str], a: float, c: float) -> dict[str, object]:
+            summary = {"avoidable_import_wh": [a, a, a], "big_step_settle_s": [settle, settle, settle + 1],
+                       "band_crossings_per_h": [c, c, c], "grid_rms_w": [1.0, 1.0, 1.0]}
+            return {"batteries": batteries, "summary": summary}
+        return {"scaling": mode, "seeds": [0, 1], "clock": "simulated",
+                "meta": {"machine": "m", "date": "d", "commit": "c"},
+                "results": {"two_venus_steps": entry(["venus", "venus"], avoidable, crossings),
+                            "venus_steps": entry(["venus"], 5.0, 100.0)}}
+
+    def test_cuts_settle_and_crossings_against_one_battery(self) -> None:
+        from meteremu.lab.report import markdown_goals, markdown_header
+
+        files = [self.results("none", 30.0, 40.0, 400.0), self.results("divide", 20.0, 30.0, 90.0),
+                 self.results("ct002", 10.0, 12.0, 80.0), self.results("control", 15.0, 20.0, 120.0)]
+        table = markdown_goals(files)
+        self.assertIn("| two_venus_steps | ct002 | 30.0 / 20.0 / 10.0 | 67% | 50% | 12.0 [13.0] | 80 vs 100 | ✓ |", table)
+        self.assertIn("| two_venus_steps | control | 30.0 / 20.0 / 15.0 | 50% | 25% | 20.0 [21.0] | 120 vs 100 "
+                      "| ✗ 3 missed |", table)
+        self.assertIn("| venus_steps | ct002 | 5.0 / 5.0 | 1.0 / 1.0 | 100.0 / 100.0 |", table)
+        self.assertIn("Machine: m.", markdown_header(files))
