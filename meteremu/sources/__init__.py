@@ -21,6 +21,7 @@ SOURCE_MODULES: dict[str, str] = {
     "homewizard": "meteremu.sources.homewizard",
     "kamstrup": "meteremu.sources.kamstrup",
     "mqtt": "meteremu.sources.mqtt",
+    "http_json": "meteremu.sources.http_json",
 }
 
 _options = LazyOptions(SOURCE_MODULES)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from typing import Any
 
@@ -54,6 +55,7 @@ from meteremu.sources.homewizard.parse import parse_measurement
 from meteremu.sources.homewizard.source import HomeWizardSource
 from meteremu.sources.kamstrup import kmp
 from meteremu.sources.kamstrup.parse import REGISTERS, register_extras
+from tests.support import FIXTURES
 from tests.support import fuzz as fz
 from tests.support import fuzz_sources as fs
 from tests.support.fuzz_sources import Problems, reading_problems, run_target
@@ -875,3 +877,61 @@ class KamstrupFuzzTests(SourceFuzzCase):
                         f"gives {extras}: meteremu/sources/kamstrup/parse.py register_extras float(Decimal) overflows "
                         "to inf, which the exporters then publish (JSON 'Infinity', line protocol). Skip or "
                         "reject values that are not finite after conversion")
+
+
+# -- HTTP JSON (and the JSONPath values Tasmota shares) ------------------------------------------
+
+def _http_json_extraction() -> Any:
+    from meteremu.sources.http_json.options import HttpJsonOptions, JsonValue, JsonValues
+
+    d = "$.Body.Data."
+    options = HttpJsonOptions(url="http://127.0.0.1:1/", values=JsonValues(
+        a_power=f"{d}PowerReal_P_Phase_1", b_power=f"{d}PowerReal_P_Phase_2",
+        c_power=JsonValue(path=f"{d}PowerReal_P_Phase_3", unit="kW"), a_voltage=f"{d}Voltage_AC_Phase_1",
+        a_current=f"{d}Current_AC_Phase_1", a_pf=f"{d}PowerFactor_Phase_1",
+        frequency=f"{d}Frequency_Phase_Average", energy_import=f"{d}EnergyReal_WAC_Sum_Consumed",
+        energy_export=f"{d}EnergyReal_WAC_Sum_Produced"))
+    return options.extraction()
+
+
+class HttpJsonFuzzTests(SourceFuzzCase):
+    def test_read_document(self) -> None:
+        """Mutated Fronius answers → decode_document → read_document: a Reading or a named refusal."""
+        from meteremu.sources.jsonfields import (
+            DocumentError,
+            PathError,
+            ValueProblem,
+            decode_document,
+            read_document,
+        )
+
+        with open(os.path.join(FIXTURES, "http_json", "fronius_smart_meter_63a_device_0.json"), "rb") as handle:
+            doc = json.loads(handle.read())
+        extraction = _http_json_extraction()
+
+        def body(data: bytes, problems: Problems) -> None:
+            try:
+                reading = read_document(extraction, decode_document(data), ARRIVAL)
+            except (DocumentError, ValueProblem, PathError):
+                return
+            self.check_reading(problems, "http_json", reading, data)
+
+        run_target(self, "http_json.read_document(mutated fixtures)", 500,
+                   st.one_of(fs.json_bodies((doc,)), fs.any_json_body), body)
+
+    def test_compile_path(self) -> None:
+        """Any text as a JSONPath: compiled or PathError, and a compiled one applied to any JSON."""
+        from meteremu.sources.jsonfields import DocumentError, PathError, compile_path
+
+        paths = st.one_of(st.text(max_size=40), st.sampled_from(["$..a", "$.a[?(@.b>1)]", "$.a[-1]", "$['x']",
+                                                                 "$.a[0:2]", "$.*", "$..*"]))
+
+        def body(value: Any, problems: Problems) -> None:
+            text, doc = value
+            try:
+                compile_path(text).find(doc)
+            except (PathError, DocumentError):
+                return
+
+        run_target(self, "jsonfields.compile_path(any text)", 300, st.tuples(paths, fz.json_values(max_leaves=8)),
+                   body)
