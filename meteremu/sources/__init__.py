@@ -22,6 +22,7 @@ SOURCE_MODULES: dict[str, str] = {
     "kamstrup": "meteremu.sources.kamstrup",
     "mqtt": "meteremu.sources.mqtt",
     "http_json": "meteremu.sources.http_json",
+    "tasmota": "meteremu.sources.tasmota",
 }
 
 _options = LazyOptions(SOURCE_MODULES)

@@ -119,7 +119,7 @@ def name_path(name: str) -> JsonPath:
     """The path of a field found by its name anywhere in the document (``$..'name'``)."""
     if not name or "'" in name or "\\" in name:
         raise PathError(f"a field name without quotes or backslashes; got {name!r}")
-    return compile_path(f"$..'{name}'")
+    return JsonPath(name, compile_path(f"$..'{name}'").expression)  # messages name the field as configured
 
 
 def decode_document(body: bytes) -> Any:

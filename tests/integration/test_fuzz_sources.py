@@ -935,3 +935,30 @@ class HttpJsonFuzzTests(SourceFuzzCase):
 
         run_target(self, "jsonfields.compile_path(any text)", 300, st.tuples(paths, fz.json_values(max_leaves=8)),
                    body)
+
+
+class TasmotaFuzzTests(SourceFuzzCase):
+    def test_read_sensor(self) -> None:
+        """Mutated Status 10 / SENSOR JSON → read_sensor: a Reading or a named refusal."""
+        from meteremu.sources.jsonfields import DocumentError, PathError, ValueProblem
+        from meteremu.sources.tasmota.options import TasmotaOptions, TasmotaValue, TasmotaValues
+        from meteremu.sources.tasmota.parse import PasswordRefused, read_sensor
+
+        docs = []
+        for name in ("status10_sml_3phase.json", "sensor_sml_3phase.json", "status10_sml_htu21_gas.json"):
+            with open(os.path.join(FIXTURES, "tasmota", name), "rb") as handle:
+                docs.append(json.loads(handle.read()))
+        extraction = TasmotaOptions(host="127.0.0.1", values=TasmotaValues(
+            a_power="power_l1", b_power="power_l2", c_power="$.SML.power_l3", a_voltage="voltage_l1",
+            a_current="current_l1", frequency="Frequenz",
+            energy_import=TasmotaValue(field="Total_in", unit="kWh"), energy_export="Total_out")).extraction()
+
+        def body(data: bytes, problems: Problems) -> None:
+            try:
+                reading = read_sensor(extraction, data, ARRIVAL)
+            except (DocumentError, ValueProblem, PathError, PasswordRefused):
+                return
+            self.check_reading(problems, "tasmota", reading, data)
+
+        run_target(self, "tasmota.read_sensor(mutated fixtures)", 500,
+                   st.one_of(fs.json_bodies(tuple(docs)), fs.any_json_body), body)

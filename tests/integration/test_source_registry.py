@@ -35,6 +35,7 @@ MINIMAL = {
     "kamstrup": {"type": "kamstrup", "serial": "/dev/ttyUSB0"},
     "mqtt": {"type": "mqtt", "values": {"power": "meter/power"}},
     "http_json": {"type": "http_json", "url": "http://192.168.1.60/api", "values": {"power": "$.power"}},
+    "tasmota": {"type": "tasmota", "host": "192.168.1.70", "values": {"power": "Power_curr"}},
 }
 
 ENV = {"HA_TOKEN": "t", "ENVOY_TOKEN": "t", "HOMEWIZARD_TOKEN": "t", "MQTT_PASSWORD": "p"}
@@ -74,6 +75,6 @@ class RegistryContractTests(SynchronousTestCase):
     def test_packages_expose_only_the_registry_hooks(self) -> None:
         import importlib
 
-        for kind in ("homeassistant", "homewizard", "kamstrup", "http_json"):
+        for kind in ("homeassistant", "homewizard", "kamstrup", "http_json", "tasmota"):
             module = importlib.import_module(SOURCE_MODULES[kind])
             self.assertEqual(sorted(module.__all__), ["Options", "PUSH", "make_source"], kind)
