@@ -23,6 +23,7 @@ SOURCE_MODULES: dict[str, str] = {
     "mqtt": "meteremu.sources.mqtt",
     "http_json": "meteremu.sources.http_json",
     "tasmota": "meteremu.sources.tasmota",
+    "tibber_pulse": "meteremu.sources.tibber_pulse",
 }
 
 _options = LazyOptions(SOURCE_MODULES)

@@ -962,3 +962,65 @@ class TasmotaFuzzTests(SourceFuzzCase):
 
         run_target(self, "tasmota.read_sensor(mutated fixtures)", 500,
                    st.one_of(fs.json_bodies(tuple(docs)), fs.any_json_body), body)
+
+
+class SmlFuzzTests(SourceFuzzCase):
+    def test_read_sml(self) -> None:
+        """Real SML frames with bytes flipped, cut, spliced or repeated → read_sml: values or SmlError/ValueProblem."""
+        from meteremu.sources.jsonfields import ValueProblem
+        from meteremu.sources.smlparse import SmlError, read_sml
+        from tests.support.sml import sml_frame
+
+        frames = tuple(sml_frame(n) for n in ("ebz_per_phase_power.hex", "hly_total_power_voltages.hex",
+                                              "dzg_1_8_0_only.hex"))
+
+        @st.composite
+        def damaged(draw: Any) -> bytes:
+            data = bytearray(draw(st.sampled_from(frames)))
+            for _ in range(draw(st.integers(0, 4))):
+                at = draw(st.integers(0, len(data) - 1))
+                how = draw(st.sampled_from(["flip", "cut", "insert", "drop"]))
+                if how == "flip":
+                    data[at] = draw(st.integers(0, 255))
+                elif how == "cut":
+                    del data[at:]
+                    if not data:
+                        break
+                elif how == "insert":
+                    data[at:at] = draw(st.binary(max_size=8))
+                else:
+                    del data[at:at + draw(st.integers(1, 8))]
+                    if not data:
+                        break
+            return bytes(data) * draw(st.integers(1, 2))
+
+        @st.composite
+        def recrc(draw: Any) -> bytes:
+            """The frame's inside mutated and the CRC recomputed: the mutation reaches smllib's parser."""
+            from smllib.crc import x25
+
+            frame = draw(st.sampled_from(frames))
+            inside = bytearray(frame[8:-8])
+            for _ in range(draw(st.integers(1, 4))):
+                at = draw(st.integers(0, max(0, len(inside) - 1)))
+                how = draw(st.sampled_from(["flip", "insert", "drop"]))
+                if how == "flip" and inside:
+                    inside[at] = draw(st.integers(0, 255))
+                elif how == "insert":
+                    inside[at:at] = draw(st.binary(min_size=1, max_size=8))
+                else:
+                    del inside[at:at + draw(st.integers(1, 8))]
+            head = frame[:8] + bytes(inside) + frame[-8:-2]
+            crc = x25.get_crc(head)
+            return head + bytes([crc >> 8, crc & 0xFF])
+
+        def body(data: bytes, problems: Problems) -> None:
+            try:
+                sml = read_sml(data)
+                reading = sml.reading(ARRIVAL)
+            except (SmlError, ValueProblem):
+                return
+            self.check_reading(problems, "sml", reading, data)
+
+        run_target(self, "smlparse.read_sml(damaged real frames)", 500,
+                   st.one_of(damaged(), recrc(), recrc(), st.binary(max_size=300)), body)
