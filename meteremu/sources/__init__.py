@@ -24,6 +24,7 @@ SOURCE_MODULES: dict[str, str] = {
     "http_json": "meteremu.sources.http_json",
     "tasmota": "meteremu.sources.tasmota",
     "tibber_pulse": "meteremu.sources.tibber_pulse",
+    "sml": "meteremu.sources.sml",
 }
 
 _options = LazyOptions(SOURCE_MODULES)

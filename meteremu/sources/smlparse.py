@@ -57,6 +57,13 @@ UNIT_CODES: dict[str, int] = {"power": 27, "energy": 30, "voltage": 35, "current
 MAX_FRAME = 64 * 1024
 """An SML frame of a household meter is a few hundred bytes."""
 
+STREAM_LIMIT = 8 * 1024
+"""A stream's frame that has not ended within this many bytes is noise (smllib keeps up to 50 KiB)."""
+
+
+NO_POWER = ("the frame has no power value (OBIS 16.7.0 or 36/56/76.7.0): "
+            "the meter may need its PIN entered to send it")
+
 
 class SmlError(ValueError):
     """Bytes that hold no decodable SML frame (noise, a cut or damaged frame)."""
@@ -80,14 +87,16 @@ class SmlValues:
     values: dict[str, float]
     meter_id: str | None = None
 
+    def has_power(self) -> bool:
+        return any(k == "power" or k.endswith("_power") for k in self.values)
+
     def reading(self, measured_at: float, invert: bool = False) -> Reading:
         """The Reading; :class:`ValueProblem` when the frame has no power value."""
         keys = set(self.values)
         if "power" in keys and any(f"{p}_power" in keys for p in PHASES):
             keys -= {"power"}  # per phase when the meter gives it (the total is their sum)
-        if not any(k == "power" or k.endswith("_power") for k in keys):
-            raise ValueProblem("the frame has no power value (OBIS 16.7.0 or 36/56/76.7.0): "
-                               "the meter may need its PIN entered to send it")
+        if not self.has_power():
+            raise ValueProblem(NO_POWER)
         phases, energy = reading_parts(keys, self.values.get, invert)
         return Reading(phases=phases, measured_at=measured_at, energy=energy)
 
@@ -156,3 +165,72 @@ def read_sml(data: bytes, max_power: float = DEFAULT_MAX_POWER) -> SmlValues:
     if not found:
         raise SmlError("no complete SML frame")
     return values_of(entries_of(found[-1]), max_power)
+
+
+# -- a byte stream (an infrared head on a serial port or a TCP bridge) -------------------------
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A frame that was found but not served, and why."""
+
+    reason: str  # "noise" (damaged or undecodable) or "values" (a refused value, no power)
+    detail: str
+
+
+class SmlStream:
+    """Bytes in any chunks → one :class:`SmlValues` or :class:`Rejected` per complete frame. Pure.
+
+    Bytes before a frame's start sequence are skipped (and counted in
+    ``discarded``); a frame that never ends is dropped once the buffer holds
+    more than :data:`STREAM_LIMIT` bytes, so garbage cannot grow it without bound.
+    """
+
+    def __init__(self, max_power: float = DEFAULT_MAX_POWER) -> None:
+        from smllib.reader import SmlStreamReader
+
+        self.max_power = max_power
+        self.reader = SmlStreamReader()
+        self.discarded = 0
+        self.counts = {"frames": 0, "noise": 0, "refused": 0}
+
+    def reset(self) -> None:
+        self.discarded += len(self.reader.bytes)
+        self.reader.clear()
+
+    def feed(self, data: bytes) -> list[SmlValues | Rejected]:
+        from smllib.errors import SmlLibException
+
+        out: list[SmlValues | Rejected] = []
+        self.reader.add(data)
+        while True:
+            before = len(self.reader.bytes)
+            try:
+                frame = self.reader.get_frame()
+            except SmlLibException as exc:  # a CRC error: that frame is gone from the buffer
+                self.counts["noise"] += 1
+                out.append(Rejected("noise", f"damaged SML frame ({type(exc).__name__})"))
+                continue
+            if frame is None:
+                self.discarded += before - len(self.reader.bytes)
+                if len(self.reader.bytes) > STREAM_LIMIT:
+                    self.reset()
+                    self.counts["noise"] += 1
+                    out.append(Rejected("noise", f"no frame end within {STREAM_LIMIT} bytes"))
+                return out
+            try:
+                values = values_of(entries_of(frame), self.max_power)
+            except SmlError as exc:
+                self.counts["noise"] += 1
+                out.append(Rejected("noise", str(exc)))
+                continue
+            except ValueProblem as exc:
+                self.counts["refused"] += 1
+                out.append(Rejected("values", str(exc)))
+                continue
+            if not values.has_power():
+                self.counts["refused"] += 1
+                out.append(Rejected("values", NO_POWER))
+                continue
+            self.counts["frames"] += 1
+            out.append(values)

@@ -1024,3 +1024,31 @@ class SmlFuzzTests(SourceFuzzCase):
 
         run_target(self, "smlparse.read_sml(damaged real frames)", 500,
                    st.one_of(damaged(), recrc(), recrc(), st.binary(max_size=300)), body)
+
+    def test_stream(self) -> None:
+        """Real frames, noise and damaged bytes in random chunks → SmlStream: values or Rejected, never more."""
+        from meteremu.sources.smlparse import Rejected, SmlStream, SmlValues
+        from tests.support.sml import sml_frame
+
+        frames = [sml_frame(n) for n in ("ebz_per_phase_power.hex", "hly_total_power_voltages.hex",
+                                         "dzg_1_8_0_only.hex", "noise_issue15.hex")]
+        parts = st.lists(st.one_of(st.sampled_from(frames), st.binary(max_size=40),
+                                   st.sampled_from(frames).map(lambda f: f[: len(f) // 2])), max_size=6)
+
+        def body(value: Any, problems: Problems) -> None:
+            chunks, cuts = value
+            data = b"".join(chunks)
+            stream = SmlStream()
+            out: list[Any] = []
+            for chunk in fs.chunks(data, cuts):
+                out += stream.feed(chunk)
+            for item in out:
+                if isinstance(item, SmlValues):
+                    self.check_reading(problems, "sml stream", item.reading(ARRIVAL), data)
+                elif not isinstance(item, Rejected):
+                    problems.add(f"feed returned {type(item).__name__}", data)
+            if len(stream.reader.bytes) > 8 * 1024 + 64:
+                problems.add("the stream buffer grew past its limit", data)
+
+        run_target(self, "smlparse.SmlStream(chunks of frames and noise)", 300,
+                   st.tuples(parts, st.lists(st.integers(0, 2000), max_size=8)), body)
