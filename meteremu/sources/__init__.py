@@ -25,6 +25,7 @@ SOURCE_MODULES: dict[str, str] = {
     "tasmota": "meteremu.sources.tasmota",
     "tibber_pulse": "meteremu.sources.tibber_pulse",
     "sml": "meteremu.sources.sml",
+    "shelly": "meteremu.sources.shelly",
 }
 
 _options = LazyOptions(SOURCE_MODULES)

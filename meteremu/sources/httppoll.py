@@ -47,6 +47,10 @@ PROGRAMMING_ERRORS = (TypeError, AttributeError, KeyError, IndexError, Assertion
                       NotImplementedError)
 
 
+RETRY = object()
+"""What a poll's answer becomes when it was a challenge that was answered: poll again at once."""
+
+
 class AuthError(Explained):
     """The device refused the credentials."""
 
@@ -93,6 +97,7 @@ class PollingSource(SourceStatus, SourceEvents, Service):
         self._timer = None
         self.http: HTTPClient | None = None
         self._inflight: Deferred[Any] | None = None
+        self._retried = False  # this poll already answered a challenge
         self._said: dict[str, str] = {}
         self._waiters: list[tuple[str, Deferred[Any]]] = []
 
@@ -100,6 +105,13 @@ class PollingSource(SourceStatus, SourceEvents, Service):
     def request(self) -> tuple[str, str, Mapping[str, str], bytes | None]:
         """``(method, url, headers, body)`` of the next poll."""
         raise NotImplementedError
+
+    def challenged(self, result: HttpResult) -> bool:
+        """A 401 that asks for credentials this source can now give (digest): poll again at once.
+
+        Returns False when the 401 is a refusal (the default).
+        """
+        return False
 
     def take(self, result: HttpResult) -> Any:
         """Read a 200 answer and update the meter; ``ValueError`` when it is unusable.
@@ -156,6 +168,9 @@ class PollingSource(SourceStatus, SourceEvents, Service):
         d = self.http.request(method, url, headers, data=body, limit=MAX_BODY)
 
         def got(result: HttpResult) -> Any:
+            if result.status == 401 and not self._retried and self.challenged(result):
+                self._retried = True
+                return RETRY
             if result.status in (401, 403):
                 raise AuthError(f"the device refused the credentials (HTTP {result.status})")
             if result.status != 200:
@@ -167,6 +182,10 @@ class PollingSource(SourceStatus, SourceEvents, Service):
 
         def ok(sample: Any) -> None:
             self._inflight = None
+            if sample is RETRY:
+                self._call_later(0.0, self._poll)
+                return
+            self._retried = False
             self.failures_in_row = 0
             self.auth_failed = False
             self._said.pop("failure", None)
@@ -180,6 +199,7 @@ class PollingSource(SourceStatus, SourceEvents, Service):
 
         def failed(failure: Failure) -> None:
             self._inflight = None
+            self._retried = False
             if self._stopping:
                 return
             if failure.check(*PROGRAMMING_ERRORS):  # a bug: the traceback is worth a log line

@@ -30,6 +30,7 @@ the product bugs found, one input each.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -1052,3 +1053,33 @@ class SmlFuzzTests(SourceFuzzCase):
 
         run_target(self, "smlparse.SmlStream(chunks of frames and noise)", 300,
                    st.tuples(parts, st.lists(st.integers(0, 2000), max_size=8)), body)
+
+
+class ShellySourceFuzzTests(SourceFuzzCase):
+    def test_reading_of(self) -> None:
+        """Mutated Pro 3EM GetStatus results and NotifyStatus deltas → a Reading or a named refusal."""
+        from meteremu.sources.jsonfields import DocumentError, ValueProblem, decode_document
+        from meteremu.sources.shelly.parse import merge_status, reading_of
+        from tests.support import fixture_json
+
+        status = fixture_json("shelly", "aioshelly_gen2_pro3em_fw1.1.0.json")["status"]
+        base = decode_document(json.dumps(status).encode())
+
+        def body(value: Any, problems: Problems) -> None:
+            data, as_delta = value
+            try:
+                doc = decode_document(data)
+            except DocumentError:
+                return
+            try:
+                if as_delta:
+                    reading = reading_of(merge_status(copy.deepcopy(base), doc), (), ARRIVAL)
+                else:
+                    reading = reading_of(doc, (), ARRIVAL)
+            except ValueProblem:
+                return
+            self.check_reading(problems, "shelly", reading, data)
+
+        run_target(self, "shelly.reading_of(mutated fixtures)", 400,
+                   st.tuples(st.one_of(fs.json_bodies((status, {"em:0": status["em:0"]})), fs.any_json_body),
+                             st.booleans()), body)
