@@ -1083,3 +1083,34 @@ class ShellySourceFuzzTests(SourceFuzzCase):
         run_target(self, "shelly.reading_of(mutated fixtures)", 400,
                    st.tuples(st.one_of(fs.json_bodies((status, {"em:0": status["em:0"]})), fs.any_json_body),
                              st.booleans()), body)
+
+
+class NewSourceOptionsFuzzTests(SourceFuzzCase):
+    def test_options_of_any_shape(self) -> None:
+        """Configs of the new source types with any values: parsed, or a ConfigError, never a crash."""
+        from meteremu.config import ConfigError, parse_config
+        from meteremu.sources import option_types
+
+        kinds = ("http_json", "tasmota", "tibber_pulse", "sml", "shelly")
+        good = {"http_json": {"url": "http://127.0.0.1/", "values": {"power": "$.p"}},
+                "tasmota": {"host": "127.0.0.1", "values": {"power": "Power_curr"}},
+                "tibber_pulse": {"host": "127.0.0.1"}, "sml": {"serial": "/dev/ttyUSB0"},
+                "shelly": {"host": "127.0.0.1"}}
+        value_specs = st.one_of(fz.any_text, st.fixed_dictionaries({}, optional={
+            "path": fz.any_text, "field": fz.any_text, "unit": fz.any_text, "scale": fz.yaml_values(),
+            "invert": fz.yaml_values()}), fz.yaml_values())
+        values = st.dictionaries(st.sampled_from(["power", "a_power", "energy_import", "a_voltage", "x"]),
+                                 value_specs, max_size=3)
+        strategy = st.sampled_from(kinds).flatmap(
+            lambda kind: st.tuples(st.just(kind), fz.dataclass_dicts(option_types()[kind],
+                                                                     extra={"values": values})))
+
+        def body(value: Any, problems: Problems) -> None:
+            kind, options = value
+            source = {**good[kind], **options, "type": kind}
+            try:
+                parse_config({"meters": {"m": {"source": source}}}, "(fuzz)", env={})
+            except ConfigError:
+                return
+
+        run_target(self, "config of http_json/tasmota/tibber_pulse/sml/shelly(any values)", 400, strategy, body)
