@@ -1114,3 +1114,21 @@ class NewSourceOptionsFuzzTests(SourceFuzzCase):
                 return
 
         run_target(self, "config of http_json/tasmota/tibber_pulse/sml/shelly(any values)", 400, strategy, body)
+
+    def test_gen1_reading_of(self) -> None:
+        """Mutated Gen1 /status answers (EM, 1PM) → a Reading or a named refusal."""
+        from meteremu.sources.jsonfields import DocumentError, ValueProblem, decode_document
+        from meteremu.sources.shelly.parse import gen1_reading_of
+        from tests.support import fixture_json
+
+        docs = tuple(fixture_json("shelly_gen1", n) for n in ("status_shelly_em.json", "status_shelly_1pm.json"))
+
+        def body(data: bytes, problems: Problems) -> None:
+            try:
+                reading = gen1_reading_of(decode_document(data), (), ARRIVAL)
+            except (DocumentError, ValueProblem):
+                return
+            self.check_reading(problems, "shelly gen1", reading, data)
+
+        run_target(self, "shelly.gen1_reading_of(mutated fixtures)", 300,
+                   st.one_of(fs.json_bodies(docs), fs.any_json_body), body)

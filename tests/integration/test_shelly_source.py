@@ -4,6 +4,7 @@ challenge answered), polling taking over while the WebSocket is down, faults and
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.internet import reactor
@@ -13,6 +14,8 @@ from twisted.trial.unittest import TestCase
 from meteremu.meter import Freshness, Meter
 from meteremu.sources.shelly.options import ShellyOptions
 from meteremu.sources.shelly.source import ShellySource
+from tests.support import FIXTURES
+from tests.support.fake_json import FakeJsonDevice
 from tests.support.fake_shelly_device import FakeShellyDevice
 from tests.support.faults import wait_until
 
@@ -98,3 +101,22 @@ class ShellySourceTests(TestCase):
         fake.status["em:0"]["b_act_power"] = 170.8
         yield source.when("sample").addTimeout(10, reactor)
         self.assertEqual(source.meter.freshness(), Freshness.FRESH)
+
+
+class Gen1Tests(TestCase):
+    timeout = 30
+
+    @inlineCallbacks
+    def test_status_with_basic_auth(self) -> Any:
+        with open(os.path.join(FIXTURES, "shelly_gen1", "status_shelly_em.json"), "rb") as handle:
+            fake = FakeJsonDevice(self, handle.read(), username="admin", password=PASSWORD)
+        opts = ShellyOptions(host=f"127.0.0.1:{fake.port_number}", gen=1, password=PASSWORD, interval=0.05,
+                             reconnect_min=0.05, reconnect_max=0.2)
+        source = ShellySource(Meter("grid", reactor, stale_after=10), opts, reactor, rng=lambda: 1.0)
+        source.startService()
+        self.addCleanup(source.stopService)
+        reading = yield source.when("sample").addTimeout(10, reactor)
+        self.assertEqual(reading.powers(), (-620.34,))
+        self.assertEqual(reading.energy, ((401472.9, 653673.7),))
+        self.assertEqual(fake.requests[0]["uri"], "/status")
+        self.assertIsNone(source.reconnector)  # no WebSocket for Gen1

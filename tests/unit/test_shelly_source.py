@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from meteremu.config import ConfigError, parse_config
 from meteremu.sources.jsonfields import ValueProblem
-from meteremu.sources.shelly.parse import digest_header, merge_status, reading_of, ws_auth
+from meteremu.sources.shelly.parse import digest_header, gen1_reading_of, merge_status, reading_of, ws_auth
 from tests.support import fixture_json
 
 CHALLENGE = fixture_json("shelly", "aioshelly_ws_frame_401_auth_challenge_plus2pm.json")
@@ -80,6 +80,37 @@ class StatusTests(SynchronousTestCase):
         self.assertNotIn("ts", doc)
 
 
+def gen1(name: str) -> dict[str, Any]:
+    return copy.deepcopy(fixture_json("shelly_gen1", name))
+
+
+class Gen1Tests(SynchronousTestCase):
+    def test_shelly_em(self) -> None:
+        reading = gen1_reading_of(gen1("status_shelly_em.json"), (), 2.0)
+        self.assertEqual(reading.powers(), (-620.34,))
+        self.assertEqual((reading.phases[0].voltage, reading.phases[0].pf), (235.68, -0.66))
+        self.assertEqual(reading.energy, ((401472.9, 653673.7),))
+        both = gen1_reading_of(gen1("status_shelly_em.json"), ("emeter:0", "emeter:1"), 2.0)
+        self.assertEqual(both.powers(), (-620.34, 0.0))
+
+    def test_plugs_count_watt_minutes(self) -> None:
+        reading = gen1_reading_of(gen1("status_shelly_1pm.json"), (), 2.0)
+        self.assertEqual(reading.powers(), (4711.12,))
+        self.assertAlmostEqual(reading.energy[0][0], 6472513 / 60)
+        self.assertIsNone(gen1_reading_of(gen1("status_shelly_1.json"), (), 2.0).energy)
+
+    def test_refusals(self) -> None:
+        doc = gen1("status_shelly_em.json")
+        doc["emeters"][0]["is_valid"] = False
+        with self.assertRaises(ValueProblem) as caught:
+            gen1_reading_of(doc, (), 1.0)
+        self.assertIn("is_valid: false", str(caught.exception))
+        with self.assertRaises(ValueProblem):
+            gen1_reading_of(gen1("status_shelly_em.json"), ("emeter:2",), 1.0)
+        with self.assertRaises(ValueProblem):
+            gen1_reading_of({"wifi_sta": {}}, (), 1.0)
+
+
 class AuthTests(SynchronousTestCase):
     def test_digest_header_sha256(self) -> None:
         challenge = {"realm": "shellypro3em-aabbccddeeff", "nonce": "60dc59c6", "qop": "auth", "algorithm": "SHA-256"}
@@ -102,7 +133,8 @@ class AuthTests(SynchronousTestCase):
 class OptionsTests(SynchronousTestCase):
     def test_defaults(self) -> None:
         opts = options(password="pw-1")
-        self.assertEqual((opts.mode, opts.interval, opts.channels), ("websocket", 1.0, ()))
+        self.assertEqual((opts.gen, opts.push, opts.interval, opts.channels), (2, True, 1.0, ()))
+        self.assertFalse(options(gen=1).push)
         self.assertNotIn("pw-1", repr(opts))
         self.assertEqual(options(host="s:8080").base("ws"), "ws://s:8080")
 
@@ -110,7 +142,9 @@ class OptionsTests(SynchronousTestCase):
         for source, key in [({"host": "http://x/"}, "host"), ({"channels": ["em:0", "em1:0"]}, "channels"),
                             ({"channels": ["relay:0"]}, "channels"),
                             ({"channels": ["em1:0", "em1:1", "em1:2", "pm1:0"]}, "channels"),
-                            ({"idle_timeout": "1s"}, "idle_timeout")]:
+                            ({"idle_timeout": "1s"}, "idle_timeout"),
+                            ({"gen": 1, "mode": "websocket"}, "mode"), ({"gen": 1, "channels": ["em:0"]}, "channels"),
+                            ({"gen": 3}, "gen")]:
             with self.assertRaises(ConfigError, msg=source) as caught:
                 options(**source)
             self.assertEqual(caught.exception.key, f"meters.m.source.{key}")

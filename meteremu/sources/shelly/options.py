@@ -9,19 +9,23 @@ from meteremu.configtypes import Duration
 from meteremu.sources.homewizard.options import host_port
 from meteremu.sources.httpoptions import timing_errors
 from meteremu.sources.jsonfields import DEFAULT_MAX_POWER
-from meteremu.sources.shelly.parse import component_problem
+from meteremu.sources.shelly.parse import component_problem, gen1_channel_problem
 
 
 @dataclass(frozen=True)
 class ShellyOptions:
     host: str = field(metadata={"doc": "address of the Shelly, e.g. 192.168.1.90 (optionally :port)"})
-    mode: Literal["websocket", "poll"] = field(default="websocket", metadata={
-        "doc": "websocket: NotifyStatus pushes on ws://host/rpc (polling while it is down); poll: HTTP RPC only"})
+    gen: Literal[1, 2] = field(default=2, metadata={
+        "doc": "2: Gen2 and later (RPC: Pro 3EM, Pro EM, EM gen3, Plus/Pro PM…); 1: Gen1 (/status: 3EM, EM, 1PM…)"})
+    mode: Literal["websocket", "poll"] | None = field(default=None, metadata={
+        "doc": "Gen2: websocket (default; NotifyStatus pushes, polling while it is down) or poll; Gen1: poll"})
+    username: str = field(default="admin", metadata={"doc": "Gen1: the login user (Gen2's is always admin)"})
     password: str | None = field(default=None, repr=False, metadata={
-        "doc": "the device password, if authentication is on (digest, user admin)"})
+        "doc": "the device password, if authentication is on (Gen2: digest; Gen1: basic)"})
     channels: tuple[str, ...] = field(default=(), metadata={
-        "doc": "components to read: em:0 (3 phases), or up to 3 of em1:N / pm1:N / switch:N as phases A, B, C; "
-               "default: the first of em:0, em1:0, pm1:0, switch:0"})
+        "doc": "Gen2: em:0 (3 phases), or up to 3 of em1:N / pm1:N / switch:N as phases A, B, C; Gen1: up to 3 "
+               "of emeter:N / meter:N; default: em:0, em1:0, pm1:0 or switch:0 (Gen1: a 3EM's three emeters, "
+               "emeter:0 or meter:0)"})
     interval: Duration = field(default=1.0, metadata={"doc": "poll period (and the fallback's, with the WebSocket)"})
     timeout: Duration = field(default=5.0, metadata={"doc": "whole request / handshake timeout"})
     idle_timeout: Duration = field(default=30.0, metadata={
@@ -36,8 +40,11 @@ class ShellyOptions:
         host = self.host.strip()
         if not host or "/" in host or " " in host:
             errors.append(("host", f"the Shelly's address, e.g. 192.168.1.90; got {self.host!r}"))
+        if self.gen == 1 and self.mode == "websocket":
+            errors.append(("mode", "poll (Gen1 devices have no RPC WebSocket)"))
+        check = gen1_channel_problem if self.gen == 1 else component_problem
         for name in self.channels:
-            problem = component_problem(name)
+            problem = check(name)
             if problem:
                 errors.append(("channels", problem))
                 break
@@ -51,6 +58,10 @@ class ShellyOptions:
         if not self.max_power > 0 or self.max_power == float("inf"):
             errors.append(("max_power", "a finite power in W greater than 0"))
         return errors
+
+    @property
+    def push(self) -> bool:
+        return self.gen == 2 and self.mode != "poll"
 
     def base(self, scheme: str = "http") -> str:
         host, port = host_port(self.host, 80)

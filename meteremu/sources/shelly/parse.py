@@ -199,3 +199,63 @@ def ws_auth(challenge: dict[str, Any], username: str, password: str, cnonce: str
     response = hashlib.sha256(f"{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}".encode()).hexdigest()
     return {"realm": realm, "username": username, "nonce": nonce, "cnonce": cnonce, "response": response,
             "algorithm": "SHA-256"}
+
+
+# -- Gen1 (3EM, EM, 1PM, Plug S…): GET /status ---------------------------------------------------
+
+GEN1_KINDS = ("emeter", "meter")
+
+
+def gen1_channel_problem(name: str) -> str | None:
+    kind, sep, index = name.partition(":")
+    if not sep or kind not in GEN1_KINDS or not index.isdigit() or int(index) > 3:
+        return f"a Gen1 channel like emeter:0 or meter:0; got {name!r}"
+    return None
+
+
+def gen1_channels(status: dict[str, Any], configured: Sequence[str]) -> tuple[str, ...]:
+    """The configured channels, or: every emeter of a 3EM (three), emeter:0 of an EM, meter:0 of a PM."""
+    emeters, meters = status.get("emeters"), status.get("meters")
+    count = {"emeter": len(emeters) if isinstance(emeters, list) else 0,
+             "meter": len(meters) if isinstance(meters, list) else 0}
+    if configured:
+        for name in configured:
+            kind, _, index = name.partition(":")
+            if int(index) >= count[kind]:
+                raise ValueProblem(f"the device has no {name} ({count['emeter']} emeters, {count['meter']} meters)")
+        return tuple(configured)
+    if count["emeter"] == 3:
+        return ("emeter:0", "emeter:1", "emeter:2")
+    if count["emeter"]:
+        return ("emeter:0",)
+    if count["meter"]:
+        return ("meter:0",)
+    raise ValueProblem("the device's /status has no emeters or meters")
+
+
+def gen1_reading_of(status: Any, channels: Sequence[str], measured_at: float, invert: bool = False,
+                    max_power: float = DEFAULT_MAX_POWER) -> Reading:
+    """A Gen1 ``/status`` → Reading. ``emeters``: W, V, A, pf and Wh counters (``total``,
+    ``total_returned``); ``meters``: W and ``total`` in watt-minutes (÷ 60), no export counter.
+    ``is_valid: false`` (the device's own measurement fault) refuses the status."""
+    if not isinstance(status, dict):
+        raise ValueProblem("the status is not an object")
+    phases = []
+    energies: list[tuple[float, float] | None] = []
+    for name in gen1_channels(status, channels)[:3]:
+        kind, _, index = name.partition(":")
+        obj = status[f"{kind}s"][int(index)]
+        if not isinstance(obj, dict):
+            raise ValueProblem(f"{name} is not an object")
+        if obj.get("is_valid") is False:
+            raise ValueProblem(f"{name}: the device marks its reading invalid (is_valid: false)")
+        phases.append(_phase(obj, name, "", "power", max_power, invert))
+        if kind == "emeter":
+            energies.append(_counters(obj, name, "total", "total_returned", max_power))
+        else:
+            minutes = _number(obj, "total", ENERGY, name, max_power * 60)
+            energies.append((minutes / 60.0, 0.0) if minutes is not None else None)
+    energy = tuple(e for e in energies if e is not None) if all(e is not None for e in energies) else None
+    if invert and energy is not None:
+        energy = tuple((e, i) for i, e in energy)
+    return Reading(phases=tuple(phases), measured_at=measured_at, energy=energy)

@@ -1,5 +1,7 @@
 """The Shelly source's I/O: HTTP RPC polling, and the WebSocket with ``NotifyStatus`` pushes.
 
+* **Gen1** (``gen: 1``): ``GET /status`` every ``interval`` (HTTP basic
+  auth when a password is set), read by :func:`.parse.gen1_reading_of`.
 * **Poll** (``mode: poll``, and the fallback while the WebSocket is down):
   ``GET /rpc/Shelly.GetStatus`` every ``interval`` through the poll loop of
   :mod:`meteremu.sources.httppoll`. A device with a password answers 401
@@ -44,10 +46,17 @@ from meteremu.reading import Reading
 from meteremu.reconnect import Reconnector
 from meteremu.sources.envoy.parse import parse_challenge
 from meteremu.sources.homewizard.options import host_port
+from meteremu.sources.http_json.source import auth_headers
 from meteremu.sources.httppoll import PollingSource
 from meteremu.sources.jsonfields import ValueProblem, decode_document
 from meteremu.sources.shelly.options import ShellyOptions
-from meteremu.sources.shelly.parse import digest_header, merge_status, reading_of, ws_auth
+from meteremu.sources.shelly.parse import (
+    digest_header,
+    gen1_reading_of,
+    merge_status,
+    reading_of,
+    ws_auth,
+)
 from meteremu.sources.websocket import SourceWebSocket, websocket_reconnector
 from meteremu.tls import DeviceTLS
 
@@ -70,9 +79,9 @@ class ShellySource(PollingSource):
                          reconnect_min=options.reconnect_min, reconnect_max=options.reconnect_max,
                          clock=clock, rng=rng)
         self.options = options
-        self.url = options.base() + "/rpc/Shelly.GetStatus"
+        self.url = options.base() + ("/status" if options.gen == 1 else "/rpc/Shelly.GetStatus")
         self.ws_url = options.base("ws") + "/rpc"
-        self.push = options.mode == "websocket"
+        self.push = options.push
         self._challenge: dict[str, str] | None = None
         self._nc = 0
         self.src = f"meteremu-{secrets.token_hex(4)}"
@@ -86,8 +95,8 @@ class ShellySource(PollingSource):
         self._ws_id = 0
         self._watchdog: IDelayedCall | None = None
         self.reconnector: Reconnector | None = None
-        self.meter.details = {"url": self.ws_url if self.push else self.url,
-                              "mode": options.mode, "connection": self.state}
+        self.meter.details = {"url": self.ws_url if self.push else self.url, "gen": options.gen,
+                              "mode": "websocket" if self.push else "poll", "connection": self.state}
 
     # -- lifecycle ------------------------------------------------------------------------
     def startService(self) -> None:
@@ -124,7 +133,10 @@ class ShellySource(PollingSource):
 
     def request(self) -> tuple[str, str, Mapping[str, str], bytes | None]:
         headers = {"Accept": "application/json"}
-        if self._challenge is not None and self.options.password is not None:
+        if self.options.gen == 1:
+            headers.update(auth_headers(self.options.username if self.options.password else None,
+                                        self.options.password, None))
+        elif self._challenge is not None and self.options.password is not None:
             self._nc += 1
             uri = urlsplit(self.url).path
             headers["Authorization"] = digest_header("GET", uri, self._challenge, USER, self.options.password,
@@ -132,7 +144,7 @@ class ShellySource(PollingSource):
         return "GET", self.url, headers, None
 
     def challenged(self, result: HttpResult) -> bool:
-        if self.options.password is None:
+        if self.options.password is None or self.options.gen == 1:
             return False
         header = result.headers.get("www-authenticate", "")
         scheme, params = parse_challenge(header)
@@ -151,8 +163,9 @@ class ShellySource(PollingSource):
         return self._serve()
 
     def _serve(self) -> Reading | None:
-        reading = reading_of(self.status, self.options.channels, wall(self.clock), self.options.invert,
-                             self.options.max_power)
+        read = gen1_reading_of if self.options.gen == 1 else reading_of
+        reading = read(self.status, self.options.channels, wall(self.clock), self.options.invert,
+                       self.options.max_power)
         return reading if self.meter.update(reading) else None
 
     # -- the WebSocket (ClientService's hooks run inside its state machine) -------------------------
