@@ -12,7 +12,13 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from meteremu.config import ConfigError, parse_config
 from meteremu.sources.jsonfields import ValueProblem
-from meteremu.sources.shelly.parse import digest_header, gen1_reading_of, merge_status, reading_of, ws_auth
+from meteremu.sources.shelly.parse import (
+    digest_header,
+    gen1_reading_of,
+    merge_status,
+    reading_of,
+    ws_auth,
+)
 from tests.support import fixture_json
 
 CHALLENGE = fixture_json("shelly", "aioshelly_ws_frame_401_auth_challenge_plus2pm.json")
