@@ -952,7 +952,8 @@ class TasmotaFuzzTests(SourceFuzzCase):
         extraction = TasmotaOptions(host="127.0.0.1", values=TasmotaValues(
             a_power="power_l1", b_power="power_l2", c_power="$.SML.power_l3", a_voltage="voltage_l1",
             a_current="current_l1", frequency="Frequenz",
-            energy_import=TasmotaValue(field="Total_in", unit="kWh"), energy_export="Total_out")).extraction()
+            energy_import=TasmotaValue(field="Total_in", unit="kWh"),
+            energy_export=TasmotaValue(field="Total_out", unit="kWh"))).extraction()
 
         def body(data: bytes, problems: Problems) -> None:
             try:

@@ -59,6 +59,8 @@ class OptionsTests(SynchronousTestCase):
              "broker.password"),
             ({"mode": "mqtt", "topic": "t", "host": "x", "values": power, "broker": {"host": "b"}}, "host"),
             ({"host": "x", "values": power, "interval": 0}, "interval"),
+            ({"host": "x", "values": {"power": "P", "energy_import": "Total_in"}}, "values.energy_import"),
+            ({"host": "x", "values": {"power": "P", "energy_export": {"field": "Total_out"}}}, "values.energy_export"),
         ]
         for source, key in cases:
             with self.assertRaises(ConfigError, msg=source) as caught:
@@ -104,7 +106,8 @@ class CaptureTests(SynchronousTestCase):
         self.assertEqual(read_sensor(extraction, capture("status10_energy_2ch.json"), 5.0).powers(), (8.15,))
 
     def test_refusals(self) -> None:
-        extraction = parse(host="x", values={"power": "Power_curr", "energy_import": "Total_in"}).extraction()
+        extraction = parse(host="x", values={"power": "Power_curr",
+                                             "energy_import": {"field": "Total_in", "unit": "kWh"}}).extraction()
         with self.assertRaises(PasswordRefused):
             read_sensor(extraction, b'{"WARNING":"Need user=<username>&password=<password>"}', 1.0)
         with self.assertRaises(ValueProblem) as caught:

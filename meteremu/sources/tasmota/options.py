@@ -85,6 +85,10 @@ class TasmotaValues:
         errors: list[tuple[str, str]] = []
         for key, index, item in self.items():
             where = key if not isinstance(getattr(self, key), tuple) else f"{key}[{index}]"
+            if key in COUNTER_KEYS and (isinstance(item, str) or item.unit is None):
+                # SML scripts count in kWh or Wh as their author chose: a guess would be off by 1000.
+                errors.append((where, "the counter's unit: {field: …, unit: kWh} (or Wh), as the script counts"))
+                continue
             if isinstance(item, str):
                 try:
                     field_path(item)
