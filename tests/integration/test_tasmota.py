@@ -81,6 +81,14 @@ class HTTPTests(TestCase):
         self.assertEqual(reading.energy[0], (2687368.7, 0.0))
         self.assertIn("cmnd=Status%2010", fake.requests[0]["uri"])
         self.assertNotIn(PASSWORD, json.dumps(source.meter.details))
+        # The password travels in the query: no failure message may show it.
+        fake.plan.set("hang")
+        message = yield source.when("failure").addTimeout(10, reactor)
+        fake.plan.clear()
+        yield fake.vanish()
+        refused = yield source.when("failure").addTimeout(10, reactor)
+        for text in (message, refused, *source._said.values()):
+            self.assertNotIn("web-pw", text)
 
     @inlineCallbacks
     def test_wrong_password_marks_down(self) -> Any:
