@@ -43,6 +43,7 @@ from meteremu.sources.values import (
     VOLTAGE,
     out_of_range,
     reading_parts,
+    unit_factor,
 )
 
 MAX_PATH = 1000
@@ -167,15 +168,6 @@ class Field:
     def label(self) -> str:
         name = self.key if self.index == 0 else f"{self.key}[{self.index}]"
         return f"{name} ({self.path.text})"
-
-
-def unit_factor(kind: str, unit: str | None) -> Fraction:
-    """The factor from ``unit`` to the canonical unit of ``kind``; ``ValueError`` if unknown."""
-    factors = UNITS[kind]
-    if unit not in factors:
-        known = ", ".join(u for u in factors if u)
-        raise ValueError(f"a {kind} unit ({known}); got {unit!r}")
-    return factors[unit]
 
 
 def _short(text: str) -> str:

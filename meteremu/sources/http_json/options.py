@@ -6,7 +6,7 @@ the CA file with the standard library: no client stack is loaded.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Literal
 
 from meteremu.configtypes import Duration
@@ -18,14 +18,14 @@ from meteremu.sources.jsonfields import (
     PathError,
     compile_path,
     fields_from,
-    unit_factor,
 )
 from meteremu.sources.values import (
-    COUNTER_KEYS,
     KEY_KIND,
-    has_power_key,
-    power_key_errors,
+    layout_errors,
     quantity_fields,
+    unit_factor,
+    value_items,
+    value_where,
 )
 
 
@@ -61,19 +61,12 @@ class JsonValues:
     """Which path feeds which quantity (the keys of the MQTT source's ``values``)."""
 
     def items(self) -> list[tuple[str, int, ValueSource]]:
-        out: list[tuple[str, int, ValueSource]] = []
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value is None:
-                continue
-            for index, item in enumerate(value if isinstance(value, tuple) else (value,)):
-                out.append((f.name, index, item))
-        return out
+        return value_items(self)
 
     def validate(self) -> list[tuple[str, str]]:
         errors: list[tuple[str, str]] = []
         for key, index, item in self.items():
-            where = key if not isinstance(getattr(self, key), tuple) else f"{key}[{index}]"
+            where = value_where(self, key, index)
             if isinstance(item, str):
                 try:
                     compile_path(item)
@@ -84,14 +77,7 @@ class JsonValues:
                     unit_factor(KEY_KIND[key], item.unit)
                 except ValueError as err:
                     errors.append((f"{where}.unit", str(err)))
-        configured = {f.name: getattr(self, f.name) for f in fields(self)}
-        for key in COUNTER_KEYS:
-            if isinstance(configured[key], tuple) and not configured[key]:
-                errors.append((key, "at least one path (or leave it out)"))
-        errors += power_key_errors(configured, "value")
-        if not has_power_key(configured):
-            errors.append(("power", "a power value (power, or a_power/b_power/c_power)"))
-        return errors
+        return errors + layout_errors(self, "path")
 
 
 def resolve(item: ValueSource) -> tuple[JsonPath, str | None, float, bool]:

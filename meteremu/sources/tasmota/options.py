@@ -6,7 +6,7 @@ or MQTT client is loaded.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from dataclasses import field as option
 from typing import Literal
 
@@ -22,15 +22,16 @@ from meteremu.sources.jsonfields import (
     compile_path,
     fields_from,
     name_path,
-    unit_factor,
 )
 from meteremu.sources.mqtt.mapping import topic_problem
 from meteremu.sources.values import (
     COUNTER_KEYS,
     KEY_KIND,
-    has_power_key,
-    power_key_errors,
+    layout_errors,
     quantity_fields,
+    unit_factor,
+    value_items,
+    value_where,
 )
 
 HTTP_INTERVAL = 1.0
@@ -72,19 +73,12 @@ class TasmotaValues:
     """Which script field feeds which quantity (the keys of the MQTT source's ``values``)."""
 
     def items(self) -> list[tuple[str, int, ValueSource]]:
-        out: list[tuple[str, int, ValueSource]] = []
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value is None:
-                continue
-            for index, item in enumerate(value if isinstance(value, tuple) else (value,)):
-                out.append((f.name, index, item))
-        return out
+        return value_items(self)
 
     def validate(self) -> list[tuple[str, str]]:
         errors: list[tuple[str, str]] = []
         for key, index, item in self.items():
-            where = key if not isinstance(getattr(self, key), tuple) else f"{key}[{index}]"
+            where = value_where(self, key, index)
             if key in COUNTER_KEYS and (isinstance(item, str) or item.unit is None):
                 # SML scripts count in kWh or Wh as their author chose: a guess would be off by 1000.
                 errors.append((where, "the counter's unit: {field: …, unit: kWh} (or Wh), as the script counts"))
@@ -99,14 +93,7 @@ class TasmotaValues:
                     unit_factor(KEY_KIND[key], item.unit)
                 except ValueError as err:
                     errors.append((f"{where}.unit", str(err)))
-        configured = {f.name: getattr(self, f.name) for f in fields(self)}
-        for key in COUNTER_KEYS:
-            if isinstance(configured[key], tuple) and not configured[key]:
-                errors.append((key, "at least one field (or leave it out)"))
-        errors += power_key_errors(configured, "value")
-        if not has_power_key(configured):
-            errors.append(("power", "a power value (power, or a_power/b_power/c_power)"))
-        return errors
+        return errors + layout_errors(self, "field")
 
 
 def resolve(item: ValueSource) -> tuple[JsonPath, str | None, float, bool]:
