@@ -68,6 +68,10 @@ class ShellySourceTests(TestCase):
         reading = yield sample.addTimeout(10, reactor)
         self.assertEqual(reading.powers(), (-640.5, 170.8, 12.7))
         self.assertLessEqual(source.polls - polls, 1)  # the poll pauses while the WebSocket is live
+        # Steady values are asked for again over the WebSocket: the meter stays fresh without pushes.
+        calls = len(fake.ws_frames)
+        yield wait_until(lambda: len(fake.ws_frames) >= calls + 3, 10, "GetStatus calls over the WebSocket")
+        self.assertEqual(source.meter.freshness(), Freshness.FRESH)
         # The WebSocket drops and cannot come back: polling takes over, then the WebSocket returns.
         fake.refuse_websockets = True
         fake.drop_websockets()

@@ -11,7 +11,9 @@
 * **WebSocket** (``mode: websocket``, the default): ``ws://host/rpc``; a
   ``Shelly.GetStatus`` call with our ``src`` gives the full status and makes
   the device send ``NotifyStatus`` deltas to this connection, which are
-  merged into it (:func:`.parse.merge_status`). A 401 error frame carries the
+  merged into it (:func:`.parse.merge_status`); when no push came for
+  ``interval`` (the device pushes changes only), ``Shelly.GetStatus`` is
+  asked again over the same connection. A 401 error frame carries the
   digest challenge as JSON text: the call is repeated with an ``auth``
   object. While the WebSocket is up the poll pauses; when it closes, polling
   resumes at once and the WebSocket is reconnected with backoff. No message
@@ -94,6 +96,7 @@ class ShellySource(PollingSource):
         self._ws_challenge: dict[str, Any] | None = None
         self._ws_id = 0
         self._watchdog: IDelayedCall | None = None
+        self._refresh: IDelayedCall | None = None
         self.reconnector: Reconnector | None = None
         self.meter.details = {"url": self.ws_url if self.push else self.url, "gen": options.gen,
                               "mode": "websocket" if self.push else "poll", "connection": self.state}
@@ -113,7 +116,7 @@ class ShellySource(PollingSource):
 
     def stopService(self) -> Deferred[Any]:
         d = super().stopService()
-        self._cancel_timers("_watchdog")
+        self._cancel_timers("_watchdog", "_refresh")
         waits = [d]
         ws = self.ws
         goodbye = None
@@ -268,11 +271,26 @@ class ShellySource(PollingSource):
         self.failures_in_row = 0
         self._said.pop("failure", None)
         self._said.pop("websocket", None)
+        self._arm_refresh()
         if reading is not None:
             self.ws_samples += 1
             self.samples += 1
             self.meter.details["samples"] = self.samples
             self._emit("sample", reading)
+
+    def _arm_refresh(self) -> None:
+        """Ask again over the WebSocket when no push came for ``interval``: the device pushes
+        only changes, and a steady value must stay fresh (the answer is a new sample)."""
+        if self._refresh is not None and self._refresh.active():
+            self._refresh.reset(self.options.interval)
+        else:
+            self._refresh = self.clock.callLater(self.options.interval, self._ws_refresh)
+
+    def _ws_refresh(self) -> None:
+        self._refresh = None
+        ws = self.ws
+        if ws is not None and self.ws_live and not self._stopping:
+            self._call(ws)
 
     def _arm_watchdog(self, seconds: float) -> None:
         if self._watchdog is not None and self._watchdog.active():
@@ -292,7 +310,7 @@ class ShellySource(PollingSource):
         if proto is not self.ws:
             return
         self.ws = None
-        self._cancel_timers("_watchdog")
+        self._cancel_timers("_watchdog", "_refresh")
         was_live, self.ws_live = self.ws_live, False
         self._ws_challenge = None
         if self._stopping:
