@@ -33,6 +33,7 @@ not served.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -63,6 +64,13 @@ STREAM_LIMIT = 8 * 1024
 
 NO_POWER = ("the frame has no power value (OBIS 16.7.0 or 36/56/76.7.0): "
             "the meter may need its PIN entered to send it")
+
+
+def smllib_problem() -> str | None:
+    """Why the SML sources cannot run here (smllib missing), found without importing it."""
+    if importlib.util.find_spec("smllib") is None:
+        return "smllib installed first (GPL-3.0; an extra: pip install 'meteremu[sml]')"
+    return None
 
 
 class SmlError(ValueError):

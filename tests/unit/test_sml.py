@@ -92,3 +92,20 @@ class TibberOptionsTests(SynchronousTestCase):
             with self.assertRaises(ConfigError, msg=source) as caught:
                 tibber(**source)
             self.assertEqual(caught.exception.key, f"meters.m.source.{key}")
+
+
+class SmllibMissingTests(SynchronousTestCase):
+    """smllib (GPL-3.0) is an extra: without it the SML source types are refused with what to install."""
+
+    def test_refused_naming_the_extra(self) -> None:
+        import sys
+
+        self.patch(sys, "modules", {**sys.modules, "smllib": None})  # how Python marks a module absent
+        with self.assertRaises(ConfigError) as caught:
+            tibber(host="192.168.1.80")
+        self.assertEqual(caught.exception.key, "meters.m.source.host")
+        self.assertIn("meteremu[sml]", str(caught.exception))
+        data = {"meters": {"m": {"source": {"type": "sml", "tcp": "192.168.1.20:2001"}}}, "devices": []}
+        with self.assertRaises(ConfigError) as caught:
+            parse_config(data, "t.yaml", env={})
+        self.assertEqual(caught.exception.key, "meters.m.source.tcp")

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from meteremu.configtypes import Duration
 from meteremu.sources.dsmr.options import endpoint_errors, split_host_port
 from meteremu.sources.jsonfields import DEFAULT_MAX_POWER
+from meteremu.sources.smlparse import smllib_problem
 
 MIN_IDLE_TIMEOUT = 30.0
 
@@ -37,6 +38,9 @@ class SmlOptions:
 
     def validate(self) -> list[tuple[str, str]]:
         errors = endpoint_errors(self.serial, self.tcp, "192.168.1.20:2001")
+        problem = smllib_problem()
+        if problem:
+            errors.append(("serial" if self.serial is not None else "tcp", problem))
         if self.baudrate not in (300, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200):
             errors.append(("baudrate", "a standard speed such as 9600"))
         if self.tcp is not None and self.baudrate != 9600:

@@ -8,6 +8,7 @@ from meteremu.configtypes import Duration
 from meteremu.sources.homewizard.options import host_port
 from meteremu.sources.httpoptions import timing_errors
 from meteremu.sources.jsonfields import DEFAULT_MAX_POWER
+from meteremu.sources.smlparse import smllib_problem
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,9 @@ class TibberPulseOptions:
 
     def validate(self) -> list[tuple[str, str]]:
         errors = timing_errors(self)
+        problem = smllib_problem()
+        if problem:
+            errors.append(("host", problem))
         host = self.host.strip()
         if not host or "/" in host or " " in host:
             errors.append(("host", f"the bridge's address, e.g. 192.168.1.80; got {self.host!r}"))
