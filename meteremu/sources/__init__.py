@@ -21,6 +21,11 @@ SOURCE_MODULES: dict[str, str] = {
     "homewizard": "meteremu.sources.homewizard",
     "kamstrup": "meteremu.sources.kamstrup",
     "mqtt": "meteremu.sources.mqtt",
+    "http_json": "meteremu.sources.http_json",
+    "tasmota": "meteremu.sources.tasmota",
+    "tibber_pulse": "meteremu.sources.tibber_pulse",
+    "sml": "meteremu.sources.sml",
+    "shelly": "meteremu.sources.shelly",
 }
 
 _options = LazyOptions(SOURCE_MODULES)

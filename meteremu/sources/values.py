@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Collection, Hashable, Mapping
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any, TypeVar
@@ -118,6 +119,47 @@ def quantity_fields(item: Any) -> Callable[[_C], _C]:
         return cls
 
     return add
+
+
+def unit_factor(kind: str, unit: str | None) -> Fraction:
+    """The factor from ``unit`` to the canonical unit of ``kind``; ``ValueError`` if unknown."""
+    factors = UNITS[kind]
+    if unit not in factors:
+        known = ", ".join(u for u in factors if u)
+        raise ValueError(f"a {kind} unit ({known}); got {unit!r}")
+    return factors[unit]
+
+
+def value_items(values: Any) -> list[tuple[str, int, Any]]:
+    """``(key, index, item)`` of every configured quantity of a ``@quantity_fields`` dataclass.
+
+    ``index`` is the position in a counter's tuple (tariffs), 0 otherwise.
+    """
+    out: list[tuple[str, int, Any]] = []
+    for f in dataclass_fields(values):
+        value = getattr(values, f.name)
+        if value is None:
+            continue
+        for index, item in enumerate(value if isinstance(value, tuple) else (value,)):
+            out.append((f.name, index, item))
+    return out
+
+
+def value_where(values: Any, key: str, index: int) -> str:
+    """The config key of one item: ``energy_import[1]`` in a tuple, else the key."""
+    return f"{key}[{index}]" if isinstance(getattr(values, key), tuple) else key
+
+
+def layout_errors(values: Any, noun: str) -> list[tuple[str, str]]:
+    """The rules every ``values`` mapping shares: counters not empty, the power keys (see
+    :func:`power_key_errors`), and at least one power value."""
+    configured = {f.name: getattr(values, f.name) for f in dataclass_fields(values)}
+    errors = [(key, f"at least one {noun} (or leave it out)") for key in COUNTER_KEYS
+              if isinstance(configured[key], tuple) and not configured[key]]
+    errors += power_key_errors(configured, "value")
+    if not has_power_key(configured):
+        errors.append(("power", "a power value (power, or a_power/b_power/c_power)"))
+    return errors
 
 
 def power_key_errors(configured: Mapping[str, Any], noun: str) -> list[tuple[str, str]]:

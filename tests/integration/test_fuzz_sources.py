@@ -30,8 +30,10 @@ the product bugs found, one input each.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import os
 import time
 from typing import Any
 
@@ -54,6 +56,7 @@ from meteremu.sources.homewizard.parse import parse_measurement
 from meteremu.sources.homewizard.source import HomeWizardSource
 from meteremu.sources.kamstrup import kmp
 from meteremu.sources.kamstrup.parse import REGISTERS, register_extras
+from tests.support import FIXTURES
 from tests.support import fuzz as fz
 from tests.support import fuzz_sources as fs
 from tests.support.fuzz_sources import Problems, reading_problems, run_target
@@ -875,3 +878,258 @@ class KamstrupFuzzTests(SourceFuzzCase):
                         f"gives {extras}: meteremu/sources/kamstrup/parse.py register_extras float(Decimal) overflows "
                         "to inf, which the exporters then publish (JSON 'Infinity', line protocol). Skip or "
                         "reject values that are not finite after conversion")
+
+
+# -- HTTP JSON (and the JSONPath values Tasmota shares) ------------------------------------------
+
+def _http_json_extraction() -> Any:
+    from meteremu.sources.http_json.options import HttpJsonOptions, JsonValue, JsonValues
+
+    d = "$.Body.Data."
+    options = HttpJsonOptions(url="http://127.0.0.1:1/", values=JsonValues(
+        a_power=f"{d}PowerReal_P_Phase_1", b_power=f"{d}PowerReal_P_Phase_2",
+        c_power=JsonValue(path=f"{d}PowerReal_P_Phase_3", unit="kW"), a_voltage=f"{d}Voltage_AC_Phase_1",
+        a_current=f"{d}Current_AC_Phase_1", a_pf=f"{d}PowerFactor_Phase_1",
+        frequency=f"{d}Frequency_Phase_Average", energy_import=f"{d}EnergyReal_WAC_Sum_Consumed",
+        energy_export=f"{d}EnergyReal_WAC_Sum_Produced"))
+    return options.extraction()
+
+
+class HttpJsonFuzzTests(SourceFuzzCase):
+    def test_read_document(self) -> None:
+        """Mutated Fronius answers → decode_document → read_document: a Reading or a named refusal."""
+        from meteremu.sources.jsonfields import (
+            DocumentError,
+            PathError,
+            ValueProblem,
+            decode_document,
+            read_document,
+        )
+
+        with open(os.path.join(FIXTURES, "http_json", "fronius_smart_meter_63a_device_0.json"), "rb") as handle:
+            doc = json.loads(handle.read())
+        extraction = _http_json_extraction()
+
+        def body(data: bytes, problems: Problems) -> None:
+            try:
+                reading = read_document(extraction, decode_document(data), ARRIVAL)
+            except (DocumentError, ValueProblem, PathError):
+                return
+            self.check_reading(problems, "http_json", reading, data)
+
+        run_target(self, "http_json.read_document(mutated fixtures)", 500,
+                   st.one_of(fs.json_bodies((doc,)), fs.any_json_body), body)
+
+    def test_compile_path(self) -> None:
+        """Any text as a JSONPath: compiled or PathError, and a compiled one applied to any JSON."""
+        from meteremu.sources.jsonfields import DocumentError, PathError, compile_path
+
+        paths = st.one_of(st.text(max_size=40), st.sampled_from(["$..a", "$.a[?(@.b>1)]", "$.a[-1]", "$['x']",
+                                                                 "$.a[0:2]", "$.*", "$..*"]))
+
+        def body(value: Any, problems: Problems) -> None:
+            text, doc = value
+            try:
+                compile_path(text).find(doc)
+            except (PathError, DocumentError):
+                return
+
+        run_target(self, "jsonfields.compile_path(any text)", 300, st.tuples(paths, fz.json_values(max_leaves=8)),
+                   body)
+
+
+class TasmotaFuzzTests(SourceFuzzCase):
+    def test_read_sensor(self) -> None:
+        """Mutated Status 10 / SENSOR JSON → read_sensor: a Reading or a named refusal."""
+        from meteremu.sources.jsonfields import DocumentError, PathError, ValueProblem
+        from meteremu.sources.tasmota.options import TasmotaOptions, TasmotaValue, TasmotaValues
+        from meteremu.sources.tasmota.parse import PasswordRefused, read_sensor
+
+        docs = []
+        for name in ("status10_sml_3phase.json", "sensor_sml_3phase.json", "status10_sml_htu21_gas.json"):
+            with open(os.path.join(FIXTURES, "tasmota", name), "rb") as handle:
+                docs.append(json.loads(handle.read()))
+        extraction = TasmotaOptions(host="127.0.0.1", values=TasmotaValues(
+            a_power="power_l1", b_power="power_l2", c_power="$.SML.power_l3", a_voltage="voltage_l1",
+            a_current="current_l1", frequency="Frequenz",
+            energy_import=TasmotaValue(field="Total_in", unit="kWh"),
+            energy_export=TasmotaValue(field="Total_out", unit="kWh"))).extraction()
+
+        def body(data: bytes, problems: Problems) -> None:
+            try:
+                reading = read_sensor(extraction, data, ARRIVAL)
+            except (DocumentError, ValueProblem, PathError, PasswordRefused):
+                return
+            self.check_reading(problems, "tasmota", reading, data)
+
+        run_target(self, "tasmota.read_sensor(mutated fixtures)", 500,
+                   st.one_of(fs.json_bodies(tuple(docs)), fs.any_json_body), body)
+
+
+class SmlFuzzTests(SourceFuzzCase):
+    def test_read_sml(self) -> None:
+        """Real SML frames with bytes flipped, cut, spliced or repeated → read_sml: values or SmlError/ValueProblem."""
+        from meteremu.sources.jsonfields import ValueProblem
+        from meteremu.sources.smlparse import SmlError, read_sml
+        from tests.support.sml import sml_frame
+
+        frames = tuple(sml_frame(n) for n in ("ebz_per_phase_power.hex", "hly_total_power_voltages.hex",
+                                              "dzg_1_8_0_only.hex"))
+
+        @st.composite
+        def damaged(draw: Any) -> bytes:
+            data = bytearray(draw(st.sampled_from(frames)))
+            for _ in range(draw(st.integers(0, 4))):
+                at = draw(st.integers(0, len(data) - 1))
+                how = draw(st.sampled_from(["flip", "cut", "insert", "drop"]))
+                if how == "flip":
+                    data[at] = draw(st.integers(0, 255))
+                elif how == "cut":
+                    del data[at:]
+                    if not data:
+                        break
+                elif how == "insert":
+                    data[at:at] = draw(st.binary(max_size=8))
+                else:
+                    del data[at:at + draw(st.integers(1, 8))]
+                    if not data:
+                        break
+            return bytes(data) * draw(st.integers(1, 2))
+
+        @st.composite
+        def recrc(draw: Any) -> bytes:
+            """The frame's inside mutated and the CRC recomputed: the mutation reaches smllib's parser."""
+            from smllib.crc import x25
+
+            frame = draw(st.sampled_from(frames))
+            inside = bytearray(frame[8:-8])
+            for _ in range(draw(st.integers(1, 4))):
+                at = draw(st.integers(0, max(0, len(inside) - 1)))
+                how = draw(st.sampled_from(["flip", "insert", "drop"]))
+                if how == "flip" and inside:
+                    inside[at] = draw(st.integers(0, 255))
+                elif how == "insert":
+                    inside[at:at] = draw(st.binary(min_size=1, max_size=8))
+                else:
+                    del inside[at:at + draw(st.integers(1, 8))]
+            head = frame[:8] + bytes(inside) + frame[-8:-2]
+            crc = x25.get_crc(head)
+            return head + bytes([crc >> 8, crc & 0xFF])
+
+        def body(data: bytes, problems: Problems) -> None:
+            try:
+                sml = read_sml(data)
+                reading = sml.reading(ARRIVAL)
+            except (SmlError, ValueProblem):
+                return
+            self.check_reading(problems, "sml", reading, data)
+
+        run_target(self, "smlparse.read_sml(damaged real frames)", 500,
+                   st.one_of(damaged(), recrc(), recrc(), st.binary(max_size=300)), body)
+
+    def test_stream(self) -> None:
+        """Real frames, noise and damaged bytes in random chunks → SmlStream: values or Rejected, never more."""
+        from meteremu.sources.smlparse import Rejected, SmlStream, SmlValues
+        from tests.support.sml import sml_frame
+
+        frames = [sml_frame(n) for n in ("ebz_per_phase_power.hex", "hly_total_power_voltages.hex",
+                                         "dzg_1_8_0_only.hex", "noise_issue15.hex")]
+        parts = st.lists(st.one_of(st.sampled_from(frames), st.binary(max_size=40),
+                                   st.sampled_from(frames).map(lambda f: f[: len(f) // 2])), max_size=6)
+
+        def body(value: Any, problems: Problems) -> None:
+            chunks, cuts = value
+            data = b"".join(chunks)
+            stream = SmlStream()
+            out: list[Any] = []
+            for chunk in fs.chunks(data, cuts):
+                out += stream.feed(chunk)
+            for item in out:
+                if isinstance(item, SmlValues):
+                    self.check_reading(problems, "sml stream", item.reading(ARRIVAL), data)
+                elif not isinstance(item, Rejected):
+                    problems.add(f"feed returned {type(item).__name__}", data)
+            if len(stream.reader.bytes) > 8 * 1024 + 64:
+                problems.add("the stream buffer grew past its limit", data)
+
+        run_target(self, "smlparse.SmlStream(chunks of frames and noise)", 300,
+                   st.tuples(parts, st.lists(st.integers(0, 2000), max_size=8)), body)
+
+
+class ShellySourceFuzzTests(SourceFuzzCase):
+    def test_reading_of(self) -> None:
+        """Mutated Pro 3EM GetStatus results and NotifyStatus deltas → a Reading or a named refusal."""
+        from meteremu.sources.jsonfields import DocumentError, ValueProblem, decode_document
+        from meteremu.sources.shelly.parse import merge_status, reading_of
+        from tests.support import fixture_json
+
+        status = fixture_json("shelly", "aioshelly_gen2_pro3em_fw1.1.0.json")["status"]
+        base = decode_document(json.dumps(status).encode())
+
+        def body(value: Any, problems: Problems) -> None:
+            data, as_delta = value
+            try:
+                doc = decode_document(data)
+            except DocumentError:
+                return
+            try:
+                if as_delta:
+                    reading = reading_of(merge_status(copy.deepcopy(base), doc), (), ARRIVAL)
+                else:
+                    reading = reading_of(doc, (), ARRIVAL)
+            except ValueProblem:
+                return
+            self.check_reading(problems, "shelly", reading, data)
+
+        run_target(self, "shelly.reading_of(mutated fixtures)", 400,
+                   st.tuples(st.one_of(fs.json_bodies((status, {"em:0": status["em:0"]})), fs.any_json_body),
+                             st.booleans()), body)
+
+
+class NewSourceOptionsFuzzTests(SourceFuzzCase):
+    def test_options_of_any_shape(self) -> None:
+        """Configs of the new source types with any values: parsed, or a ConfigError, never a crash."""
+        from meteremu.config import ConfigError, parse_config
+        from meteremu.sources import option_types
+
+        kinds = ("http_json", "tasmota", "tibber_pulse", "sml", "shelly")
+        good = {"http_json": {"url": "http://127.0.0.1/", "values": {"power": "$.p"}},
+                "tasmota": {"host": "127.0.0.1", "values": {"power": "Power_curr"}},
+                "tibber_pulse": {"host": "127.0.0.1"}, "sml": {"serial": "/dev/ttyUSB0"},
+                "shelly": {"host": "127.0.0.1"}}
+        value_specs = st.one_of(fz.any_text, st.fixed_dictionaries({}, optional={
+            "path": fz.any_text, "field": fz.any_text, "unit": fz.any_text, "scale": fz.yaml_values(),
+            "invert": fz.yaml_values()}), fz.yaml_values())
+        values = st.dictionaries(st.sampled_from(["power", "a_power", "energy_import", "a_voltage", "x"]),
+                                 value_specs, max_size=3)
+        strategy = st.sampled_from(kinds).flatmap(
+            lambda kind: st.tuples(st.just(kind), fz.dataclass_dicts(option_types()[kind],
+                                                                     extra={"values": values})))
+
+        def body(value: Any, problems: Problems) -> None:
+            kind, options = value
+            source = {**good[kind], **options, "type": kind}
+            try:
+                parse_config({"meters": {"m": {"source": source}}}, "(fuzz)", env={})
+            except ConfigError:
+                return
+
+        run_target(self, "config of http_json/tasmota/tibber_pulse/sml/shelly(any values)", 400, strategy, body)
+
+    def test_gen1_reading_of(self) -> None:
+        """Mutated Gen1 /status answers (EM, 1PM) → a Reading or a named refusal."""
+        from meteremu.sources.jsonfields import DocumentError, ValueProblem, decode_document
+        from meteremu.sources.shelly.parse import gen1_reading_of
+        from tests.support import fixture_json
+
+        docs = tuple(fixture_json("shelly_gen1", n) for n in ("status_shelly_em.json", "status_shelly_1pm.json"))
+
+        def body(data: bytes, problems: Problems) -> None:
+            try:
+                reading = gen1_reading_of(decode_document(data), (), ARRIVAL)
+            except (DocumentError, ValueProblem):
+                return
+            self.check_reading(problems, "shelly gen1", reading, data)
+
+        run_target(self, "shelly.gen1_reading_of(mutated fixtures)", 300,
+                   st.one_of(fs.json_bodies(docs), fs.any_json_body), body)

@@ -34,9 +34,15 @@ MINIMAL = {
     "homewizard": {"type": "homewizard", "host": "192.168.1.50"},
     "kamstrup": {"type": "kamstrup", "serial": "/dev/ttyUSB0"},
     "mqtt": {"type": "mqtt", "values": {"power": "meter/power"}},
+    "http_json": {"type": "http_json", "url": "http://192.168.1.60/api", "values": {"power": "$.power"}},
+    "tasmota": {"type": "tasmota", "host": "192.168.1.70", "values": {"power": "Power_curr"}},
+    "tibber_pulse": {"type": "tibber_pulse", "host": "192.168.1.80"},
+    "sml": {"type": "sml", "serial": "/dev/ttyUSB0"},
+    "shelly": {"type": "shelly", "host": "192.168.1.90"},
 }
 
-ENV = {"HA_TOKEN": "t", "ENVOY_TOKEN": "t", "HOMEWIZARD_TOKEN": "t", "MQTT_PASSWORD": "p"}
+ENV = {"HA_TOKEN": "t", "ENVOY_TOKEN": "t", "HOMEWIZARD_TOKEN": "t", "MQTT_PASSWORD": "p",
+       "TIBBER_BRIDGE_PASSWORD": "p"}
 
 _CHECK = """
 import json, sys
@@ -73,6 +79,6 @@ class RegistryContractTests(SynchronousTestCase):
     def test_packages_expose_only_the_registry_hooks(self) -> None:
         import importlib
 
-        for kind in ("homeassistant", "homewizard", "kamstrup"):
+        for kind in ("homeassistant", "homewizard", "kamstrup", "http_json", "tasmota", "tibber_pulse", "sml", "shelly"):
             module = importlib.import_module(SOURCE_MODULES[kind])
             self.assertEqual(sorted(module.__all__), ["Options", "PUSH", "make_source"], kind)

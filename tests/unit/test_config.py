@@ -704,7 +704,8 @@ class ShippedFilesTests(SynchronousTestCase):
         from meteremu.config import load_meter_file
         from meteremu.sources import SOURCE_MODULES
 
-        env = {"HA_TOKEN": "t", "ENVOY_TOKEN": "t", "HOMEWIZARD_TOKEN": "t", "MQTT_PASSWORD": "p"}
+        env = {"HA_TOKEN": "t", "ENVOY_TOKEN": "t", "HOMEWIZARD_TOKEN": "t", "MQTT_PASSWORD": "p",
+               "TIBBER_BRIDGE_PASSWORD": "p"}
         for kind in SOURCE_MODULES:
             meter = load_meter_file(os.path.join(ETC, "examples", f"{kind}.yaml"), env=env)
             self.assertEqual(meter.source.type, kind)

@@ -129,6 +129,15 @@ class CompressedStateTests(SynchronousTestCase):
         self.assertEqual(dict(out.reading.extras), {})
         self.assertNotIn("sensor.h", t.states)
 
+    def test_an_entity_added_and_removed_in_one_event_is_removed(self) -> None:
+        """Found by fuzzing: the removal stands and the state is never read again."""
+        t = tracker(b_power="sensor.b", a_power="sensor.a", c_power="sensor.c")
+        base = {"a": {"unit_of_measurement": "W"}, "lc": 1700000000.0}
+        out = t.apply_event({"a": {"sensor.b": {"s": "5", **base}}, "c": {"sensor.b": {"+": {"s": "6"}}},
+                             "r": ["sensor.b"]})
+        self.assertNotIn("sensor.b", t.states)
+        self.assertEqual(out.down, "sensor.b was removed from Home Assistant")
+
     def test_array_frame_is_several_messages(self) -> None:
         frames = ha.parse_frame(b'[{"id":1,"type":"result","success":true,"result":null},'
                                 b'{"id":1,"type":"event","event":{"a":{}}}]')

@@ -293,7 +293,9 @@ def apply_event(states: dict[str, dict[str, Any]], event: Mapping[str, Any],
     for entity_id in removals:
         if isinstance(entity_id, str) and states.pop(entity_id, None) is not None:
             removed.add(entity_id)
-    return updated, removed
+    # Core never adds and removes one entity in one event; if a server does,
+    # the removal stands (the state is gone) and nothing reads it as updated.
+    return updated - removed, removed
 
 
 # -- entity mapping ---------------------------------------------------------------

@@ -19,25 +19,21 @@ documentation: docs/sources.md, "MQTT".
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from meteremu.configtypes import Duration
 from meteremu.mqttoptions import BrokerOptions, TLSOptions
-from meteremu.sources.mqtt.mapping import (
-    PathError,
-    parse_path,
-    topic_problem,
-    unit_factor,
-)
+from meteremu.sources.mqtt.mapping import PathError, parse_path, topic_problem
 from meteremu.sources.values import (
-    COUNTER_KEYS,
     DEFAULT_UNIT,
     KEY_KIND,
     Smoothing,
-    has_power_key,
-    power_key_errors,
+    layout_errors,
     quantity_fields,
+    unit_factor,
+    value_items,
+    value_where,
 )
 
 if TYPE_CHECKING:  # the service imports paho: only when built
@@ -97,19 +93,12 @@ class Values:
 
     def items(self) -> list[tuple[str, int, ValueSource]]:
         """``(key, index, value)`` for every configured value."""
-        out: list[tuple[str, int, ValueSource]] = []
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value is None:
-                continue
-            for index, item in enumerate(value if isinstance(value, tuple) else (value,)):
-                out.append((f.name, index, item))
-        return out
+        return value_items(self)
 
     def validate(self) -> list[tuple[str, str]]:
         errors: list[tuple[str, str]] = []
         for key, index, item in self.items():
-            where = key if not isinstance(getattr(self, key), tuple) else f"{key}[{index}]"
+            where = value_where(self, key, index)
             if isinstance(item, str):
                 if item.startswith("$"):
                     try:
@@ -126,15 +115,7 @@ class Values:
                 unit_factor(kind, item.unit if item.unit is not None else DEFAULT_UNIT[kind])
             except ValueError as err:
                 errors.append((f"{where}.unit", str(err)))
-        # The quantity fields are added by @quantity_fields: read by name, not as attributes.
-        configured = {f.name: getattr(self, f.name) for f in fields(self)}
-        for key in COUNTER_KEYS:
-            if isinstance(configured[key], tuple) and not configured[key]:
-                errors.append((key, "at least one value (or leave it out)"))
-        errors += power_key_errors(configured, "value")
-        if not has_power_key(configured):
-            errors.append(("power", "a power value (power, or a_power/b_power/c_power)"))
-        return errors
+        return errors + layout_errors(self, "value")
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,7 @@ from meteremu.sources.values import (
     next_measured_at,
     out_of_range,
     reading_parts,
+    unit_factor,
 )
 
 MAX_PAYLOAD = 1 << 20
@@ -183,15 +184,7 @@ def parse_path(text: str) -> Path:
     return Path(source, tuple(steps))
 
 
-# -- units ------------------------------------------------------------------------------
-
-def unit_factor(kind: str, unit: str | None) -> Fraction:
-    """The factor from ``unit`` to the canonical unit of ``kind``; ``ValueError`` if unknown."""
-    factors = UNITS[kind]
-    if unit not in factors:
-        known = ", ".join(u for u in factors if u)
-        raise ValueError(f"a {kind} unit ({known}); got {unit!r}")
-    return factors[unit]
+# -- units: :func:`meteremu.sources.values.unit_factor` (imported above, kept importable from here)
 
 
 # -- payload values ----------------------------------------------------------------------
