@@ -136,7 +136,9 @@ def entries_of(frame: Any) -> list[tuple[str, Any, Any, Any]]:
 
     try:
         return [(e.obis, e.value, e.unit, e.scaler) for e in frame.get_obis()]
-    except (SmlLibException, ValueError, TypeError, IndexError, KeyError, RecursionError) as exc:
+    except (SmlLibException, ValueError, TypeError, IndexError, KeyError, AttributeError, RecursionError) as exc:
+        # smllib walks the frame's TLV tree as the bytes say; damaged (CRC-valid) frames make it
+        # fail in any of these ways, or hand back a text where an entry belongs (AttributeError).
         raise SmlError(f"undecodable SML list ({type(exc).__name__})") from None
 
 
