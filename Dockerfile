@@ -16,11 +16,15 @@ ARG WHEELS=
 # FORECAST=0: a smaller image without numpy/scipy/scikit-learn (forecasting,
 # imported only when enabled, then refuses to start with a clear message).
 ARG FORECAST=1
+# EXTRAS: optional features, e.g. EXTRAS=sml for the tibber_pulse and sml
+# sources (smllib, GPL-3.0: not in the default image).
+ARG EXTRAS=
 COPY . /src
 RUN set -eu; \
     if [ -n "$WHEELS" ]; then set -- --no-index --find-links "/src/$WHEELS"; fi; \
+    target=/src; if [ -n "$EXTRAS" ]; then target="/src[$EXTRAS]"; fi; \
     python3 -m venv /opt/meteremu; \
-    /opt/meteremu/bin/pip install --no-cache-dir --no-compile "$@" /src; \
+    /opt/meteremu/bin/pip install --no-cache-dir --no-compile "$@" "$target"; \
     if [ "$FORECAST" = 0 ]; then \
         /opt/meteremu/bin/pip uninstall -q -y scikit-learn scipy numpy joblib threadpoolctl; \
     fi; \
