@@ -187,6 +187,11 @@ class Controller:
         if abs(error) < opts.fast_error and len(self._window) < opts.average:
             return
         judged = error if abs(error) >= opts.fast_error else sum(self._window) / len(self._window)
+        if abs(error) < opts.fast_error and abs(judged) >= opts.deadband and not self._consistent(judged):
+            # followed only once every quiet reading of the window shows it: a load that
+            # comes and goes (a washer's motor pausing 3 s) would be chased
+            view.quality = Quality.OFF_TARGET
+            return
         if abs(judged) < opts.deadband:
             view.quality = Quality.STABLE
             if self._unbalanced(reporting, now):
@@ -273,6 +278,12 @@ class Controller:
         if now < battery.empty_until:
             hi = min(hi, max(battery.empty_at, 0.0))
         return lo, hi
+
+    def _consistent(self, judged: float) -> bool:
+        """Every reading of the window on the side of ``judged``, and beyond the deadband
+        when the error is mid-size (three deadbands or more)."""
+        floor = self.options.deadband if abs(judged) >= 3 * self.options.deadband else 0.0
+        return all(e * judged > 0 and abs(e) >= floor for e in self._window)
 
     def _unbalanced(self, reporting: list[BatteryState], now: float) -> bool:
         """Someone is further than ``rebalance`` from its share of what they put out together."""
