@@ -46,6 +46,7 @@ from meteremu.reading import Reading
 
 BIG = 1e6  # W: "no known limit"
 SATURATION_EVIDENCE = 50.0  # W: only an adjustment this large that is not followed counts as a miss
+FORGET_AFTER = 60.0  # s without a poll: the battery is gone (a CT forgets it sooner and says so)
 MISSES = 1  # an adjustment sent twice (past the spike filter) and not followed: full or empty
 
 
@@ -150,7 +151,13 @@ class Controller:
         return battery
 
     def forget(self, key: str) -> None:
+        """A battery left (its device evicted it): its power no longer counts."""
         self.batteries.pop(key, None)
+
+    def _prune(self, now: float) -> None:
+        """Forget batteries silent for ``FORGET_AFTER`` s (a device that never says so)."""
+        for key in [k for k, b in self.batteries.items() if now - b.seen_at > FORGET_AFTER]:
+            del self.batteries[key]
 
     def reading(self, grid: float | None) -> None:
         """A new meter reading (total W, + import). None or NaN: nothing is decided."""
@@ -171,6 +178,7 @@ class Controller:
         del view.recent[:-opts.average]
         view.silent_error = sum(view.recent) / len(view.recent)
         self._update_gain(now, error)
+        self._prune(now)
         if not self.batteries:
             view.quality = Quality.IDLE
             return

@@ -63,6 +63,20 @@ class SlotTests(SynchronousTestCase):
         self.assertNotEqual(h.ask(10), "slots_full")
         self.assertNotIn(mac(1), h.device.clients.active_batteries())
 
+    def test_an_evicted_battery_leaves_the_controller(self) -> None:
+        h = Harness(Ct002Options())
+        h.publish(100.0)
+        for _ in range(4):
+            h.ask(1, "A", 300)
+            h.ask(2, "B", 200)
+            h.clock.advance(1.0)
+        assert h.device.controller is not None
+        self.assertEqual(set(h.device.controller.batteries), {mac(1), mac(2)})
+        for _ in range(8):  # battery 2 stops polling
+            h.ask(1, "A", 300)
+            h.clock.advance(1.0)
+        self.assertEqual(set(h.device.controller.batteries), {mac(1)})
+
     def test_a_known_cadence_is_evicted_after_two_intervals(self) -> None:
         h = Harness(Ct002Options(mode="relay", eviction_floor=5.0))
         h.publish(100.0)

@@ -85,7 +85,8 @@ class CtDevice:
         self.options, self.identity, self.meter, self.clock = options, identity, meter, clock
         self.kind = options.KIND
         self.controller = controller if options.mode == "control" else None
-        self.slots = SlotTable(clock, options.slots, options.eviction_floor)
+        forget = self.controller.forget if self.controller is not None else None
+        self.slots = SlotTable(clock, options.slots, options.eviction_floor, on_evict=forget)
         self.clients = CtClients(self)
         self.dropped: dict[str, int] = {}
         self.answered = 0
