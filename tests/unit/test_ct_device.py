@@ -205,6 +205,20 @@ class StaleTests(SynchronousTestCase):
         assert isinstance(answer, codec.CtResponse)
         self.assertEqual(answer.phase_power[0], -300)
 
+    def test_relay_fallback_keeps_the_round_robin_going(self) -> None:
+        h = Harness(Ct002Options(mode="relay", on_stale=FallbackPolicy(0.0)))
+        self.go_stale(h)
+        answered, totals = [], []
+        for _ in range(8):
+            for battery in (1, 2):
+                answer = h.ask(battery, "A", 150)
+                if isinstance(answer, codec.CtResponse):
+                    answered.append(battery)
+                    totals.append(answer.total_power)
+            h.clock.advance(0.5)
+        self.assertEqual(answered, [1, 2, 1, 2])
+        self.assertEqual(totals[-1], -300)  # aim 0 W in total: both put out 150 W
+
     def test_nan_is_never_served(self) -> None:
         h = Harness(Ct002Options(on_stale="hold"))
         h.publish(float("nan"))
