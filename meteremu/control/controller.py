@@ -46,6 +46,7 @@ from meteremu.reading import Reading
 
 BIG = 1e6  # W: "no known limit"
 SATURATION_EVIDENCE = 50.0  # W: only an adjustment this large that is not followed counts as a miss
+FORGET_AFTER = 60.0  # s without a poll: the battery is gone (a CT forgets it sooner and says so)
 MISSES = 1  # an adjustment sent twice (past the spike filter) and not followed: full or empty
 
 
@@ -150,7 +151,13 @@ class Controller:
         return battery
 
     def forget(self, key: str) -> None:
+        """A battery left (its device evicted it): its power no longer counts."""
         self.batteries.pop(key, None)
+
+    def _prune(self, now: float) -> None:
+        """Forget batteries silent for ``FORGET_AFTER`` s (a device that never says so)."""
+        for key in [k for k, b in self.batteries.items() if now - b.seen_at > FORGET_AFTER]:
+            del self.batteries[key]
 
     def reading(self, grid: float | None) -> None:
         """A new meter reading (total W, + import). None or NaN: nothing is decided."""
@@ -171,6 +178,7 @@ class Controller:
         del view.recent[:-opts.average]
         view.silent_error = sum(view.recent) / len(view.recent)
         self._update_gain(now, error)
+        self._prune(now)
         if not self.batteries:
             view.quality = Quality.IDLE
             return
@@ -187,6 +195,11 @@ class Controller:
         if abs(error) < opts.fast_error and len(self._window) < opts.average:
             return
         judged = error if abs(error) >= opts.fast_error else sum(self._window) / len(self._window)
+        if abs(error) < opts.fast_error and abs(judged) >= opts.deadband and not self._consistent(judged):
+            # followed only once every quiet reading of the window shows it: a load that
+            # comes and goes (a washer's motor pausing 3 s) would be chased
+            view.quality = Quality.OFF_TARGET
+            return
         if abs(judged) < opts.deadband:
             view.quality = Quality.STABLE
             if self._unbalanced(reporting, now):
@@ -273,6 +286,12 @@ class Controller:
         if now < battery.empty_until:
             hi = min(hi, max(battery.empty_at, 0.0))
         return lo, hi
+
+    def _consistent(self, judged: float) -> bool:
+        """Every reading of the window on the side of ``judged``, and beyond the deadband
+        when the error is mid-size (three deadbands or more)."""
+        floor = self.options.deadband if abs(judged) >= 3 * self.options.deadband else 0.0
+        return all(e * judged > 0 and abs(e) >= floor for e in self._window)
 
     def _unbalanced(self, reporting: list[BatteryState], now: float) -> bool:
         """Someone is further than ``rebalance`` from its share of what they put out together."""

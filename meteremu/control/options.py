@@ -20,10 +20,11 @@ class ControlOptions:
     target: float = field(default=0.0, metadata={"doc": "grid power to aim at (W, + import)"})
     deadband: float = field(default=20.0, metadata={
         "doc": "grid error (W) left alone: below it no battery is moved (no hunting on noise)"})
-    average: int = field(default=3, metadata={
+    average: int = field(default=4, metadata={
         "doc": "a small error is judged on the mean of this many quiet readings (meter noise)"})
-    fast_error: float = field(default=80.0, metadata={
-        "doc": "an error this large (W) is acted on at once, without averaging (a step)"})
+    fast_error: float = field(default=250.0, metadata={
+        "doc": "an error this large (W) is acted on at once (a kettle, an oven); a smaller one only once "
+               "'average' quiet readings agree on its side (a washer's motor pausing is not chased)"})
     min_step: float = field(default=15.0, metadata={
         "doc": "smallest adjustment given to one battery (W): below the firmware deadband it is ignored"})
     import_bias: float = field(default=5.0, metadata={

@@ -63,6 +63,20 @@ class SlotTests(SynchronousTestCase):
         self.assertNotEqual(h.ask(10), "slots_full")
         self.assertNotIn(mac(1), h.device.clients.active_batteries())
 
+    def test_an_evicted_battery_leaves_the_controller(self) -> None:
+        h = Harness(Ct002Options())
+        h.publish(100.0)
+        for _ in range(4):
+            h.ask(1, "A", 300)
+            h.ask(2, "B", 200)
+            h.clock.advance(1.0)
+        assert h.device.controller is not None
+        self.assertEqual(set(h.device.controller.batteries), {mac(1), mac(2)})
+        for _ in range(8):  # battery 2 stops polling
+            h.ask(1, "A", 300)
+            h.clock.advance(1.0)
+        self.assertEqual(set(h.device.controller.batteries), {mac(1)})
+
     def test_a_known_cadence_is_evicted_after_two_intervals(self) -> None:
         h = Harness(Ct002Options(mode="relay", eviction_floor=5.0))
         h.publish(100.0)
@@ -190,6 +204,20 @@ class StaleTests(SynchronousTestCase):
         answer = h.ask(1, "A", 400)  # putting out 400 W; the fallback wants 100 W in total
         assert isinstance(answer, codec.CtResponse)
         self.assertEqual(answer.phase_power[0], -300)
+
+    def test_relay_fallback_keeps_the_round_robin_going(self) -> None:
+        h = Harness(Ct002Options(mode="relay", on_stale=FallbackPolicy(0.0)))
+        self.go_stale(h)
+        answered, totals = [], []
+        for _ in range(8):
+            for battery in (1, 2):
+                answer = h.ask(battery, "A", 150)
+                if isinstance(answer, codec.CtResponse):
+                    answered.append(battery)
+                    totals.append(answer.total_power)
+            h.clock.advance(0.5)
+        self.assertEqual(answered, [1, 2, 1, 2])
+        self.assertEqual(totals[-1], -300)  # aim 0 W in total: both put out 150 W
 
     def test_nan_is_never_served(self) -> None:
         h = Harness(Ct002Options(on_stale="hold"))

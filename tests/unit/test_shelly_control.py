@@ -44,10 +44,17 @@ class ShellyControlTests(SynchronousTestCase):
         for policy, expected in (("hold", 0.0), (FallbackPolicy(150.0), 150.0)):
             device = self.device(on_stale=policy)
             device.meter.update(sample_reading(self.clock.seconds(), powers=(600.0, 0.0, 0.0)))
-            self.total(device, "10.0.0.1")
-            self.total(device, "10.0.0.1")
+            for ip in ("10.0.0.1", "10.0.0.2") * 2:
+                self.total(device, ip)
             self.clock.advance(11.0)
             self.assertAlmostEqual(self.total(device, "10.0.0.1"), expected, delta=0.01)
+
+    def test_a_battery_alone_is_served_the_reading(self) -> None:
+        device = self.device()
+        device.meter.update(sample_reading(self.clock.seconds(), powers=(600.0, 200.0, 0.0)))
+        for _ in range(3):
+            total = self.total(device, "10.0.0.1")
+        self.assertAlmostEqual(total, 800.0, delta=0.01)
 
     def test_control_and_scaling_are_exclusive(self) -> None:
         from meteremu.devices.shelly.options import ScalingOptions

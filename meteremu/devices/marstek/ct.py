@@ -85,7 +85,8 @@ class CtDevice:
         self.options, self.identity, self.meter, self.clock = options, identity, meter, clock
         self.kind = options.KIND
         self.controller = controller if options.mode == "control" else None
-        self.slots = SlotTable(clock, options.slots, options.eviction_floor)
+        forget = self.controller.forget if self.controller is not None else None
+        self.slots = SlotTable(clock, options.slots, options.eviction_floor, on_evict=forget)
         self.clients = CtClients(self)
         self.dropped: dict[str, int] = {}
         self.answered = 0
@@ -219,8 +220,10 @@ class CtDevice:
             if synthetic is None:  # hold: zero in every field
                 return self._response(slot, ct_mac, (0, 0, 0), 0, self._counts(active))
             grid = (synthetic / 3, synthetic / 3, synthetic / 3)
-            self._cycle += 1 if self.clock.seconds() - self._fallback_at >= FALLBACK_PERIOD else 0
-            self._fallback_at = self.clock.seconds()
+            now = self.clock.seconds()
+            if now - self._fallback_at >= FALLBACK_PERIOD:  # a synthetic reading: a new cycle
+                self._fallback_at = now
+                self._cycle += 1
         if not self._relay_turn(slot, active):
             return None
         self._info_idx = (self._info_idx + 1) % 256

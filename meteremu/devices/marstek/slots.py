@@ -12,6 +12,7 @@ keep polling.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,8 +57,10 @@ class Slot:
 class SlotTable:
     """Batteries by MAC, least recently seen first."""
 
-    def __init__(self, clock: IClock, size: int = 9, floor: float = 5.0) -> None:
+    def __init__(self, clock: IClock, size: int = 9, floor: float = 5.0,
+                 on_evict: Callable[[str], None] | None = None) -> None:
         self.clock, self.size, self.floor = clock, size, floor
+        self.on_evict = on_evict or (lambda mac: None)
         self.slots: OrderedDict[str, Slot] = OrderedDict()
         self.refused = 0  # polls refused because every slot was taken
         self.evicted = 0
@@ -67,6 +70,7 @@ class SlotTable:
         gone = [mac for mac, slot in self.slots.items() if now - slot.last_seen > slot.ttl(self.floor)]
         for mac in gone:
             del self.slots[mac]
+            self.on_evict(mac)
         self.evicted += len(gone)
         return gone
 

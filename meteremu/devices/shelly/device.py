@@ -96,12 +96,14 @@ class ShellyDevice:
     def scale_for(self, ctx: CallContext) -> float:
         """The factor for power and current served to this caller (request-side scaling).
 
-        Under ``control:`` a battery is served its own value from the meter's
-        controller, as the factor that turns the reading's total into it. While
+        Under ``control:`` each of several batteries is served its own value from
+        the meter's controller, as the factor that turns the reading's total into it. While
         the meter is stale the controller is not asked: ``hold`` serves a zero
         adjustment, ``fallback`` the fallback value as it is.
         """
-        if self.controller is None or ctx.peer is None or not self.clients.is_battery(ctx.peer):
+        if (self.controller is None or ctx.peer is None or not self.clients.is_battery(ctx.peer)
+                or self.clients.battery_count() <= 1):
+            # a battery alone is served the reading as it is (its own law and spike filter do best)
             return self.clients.scale_for(ctx)
         meter = self.meter
         if meter.freshness() is not Freshness.FRESH or meter.latest is None:
