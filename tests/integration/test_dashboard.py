@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import socket
 from datetime import UTC, datetime
 from typing import Any
 
@@ -327,11 +328,28 @@ class BrowserTests(TestCase):
                 self.assertEqual(handle.read(8), b"\x89PNG\r\n\x1a\n")
 
 
-def browse_ingress(url: str, out: str) -> dict[str, Any]:
-    """Run in a thread: the page under an ingress prefix, as Home Assistant's sidebar loads it."""
+BATTERIES = ("AABBCCDDEE01", "AABBCCDDEE02")
+
+
+def poll_ct(port: int) -> None:
+    """Two Venus batteries ask the CT002 device three times each (blocking: run in a thread)."""
+    from meteremu.devices.marstek.ct_codec import CtRequest, encode_request, parse_response
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(5)
+        for _ in range(3):
+            for mac, power in zip(BATTERIES, (300, -120), strict=True):
+                sock.sendto(encode_request(CtRequest("VNSE3-0", mac, "HME-4", "", "D", power)), ("127.0.0.1", port))
+                parse_response(sock.recv(2048))
+
+
+def browse_ingress(url: str, out: str, ct_port: int) -> dict[str, Any]:
+    """Run in a thread: the page under an ingress prefix, as Home Assistant's sidebar loads it,
+    with two batteries on a CT002 device (the battery panel)."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
+    poll_ct(ct_port)
     driver = headless_chrome(out, console=True)
     try:
         driver.set_page_load_timeout(30)
@@ -341,7 +359,11 @@ def browse_ingress(url: str, out: str) -> dict[str, Any]:
         wait.until(lambda d: find(By.ID, "total-power").text not in ("", "–"))
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#chart path.history"))
         wait.until(lambda d: find(By.CSS_SELECTOR, "#clients .device"))
-        return {"total": find(By.ID, "total-power").text,
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#clients .batteries tbody tr"))
+        rows = {row.get_attribute("data-key"): [c.text for c in row.find_elements(By.CSS_SELECTOR, "th, td")]
+                for row in driver.find_elements(By.CSS_SELECTOR, "#clients .batteries tbody tr")}
+        return {"total": find(By.ID, "total-power").text, "batteries": rows,
+                "quality": find(By.CSS_SELECTOR, "#clients .control .quality").text,
                 "admin_href": find(By.ID, "admin-link").get_attribute("href"),
                 "styled": driver.execute_script(
                     "return getComputedStyle(document.body).fontFamily"),
@@ -357,7 +379,12 @@ class IngressTests(TestCase):
 
     @inlineCallbacks
     def start(self) -> Any:
-        config = test_config(self.mktemp(), meters=TWO, server={
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.ct_port = probe.getsockname()[1]
+        devices = [{"type": "shelly_pro_3em", "meter": "grid"},
+                   {"type": "marstek_ct002", "meter": "grid", "udp_port": self.ct_port}]
+        config = test_config(self.mktemp(), meters=TWO, devices=devices, server={
             "host": "127.0.0.1", "http_port": 0, "ingress_proxies": ["127.0.0.1"]})
         app = yield start_app(self, config)
         port = reactor.listenTCP(0, ingress_site(app.http_port()), interface="127.0.0.1")
@@ -383,8 +410,15 @@ class IngressTests(TestCase):
         base = yield self.start()
         out = os.path.abspath(self.mktemp())
         os.makedirs(out)
-        seen = yield threads.deferToThread(browse_ingress, base + "/ui", out)
+        seen = yield threads.deferToThread(browse_ingress, base + "/ui", out, self.ct_port)
         self.assertRegex(seen["total"], r"^\d[\d.]* k?W$")
+        self.assertEqual(set(seen["batteries"]), set(BATTERIES))
+        first = seen["batteries"][BATTERIES[0]]
+        self.assertEqual(first[0], BATTERIES[0])
+        self.assertEqual(first[1], "300 W")  # its reported power (+ discharge)
+        self.assertEqual(seen["batteries"][BATTERIES[1]][1], "−120 W")
+        self.assertRegex(first[4], r"^\d+ %$")
+        self.assertIn(seen["quality"], ("idle", "stable", "off target", "limited: batteries full or empty"))
         self.assertEqual(seen["admin_href"], base + "/admin/overview")
         self.assertNotIn("Times", seen["styled"])  # style.css was found under the prefix
         self.assertEqual(seen["console"], [])

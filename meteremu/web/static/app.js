@@ -217,6 +217,7 @@
       head.appendChild(b);
       head.appendChild(document.createTextNode(" (meter " + dev.meter + ")"));
       wrap.appendChild(head);
+      if (dev.control) wrap.appendChild(renderControl(dev.control, dev.clients));
       if (!dev.clients.length) {
         var empty = document.createElement("div");
         empty.className = "muted small"; empty.textContent = "no client has asked yet";
@@ -226,7 +227,7 @@
         var row = document.createElement("div");
         row.className = "client";
         var ip = document.createElement("span");
-        ip.className = "ip"; ip.textContent = c.ip;
+        ip.className = "ip"; ip.textContent = c.mac ? c.mac + " · " + c.ip : c.ip;
         var tr = document.createElement("span");
         tr.className = "tag"; tr.textContent = c.transport;
         row.appendChild(ip); row.appendChild(tr);
@@ -237,12 +238,66 @@
         }
         var meta = document.createElement("span");
         meta.className = "meta";
-        meta.textContent = fmtAge(Math.max(0, now - c.last_seen)) + " · " + c.requests + " req";
+        meta.textContent = fmtAge(Math.max(0, now - c.last_seen)) + " · " +
+          (c.requests !== undefined ? c.requests : c.polls) + " req";
         row.appendChild(meta);
         wrap.appendChild(row);
       });
       box.appendChild(wrap);
     });
+  }
+
+  var QUALITY = { idle: "idle", stable: "stable", off_target: "off target",
+                  limited: "limited: batteries full or empty" };
+
+  function fmtSignedW(w) {
+    if (w === null || w === undefined) return "–";
+    return (w < 0 ? "−" : "") + fmtW(w);
+  }
+
+  // Active control (docs/control.md): the meter's quality and each battery's
+  // reported power (+ discharge), target, the value served to it, its share.
+  // The controller is one per meter: each device shows the batteries among its
+  // own clients (CT clients by MAC, Shelly clients by IP).
+  function renderControl(c, clients) {
+    var own = {};
+    clients.forEach(function (cl) { own[cl.mac || cl.ip] = true; });
+    var batteries = c.batteries.filter(function (b) { return own[b.key]; });
+    var box = document.createElement("div");
+    box.className = "control";
+    box.setAttribute("data-quality", c.quality);
+    var head = document.createElement("div");
+    head.className = "control-head";
+    var q = document.createElement("span");
+    q.className = "quality"; q.textContent = QUALITY[c.quality] || c.quality;
+    head.appendChild(document.createTextNode("active control · "));
+    head.appendChild(q);
+    if (c.error !== null && c.error !== undefined) {
+      head.appendChild(document.createTextNode(" · grid off target by " + fmtSignedW(c.error)));
+    }
+    box.appendChild(head);
+    if (!batteries.length) return box;
+    var table = document.createElement("table");
+    table.className = "nums batteries";
+    var thead = document.createElement("thead"), hr = document.createElement("tr");
+    ["battery", "power", "target", "served", "share", "state"].forEach(function (h) {
+      var th = document.createElement("th"); th.textContent = h; hr.appendChild(th);
+    });
+    thead.appendChild(hr); table.appendChild(thead);
+    var body = document.createElement("tbody");
+    batteries.forEach(function (b) {
+      var tr = document.createElement("tr");
+      tr.setAttribute("data-key", b.key);
+      tr.setAttribute("data-state", b.state);
+      [b.key, fmtSignedW(b.power), fmtSignedW(b.target), fmtSignedW(b.served),
+       Math.round((b.share || 0) * 100) + " %", b.state].forEach(function (v, i) {
+        var td = document.createElement(i === 0 ? "th" : "td"); td.textContent = v; tr.appendChild(td);
+      });
+      body.appendChild(tr);
+    });
+    table.appendChild(body);
+    box.appendChild(table);
+    return box;
   }
 
   function renderModel(d) {
