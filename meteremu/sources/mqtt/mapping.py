@@ -9,6 +9,11 @@ JSON paths (:func:`parse_path`) — a small, fully tested subset of JSONPath
     $.SML.Power            $['ENERGY']["Total"]     $.Body.Data[0].P
     $.data[-1]             $..power                 SML.Power / Body.Data.0.P
 
+The lookups are jsonpath-ng's (``Fields``, ``Index``, ``Descendants``), as in
+the http_json and tasmota sources; the syntax is this subset, parsed here, so
+that a dotted segment of digits can index a list and ``..name`` picks one
+value, as users of the MQTT source have written paths since it existed.
+
 ``$`` is the document (optional); ``.name`` or ``['name']`` a key;
 ``[N]`` a list index (negative from the end); ``..name`` the first ``name``
 anywhere below, in document order. A dotted segment of digits indexes a list
@@ -95,35 +100,28 @@ _MISSING = object()
 
 
 def _step(node: Any, step: Step) -> Any:
+    """One step, looked up with jsonpath-ng's own path nodes (imported on first use).
+
+    The syntax stays this module's subset (parsed and validated by
+    :func:`parse_path`, with its messages); the lookups are the library's:
+    ``Fields`` for a key, ``Index`` for a list index, ``Descendants`` (an
+    iterative pre-order walk, so the first match is the first in document
+    order) for ``..name``. A dotted segment of digits is a key in an object
+    and an index in a list.
+    """
+    from jsonpath_ng.jsonpath import Descendants, Fields, Index, This
+
     if step.kind == "deep":
-        found = _deep(node, str(step.arg))
-        if found is _MISSING:
-            raise KeyError(step.arg)
-        return found
-    if step.kind == "index":
-        if isinstance(node, list) and -len(node) <= int(step.arg) < len(node):
-            return node[int(step.arg)]
+        matches = Descendants(This(), Fields(str(step.arg))).find(node)
+    elif step.kind == "index":
+        matches = Index(int(step.arg)).find(node)
+    elif step.kind == "name" and isinstance(node, list) and str(step.arg).isdigit():
+        matches = Index(int(step.arg)).find(node)
+    else:
+        matches = Fields(str(step.arg)).find(node)
+    if not matches:
         raise KeyError(step.arg)
-    name = str(step.arg)
-    if isinstance(node, dict) and name in node:
-        return node[name]
-    if step.kind == "name" and isinstance(node, list) and name.isdigit() and int(name) < len(node):
-        return node[int(name)]
-    raise KeyError(name)
-
-
-def _deep(node: Any, name: str) -> Any:
-    """The first ``name`` below ``node`` in document order (iterative: no recursion limit)."""
-    stack: list[Any] = [node]
-    while stack:
-        current = stack.pop()
-        if isinstance(current, dict):
-            if name in current:
-                return current[name]
-            stack.extend(reversed(list(current.values())))
-        elif isinstance(current, list):
-            stack.extend(reversed(current))
-    return _MISSING
+    return matches[0].value
 
 
 _NAME = re.compile(r"[^.\[\]]+")
