@@ -137,6 +137,7 @@ def build(config: Config, reactor: IReactor) -> App:
                        metrics if config.exporters.prometheus.enabled else None,
                        overview=app.overview, store=store.health)
     metrics.add_devices(lambda: app.devices)
+    metrics.add_connections(connections)
 
     # numpy/scikit-learn are imported only here, only when forecasting is on.
     # The dashboard (/ui) is always there; without forecasting it says so.

@@ -287,6 +287,16 @@ class CapTests(ConnectionsBase):
         yield self.served(again)  # room again once one is gone
 
     @inlineCallbacks
+    def test_refusals_and_evictions_are_in_the_metrics(self) -> Any:
+        self.registry.refused, self.registry.evicted = 3, 2
+        client = yield connect(self, self.http)
+        client.transport.write(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        yield client.closed.addTimeout(WAIT, reactor)
+        self.assertIn(b"meteremu_connections_refused_total 3.0", client.received)
+        self.assertIn(b"meteremu_connections_evicted_total 2.0", client.received)
+        self.assertIn(b'meteremu_connections{kind="http"} 1.0', client.received)
+
+    @inlineCallbacks
     def test_at_the_modbus_cap_the_oldest_silent_connection_makes_room(self) -> Any:
         reader = yield connect(self, self.modbus)
         reader.transport.write(modbus_read(1))
