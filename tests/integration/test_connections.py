@@ -255,6 +255,32 @@ class DeadlineTests(ConnectionsBase):
         yield client.closed.addTimeout(WAIT, reactor)
 
     @inlineCallbacks
+    def test_an_http_client_that_does_not_read_its_answers_is_dropped(self) -> Any:
+        before = set(self.registry.connections())
+        client = yield connect(self, self.http)
+        yield wait_for(lambda: len(self.registry.connections()) > len(before), timeout=WAIT)
+        channel = self.server_side(HTTP, before)
+        client.stop_reading()
+        channel.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
+        client.transport.write(GET * 5000)
+        yield wait_for(lambda: channel.state == HELD, timeout=WAIT)
+        yield wait_for(lambda: len(self.registry) == len(before), timeout=WAIT)  # dropped at idle_timeout
+        self.assertIsNone(channel._held)
+
+    @inlineCallbacks
+    def test_a_modbus_client_that_does_not_read_its_answers_is_dropped(self) -> Any:
+        before = set(self.registry.connections())
+        client = yield connect(self, self.modbus)
+        yield wait_for(lambda: len(self.registry.connections()) > len(before), timeout=WAIT)
+        protocol = self.server_side(MODBUS, before)
+        client.stop_reading()
+        protocol.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
+        client.transport.write(b"".join(modbus_read(tid) for tid in range(20000)))
+        yield wait_for(lambda: protocol._paused, timeout=WAIT)
+        yield wait_for(lambda: len(self.registry) == len(before), timeout=WAIT)
+        self.assertEqual(protocol.dropped_reason, "does not read its answers")
+
+    @inlineCallbacks
     def test_tcp_keep_alive_is_on(self) -> Any:
         before = set(self.registry.connections())
         yield connect(self, self.http)
