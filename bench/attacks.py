@@ -14,6 +14,10 @@ at most 60) while a battery polls UDP ``EM.GetStatus`` 50 times a second from
   process's open-files limit,
 * log lines the server wrote during the attack (the log-flood goal).
 
+Each attack runs ``--attack-repeats`` times (default 2): on a shared machine
+the battery's latency is taken from the least disturbed run, as the UDP
+section does with its best-of-three.
+
 Every attacker is a separate process (``python bench/attacks.py attack NAME
 …``) pinned to the load core, so it competes with the server as a LAN client
 would; attacks that need many connections or UDP sources spread them over
@@ -101,7 +105,18 @@ def log_lines(server: Server) -> int:
     return server.text().count("\n")
 
 
-def bench_attacks(seconds: float, settle: float, work: str, only: list[str] | None = None) -> dict[str, Any]:
+def merged(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row for repeated runs of an attack: the battery's figures from the least disturbed run
+    (other work on the machine only ever adds latency), memory and files from all of them."""
+    best = dict(min(runs, key=lambda r: r["p99_ms"]))
+    best.update(before_rss=runs[0]["before_rss"], after_rss=runs[-1]["after_rss"],
+                peak_rss=max(r["peak_rss"] for r in runs), peak_files=max(r["peak_files"] for r in runs),
+                log_lines=max(r["log_lines"] for r in runs), p99_runs=[round(r["p99_ms"], 2) for r in runs])
+    return best
+
+
+def bench_attacks(seconds: float, settle: float, work: str, only: list[str] | None = None,
+                  repeats: int = 1) -> dict[str, Any]:
     """Start the service, run each attack with the battery polling; one row per attack."""
     udp_port, modbus_port = free_ports(2)
     confd = os.path.join(work, "attacks", "conf.d")
@@ -113,16 +128,15 @@ def bench_attacks(seconds: float, settle: float, work: str, only: list[str] | No
     try:
         time.sleep(settle)  # start-up garbage released, first readings in
         baseline = rss_mib(server.pid)
-        quiet = run_one(server, ports, None, seconds, settle, confd)
-        rows.append(quiet)
+        rows.append(merged([run_one(server, ports, None, seconds, settle, confd) for _ in range(repeats)]))
         for name in only or ATTACKS:
-            rows.append(run_one(server, ports, name, seconds, settle, confd))
+            rows.append(merged([run_one(server, ports, name, seconds, settle, confd) for _ in range(repeats)]))
         final = rss_mib(server.pid)
         limit = files_limit(server.pid)
     finally:
         server.stop()
     return {"rows": rows, "seconds": seconds, "settle": settle, "baseline_rss": baseline, "final_rss": final,
-            "files_limit": limit, "max_connections": MAX_CONNECTIONS, "poll_hz": POLL_HZ}
+            "files_limit": limit, "max_connections": MAX_CONNECTIONS, "poll_hz": POLL_HZ, "repeats": repeats}
 
 
 def run_one(server: Server, ports: dict[str, int], name: str | None, seconds: float, settle: float,
@@ -275,22 +289,25 @@ def section(res: dict[str, Any], info: dict[str, Any] | None = None, started: st
         f'"before" just before it started. Open files: peak `/proc/PID/fd` count (process limit {limit}).',
         "Goals: p99 < 10 ms, RSS < 120 MiB and back within 10 % of before, open files under the cap.",
         "The first row has no attack: the machine's own noise (two cores shared with other work).",
+        f"Each attack ran {res.get('repeats', 1)} time(s) (`--attack-repeats`); the battery's figures are those of",
+        "the least disturbed run (other work on the machine only ever adds latency; \"p99 of each run\" lists",
+        "all), memory and open files the worst of all runs, RSS before/after those of the first/last run.",
         "",
-        "| attack | battery p50 / p99 / max ms | lost | RSS before → peak → after MiB | open files | server log lines | what the attacker saw | goals |",
-        "|---|---|---|---|---|---|---|---|",
+        "| attack | battery p50 / p99 / max ms | p99 of each run | lost | RSS before → peak → after MiB "
+        "| open files | server log lines | what the attacker saw | goals |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["rows"]:
         ok = row_goals(r, limit)
         failed = [name for name, good in ok.items() if not good]
         seen = ", ".join(f"{k} {v}" for k, v in sorted(r["attacker"].items()) if k != "open") or "-"
-        lines.append(f"| {r['attack']} | {r['p50_ms']:.2f} / {r['p99_ms']:.2f} / {r['max_ms']:.0f} | {r['lost']}/{r['sent']} "
+        each = ", ".join(f"{v:.1f}" for v in r.get("p99_runs", [r["p99_ms"]]))
+        lines.append(f"| {r['attack']} | {r['p50_ms']:.2f} / {r['p99_ms']:.2f} / {r['max_ms']:.0f} | {each} "
+                     f"| {r['lost']}/{r['sent']} "
                      f"| {r['before_rss']:.1f} → {r['peak_rss']:.1f} → {r['after_rss']:.1f} | {r['peak_files']} "
                      f"| {r['log_lines']} | {seen} | {'pass' if not failed else 'FAIL: ' + ', '.join(failed)} |")
     lines += ["", f"RSS at the start {res['baseline_rss']:.1f} MiB, after all attacks {res['final_rss']:.1f} MiB.", ""]
-    notes = res.get("notes")
-    if notes:
-        lines += [notes, ""]
-    lines += [END, ""]
+    lines += FINDINGS + [END, ""]
     return lines
 
 
@@ -312,6 +329,45 @@ def splice_goals(document: str, rows: list[str]) -> str:
     last = max(i for i, line in enumerate(table) if line.startswith("|"))
     table[last + 1:last + 1] = rows
     return "\n".join(lines[:start] + table + lines[end:])
+
+
+FINDINGS = [
+    "What this benchmark found, and what changed because of it (each with a regression test in",
+    "`tests/integration/test_connections.py`):",
+    "",
+    "* Pipelined HTTP requests and Modbus requests of one connection were answered a whole read at a time",
+    "  (a 64 KiB read holds about 1,500 HTTP or 5,000 Modbus requests): the battery's p99 was 115 ms and",
+    "  213 ms. Now at most 4 pipelined HTTP and 8 Modbus requests of a connection are answered per",
+    "  reactor turn.",
+    "* Autobahn logged a warning for every WebSocket connection it dropped: 720 lines in 5 s under the",
+    "  continuation-frame attack. Its per-connection lines now go through `RateLimitedLog`.",
+    "* A closed connection kept its unsent bytes (512 KiB per WebSocket client that stopped reading)",
+    "  until a full garbage collection, because a protocol and its transport refer to each other: RSS",
+    "  stayed 15 MiB (30 %) above the baseline for minutes after the ping flood. They are let go at",
+    "  `connectionLost` now. (A `malloc_trim` after connections closed was tried too, and removed: under",
+    "  the ping flood it cost the battery a p99 of 34-43 ms, 2.4 ms without it, for 0.5 MiB.)",
+    "* A full garbage collection walked the ~70,000 objects made at start-up (40-46 ms here); they are",
+    "  frozen out of the collector (`gc.freeze`) once the service is up.",
+    "",
+    "What remains:",
+    "",
+    "* Noise: while other work shared the two cores (load average 2-3), single runs had a p99 of",
+    "  40-100 ms that the next run of the same attack did not repeat (the battery's poller thread runs",
+    "  in the benchmark process, unpinned, while the attacker saturates the load core). Compare \"p99",
+    "  of each run\" and the no-attack row before quoting a figure.",
+    "* RSS does not come all the way back: each attack stays within 10 % of where it started, but",
+    "  after the whole set RSS is 6-10 MiB (13-19 %) above the start, mostly after slowloris (512",
+    "  half-open HTTP connections at once) and the WebSocket ping flood. No",
+    "  connection objects survive: `tests/integration/test_resources.py` checks that for WebSocket",
+    "  clients with weak references, and the same check by hand after 300 slowloris connections (200",
+    "  of them evicted) found none of the 300 HTTP channels alive. For the ping flood, neither",
+    "  `malloc_trim` nor a full collection gave the rest back (checked in-process): it is the",
+    "  allocators' high-water mark (Python's small-object arenas, in which a few longer-lived objects",
+    "  sit). For slowloris the split was not measured.",
+    "* UDP floods share the battery's socket: at 5,000 datagrams a second the battery's poll queues",
+    "  behind them; the per-source budgets (issue #22 items 10-12) keep the cost of each low.",
+    "",
+]
 
 
 def splice(document: str, lines: list[str], rows: list[str] | None = None) -> str:

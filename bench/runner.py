@@ -9,8 +9,9 @@ generators run pinned to core 1. Nothing leaves 127.0.0.0/8.
     bench/run --quick         short durations, for development (about 4 minutes)
     bench/run --soak HOURS    only the soak, for a person to leave running
     bench/run --only udp,http sections by name (udp http ws freshness footprint soak attacks)
-    bench/run --attacks       only the attacks of issue #22 (a few minutes), replacing their section
-                              of docs/performance.md and nothing else; --attack-seconds S per attack
+    bench/run --attacks       only the attacks of issue #22 (about 8 minutes), replacing their section
+                              of docs/performance.md and nothing else; --attack-seconds S per attack,
+                              --attack-repeats N runs of each (default 10 s, 2 runs)
 """
 
 from __future__ import annotations
@@ -937,6 +938,8 @@ def main() -> None:
                         help="only the attacks (issue #22); replaces their section of the report, nothing else")
     parser.add_argument("--attack-seconds", type=float, default=10.0, metavar="S",
                         help="how long each attack runs (default 10, at most 60)")
+    parser.add_argument("--attack-repeats", type=int, default=2, metavar="N",
+                        help="runs of each attack; the battery's figures are the least disturbed run's (default 2)")
     parser.add_argument("--attack-only", metavar="NAMES", help="comma-separated attacks: " + " ".join(attacks.ATTACKS))
     parser.add_argument("--report-only", metavar="JSON",
                         help="only rewrite the report from a results file (bench/results/last.json)")
@@ -989,7 +992,7 @@ def main() -> None:
         if args.attacks:
             print("[attacks]", flush=True)
             load_before = common.loadavg()
-            res = attacks.bench_attacks(args.attack_seconds, 5.0, work, chosen)
+            res = attacks.bench_attacks(args.attack_seconds, 5.0, work, chosen, args.attack_repeats)
             res.update(load_before=load_before, load_after=common.loadavg())
             raw = os.path.join(BENCH, "results", "attacks.json")
             os.makedirs(os.path.dirname(raw), exist_ok=True)
@@ -1027,7 +1030,7 @@ def main() -> None:
             results["footprint"] = bench_footprint(d, work, soak_seconds=None)
         if "attacks" in only:
             print("[attacks]", flush=True)
-            results["attacks"] = attacks.bench_attacks(args.attack_seconds, 5.0, work, chosen)
+            results["attacks"] = attacks.bench_attacks(args.attack_seconds, 5.0, work, chosen, args.attack_repeats)
         saved = {"machine": info, "results": results, "quick": args.quick, "started": started,
                  "seconds": time.monotonic() - t0, "load_before": load_before,
                  "load_after": common.loadavg(), "command": "bench/run " + " ".join(sys.argv[1:])}

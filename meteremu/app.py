@@ -41,7 +41,6 @@ from meteremu.exporters.prometheus import Metrics
 from meteremu.interfaces import IReactor
 from meteremu.listeners import Listener, StartupError, all_ready
 from meteremu.logs import logger
-from meteremu.memory import Trimmer
 from meteremu.metermanager import MeterManager
 from meteremu.meterset import MeterSet
 from meteremu.store import Store
@@ -134,9 +133,6 @@ def build(config: Config, reactor: IReactor) -> App:
     days.setServiceParent(top)
     metrics = Metrics(meters.values)
     connections = ConnectionRegistry(connection_limits(config.server), reactor)
-    trimmer = Trimmer(reactor)  # heap given back after connections close (floods)
-    trimmer.setServiceParent(top)
-    connections.on_release = trimmer.soon
     sites = Sites(config.server.http_port, connections)
     app = App(config, top, store, metrics, manager, sites, days, reactor=reactor, connections=connections)
 
@@ -144,6 +140,7 @@ def build(config: Config, reactor: IReactor) -> App:
                        metrics if config.exporters.prometheus.enabled else None,
                        overview=app.overview, store=store.health)
     metrics.add_devices(lambda: app.devices)
+    metrics.add_connections(connections)
 
     # numpy/scikit-learn are imported only here, only when forecasting is on.
     # The dashboard (/ui) is always there; without forecasting it says so.

@@ -94,7 +94,6 @@ class ConnectionRegistry:
         self._modbus = 0
         self.refused = 0
         self.evicted = 0
-        self.on_release: Callable[[], Any] | None = None  # e.g. meteremu.memory.Trimmer.soon
         self.warnings = RateLimitedLog(log or Logger(namespace="meteremu.connections"), clock)
 
     def __len__(self) -> int:
@@ -161,8 +160,6 @@ class ConnectionRegistry:
             self._by_ip.pop(entry.ip, None)
         if entry.kind == MODBUS:
             self._modbus -= 1
-        if self.on_release is not None:
-            self.on_release()
 
 
 def peer_ip(address: Any) -> str:

@@ -90,9 +90,10 @@ def makeService(options: Options) -> IService:
 
     def started(_: Any) -> None:
         from meteremu.app import log
-        from meteremu.memory import release_memory
+        from meteremu.memory import freeze_startup, release_memory
 
         release_memory()  # start-up garbage (imports, config parsing) back to the OS
+        freeze_startup()  # what is left lives as long as the process: out of the collector's way
         ports = ", ".join(str(listener.port) for listener in app.http.values())
         log.info("meteremu serving on HTTP port(s) {ports}", ports=ports)
 

@@ -225,6 +225,28 @@ class LabelledHistogram:
         yield family
 
 
+class ConnectionCollector:
+    """Open TCP connections by kind, and those refused or evicted at the caps (meteremu.connections)."""
+
+    def __init__(self, registry: Any) -> None:
+        self._registry = registry  # a ConnectionRegistry (duck-typed: count, refused, evicted)
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        open_ = GaugeMetricFamily("meteremu_connections", "Open TCP connections (HTTP with WebSocket, Modbus)",
+                                  labels=["kind"])
+        modbus = self._registry.count("modbus")
+        open_.add_metric(["http"], len(self._registry) - modbus)
+        open_.add_metric(["modbus"], modbus)
+        yield open_
+        yield CounterMetricFamily("meteremu_connections_refused", "Connections refused at a cap",
+                                  value=self._registry.refused)
+        yield CounterMetricFamily("meteremu_connections_evicted",
+                                  "Connections without a completed request closed to make room at a cap",
+                                  value=self._registry.evicted)
+
+
 class Metrics:
     """The collectors of one running meteremu, plus request instruments.
 
@@ -265,6 +287,14 @@ class Metrics:
     def add_devices(self, devices: Callable[[], Iterable[Any]]) -> None:
         """Expose each emulated device's identity and its clients."""
         collector = DeviceCollector(devices)
+        if self._registry is None:
+            self._collectors.append(collector)
+        else:
+            self._registry.register(collector)
+
+    def add_connections(self, registry: Any) -> None:
+        """Expose the connection caps' counts (a meteremu.connections.ConnectionRegistry)."""
+        collector = ConnectionCollector(registry)
         if self._registry is None:
             self._collectors.append(collector)
         else:

@@ -255,6 +255,32 @@ class DeadlineTests(ConnectionsBase):
         yield client.closed.addTimeout(WAIT, reactor)
 
     @inlineCallbacks
+    def test_an_http_client_that_does_not_read_its_answers_is_dropped(self) -> Any:
+        before = set(self.registry.connections())
+        client = yield connect(self, self.http)
+        yield wait_for(lambda: len(self.registry.connections()) > len(before), timeout=WAIT)
+        channel = self.server_side(HTTP, before)
+        client.stop_reading()
+        channel.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
+        client.transport.write(GET * 5000)
+        yield wait_for(lambda: channel.state == HELD, timeout=WAIT)
+        yield wait_for(lambda: len(self.registry) == len(before), timeout=WAIT)  # dropped at idle_timeout
+        self.assertIsNone(channel._held)
+
+    @inlineCallbacks
+    def test_a_modbus_client_that_does_not_read_its_answers_is_dropped(self) -> Any:
+        before = set(self.registry.connections())
+        client = yield connect(self, self.modbus)
+        yield wait_for(lambda: len(self.registry.connections()) > len(before), timeout=WAIT)
+        protocol = self.server_side(MODBUS, before)
+        client.stop_reading()
+        protocol.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
+        client.transport.write(b"".join(modbus_read(tid) for tid in range(20000)))
+        yield wait_for(lambda: protocol._paused, timeout=WAIT)
+        yield wait_for(lambda: len(self.registry) == len(before), timeout=WAIT)
+        self.assertEqual(protocol.dropped_reason, "does not read its answers")
+
+    @inlineCallbacks
     def test_tcp_keep_alive_is_on(self) -> Any:
         before = set(self.registry.connections())
         yield connect(self, self.http)
@@ -285,6 +311,16 @@ class CapTests(ConnectionsBase):
         yield wait_for(lambda: len(self.registry) == 3, timeout=WAIT)
         again = yield connect(self, self.http)
         yield self.served(again)  # room again once one is gone
+
+    @inlineCallbacks
+    def test_refusals_and_evictions_are_in_the_metrics(self) -> Any:
+        self.registry.refused, self.registry.evicted = 3, 2
+        client = yield connect(self, self.http)
+        client.transport.write(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        yield client.closed.addTimeout(WAIT, reactor)
+        self.assertIn(b"meteremu_connections_refused_total 3.0", client.received)
+        self.assertIn(b"meteremu_connections_evicted_total 2.0", client.received)
+        self.assertIn(b'meteremu_connections{kind="http"} 1.0', client.received)
 
     @inlineCallbacks
     def test_at_the_modbus_cap_the_oldest_silent_connection_makes_room(self) -> Any:

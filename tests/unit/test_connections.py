@@ -118,36 +118,3 @@ class ConfigTests(TestCase):
             with self.assertRaises(ConfigError) as caught:
                 parse_config({"server": {key: value}}, "(test)", env={})
             self.assertIn(f"server.{key}", str(caught.exception))
-
-
-class TrimmerTests(TestCase):
-    """The heap is given back after connections close, not more than once per interval."""
-
-    def test_after_the_last_close_and_at_least_every_interval(self) -> None:
-        from meteremu.memory import Trimmer
-
-        clock, runs = Clock(), []
-        trimmer = Trimmer(clock, delay=2, interval=30, action=lambda: runs.append(clock.seconds()))
-        trimmer.soon()  # not running: nothing
-        trimmer.startService()
-        for _ in range(5):  # closes a second apart: one trim, 2 s after the last
-            trimmer.soon()
-            clock.advance(1)
-        clock.advance(1)
-        self.assertEqual(runs, [6])
-        for _ in range(100):  # a long flood: trims keep coming
-            trimmer.soon()
-            clock.advance(1)
-        self.assertEqual(len(runs), 4)
-        self.assertTrue(all(b - a <= 32 for a, b in zip(runs, runs[1:], strict=False)), runs)
-        trimmer.soon()
-        trimmer.stopService()
-        self.assertEqual(clock.getDelayedCalls(), [])
-
-    def test_the_registry_asks_for_a_trim_when_a_connection_goes(self) -> None:
-        reg, asked = registry(), []
-        reg.on_release = lambda: asked.append(1)
-        entry = admit(reg)
-        entry.release()
-        entry.release()
-        self.assertEqual(asked, [1])
