@@ -316,8 +316,8 @@ def goal_rows(res: dict[str, Any]) -> list[str]:
     return [f"| {name} | {target} | {measured} | {verdict[ok]} |" for name, target, measured, ok in goals(res)]
 
 
-def splice_goals(document: str, rows: list[str]) -> str:
-    """The report's goal table with its attack rows replaced by ``rows``."""
+def splice_goals(document: str, rows: list[str], prefix: str = "| Attacks") -> str:
+    """The report's goal table with its rows starting with ``prefix`` replaced by ``rows``."""
     lines = document.split("\n")
     if "## Goals" not in lines:
         return document
@@ -325,7 +325,7 @@ def splice_goals(document: str, rows: list[str]) -> str:
     end = start + 1
     while end < len(lines) and not lines[end].startswith("## "):
         end += 1
-    table = [line for line in lines[start:end] if not line.startswith("| Attacks")]
+    table = [line for line in lines[start:end] if not line.startswith(prefix)]
     last = max(i for i, line in enumerate(table) if line.startswith("|"))
     table[last + 1:last + 1] = rows
     return "\n".join(lines[:start] + table + lines[end:])

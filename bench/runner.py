@@ -12,6 +12,8 @@ generators run pinned to core 1. Nothing leaves 127.0.0.0/8.
     bench/run --attacks       only the attacks of issue #22 (about 8 minutes), replacing their section
                               of docs/performance.md and nothing else; --attack-seconds S per attack,
                               --attack-repeats N runs of each (default 10 s, 2 runs)
+    bench/run --freshness     only the push sources' freshness (section 4 and its goal rows)
+    bench/run --firststart    only the first start (bench/firststart.py: its section and goal rows)
 """
 
 from __future__ import annotations
@@ -296,7 +298,12 @@ def fanout(entries: list[list[float]], arrivals: list[list[list[Any]]], clients:
 
 # -- 4. Freshness --------------------------------------------------------------------------------------
 
-PUSH_BENCHES = (("mqtt", "MQTT", "mqtt_latency.py"), ("homeassistant", "Home Assistant", "ha_latency.py"))
+PUSH_BENCHES: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
+    ("mqtt", "MQTT", "mqtt_latency.py", ()),
+    ("homeassistant", "Home Assistant", "ha_latency.py", ()),
+    ("tasmota", "Tasmota (MQTT SENSOR)", "mqtt_latency.py", ("--source", "tasmota")),
+    ("shelly", "Shelly (WebSocket NotifyStatus)", "shelly_latency.py", ()),
+)
 
 
 def bench_freshness(d: Durations, work: str) -> dict[str, Any]:
@@ -307,14 +314,14 @@ def bench_freshness(d: Durations, work: str) -> dict[str, Any]:
     ``udp``/``http`` and ``baseline_udp_rtt``/``baseline_http_rtt`` summaries.
     """
     out: dict[str, Any] = {}
-    for key, title, name in PUSH_BENCHES:
+    for key, title, name, extra in PUSH_BENCHES:
         path = script(name)
         if not os.path.exists(path):
             out[key] = None
             print(f"  freshness {title}: bench/{name} not present", flush=True)
             continue
         result_path = os.path.join(work, f"{key}_latency.json")
-        argv = pinned(common.SERVER_CORE, [PYTHON, path, "--changes", "100" if d.quick else "500",
+        argv = pinned(common.SERVER_CORE, [PYTHON, path, *extra, "--changes", "100" if d.quick else "500",
                                            "--budget", "300", result_path])
         try:
             result = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False,
@@ -551,6 +558,88 @@ def f(value: Any, fmt: str = ".2f") -> str:
     return format(value, fmt)
 
 
+def freshness_report(fresh: dict[str, Any]) -> tuple[list[str], list[tuple[str, str, str, bool | None]]]:
+    """Section 4 and its goal rows, from ``bench_freshness``'s results."""
+    lines: list[str] = ["## 4. Freshness (push source → served)", "",
+                        "Each push source's own benchmark script (its method is in its docstring), run by",
+                        "`bench/run` when the file exists. Times are from the upstream change to a client",
+                        "seeing the new value, so they include one request round trip (the baseline rows).", ""]
+    goals: list[tuple[str, str, str, bool | None]] = []
+    for key, title, name, extra in PUSH_BENCHES:
+        entry = fresh.get(key)
+        command = " ".join([f"bench/{name}", *extra])
+        if entry is None:
+            lines += [f"- {title}: n/a (`{command}` not run).", ""]
+            goals.append((f"Freshness: {title} update → served, p99", "< 5 ms added",
+                          "n/a (not measured)", None))
+            continue
+        lines += [f"- {title}: `{command}` (exit status {entry['returncode']}):", "",
+                  "```", entry["stdout"] or "(no output)", "```", ""]
+        if entry["returncode"] != 0 and entry["stderr"]:
+            lines += ["```", entry["stderr"], "```", ""]
+        result = entry.get("json")
+        if result:
+            # The totals include the request round trip, so a total p99
+            # under 5 ms is an added p99 under 5 ms. Only when a total is
+            # over, subtract the typical (median) plain round trip.
+            udp_p99, http_p99 = result["udp"]["p99_ms"], result["http"]["p99_ms"]
+            added = max(udp_p99 - result["baseline_udp_rtt"]["p50_ms"],
+                        http_p99 - result["baseline_http_rtt"]["p50_ms"])
+            ok = max(udp_p99, http_p99) < 5 or added < 5
+            goals.append((f"Freshness: {title} update → served, p99", "< 5 ms added",
+                          f"UDP {udp_p99:.2f} ms, HTTP {http_p99:.2f} ms in total, round trip "
+                          f"included (≈ {added:.2f} ms over a median plain round trip)", ok))
+        else:
+            goals.append((f"Freshness: {title} update → served, p99", "< 5 ms added",
+                          f"not measured (bench/{name} failed)", None))
+    return lines, goals
+
+
+def replace_section(document: str, heading: str, block: list[str], before: tuple[str, ...]) -> str:
+    """``document`` with the section whose heading starts with ``heading`` replaced by ``block``
+    (up to the next ``## `` heading), or ``block`` inserted before the first of ``before`` found."""
+    lines = document.split("\n")
+    starts = [i for i, line in enumerate(lines) if line.startswith(heading)]
+    if starts:
+        start = starts[0]
+        end = start + 1
+        while end < len(lines) and not lines[end].startswith("## "):
+            end += 1
+        return "\n".join(lines[:start] + block + lines[end:])
+    for anchor in before:
+        if anchor in lines:
+            at = lines.index(anchor)
+            return "\n".join(lines[:at] + block + lines[at:])
+    return document.rstrip("\n") + "\n\n" + "\n".join(block)
+
+
+def firststart_goals(res: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
+    """The issue #21 goals: a trained forecast within a minute; forecasting off loads none of its libraries."""
+    first, off = res["first"], res["off"]
+    shown = first.get("model_shown_s")
+    libs = off["forecast_libraries_mapped"]
+    return [
+        ("First start (demo): forecast and scores shown", "< 60 s",
+         f"{shown} s (backfill of {first['backfill_buckets']:,} buckets done at {first['backfill_done_s']} s)",
+         shown is not None and shown < 60),
+        ("First start: forecasting off, numpy/scikit-learn installed", "none loaded",
+         f"{len(libs)} of their files mapped; RSS {off['rss_mib']} MiB", not libs),
+    ]
+
+
+def splice_report(out: str, heading: str, block: list[str], goal_prefix: str,
+                  goals: list[tuple[str, str, str, bool | None]], before: tuple[str, ...]) -> None:
+    """Rewrite one section of the report and its goal rows, nothing else."""
+    document = ""
+    if os.path.exists(out):
+        with open(out, encoding="utf-8") as handle:
+            document = handle.read()
+    rows = [f"| {name} | {target} | {measured} | {verdict(ok)} |" for name, target, measured, ok in goals]
+    document = attacks.splice_goals(replace_section(document, heading, block, before), rows, goal_prefix)
+    with open(out, "w", encoding="utf-8") as handle:
+        handle.write(document)
+
+
 def report(info: dict[str, Any], results: dict[str, Any], d: Durations, started: str,
            seconds: float, load_before: str, load_after: str, command: str) -> str:
     v = info["versions"]
@@ -698,36 +787,9 @@ def report(info: dict[str, Any], results: dict[str, Any], d: Durations, started:
 
     fresh = results.get("freshness")
     if fresh:
-        lines += ["## 4. Freshness (push source → served)", "",
-                  "Each push source's own benchmark script (its method is in its docstring), run by",
-                  "`bench/run` when the file exists. Times are from the upstream change to a client",
-                  "seeing the new value, so they include one request round trip (the baseline rows).", ""]
-        for key, title, name in PUSH_BENCHES:
-            entry = fresh.get(key)
-            if entry is None:
-                lines += [f"- {title}: n/a (`bench/{name}` not present).", ""]
-                goals.append((f"Freshness: {title} update → served, p99", "< 5 ms added",
-                              "n/a (no benchmark yet)", None))
-                continue
-            lines += [f"- {title}: `bench/{name}` (exit status {entry['returncode']}):", "",
-                      "```", entry["stdout"] or "(no output)", "```", ""]
-            if entry["returncode"] != 0 and entry["stderr"]:
-                lines += ["```", entry["stderr"], "```", ""]
-            result = entry.get("json")
-            if result:
-                # The totals include the request round trip, so a total p99
-                # under 5 ms is an added p99 under 5 ms. Only when a total is
-                # over, subtract the typical (median) plain round trip.
-                udp_p99, http_p99 = result["udp"]["p99_ms"], result["http"]["p99_ms"]
-                added = max(udp_p99 - result["baseline_udp_rtt"]["p50_ms"],
-                            http_p99 - result["baseline_http_rtt"]["p50_ms"])
-                ok = max(udp_p99, http_p99) < 5 or added < 5
-                goals.append((f"Freshness: {title} update → served, p99", "< 5 ms added",
-                              f"UDP {udp_p99:.2f} ms, HTTP {http_p99:.2f} ms in total, round trip "
-                              f"included (≈ {added:.2f} ms over a median plain round trip)", ok))
-            else:
-                goals.append((f"Freshness: {title} update → served, p99", "< 5 ms added",
-                              f"not measured (bench/{name} failed)", None))
+        fresh_lines, fresh_goals = freshness_report(fresh)
+        lines += fresh_lines
+        goals += fresh_goals
 
     micro = results.get("micro")
     if micro:
@@ -941,6 +1003,10 @@ def main() -> None:
     parser.add_argument("--attack-repeats", type=int, default=2, metavar="N",
                         help="runs of each attack; the battery's figures are the least disturbed run's (default 2)")
     parser.add_argument("--attack-only", metavar="NAMES", help="comma-separated attacks: " + " ".join(attacks.ATTACKS))
+    parser.add_argument("--freshness", action="store_true",
+                        help="only the push sources' freshness; replaces section 4 and its goal rows")
+    parser.add_argument("--firststart", action="store_true",
+                        help="only the first start (bench/firststart.py); replaces its section and goal rows")
     parser.add_argument("--report-only", metavar="JSON",
                         help="only rewrite the report from a results file (bench/results/last.json)")
     args = parser.parse_args()
@@ -988,6 +1054,29 @@ def main() -> None:
                                  + "\n".join(soak_lines(forecast)[8:]) + "\n| t (s) | RSS MiB |\n|---:|---:|\n"
                                  + "\n".join(f"| {t:.0f} | {r:.1f} |" for t, r in forecast["samples"]) + "\n")
             print(f"wrote {path}")
+            return
+        if args.freshness:
+            print("[freshness]", flush=True)
+            fresh_lines, fresh_goals = freshness_report(bench_freshness(d, work))
+            stamp = [f"Measured {started} on {info['cpu']} ({info['cores']} cores), {info['source']}.", ""]
+            splice_report(args.out, "## 4. Freshness", fresh_lines[:2] + stamp + fresh_lines[2:],
+                          "| Freshness", fresh_goals, ("## Where the time goes (in-process, per call)",))
+            print(f"wrote the freshness section of {args.out}")
+            return
+        if args.firststart:
+            print("[first start]", flush=True)
+            import firststart
+
+            res = firststart.measure()
+            raw = os.path.join(BENCH, "results", "firststart.json")
+            os.makedirs(os.path.dirname(raw), exist_ok=True)
+            with open(raw, "w", encoding="utf-8") as handle:
+                json.dump({"machine": info, "started": started, "results": res}, handle, indent=1, default=str)
+            block = firststart.section(res).rstrip("\n").split("\n")
+            block[1:1] = ["", f"Measured {started} on {info['cpu']} ({info['cores']} cores), {info['source']}."]
+            splice_report(args.out, "## The first start", block + [""], "| First start",
+                          firststart_goals(res), ("## 7. Under attack (issue #22)", "## Findings and profiles"))
+            print(f"wrote the first-start section of {args.out} (raw results: {raw})")
             return
         if args.attacks:
             print("[attacks]", flush=True)
