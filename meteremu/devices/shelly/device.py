@@ -63,9 +63,12 @@ class ShellyDevice:
         modbus: bool = False,
         tz: str | None = None,
         temperature: Callable[[], float | None] = host_temperature,
+        client_identities: dict[str, Identity] | None = None,
     ) -> None:
         self.options = options
         self.identity = identity
+        # Per listed client IP its own identity (``clients:``); everyone else sees ``identity``.
+        self.client_identities = dict(client_identities or {})
         self.meter = meter
         self.clock = clock
         self.udp_ports = udp_ports
@@ -79,10 +82,21 @@ class ShellyDevice:
         self.clients = ClientTracker(clock, options.scaling)
         ctl = options.control
         self.controller = control.shared(meter, clock, ctl) if ctl is not None and ctl.enabled else None
-        self.core = RpcCore(lambda: self.identity.device_id, build_methods(self))
+        self.core = RpcCore(lambda: self.identity.device_id, build_methods(self),
+                            device_id_for=self._device_id_for if self.client_identities else None)
         self.core.guards.append(self.clients.observe)
         self._cached_reading: Reading | None = None
         self._cache: dict[tuple[Any, ...], Encoded] = {}
+
+    def identity_for(self, peer: str | None) -> Identity:
+        """Who the device is to the client at ``peer``: its own identity in
+        ``clients:``, else the device's."""
+        if peer is None or not self.client_identities:
+            return self.identity
+        return self.client_identities.get(peer, self.identity)
+
+    def _device_id_for(self, peer: str | None) -> str:
+        return self.identity_for(peer).device_id
 
     @property
     def monophase(self) -> bool:
@@ -177,14 +191,14 @@ class ShellyDevice:
         return encoded
 
     # -- composite views (GetStatus, GetConfig, notifications) -----------------------------
-    def sys_status(self) -> dict[str, Any]:
+    def sys_status(self, peer: str | None = None) -> dict[str, Any]:
         # The time shown is the wall clock's; uptime counts on the steady one.
         uptime = self.clock.seconds() - self.started_at
-        return st.sys_status(self.identity, wall(self.clock), uptime, self.cfg_rev)
+        return st.sys_status(self.identity_for(peer), wall(self.clock), uptime, self.cfg_rev)
 
-    def sys_config(self) -> dict[str, Any]:
+    def sys_config(self, peer: str | None = None) -> dict[str, Any]:
         port = self.udp_ports[0] if self.udp_ports else None
-        return st.sys_config(self.identity, port, self.cfg_rev, self.tz)
+        return st.sys_config(self.identity_for(peer), port, self.cfg_rev, self.tz)
 
     def static_config(self) -> dict[str, Any]:
         return st.static_config(self.identity, self.modbus)
@@ -227,13 +241,13 @@ class ShellyDevice:
         status.update(self.meter_components(ctx))
         status.update({
             "eth": {"ip": ctx.local_ip, "ip6": None}, "modbus": {}, "mqtt": {"connected": False},
-            "sys": self.sys_status(), "temperature:0": st.temperature_status(self.temperature()),
+            "sys": self.sys_status(ctx.peer), "temperature:0": st.temperature_status(self.temperature()),
             "wifi": st.wifi_status(), "ws": {"connected": False},
         })
         return status
 
-    def full_config(self) -> dict[str, Any]:
-        """``Shelly.GetConfig`` (key order of the real device)."""
+    def full_config(self, peer: str | None = None) -> dict[str, Any]:
+        """``Shelly.GetConfig`` for the client at ``peer`` (key order of the real device)."""
         static = self.static_config()
         config: dict[str, Any] = {k: static[k] for k in ("ble", "bthome", "cloud")}
         if self.monophase:
@@ -246,7 +260,7 @@ class ShellyDevice:
             config["emdata:0"] = {}
         for key in ("eth", "modbus", "mqtt"):
             config[key] = static[key]
-        config["sys"] = self.sys_config()
+        config["sys"] = self.sys_config(peer)
         for key in ("temperature:0", "wifi", "ws"):
             config[key] = static[key]
         return config

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import Literal
@@ -73,6 +74,27 @@ class ScalingOptions:
 
 
 @dataclass(frozen=True)
+class ClientIdentityOptions:
+    """``clients: {<ip>: {mac: …}}``: what one client sees the device as.
+
+    Indevolt pairs one meter per system: two systems on one emulated device
+    need two device ids, so each listed client IP sees its own MAC and the
+    id derived from it on every transport.
+    """
+
+    mac: str = field(default="auto", metadata={
+        "doc": "12 hex digits, or 'auto' (generated once, kept in the store)"})
+
+
+MAC_RE = re.compile(r"[0-9A-Fa-f]{12}")
+
+
+def valid_mac(mac: str) -> bool:
+    """12 hex digits, with or without ':' or '-' separators."""
+    return MAC_RE.fullmatch(mac.replace(":", "").replace("-", "")) is not None
+
+
+@dataclass(frozen=True)
 class Options:
     meter: str | None = field(default=None, metadata={
         "doc": "name of the meter to serve (default: the first meter)"})
@@ -125,13 +147,16 @@ class Options:
         "doc": "several batteries on one meter"})
     gen1_endpoints: bool = field(default=True, metadata={
         "doc": "also serve the gen1 /status, /emeter/<n> and /settings (Hoymiles, Anker)"})
+    clients: dict[str, ClientIdentityOptions] = field(default_factory=dict, metadata={
+        "doc": "per client IP its own identity ({mac: …}): one meter per Indevolt system"})
     control: ControlOptions | None = field(default=None, metadata={
         "doc": "active control: each battery its own value (weights by IP); replaces scaling for batteries"})
 
     def validate(self) -> list[tuple[str, str]]:
         errors = []
-        if self.mac != "auto" and not re.fullmatch(r"[0-9A-Fa-f]{12}", self.mac.replace(":", "")):
+        if self.mac != "auto" and not valid_mac(self.mac):
             errors.append(("mac", f"expected 12 hex digits or 'auto'; got {self.mac!r}"))
+        errors.extend(self._validate_clients())
         if not FW_ID_RE.match(self.fw_id):
             errors.append(("fw_id", f"expected YYYYMMDD-HHMMSS/<version>-g<hash>; got {self.fw_id!r}"))
         for name in ("http_port", "modbus_port"):
@@ -159,6 +184,29 @@ class Options:
             errors.append(("control", "use either control or scaling (mode: none), not both"))
         if self.device_id is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", self.device_id):
             errors.append(("device_id", "expected letters, digits, '-', '_' or '.'"))
+        return errors
+
+
+    def _validate_clients(self) -> list[tuple[str, str]]:
+        errors = []
+        seen: dict[str, str] = {}
+        own = None if self.mac == "auto" else self.mac.replace(":", "").replace("-", "").upper()
+        for ip, client in self.clients.items():
+            try:
+                ipaddress.ip_address(ip)
+            except ValueError:
+                errors.append((f"clients.{ip}", f"expected a client IP address; got {ip!r}"))
+            if client.mac == "auto":
+                continue
+            if not valid_mac(client.mac):
+                errors.append((f"clients.{ip}.mac", f"expected 12 hex digits or 'auto'; got {client.mac!r}"))
+                continue
+            mac = client.mac.replace(":", "").replace("-", "").upper()
+            if mac == own:
+                errors.append((f"clients.{ip}.mac", "is the device's own MAC; a client needs its own"))
+            elif mac in seen:
+                errors.append((f"clients.{ip}.mac", f"is also the MAC of client {seen[mac]}"))
+            seen[mac] = ip
         return errors
 
 
