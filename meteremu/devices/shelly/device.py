@@ -77,8 +77,11 @@ class ShellyDevice:
         self.temperature = temperature
         self.started_at = clock.seconds()
         self.cfg_rev = 1
-        self.em_ids = range(0) if self.monophase else range(1)
-        self.em1_ids = range(3) if self.monophase else range(0)
+        self.face = options.FACE
+        # EM Gen3 / Pro EM-50: em1 channels, the first carrying the summed meter.
+        self.summed = self.face.channels > 0
+        self.em_ids = range(0) if self.monophase or self.summed else range(1)
+        self.em1_ids = range(3) if self.monophase else range(self.face.channels)
         self.clients = ClientTracker(clock, options.scaling)
         ctl = options.control
         self.controller = control.shared(meter, clock, ctl) if ctl is not None and ctl.enabled else None
@@ -171,11 +174,21 @@ class ShellyDevice:
         key = ("em1", index, scale, minimal)
         hit = self._cached(reading, key)
         if hit is None:
-            result = st.em1_status(reading, index, scale)
+            result = (st.em1_summed_status if self.summed else st.em1_status)(reading, index, scale)
             if minimal:
                 result = {"id": result["id"], "act_power": result["act_power"]}
             hit = self._store(key, result)
         return hit
+
+    def em1data(self, index: int) -> dict[str, Any]:
+        """``EM1Data.GetStatus`` of channel ``index`` (per phase, or the summed meter's)."""
+        energy = self.meter.energy
+        return (st.em1data_summed_status if self.summed else st.em1data_status)(energy, index)
+
+    def only_real(self, components: dict[str, Any]) -> dict[str, Any]:
+        """Keep the components the impersonated model really has (its capture's list)."""
+        keep = self.face.components
+        return components if keep is None else {k: v for k, v in components.items() if k in keep}
 
     def _cached(self, reading: Reading, key: tuple[Any, ...]) -> Encoded | None:
         if reading is not self._cached_reading:
@@ -198,7 +211,10 @@ class ShellyDevice:
 
     def sys_config(self, peer: str | None = None) -> dict[str, Any]:
         port = self.udp_ports[0] if self.udp_ports else None
-        return st.sys_config(self.identity_for(peer), port, self.cfg_rev, self.tz)
+        config = st.sys_config(self.identity_for(peer), port, self.cfg_rev, self.tz)
+        if not self.face.sys_button:
+            del config["device"]["sys_btn_toggle"]
+        return config
 
     def static_config(self) -> dict[str, Any]:
         return st.static_config(self.identity, self.modbus)
@@ -222,12 +238,12 @@ class ShellyDevice:
             reading = None
         energy = self.meter.energy
         out: dict[str, Any] = {}
-        if self.monophase:
+        if self.em1_ids:
             for i in self.em1_ids:
                 out[f"em1:{i}"] = (st.em1_status(None, i, scale, True) if reading is None
                                    else self.em1_result(reading, i, scale))
             for i in self.em1_ids:
-                out[f"em1data:{i}"] = st.em1data_status(energy, i)
+                out[f"em1data:{i}"] = self.em1data(i)
         else:
             out["em:0"] = st.em_status(None, scale, True) if reading is None else self.em_result(reading, scale)
             out["emdata:0"] = st.emdata_status(energy)
@@ -244,15 +260,15 @@ class ShellyDevice:
             "sys": self.sys_status(ctx.peer), "temperature:0": st.temperature_status(self.temperature()),
             "wifi": st.wifi_status(), "ws": {"connected": False},
         })
-        return status
+        return self.only_real(status)
 
     def full_config(self, peer: str | None = None) -> dict[str, Any]:
         """``Shelly.GetConfig`` for the client at ``peer`` (key order of the real device)."""
         static = self.static_config()
         config: dict[str, Any] = {k: static[k] for k in ("ble", "bthome", "cloud")}
-        if self.monophase:
+        if self.em1_ids:
             for i in self.em1_ids:
-                config[f"em1:{i}"] = st.em1_config(i)
+                config[f"em1:{i}"] = st.em1_config(i, self.face.ct_type)
             for i in self.em1_ids:
                 config[f"em1data:{i}"] = {}
         else:
@@ -263,4 +279,4 @@ class ShellyDevice:
         config["sys"] = self.sys_config(peer)
         for key in ("temperature:0", "wifi", "ws"):
             config[key] = static[key]
-        return config
+        return self.only_real(config)

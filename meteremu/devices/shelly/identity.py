@@ -50,11 +50,11 @@ def make_identity(options: Options, mac: str) -> Identity:
     mac = normalise_mac(mac)
     match = FW_ID_RE.match(options.fw_id)
     ver = options.ver or (match.group(2) if match else options.fw_id)
-    device_id = options.device_id or f"shellypro3em-{mac.lower()}"
+    device_id = options.device_id or f"{options.FACE.prefix}-{mac.lower()}"
     return Identity(
         mac=mac, device_id=device_id, name=options.name, model=options.model,
         fw_id=options.fw_id, ver=ver, app=options.app, gen=options.gen,
-        profile=options.profile, serial=options.serial, manufacturer=options.manufacturer,
+        profile=options.profile if options.FACE.profiles else "", serial=options.serial, manufacturer=options.manufacturer,
     )
 
 

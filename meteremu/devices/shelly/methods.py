@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from meteremu.devices.shelly import status as st
+from meteremu.devices.shelly.faces import Face
 from meteremu.devices.shelly.identity import Identity
 from meteremu.devices.shelly.jsonfmt import Encoded
 from meteremu.devices.shelly.rpc import INVALID_ARGUMENT, NOT_FOUND, CallContext, Handler, RpcError
@@ -31,6 +32,7 @@ class DeviceView(Protocol):
     cfg_rev: int
     em_ids: range
     em1_ids: range
+    face: Face
     temperature: Callable[[], float | None]
     meter: Meter
 
@@ -41,6 +43,7 @@ class DeviceView(Protocol):
     def em_result(self, reading: Reading, scale: float, minimal: bool = False) -> Encoded: ...
     def em1_result(self, reading: Reading, index: int, scale: float, minimal: bool = False) -> Encoded: ...
     def identity_for(self, peer: str | None) -> Identity: ...
+    def em1data(self, index: int) -> dict[str, Any]: ...
     def sys_status(self, peer: str | None = None) -> dict[str, Any]: ...
     def sys_config(self, peer: str | None = None) -> dict[str, Any]: ...
     def static_config(self) -> dict[str, Any]: ...
@@ -89,10 +92,10 @@ def build_methods(dev: DeviceView) -> dict[str, Handler]:
         return dev.em1_result(dev.serving_reading(), index, dev.scale_for(ctx), dev.minimal)
 
     def em1_get_config(params: dict[str, Any], ctx: CallContext) -> Any:
-        return st.em1_config(component_id(params, em1_ids))
+        return st.em1_config(component_id(params, em1_ids), dev.face.ct_type)
 
     def em1data_get_status(params: dict[str, Any], ctx: CallContext) -> Any:
-        return st.em1data_status(dev.meter.energy, component_id(params, em1_ids))
+        return dev.em1data(component_id(params, em1_ids))
 
     def em1data_get_config(params: dict[str, Any], ctx: CallContext) -> Any:
         component_id(params, em1_ids)

@@ -84,7 +84,8 @@ def drop_counter(metrics: Metrics, device_id: str) -> Callable[[str], None]:
 
 def build(options: Options, ctx: DeviceContext) -> ShellyService:
     identity = make_identity(options, ctx.mac(options.mac, generate_mac))
-    clients = {ip: client_identity(identity, ctx.mac(client.mac, generate_mac, client=ip))
+    clients = {ip: client_identity(identity, ctx.mac(client.mac, generate_mac, client=ip),
+                                     options.FACE.prefix)
                for ip, client in options.clients.items()}
     device = ShellyDevice(options, identity, ctx.meter(options.meter), ctx.reactor,
                           udp_ports=options.udp_ports, modbus=options.modbus_port is not None,
