@@ -19,6 +19,7 @@ from twisted.trial.unittest import TestCase
 from meteremu.asyncbridge import as_deferred
 from meteremu.config import ConfigError
 from meteremu.devices.shelly.mdns import build_service_infos
+from meteremu.devices.shelly.rpc import CallContext, RpcError
 from tests.support import asyncio_reactor_skip, fixture_json, sample_reading, start_app, test_config
 from tests.support.udp import free_udp_ports
 
@@ -119,6 +120,15 @@ class FaceTests(TestCase):
         for info in infos:
             self.assertIn(f"gen={gen}", txt)
             self.assertEqual(info.properties[b"gen"], str(gen).encode())
+
+        # Stale under on_stale: error (the default): EM1.GetStatus refuses, GetStatus reports the failure.
+        meter.report_failure("test: unplugged")
+        core = app.devices[0].core
+        with self.assertRaises(RpcError) as refused:
+            core.call("EM1.GetStatus", {"id": 0}, CallContext("test"))
+        self.assertEqual(refused.exception.code, -114)
+        em1 = core.call("Shelly.GetStatus", {}, CallContext("test"))["em1:0"]
+        self.assertEqual((em1["act_power"], em1["errors"]), (None, ["power_meter_failure"]))
 
     async def test_em_gen3(self) -> None:
         await self.check_face("shelly_em_gen3")
