@@ -16,11 +16,14 @@ import json
 import struct
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as hst
 from twisted.trial.unittest import TestCase
 
 from meteremu.asyncbridge import as_deferred
 from meteremu.config import ConfigError
 from tests.support import asyncio_reactor_skip, start_app, test_config
+from tests.support.fuzz import fuzz_settings, yaml_values
 from tests.support.udp import free_udp_ports
 
 SIM = {"grid": {"source": {"type": "simulator", "interval": "1h"}}}
@@ -159,3 +162,13 @@ class ClientConfigTests(TestCase):
             {"10.0.0.8": {"mac": "AABBCC000002"}, "10.0.0.9": {"mac": "aa-bb-cc-00-00-02"}}))
         self.assertIn("clients", self.error({"10.0.0.9": {"mac": "auto", "colour": "red"}}))
         self.assertIn("clients", self.error(["10.0.0.9"]))
+
+    @fuzz_settings(300)
+    @given(yaml_values(keys=hst.sampled_from(["mac", "10.0.0.9", "::1", "auto", "AABBCC000002"])))
+    def test_any_clients_value_is_accepted_or_a_config_error(self, clients: Any) -> None:
+        # Whatever the YAML holds under clients:, the loader answers with a config or a ConfigError.
+        try:
+            test_config(self.mktemp(), meters=SIM, devices=[
+                {"type": "shelly_pro_3em", "mac": OWN_MAC, "clients": clients}])
+        except ConfigError:
+            pass
