@@ -73,12 +73,15 @@ class FaceTests(TestCase):
         real = fixture_json("shelly", f"{fixture}.json")
         (udp_port,) = free_udp_ports(1)
         config = test_config(self.mktemp(), meters=SIM, devices=[{
-            "type": kind, "mac": "C8F09E0A1B2C", "udp_ports": [udp_port]}])
+            "type": kind, "mac": "C8F09E0A1B2C", "udp_ports": [udp_port],
+            "clients": {"127.0.0.2": {"mac": "AABBCC000002"}}}])
         app = await start_app(self, config)
         meter = app.meters["grid"]
         reading = sample_reading(meter.latest.measured_at + 1)
         meter.update(reading)
         device_id = f"{prefix}-c8f09e0a1b2c"
+        # A listed client's own identity keeps the face's id prefix.
+        self.assertEqual(app.devices[0].identity_for("127.0.0.2").device_id, f"{prefix}-aabbcc000002")
 
         view = await as_deferred(aioshelly_view(app.http_port(), "C8F09E0A1B2C"))
         # GetDeviceInfo: the capture's keys, in its order.
