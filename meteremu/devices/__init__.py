@@ -18,6 +18,8 @@ from meteremu.registry import LazyOptions
 
 DEVICE_MODULES: dict[str, str] = {
     "shelly_pro_3em": "meteremu.devices.shelly",
+    "shelly_em_gen3": "meteremu.devices.shelly.em_gen3",
+    "shelly_pro_em50": "meteremu.devices.shelly.pro_em50",
     "everhome_ecotracker": "meteremu.devices.ecotracker",
     "sma_energy_meter": "meteremu.devices.sma",
     "marstek_ct002": "meteremu.devices.marstek.ct002",

@@ -40,15 +40,16 @@ class DeviceContext:
         """The meter the device serves (``None``: the first one)."""
         return self.meters[name] if name is not None else self.meters.values()[0]
 
-    def mac(self, configured: str, generate: Callable[[], str]) -> str:
+    def mac(self, configured: str, generate: Callable[[], str], client: str | None = None) -> str:
         """The configured MAC, or with ``auto`` one generated once and kept in the store.
 
         Keyed by position, not name: renaming a device must not change its
-        MAC (Home Assistant's unique id is derived from it).
+        MAC (Home Assistant's unique id is derived from it). ``client`` (an
+        IP of the device's ``clients:``) keeps that client's own MAC.
         """
         if configured != "auto":
             return configured
-        key = f"device:{self.index}:mac"
+        key = f"device:{self.index}:mac" if client is None else f"device:{self.index}:client:{client}:mac"
         mac = self.store.get(key)
         if mac is not None and not (isinstance(mac, str) and re.fullmatch(r"[0-9A-F]{12}", mac)):
             self.store.report(key, "was not a MAC; a new one was generated (clients see a new device)")

@@ -337,6 +337,7 @@ class LoopbackAnnouncementTests(TestCase):
             txt = decoded(info.properties)
             self.assertEqual(txt, txt_properties(ident))
             self.assertEqual((txt["gen"], txt["app"], txt["arch"]), ("2", "Pro3EM", "esp32"))
+            self.assertEqual(txt["mac"].replace(":", ""), ident.mac)  # Solakon: AA:BB:… (§1)
             self.assertEqual(ha_mac_from_name(info.name), ident.mac.lower())
 
         self.assertGreater(self.guard.sent, 0)  # the guard did see the traffic

@@ -16,6 +16,8 @@ def option_fields(roots: list[type]) -> list[tuple[type, str]]:
             continue
         seen.append(cls)
         for hint in typing.get_type_hints(cls).values():
+            if typing.get_origin(hint) is typing.ClassVar:  # class data (a device's face), not a key
+                continue
             stack = [hint]
             while stack:
                 item = stack.pop()

@@ -133,6 +133,10 @@ class ShellyOnTheLanTests(LanCase):
             self.assertEqual(txt["gen"], "2")
             self.assertEqual(txt["app"], "Pro3EM")
             self.assertEqual(txt["arch"], "esp32")
+            # Solakon One (batteries.md §1): TXT mac as AA:BB:…, and the model.
+            self.assertEqual(txt["mac"].replace(":", ""), device_id.rsplit("-", 1)[1].upper())
+            self.assertRegex(txt["mac"], r"^([0-9A-F]{2}:){5}[0-9A-F]{2}$")
+            self.assertEqual(txt["model"], "SPEM-003CEBEU")
 
 
 class EcoTrackerOnTheLanTests(LanCase):

@@ -73,6 +73,8 @@ class RecordTests(SynchronousTestCase):
             "id": "shellypro3em-c8f09e123456",
             "fw_id": "20250508-110717/1.6.1-g8dbd358",
             "arch": "esp32",
+            "mac": "C8:F0:9E:12:34:56",
+            "model": "SPEM-003CEBEU",
         })
 
     def test_txt_follows_the_identity(self) -> None:

@@ -118,6 +118,29 @@ class ShapeTests(ShapeMixin, SynchronousTestCase):
             self.assertSameShape(self.call(method), real, (method,))
         self.assertSameShape(self.call("WiFi.GetStatus"), OLDER["status"]["wifi"] | {"sta_ip6": []}, ("wifi",))
 
+    def test_em_config_is_what_hoymiles_reads(self) -> None:
+        # batteries.md §1: Hoymiles reads EM.GetConfig's id, name (null), blink_mode_selector,
+        # phase_selector, monitor_phase_sequence, reverse ({}) and ct_type; the values are the
+        # fw 1.6.1 capture's, in its key order, through GetConfig as through EM.GetConfig.
+        real = REFERENCE["config"]["em:0"]
+        ours = self.call("EM.GetConfig", id=0)
+        self.assertEqual(ours, real)
+        self.assertEqual(list(ours), ["id", "name", "blink_mode_selector", "phase_selector",
+                                      "monitor_phase_sequence", "reverse", "ct_type"])
+        self.assertEqual(self.call("Shelly.GetConfig")["em:0"], ours)
+
+    def test_cloud_reads_disabled_as_on_the_real_device(self) -> None:
+        # Growatt NOAH/NEXA want the cloud off (batteries.md §1). The fw 1.6.1 capture of a device
+        # with the cloud off reports status {connected: false} and config {enable: false, server}:
+        # exactly that, nothing added (an "enabled" key in the status is gen1's, served on /status).
+        status, config = REFERENCE["status"]["cloud"], REFERENCE["config"]["cloud"]
+        self.assertEqual(status, {"connected": False})
+        self.assertFalse(config["enable"])
+        self.assertEqual(self.call("Cloud.GetStatus"), status)
+        self.assertEqual(self.call("Shelly.GetStatus")["cloud"], status)
+        self.assertEqual(self.call("Cloud.GetConfig"), config)
+        self.assertEqual(self.call("Shelly.GetConfig")["cloud"], config)
+
     def test_em_key_order_is_the_devices(self) -> None:
         keys = list(self.call("EM.GetStatus", id=0))
         self.assertEqual(keys[:7], ["id", "a_current", "a_voltage", "a_act_power", "a_aprt_power", "a_pf", "a_freq"])

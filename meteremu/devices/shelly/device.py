@@ -63,9 +63,12 @@ class ShellyDevice:
         modbus: bool = False,
         tz: str | None = None,
         temperature: Callable[[], float | None] = host_temperature,
+        client_identities: dict[str, Identity] | None = None,
     ) -> None:
         self.options = options
         self.identity = identity
+        # Per listed client IP its own identity (``clients:``); everyone else sees ``identity``.
+        self.client_identities = dict(client_identities or {})
         self.meter = meter
         self.clock = clock
         self.udp_ports = udp_ports
@@ -74,15 +77,29 @@ class ShellyDevice:
         self.temperature = temperature
         self.started_at = clock.seconds()
         self.cfg_rev = 1
-        self.em_ids = range(0) if self.monophase else range(1)
-        self.em1_ids = range(3) if self.monophase else range(0)
+        self.face = options.FACE
+        # EM Gen3 / Pro EM-50: em1 channels, the first carrying the summed meter.
+        self.summed = self.face.channels > 0
+        self.em_ids = range(0) if self.monophase or self.summed else range(1)
+        self.em1_ids = range(3) if self.monophase else range(self.face.channels)
         self.clients = ClientTracker(clock, options.scaling)
         ctl = options.control
         self.controller = control.shared(meter, clock, ctl) if ctl is not None and ctl.enabled else None
-        self.core = RpcCore(lambda: self.identity.device_id, build_methods(self))
+        self.core = RpcCore(lambda: self.identity.device_id, build_methods(self),
+                            device_id_for=self._device_id_for if self.client_identities else None)
         self.core.guards.append(self.clients.observe)
         self._cached_reading: Reading | None = None
         self._cache: dict[tuple[Any, ...], Encoded] = {}
+
+    def identity_for(self, peer: str | None) -> Identity:
+        """Who the device is to the client at ``peer``: its own identity in
+        ``clients:``, else the device's."""
+        if peer is None or not self.client_identities:
+            return self.identity
+        return self.client_identities.get(peer, self.identity)
+
+    def _device_id_for(self, peer: str | None) -> str:
+        return self.identity_for(peer).device_id
 
     @property
     def monophase(self) -> bool:
@@ -157,11 +174,21 @@ class ShellyDevice:
         key = ("em1", index, scale, minimal)
         hit = self._cached(reading, key)
         if hit is None:
-            result = st.em1_status(reading, index, scale)
+            result = (st.em1_summed_status if self.summed else st.em1_status)(reading, index, scale)
             if minimal:
                 result = {"id": result["id"], "act_power": result["act_power"]}
             hit = self._store(key, result)
         return hit
+
+    def em1data(self, index: int) -> dict[str, Any]:
+        """``EM1Data.GetStatus`` of channel ``index`` (per phase, or the summed meter's)."""
+        energy = self.meter.energy
+        return (st.em1data_summed_status if self.summed else st.em1data_status)(energy, index)
+
+    def only_real(self, components: dict[str, Any]) -> dict[str, Any]:
+        """Keep the components the impersonated model really has (its capture's list)."""
+        keep = self.face.components
+        return components if keep is None else {k: v for k, v in components.items() if k in keep}
 
     def _cached(self, reading: Reading, key: tuple[Any, ...]) -> Encoded | None:
         if reading is not self._cached_reading:
@@ -177,14 +204,17 @@ class ShellyDevice:
         return encoded
 
     # -- composite views (GetStatus, GetConfig, notifications) -----------------------------
-    def sys_status(self) -> dict[str, Any]:
+    def sys_status(self, peer: str | None = None) -> dict[str, Any]:
         # The time shown is the wall clock's; uptime counts on the steady one.
         uptime = self.clock.seconds() - self.started_at
-        return st.sys_status(self.identity, wall(self.clock), uptime, self.cfg_rev)
+        return st.sys_status(self.identity_for(peer), wall(self.clock), uptime, self.cfg_rev)
 
-    def sys_config(self) -> dict[str, Any]:
+    def sys_config(self, peer: str | None = None) -> dict[str, Any]:
         port = self.udp_ports[0] if self.udp_ports else None
-        return st.sys_config(self.identity, port, self.cfg_rev, self.tz)
+        config = st.sys_config(self.identity_for(peer), port, self.cfg_rev, self.tz)
+        if not self.face.sys_button:
+            del config["device"]["sys_btn_toggle"]
+        return config
 
     def static_config(self) -> dict[str, Any]:
         return st.static_config(self.identity, self.modbus)
@@ -208,12 +238,12 @@ class ShellyDevice:
             reading = None
         energy = self.meter.energy
         out: dict[str, Any] = {}
-        if self.monophase:
+        if self.em1_ids:
             for i in self.em1_ids:
                 out[f"em1:{i}"] = (st.em1_status(None, i, scale, True) if reading is None
                                    else self.em1_result(reading, i, scale))
             for i in self.em1_ids:
-                out[f"em1data:{i}"] = st.em1data_status(energy, i)
+                out[f"em1data:{i}"] = self.em1data(i)
         else:
             out["em:0"] = st.em_status(None, scale, True) if reading is None else self.em_result(reading, scale)
             out["emdata:0"] = st.emdata_status(energy)
@@ -227,18 +257,18 @@ class ShellyDevice:
         status.update(self.meter_components(ctx))
         status.update({
             "eth": {"ip": ctx.local_ip, "ip6": None}, "modbus": {}, "mqtt": {"connected": False},
-            "sys": self.sys_status(), "temperature:0": st.temperature_status(self.temperature()),
+            "sys": self.sys_status(ctx.peer), "temperature:0": st.temperature_status(self.temperature()),
             "wifi": st.wifi_status(), "ws": {"connected": False},
         })
-        return status
+        return self.only_real(status)
 
-    def full_config(self) -> dict[str, Any]:
-        """``Shelly.GetConfig`` (key order of the real device)."""
+    def full_config(self, peer: str | None = None) -> dict[str, Any]:
+        """``Shelly.GetConfig`` for the client at ``peer`` (key order of the real device)."""
         static = self.static_config()
         config: dict[str, Any] = {k: static[k] for k in ("ble", "bthome", "cloud")}
-        if self.monophase:
+        if self.em1_ids:
             for i in self.em1_ids:
-                config[f"em1:{i}"] = st.em1_config(i)
+                config[f"em1:{i}"] = st.em1_config(i, self.face.ct_type)
             for i in self.em1_ids:
                 config[f"em1data:{i}"] = {}
         else:
@@ -246,7 +276,7 @@ class ShellyDevice:
             config["emdata:0"] = {}
         for key in ("eth", "modbus", "mqtt"):
             config[key] = static[key]
-        config["sys"] = self.sys_config()
+        config["sys"] = self.sys_config(peer)
         for key in ("temperature:0", "wifi", "ws"):
             config[key] = static[key]
-        return config
+        return self.only_real(config)

@@ -121,7 +121,8 @@ def install_routes(app: Klein, device: ShellyDevice) -> None:
         if refused is not None:
             return answer(request, {"error": refused}, 429)
         now = wall(device.clock)
-        return answer(request, status(device.identity, reading, device.meter.energy, scale, now,
+        ident = device.identity_for(context(request).peer)
+        return answer(request, status(ident, reading, device.meter.energy, scale, now,
                                       device.clock.seconds() - device.started_at))
 
     @app.route("/emeter/<string:index>", methods=["GET"])
@@ -137,4 +138,4 @@ def install_routes(app: Klein, device: ShellyDevice) -> None:
 
     @app.route("/settings", methods=["GET"])
     def gen1_settings(request: IRequest) -> bytes:
-        return answer(request, settings(device.identity))
+        return answer(request, settings(device.identity_for(context(request).peer)))

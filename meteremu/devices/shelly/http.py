@@ -117,7 +117,7 @@ def install_routes(
     @app.route("/shelly", methods=["GET"])
     def shelly(request: IRequest) -> bytes:
         request.setHeader(b"content-type", JSON)
-        return jsonfmt.dumpb(device_info(device.identity))
+        return jsonfmt.dumpb(device_info(device.identity_for(_context(request).peer)))
 
     @app.route("/rpc/<string:method>", methods=["GET", "POST"])
     def rpc_method(request: IRequest, method: str) -> bytes:

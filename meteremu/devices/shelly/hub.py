@@ -106,7 +106,7 @@ class NotifyHub:
 
     def _send(self, client: Subscriber, method: str, params: str) -> None:
         """Send ``params`` (JSON text, see :func:`params_json`) to ``client``."""
-        client.send(notification_bytes(self.device.identity.device_id, client.src or "", method, params))
+        client.send(notification_bytes(self.device.identity_for(client.ctx.peer).device_id, client.src or "", method, params))
         client.last_notified = self.clock.seconds()
         self.sent += 1
 

@@ -8,7 +8,7 @@ never changes across restarts.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from meteremu.devices.shelly.options import FW_ID_RE, Options
 
@@ -50,9 +50,19 @@ def make_identity(options: Options, mac: str) -> Identity:
     mac = normalise_mac(mac)
     match = FW_ID_RE.match(options.fw_id)
     ver = options.ver or (match.group(2) if match else options.fw_id)
-    device_id = options.device_id or f"shellypro3em-{mac.lower()}"
+    device_id = options.device_id or f"{options.FACE.prefix}-{mac.lower()}"
     return Identity(
         mac=mac, device_id=device_id, name=options.name, model=options.model,
         fw_id=options.fw_id, ver=ver, app=options.app, gen=options.gen,
-        profile=options.profile, serial=options.serial, manufacturer=options.manufacturer,
+        profile=options.profile if options.FACE.profiles else "", serial=options.serial, manufacturer=options.manufacturer,
     )
+
+
+def client_identity(own: Identity, mac: str, prefix: str = "shellypro3em") -> Identity:
+    """What one listed client sees: ``own`` with the client's MAC and the id derived from it.
+
+    The id is always derived (a configured ``device_id`` names the device's
+    own identity only): two clients must never share an id.
+    """
+    mac = normalise_mac(mac)
+    return replace(own, mac=mac, device_id=f"{prefix}-{mac.lower()}")

@@ -72,7 +72,10 @@ def txt_properties(identity: Identity) -> dict[str, str]:
 
     ``gen`` is what tells Gen2+ apart from Gen1 on ``_http._tcp``; ``id``,
     ``fw_id`` and ``arch`` are what Hame/Marstek and Hoymiles check; ``app``
-    and ``ver`` match ``Shelly.GetDeviceInfo``.
+    and ``ver`` match ``Shelly.GetDeviceInfo``. ``mac`` (colon-separated,
+    upper case) and ``model`` are what the Solakon One looks for
+    (batteries.md §1; shelly.md §5, uni-meter#267); no real device's TXT set
+    is captured, so these follow the emulators batteries were seen to pair with.
     """
     return {
         "gen": str(identity.gen),
@@ -81,7 +84,14 @@ def txt_properties(identity: Identity) -> dict[str, str]:
         "id": identity.device_id,
         "fw_id": identity.fw_id,
         "arch": ARCH,
+        "mac": colon_mac(identity.mac),
+        "model": identity.model,
     }
+
+
+def colon_mac(mac: str) -> str:
+    """``AABBCCDDEEFF`` as ``AA:BB:CC:DD:EE:FF``."""
+    return ":".join(mac[i:i + 2] for i in range(0, len(mac), 2))
 
 
 def instance_name(identity: Identity, service_type: str) -> str:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from meteremu.devices.shelly import status as st
+from meteremu.devices.shelly.faces import Face
 from meteremu.devices.shelly.identity import Identity
 from meteremu.devices.shelly.jsonfmt import Encoded
 from meteremu.devices.shelly.rpc import INVALID_ARGUMENT, NOT_FOUND, CallContext, Handler, RpcError
@@ -31,6 +32,7 @@ class DeviceView(Protocol):
     cfg_rev: int
     em_ids: range
     em1_ids: range
+    face: Face
     temperature: Callable[[], float | None]
     meter: Meter
 
@@ -40,11 +42,13 @@ class DeviceView(Protocol):
     def serving_reading(self) -> Reading: ...
     def em_result(self, reading: Reading, scale: float, minimal: bool = False) -> Encoded: ...
     def em1_result(self, reading: Reading, index: int, scale: float, minimal: bool = False) -> Encoded: ...
-    def sys_status(self) -> dict[str, Any]: ...
-    def sys_config(self) -> dict[str, Any]: ...
+    def identity_for(self, peer: str | None) -> Identity: ...
+    def em1data(self, index: int) -> dict[str, Any]: ...
+    def sys_status(self, peer: str | None = None) -> dict[str, Any]: ...
+    def sys_config(self, peer: str | None = None) -> dict[str, Any]: ...
     def static_config(self) -> dict[str, Any]: ...
     def full_status(self, ctx: CallContext) -> dict[str, Any]: ...
-    def full_config(self) -> dict[str, Any]: ...
+    def full_config(self, peer: str | None = None) -> dict[str, Any]: ...
 
 
 def component_id(params: dict[str, Any], valid: range) -> int:
@@ -65,7 +69,7 @@ def build_methods(dev: DeviceView) -> dict[str, Handler]:
     em_ids, em1_ids = dev.em_ids, dev.em1_ids
 
     def device_info(params: dict[str, Any], ctx: CallContext) -> Any:
-        return st.device_info(dev.identity)
+        return st.device_info(dev.identity_for(ctx.peer))
 
     def em_get_status(params: dict[str, Any], ctx: CallContext) -> Any:
         component_id(params, em_ids)
@@ -88,10 +92,10 @@ def build_methods(dev: DeviceView) -> dict[str, Handler]:
         return dev.em1_result(dev.serving_reading(), index, dev.scale_for(ctx), dev.minimal)
 
     def em1_get_config(params: dict[str, Any], ctx: CallContext) -> Any:
-        return st.em1_config(component_id(params, em1_ids))
+        return st.em1_config(component_id(params, em1_ids), dev.face.ct_type)
 
     def em1data_get_status(params: dict[str, Any], ctx: CallContext) -> Any:
-        return st.em1data_status(dev.meter.energy, component_id(params, em1_ids))
+        return dev.em1data(component_id(params, em1_ids))
 
     def em1data_get_config(params: dict[str, Any], ctx: CallContext) -> Any:
         component_id(params, em1_ids)
@@ -101,7 +105,7 @@ def build_methods(dev: DeviceView) -> dict[str, Handler]:
         return dev.full_status(ctx)
 
     def get_config(params: dict[str, Any], ctx: CallContext) -> Any:
-        return dev.full_config()
+        return dev.full_config(ctx.peer)
 
     def get_components(params: dict[str, Any], ctx: CallContext) -> Any:
         offset = params.get("offset", 0)
@@ -113,7 +117,7 @@ def build_methods(dev: DeviceView) -> dict[str, Handler]:
         keys = params.get("keys")
         if not isinstance(include, list) or (keys is not None and not isinstance(keys, list)):
             raise RpcError(INVALID_ARGUMENT, "Invalid argument 'include'/'keys'")
-        status, config = dev.full_status(ctx), dev.full_config()
+        status, config = dev.full_status(ctx), dev.full_config(ctx.peer)
         names = [k for k in status if keys is None or k in keys]
         components = []
         for name in names[offset:]:
@@ -145,8 +149,8 @@ def build_methods(dev: DeviceView) -> dict[str, Handler]:
         "Shelly.GetConfig": get_config,
         "Shelly.GetComponents": get_components,
         "Shelly.ListMethods": lambda params, ctx: {"methods": sorted(table)},
-        "Sys.GetStatus": lambda params, ctx: dev.sys_status(),
-        "Sys.GetConfig": lambda params, ctx: dev.sys_config(),
+        "Sys.GetStatus": lambda params, ctx: dev.sys_status(ctx.peer),
+        "Sys.GetConfig": lambda params, ctx: dev.sys_config(ctx.peer),
         "WiFi.GetStatus": simple(st.wifi_status),
         "WiFi.GetConfig": static("wifi"),
         "Eth.GetStatus": lambda params, ctx: {"ip": ctx.local_ip, "ip6": None},
@@ -154,7 +158,7 @@ def build_methods(dev: DeviceView) -> dict[str, Handler]:
         "Cloud.GetStatus": simple(lambda: {"connected": False}),
         "Cloud.GetConfig": static("cloud"),
         "MQTT.GetStatus": simple(lambda: {"connected": False}),
-        "MQTT.GetConfig": simple(lambda: st.mqtt_config(dev.identity)),
+        "MQTT.GetConfig": lambda params, ctx: st.mqtt_config(dev.identity_for(ctx.peer)),
         "Ws.GetStatus": simple(lambda: {"connected": False}),
         "Ws.GetConfig": static("ws"),
         "Modbus.GetStatus": simple(lambda: {}),

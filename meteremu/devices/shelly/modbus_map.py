@@ -262,7 +262,7 @@ class RegisterMap:
 
     # -- blocks (each returns exactly ``size`` registers) ----------------------
     def _device_info(self, ctx: CallContext) -> list[int]:
-        ident = self.device.identity
+        ident = self.device.identity_for(ctx.peer)
         return string_swapped(ident.mac, 6) + string_swapped(ident.model, 10) + string_swapped(ident.name, 32)
 
     def _em(self, ctx: CallContext) -> list[int]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from meteremu.configtypes import Duration
 from meteremu.control.options import ControlOptions
+from meteremu.devices.shelly.faces import EM_GEN3, PRO_3EM, PRO_EM50, Face
 
 DEFAULT_MODEL = "SPEM-003CEBEU"
 DEFAULT_FW_ID = "20250508-110717/1.6.1-g8dbd358"
@@ -73,7 +75,30 @@ class ScalingOptions:
 
 
 @dataclass(frozen=True)
+class ClientIdentityOptions:
+    """``clients: {<ip>: {mac: …}}``: what one client sees the device as.
+
+    Indevolt pairs one meter per system: two systems on one emulated device
+    need two device ids, so each listed client IP sees its own MAC and the
+    id derived from it on every transport.
+    """
+
+    mac: str = field(default="auto", metadata={
+        "doc": "12 hex digits, or 'auto' (generated once, kept in the store)"})
+
+
+MAC_RE = re.compile(r"[0-9A-Fa-f]{12}")
+
+
+def valid_mac(mac: str) -> bool:
+    """12 hex digits, with or without ':' or '-' separators."""
+    return MAC_RE.fullmatch(mac.replace(":", "").replace("-", "")) is not None
+
+
+@dataclass(frozen=True)
 class Options:
+    FACE: ClassVar[Face] = PRO_3EM
+
     meter: str | None = field(default=None, metadata={
         "doc": "name of the meter to serve (default: the first meter)"})
     name: str | None = field(default=None, metadata={
@@ -81,7 +106,7 @@ class Options:
     mac: str = field(default="auto", metadata={
         "doc": "12 hex digits, or 'auto' (generated once, kept in the store)"})
     device_id: str | None = field(default=None, metadata={
-        "doc": "override the id (default shellypro3em-<mac lowercase>)"})
+        "doc": "override the id (default <prefix>-<mac lowercase>, e.g. shellypro3em-…)"})
     model: str = field(default=DEFAULT_MODEL, metadata={"doc": "model string"})
     fw_id: str = field(default=DEFAULT_FW_ID, metadata={
         "doc": "firmware id, YYYYMMDD-HHMMSS/<ver>-g<hash>"})
@@ -125,13 +150,16 @@ class Options:
         "doc": "several batteries on one meter"})
     gen1_endpoints: bool = field(default=True, metadata={
         "doc": "also serve the gen1 /status, /emeter/<n> and /settings (Hoymiles, Anker)"})
+    clients: dict[str, ClientIdentityOptions] = field(default_factory=dict, metadata={
+        "doc": "per client IP its own identity ({mac: …}): one meter per Indevolt system"})
     control: ControlOptions | None = field(default=None, metadata={
         "doc": "active control: each battery its own value (weights by IP); replaces scaling for batteries"})
 
     def validate(self) -> list[tuple[str, str]]:
         errors = []
-        if self.mac != "auto" and not re.fullmatch(r"[0-9A-Fa-f]{12}", self.mac.replace(":", "")):
+        if self.mac != "auto" and not valid_mac(self.mac):
             errors.append(("mac", f"expected 12 hex digits or 'auto'; got {self.mac!r}"))
+        errors.extend(self._validate_clients())
         if not FW_ID_RE.match(self.fw_id):
             errors.append(("fw_id", f"expected YYYYMMDD-HHMMSS/<version>-g<hash>; got {self.fw_id!r}"))
         for name in ("http_port", "modbus_port"):
@@ -157,9 +185,79 @@ class Options:
             errors.append(("udp_max_bytes", f"expected 64-65507; got {self.udp_max_bytes}"))
         if self.control is not None and self.control.enabled and self.scaling.mode != "none":
             errors.append(("control", "use either control or scaling (mode: none), not both"))
+        errors.extend(self._validate_face())
         if self.device_id is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", self.device_id):
             errors.append(("device_id", "expected letters, digits, '-', '_' or '.'"))
         return errors
+
+
+    def _validate_face(self) -> list[tuple[str, str]]:
+        """Options that only the Pro 3EM has (its Modbus map, profiles, gen1 shapes)."""
+        if self.FACE is PRO_3EM:
+            return []
+        errors = []
+        if self.modbus_port is not None:
+            errors.append(("modbus_port", f"{self.FACE.type} has no emulated Modbus map; remove modbus_port"))
+        if self.profile != "triphase":
+            errors.append(("profile", f"{self.FACE.type} has no profiles; remove profile"))
+        if self.gen1_endpoints:
+            errors.append(("gen1_endpoints", f"the gen1 endpoints are the Pro 3EM's; set false on {self.FACE.type}"))
+        return errors
+
+    def _validate_clients(self) -> list[tuple[str, str]]:
+        errors = []
+        seen: dict[str, str] = {}
+        own = None if self.mac == "auto" else self.mac.replace(":", "").replace("-", "").upper()
+        for ip, client in self.clients.items():
+            try:
+                ipaddress.ip_address(ip)
+            except ValueError:
+                errors.append((f"clients.{ip}", f"expected a client IP address; got {ip!r}"))
+            if client.mac == "auto":
+                continue
+            if not valid_mac(client.mac):
+                errors.append((f"clients.{ip}.mac", f"expected 12 hex digits or 'auto'; got {client.mac!r}"))
+                continue
+            mac = client.mac.replace(":", "").replace("-", "").upper()
+            if mac == own:
+                errors.append((f"clients.{ip}.mac", "is the device's own MAC; a client needs its own"))
+            elif mac in seen:
+                errors.append((f"clients.{ip}.mac", f"is also the MAC of client {seen[mac]}"))
+            seen[mac] = ip
+        return errors
+
+
+@dataclass(frozen=True)
+class EmGen3Options(Options):
+    """``type: shelly_em_gen3``: a Shelly EM Gen3 (Marstek polls it on UDP 2222)."""
+
+    FACE: ClassVar[Face] = EM_GEN3
+
+    model: str = field(default="S3EM-002CXCEU", metadata={"doc": "model string"})
+    fw_id: str = field(default="20260311-095848/1.7.5-g9979d16", metadata={
+        "doc": "firmware id, YYYYMMDD-HHMMSS/<ver>-g<hash>"})
+    app: str = field(default="EMG3", metadata={"doc": "application name"})
+    gen: int = field(default=3, metadata={"doc": "device generation"})
+    udp_ports: tuple[int, ...] = field(default=(2222,), metadata={
+        "doc": "UDP JSON-RPC ports (Marstek: 1010, 2220; 2222, 2223)"})
+    gen1_endpoints: bool = field(default=False, metadata={
+        "doc": "also serve the gen1 /status, /emeter/<n> and /settings (Hoymiles, Anker)"})
+
+
+@dataclass(frozen=True)
+class ProEm50Options(Options):
+    """``type: shelly_pro_em50``: a Shelly Pro EM-50 (Marstek polls it on UDP 2223)."""
+
+    FACE: ClassVar[Face] = PRO_EM50
+
+    model: str = field(default="SPEM-002CEBEU50", metadata={"doc": "model string"})
+    fw_id: str = field(default="20260311-095857/1.7.5-g9979d16", metadata={
+        "doc": "firmware id, YYYYMMDD-HHMMSS/<ver>-g<hash>"})
+    app: str = field(default="ProEM", metadata={"doc": "application name"})
+    udp_ports: tuple[int, ...] = field(default=(2223,), metadata={
+        "doc": "UDP JSON-RPC ports (Marstek: 1010, 2220; 2222, 2223)"})
+    gen1_endpoints: bool = field(default=False, metadata={
+        "doc": "also serve the gen1 /status, /emeter/<n> and /settings (Hoymiles, Anker)"})
 
 
 def mdns_options(value: bool | MdnsOptions) -> MdnsOptions | None:

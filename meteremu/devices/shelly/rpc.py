@@ -106,8 +106,12 @@ class RpcCore:
     ``No handler for <Method>``.
     """
 
-    def __init__(self, device_id: Callable[[], str], methods: dict[str, Handler]) -> None:
+    def __init__(self, device_id: Callable[[], str], methods: dict[str, Handler],
+                 device_id_for: Callable[[str | None], str] | None = None) -> None:
         self._device_id = device_id
+        # Per-client identities (``clients:``): the id a given peer sees; None = one id for all.
+        self._device_id_for = device_id_for
+        self._peer_id_json: dict[str, bytes] = {}
         self._id_json: tuple[str | None, bytes] = (None, b"")
         self.methods = dict(methods)
         self._lookup = {name.lower(): (name, handler) for name, handler in methods.items()}
@@ -133,6 +137,24 @@ class RpcCore:
         if device_id != self._id_json[0]:
             self._id_json = (device_id, encode_basestring(device_id).encode("utf-8", "backslashreplace"))
         return self._id_json[1]
+
+    def id_for(self, ctx: CallContext | None) -> str:
+        """The ``src`` of frames to the caller of ``ctx`` (its own id under ``clients:``)."""
+        if self._device_id_for is None or ctx is None:
+            return self._device_id()
+        return self._device_id_for(ctx.peer)
+
+    def id_json_for(self, ctx: CallContext) -> bytes:
+        """:meth:`id_for` as JSON text, for frames spliced by hand."""
+        if self._device_id_for is None:
+            return self.device_id_json
+        device_id = self._device_id_for(ctx.peer)
+        cached = self._peer_id_json.get(device_id)
+        if cached is None:
+            cached = encode_basestring(device_id).encode("utf-8", "backslashreplace")
+            if len(self._peer_id_json) < 1024:
+                self._peer_id_json[device_id] = cached
+        return cached
 
     def call(self, method: str, params: Any, ctx: CallContext) -> Any:
         """Run one method; raise :class:`RpcError` for any failure."""
@@ -185,7 +207,7 @@ class RpcCore:
             result = self.call(method, frame.get("params"), ctx)
         except RpcError as err:
             return self._error(frame_id, src, err, ctx)
-        response: dict[str, Any] = {"id": frame_id, "src": self.device_id}
+        response: dict[str, Any] = {"id": frame_id, "src": self.id_for(ctx)}
         if src is not None:
             response["dst"] = src
         response["result"] = result
@@ -194,7 +216,7 @@ class RpcCore:
     def _error(self, frame_id: Any, src: str | None, err: RpcError, ctx: CallContext | None = None) -> dict[str, Any]:
         if ctx is not None:
             self.report_error(err.code, ctx)
-        response: dict[str, Any] = {"id": frame_id, "src": self.device_id}
+        response: dict[str, Any] = {"id": frame_id, "src": self.id_for(ctx)}
         if src is not None:
             response["dst"] = src
         response["error"] = err.as_dict()

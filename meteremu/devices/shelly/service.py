@@ -21,7 +21,7 @@ from meteremu.devices.base import DeviceContext
 from meteremu.devices.shelly import http as shelly_http
 from meteremu.devices.shelly.device import ShellyDevice
 from meteremu.devices.shelly.hub import NotifyHub
-from meteremu.devices.shelly.identity import generate_mac, make_identity
+from meteremu.devices.shelly.identity import client_identity, generate_mac, make_identity
 from meteremu.devices.shelly.options import Options, mdns_options
 from meteremu.devices.shelly.rpc import CallContext
 from meteremu.devices.shelly.udp import ShellyUDP
@@ -84,9 +84,12 @@ def drop_counter(metrics: Metrics, device_id: str) -> Callable[[str], None]:
 
 def build(options: Options, ctx: DeviceContext) -> ShellyService:
     identity = make_identity(options, ctx.mac(options.mac, generate_mac))
+    clients = {ip: client_identity(identity, ctx.mac(client.mac, generate_mac, client=ip),
+                                     options.FACE.prefix)
+               for ip, client in options.clients.items()}
     device = ShellyDevice(options, identity, ctx.meter(options.meter), ctx.reactor,
                           udp_ports=options.udp_ports, modbus=options.modbus_port is not None,
-                          tz=time.tzname[0] if time.tzname else None)
+                          tz=time.tzname[0] if time.tzname else None, client_identities=clients)
     observe_requests(device, ctx.metrics)
     service = ShellyService(device)
     latency = ctx.metrics.observe_latency

@@ -94,6 +94,46 @@ def emdata_status(energy: EnergyCounters) -> dict[str, Any]:
     return result
 
 
+def em1_summed_status(reading: Reading | None, index: int, scale: float = 1.0,
+                      failure: bool = False) -> dict[str, Any]:
+    """``EM1.GetStatus`` of an EM Gen3 / Pro EM-50 face (two channels).
+
+    Channel 0 carries the whole meter, its phases summed (a battery on such a
+    meter regulates on ``em1:0``'s ``act_power``); channel 1 has no clamp: no
+    current and no power, at the line's voltage and frequency. The pf of the
+    sum is its active over its apparent power. Key order is the fw 1.7.5
+    captures' (voltage before current, unlike the Pro 3EM's em1); decimals
+    are the Pro 3EM's.
+    """
+    if reading is None or failure:
+        return em1_status(None, index, scale, True)
+    line = reading.phase(0)
+    if index != 0:
+        return {"id": index, "voltage": round(line.voltage, 1), "current": 0.0, "act_power": 0.0,
+                "aprt_power": 0.0, "pf": 0.0, "freq": round(line.freq, 1), "calibration": "factory"}
+    phases = [reading.phase(i) for i in range(len(PHASE_NAMES))]
+    act = sum(p.act_power for p in phases) * scale
+    aprt = sum(p.aprt_power for p in phases) * scale
+    return {
+        "id": 0,
+        "voltage": round(line.voltage, 1),
+        "current": round(sum(p.current for p in phases) * scale, 3),
+        "act_power": round(act, 1),
+        "aprt_power": round(aprt, 1),
+        "pf": round(min(1.0, abs(act) / aprt), 2) if aprt > 0 else 0.0,
+        "freq": round(line.freq, 1),
+        "calibration": "factory",
+    }
+
+
+def em1data_summed_status(energy: EnergyCounters, index: int) -> dict[str, Any]:
+    """``EM1Data.GetStatus`` of a two-channel face: the meter's totals on channel 0."""
+    if index != 0:
+        return {"id": index, "total_act_energy": 0.0, "total_act_ret_energy": 0.0}
+    return {"id": 0, "total_act_energy": round(energy.total_import_wh, 2),
+            "total_act_ret_energy": round(energy.total_export_wh, 2)}
+
+
 def em1data_status(energy: EnergyCounters, index: int) -> dict[str, Any]:
     c = energy.phases[index] if index < len(energy.phases) else None
     return {"id": index,
@@ -111,6 +151,10 @@ def device_info(ident: Identity, auth_en: bool = False) -> dict[str, Any]:
         "model": ident.model, "gen": ident.gen, "fw_id": ident.fw_id, "ver": ident.ver,
         "app": ident.app, "auth_en": auth_en, "auth_domain": ident.device_id if auth_en else None,
         "profile": ident.profile,
+    } if ident.profile else {  # EM Gen3 / Pro EM-50: no profiles, no key (real captures)
+        "name": ident.name, "id": ident.device_id, "mac": ident.mac, "slot": 0,
+        "model": ident.model, "gen": ident.gen, "fw_id": ident.fw_id, "ver": ident.ver,
+        "app": ident.app, "auth_en": auth_en, "auth_domain": ident.device_id if auth_en else None,
     }
 
 
@@ -119,15 +163,18 @@ def em_config() -> dict[str, Any]:
             "monitor_phase_sequence": False, "reverse": {}, "ct_type": "120A"}
 
 
-def em1_config(index: int) -> dict[str, Any]:
-    return {"id": index, "name": None, "reverse": False, "ct_type": "120A"}
+def em1_config(index: int, ct_type: str = "120A") -> dict[str, Any]:
+    return {"id": index, "name": None, "reverse": False, "ct_type": ct_type}
 
 
 def sys_config(ident: Identity, udp_port: int | None, cfg_rev: int, tz: str | None) -> dict[str, Any]:
+    device: dict[str, Any] = {"name": ident.name, "mac": ident.mac, "fw_id": ident.fw_id, "discoverable": True,
+                              "eco_mode": False, "profile": ident.profile, "addon_type": None,
+                              "sys_btn_toggle": True}
+    if not ident.profile:  # EM Gen3 / Pro EM-50: no profiles, no key (real captures)
+        del device["profile"]
     return {
-        "device": {"name": ident.name, "mac": ident.mac, "fw_id": ident.fw_id, "discoverable": True,
-                   "eco_mode": False, "profile": ident.profile, "addon_type": None,
-                   "sys_btn_toggle": True},
+        "device": device,
         "location": {"tz": tz, "lat": None, "lon": None},
         "debug": {"level": 2, "file_level": None, "mqtt": {"enable": False},
                   "websocket": {"enable": False}, "udp": {"addr": None}},

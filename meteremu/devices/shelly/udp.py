@@ -56,9 +56,9 @@ def fast_poll(core: RpcCore, data: bytes, ctx: CallContext) -> tuple[bytes | Non
         core.report_error(err.code, ctx)
         if err.code in SILENT_ERRORS:
             return None, SILENT_ERRORS[err.code]
-        return jsonfmt.dumpb({"id": int(number), "src": core.device_id, "error": err.as_dict()}), None
+        return jsonfmt.dumpb({"id": int(number), "src": core.id_for(ctx), "error": err.as_dict()}), None
     raw = result.raw if type(result) is jsonfmt.Encoded else jsonfmt.dumpb(result)
-    return b'{"id":%s,"src":%s,"result":%s}' % (number, core.device_id_json, raw), None
+    return b'{"id":%s,"src":%s,"result":%s}' % (number, core.id_json_for(ctx), raw), None
 
 
 def answer_datagram(core: RpcCore, data: bytes, ctx: CallContext, max_bytes: int) -> tuple[bytes | None, str | None]:
