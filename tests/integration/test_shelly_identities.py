@@ -22,7 +22,7 @@ from twisted.trial.unittest import TestCase
 
 from meteremu.asyncbridge import as_deferred
 from meteremu.config import ConfigError
-from tests.support import asyncio_reactor_skip, start_app, test_config
+from tests.support import asyncio_reactor_skip, sample_reading, start_app, test_config
 from tests.support.fuzz import fuzz_settings, yaml_values
 from tests.support.udp import free_udp_ports
 
@@ -146,6 +146,44 @@ class ClientIdentityTests(TestCase):
         await app.service.stopService()
         again = await start_app(self, test_config(store, meters=SIM, devices=[device_config(udp_port)]))
         self.assertEqual(again.devices[0].identity_for(AUTO).mac, auto_mac)
+
+
+async def notification_src(source: str, port: int, push: Any) -> str:
+    """Subscribe over the WebSocket from ``source``, make the meter move, return the NotifyStatus ``src``."""
+    import aiohttp
+
+    connector = aiohttp.TCPConnector(force_close=True, local_addr=(source, 0))
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async with session.ws_connect(f"http://127.0.0.1:{port}/rpc") as ws:
+            await ws.send_json({"id": 1, "src": "probe", "method": "Shelly.GetStatus"})
+            async with asyncio.timeout(10):
+                while (await ws.receive_json()).get("id") != 1:
+                    pass
+                push()
+                while True:
+                    frame = await ws.receive_json()
+                    if frame.get("method") == "NotifyStatus":
+                        return str(frame["src"])
+
+
+class NotificationIdentityTests(TestCase):
+    skip = asyncio_reactor_skip()
+    timeout = 60
+
+    async def test_notifications_carry_the_clients_own_device_id(self) -> None:
+        (udp_port,) = free_udp_ports(1)
+        app = await start_app(self, test_config(self.mktemp(), meters=SIM, devices=[device_config(udp_port)]))
+        meter = app.meters["grid"]
+        http_port = app.http_port()
+        t = [meter.latest.measured_at if meter.latest else 1_700_000_000.0]
+
+        def push() -> None:
+            t[0] += 1.0
+            meter.update(sample_reading(t[0], (1000.0 + t[0] % 100, 3.6, -244.0)))
+
+        for source, mac in ((LISTED, LISTED_MAC), (UNLISTED, OWN_MAC)):
+            src = await as_deferred(notification_src(source, http_port, push))
+            self.assertEqual(src, f"shellypro3em-{mac.lower()}", source)
 
 
 class ClientConfigTests(TestCase):
