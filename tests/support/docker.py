@@ -24,6 +24,7 @@ missing: CI is root and installs them (scripts/debian-packages).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import socket
@@ -35,8 +36,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 ROOT = REPO / ".cache" / "docker"
-# The exec root holds unix sockets: keep its path short.
-EXEC_ROOT = Path("/run/meteremu-test-docker")
+# The exec root holds unix sockets: keep its path short, and one per checkout
+# (two checkouts' engines must not share it).
+EXEC_ROOT = Path("/run/meteremu-test-docker-" + hashlib.sha256(str(ROOT).encode()).hexdigest()[:8])
 SOCKET = ROOT / "docker.sock"
 BASE = "python:3.11-slim-bookworm"
 IMAGE = "meteremu-test/meteremu:latest"
