@@ -66,6 +66,7 @@ from meteremu.sources.dsmr.parse import (
     Rejected,
     parse_line,
 )
+from meteremu.sources.streamlink import StreamWatchdog
 
 log = logger(__name__)
 
@@ -143,7 +144,7 @@ class _P1Protocol(Protocol):
         self.source._lost(self, reason)
 
 
-class DsmrSource(SourceStatus, SourceEvents, Service):
+class DsmrSource(StreamWatchdog, SourceStatus, SourceEvents, Service):
     """Feeds a Meter from P1 telegrams (see the module docstring)."""
 
     type_name = "dsmr"
@@ -292,12 +293,6 @@ class DsmrSource(SourceStatus, SourceEvents, Service):
         self._details_counts()
         self._set_state("connected")
 
-    def _arm_watchdog(self, proto: _P1Protocol) -> None:
-        if self._watchdog is not None and self._watchdog.active():
-            self._watchdog.reset(self.idle)
-        else:
-            self._watchdog = self.clock.callLater(self.idle, self._idle, proto)
-
     def _idle(self, proto: _P1Protocol) -> None:
         self._watchdog = None
         if proto is not self.proto or self._stopping:
@@ -310,24 +305,11 @@ class DsmrSource(SourceStatus, SourceEvents, Service):
         self._say("connection", message)
         self._drop(proto)
 
-    def _drop(self, proto: _P1Protocol) -> None:
-        proto.dropped = True
-        transport = proto.transport
-        if transport is None:
-            return
-        abort = getattr(transport, "abortConnection", None)
-        if abort is not None:
-            abort()
-        else:
-            transport.loseConnection()
-
     def _lost(self, proto: _P1Protocol, reason: Failure | None) -> None:
         if proto is not self.proto:
             return
         self.proto = None
-        if self._watchdog is not None and self._watchdog.active():
-            self._watchdog.cancel()
-        self._watchdog = None
+        self._forget_watchdog()
         if self._stopping:
             return
         if not proto.dropped:  # not our own idle watchdog: the other end went away

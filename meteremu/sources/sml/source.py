@@ -36,6 +36,7 @@ from meteremu.sources.common import SourceEvents, SourceStatus
 from meteremu.sources.jsonfields import ValueProblem
 from meteremu.sources.sml.options import SmlOptions
 from meteremu.sources.smlparse import Rejected, SmlStream, SmlValues
+from meteremu.sources.streamlink import StreamWatchdog
 
 WAIT_WHILE_STOPPING = 3600.0
 
@@ -56,7 +57,7 @@ class _SmlProtocol(Protocol):
         self.source._lost(self, reason)
 
 
-class SmlSource(SourceStatus, SourceEvents, Service):
+class SmlSource(StreamWatchdog, SourceStatus, SourceEvents, Service):
     """Feeds a Meter from an SML reading head (see the module docstring)."""
 
     type_name = "sml"
@@ -146,12 +147,6 @@ class SmlSource(SourceStatus, SourceEvents, Service):
         self._counts()
         self._set_state("connected")
 
-    def _arm_watchdog(self, proto: _SmlProtocol) -> None:
-        if self._watchdog is not None and self._watchdog.active():
-            self._watchdog.reset(self.idle)
-        else:
-            self._watchdog = self.clock.callLater(self.idle, self._idle, proto)
-
     def _idle(self, proto: _SmlProtocol) -> None:
         self._watchdog = None
         if proto is not self.proto or self._stopping:
@@ -161,24 +156,11 @@ class SmlSource(SourceStatus, SourceEvents, Service):
         self._say("connection", message)
         self._drop(proto)
 
-    def _drop(self, proto: _SmlProtocol) -> None:
-        proto.dropped = True
-        transport = proto.transport
-        if transport is None:
-            return
-        abort = getattr(transport, "abortConnection", None)
-        if abort is not None:
-            abort()
-        else:
-            transport.loseConnection()
-
     def _lost(self, proto: _SmlProtocol, reason: Failure | None) -> None:
         if proto is not self.proto:
             return
         self.proto = None
-        if self._watchdog is not None and self._watchdog.active():
-            self._watchdog.cancel()
-        self._watchdog = None
+        self._forget_watchdog()
         if self._stopping:
             return
         if not proto.dropped:
