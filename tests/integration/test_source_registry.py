@@ -39,6 +39,7 @@ MINIMAL = {
     "tibber_pulse": {"type": "tibber_pulse", "host": "192.168.1.80"},
     "sml": {"type": "sml", "serial": "/dev/ttyUSB0"},
     "shelly": {"type": "shelly", "host": "192.168.1.90"},
+    "sma_energy_meter": {"type": "sma_energy_meter"},
 }
 
 ENV = {"HA_TOKEN": "t", "ENVOY_TOKEN": "t", "HOMEWIZARD_TOKEN": "t", "MQTT_PASSWORD": "p",
