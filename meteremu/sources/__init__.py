@@ -27,6 +27,7 @@ SOURCE_MODULES: dict[str, str] = {
     "sml": "meteremu.sources.sml",
     "shelly": "meteremu.sources.shelly",
     "sma_energy_meter": "meteremu.sources.sma_energy_meter",
+    "modbus": "meteremu.sources.modbus",
 }
 
 _options = LazyOptions(SOURCE_MODULES)
