@@ -120,3 +120,19 @@ class SunSpecMapTests(SynchronousTestCase):
             keys = {key for key, _, _ in meter_map(model, 40000, 16).items}
             self.assertIn("frequency", keys)
             self.assertTrue({"power", "a_power"} & keys)
+
+
+class FuzzTests(SynchronousTestCase):
+    @given(st.lists(st.integers(0, 0xFFFF), min_size=76, max_size=76))
+    @fuzz_settings(200)
+    def test_any_sdm630_image_is_a_reading_or_refused(self, registers):
+        regmap = RegisterMap(tuple((k, 0, r) for k, r in PRESETS["sdm630"].items()), 16)
+        blocks = regmap.blocks
+        data = [registers[b.address:b.address + b.count] for b in blocks]
+        try:
+            reading = regmap.reading(blocks, data, 1.0, 100_000.0, invert=False)
+        except ValueRefused:
+            return
+        for phase in reading.phases:
+            self.assertLessEqual(abs(phase.act_power), 100_000.0)
+            self.assertLessEqual(abs(phase.pf), 1.0)
