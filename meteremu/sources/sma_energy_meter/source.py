@@ -136,7 +136,7 @@ class SmaEnergyMeterSource(SourceStatus, Service):
             frame = decode(data)
         except DatagramError as exc:
             self.refused += 1
-            self._say("garbage", f"SMA Speedwire: a datagram from {sender} ignored: {exc}")
+            self._say("garbage", f"SMA Speedwire: a datagram from {sender.rpartition(':')[0] or sender} ignored: {exc}")
             return
         if frame is None:
             return  # another Speedwire protocol (an inverter's): not a meter
