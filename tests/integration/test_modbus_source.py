@@ -148,6 +148,18 @@ class PresetTests(ModbusCase):
         self.assertEqual(source.polls, source.samples + (1 if source._busy else 0))
 
     @inlineCallbacks
+    def test_sdm120_single_phase(self):
+        """The SDM120's registers are the SDM630's phase-1 ones (here the same image)."""
+        _, port = yield self.serve(input_regs=SDM630)
+        _, meter = self.source(port, preset="sdm120")
+        yield until(lambda: meter.latest is not None, "a sample")
+        latest = meter.latest
+        self.assertEqual(len(latest.phases), 1)
+        self.assertAlmostEqual(latest.phases[0].act_power, 1200.5, places=2)
+        self.assertAlmostEqual(latest.phases[0].voltage, 230.1, places=3)
+        self.assertLess(abs(latest.energy[0][0] - 12345600.0), 1.0)
+
+    @inlineCallbacks
     def test_dtsu666_scale_factors(self):
         _, port = yield self.serve(holding=DTSU666, unit=3)
         _, meter = self.source(port, preset="dtsu666", unit=3)
