@@ -26,6 +26,8 @@ SOURCE_MODULES: dict[str, str] = {
     "tibber_pulse": "meteremu.sources.tibber_pulse",
     "sml": "meteremu.sources.sml",
     "shelly": "meteremu.sources.shelly",
+    "sma_energy_meter": "meteremu.sources.sma_energy_meter",
+    "modbus": "meteremu.sources.modbus",
 }
 
 _options = LazyOptions(SOURCE_MODULES)

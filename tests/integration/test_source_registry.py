@@ -24,7 +24,8 @@ from meteremu.sources import SOURCE_MODULES
 from tests.support import ROOT
 
 CLIENT_LIBRARIES = ("treq", "autobahn.twisted", "OpenSSL", "paho", "serial", "twisted.internet.endpoints",
-                    "twisted.internet.ssl", "twisted.internet.serialport", "twisted.internet.reactor")
+                    "twisted.internet.ssl", "twisted.internet.serialport", "twisted.internet.reactor",
+                    "pymodbus", "sunspec2")
 
 MINIMAL = {
     "simulator": {"type": "simulator"},
@@ -39,6 +40,8 @@ MINIMAL = {
     "tibber_pulse": {"type": "tibber_pulse", "host": "192.168.1.80"},
     "sml": {"type": "sml", "serial": "/dev/ttyUSB0"},
     "shelly": {"type": "shelly", "host": "192.168.1.90"},
+    "sma_energy_meter": {"type": "sma_energy_meter"},
+    "modbus": {"type": "modbus", "host": "192.168.1.40", "preset": "sdm630"},
 }
 
 ENV = {"HA_TOKEN": "t", "ENVOY_TOKEN": "t", "HOMEWIZARD_TOKEN": "t", "MQTT_PASSWORD": "p",

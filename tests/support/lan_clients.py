@@ -13,6 +13,9 @@ waits forever); no test asserts on time.
 * ``ecotracker HOST PORT``: everHome's client library reads ``/v1/json``.
 * ``sma ADDRESS``: pysma-plus' Energy Meter client joins 239.12.255.254 on
   the interface with this address and reads one datagram's sensors.
+* ``sma_source INTERFACE SERIAL``: meteremu's ``sma_energy_meter`` source
+  (on the reactor tests.support installed) joins 239.12.255.254 on INTERFACE and reads
+  samples until it has three of the meter SERIAL.
 """
 
 from __future__ import annotations
@@ -145,6 +148,40 @@ def sma(address: str) -> dict[str, Any]:
     return asyncio.run(read())
 
 
+def sma_source(interface: str, serial: int) -> dict[str, Any]:
+    # tests.support (this module's package) has installed Twisted's default reactor already.
+    from twisted.internet import reactor
+
+    from meteremu.meter import Meter
+    from meteremu.sources.sma_energy_meter.options import SmaEnergyMeterOptions
+    from meteremu.sources.sma_energy_meter.source import SmaEnergyMeterSource
+
+    clock: Any = reactor
+    meter = Meter("grid", clock, stale_after=10.0, source_type="sma_energy_meter")
+    source = SmaEnergyMeterSource(meter, SmaEnergyMeterOptions(serial=serial, interface=interface), clock)
+    result: dict[str, Any] = {}
+
+    def check() -> None:
+        if source.samples >= 3 or time.monotonic() > end:
+            latest = meter.latest
+            result.update(samples=source.samples, state=source.state, freshness=str(meter.freshness()),
+                          details={k: v for k, v in meter.details.items() if k != "heard"},
+                          heard=sorted(int(s) for s in meter.details.get("heard", {})),
+                          phases=[[p.act_power, p.voltage, p.current] for p in latest.phases] if latest else None)
+            source.stopService()
+            clock.stop()
+        else:
+            clock.callLater(0.05, check)
+
+    end = time.monotonic() + DEADLINE
+    clock.callWhenRunning(source.startService)
+    clock.callWhenRunning(check)
+    clock.run()
+    if not result.get("samples"):
+        raise SystemExit(f"no sample: {result}")
+    return result
+
+
 def main(argv: list[str]) -> int:
     client, args = argv[0], argv[1:]
     if client == "marstek":
@@ -155,6 +192,8 @@ def main(argv: list[str]) -> int:
         result = ecotracker(args[0], int(args[1]))
     elif client == "sma":
         result = sma(args[0])
+    elif client == "sma_source":
+        result = sma_source(args[0], int(args[1]))
     else:
         raise SystemExit(f"unknown client {client!r}")
     print(json.dumps(result))

@@ -171,3 +171,16 @@ class SmaOnTheLanTests(LanCase):
                      "metering_voltage_l1", "metering_current_l3", "metering_total_absorbed"):
             self.assertIsNotNone(sensors[name], name)
         self.assertGreater(sensors["metering_voltage_l1"], 0)
+
+    @inlineCallbacks
+    def test_the_sma_energy_meter_source_reads_the_multicast_in_another_namespace(self):
+        """meteremu's sma_energy_meter source joins the group on its own interface and reads our face."""
+        net = yield self.start_meter(SMA)
+        result = yield run_client(self, net, "inverter", "sma_source", "eth0", "1901234567")
+        self.assertGreaterEqual(result["samples"], 3)
+        self.assertEqual((result["state"], result["freshness"]), ("listening", "fresh"))
+        self.assertEqual(result["heard"], [1901234567])
+        self.assertEqual(result["details"]["sender"].split(":")[0], net.hosts["meter"])
+        self.assertEqual(result["details"]["susy_id"], 349)
+        self.assertEqual(len(result["phases"]), 3)
+        self.assertGreater(result["phases"][0][1], 0)  # a voltage
