@@ -78,6 +78,8 @@ class Household:
     pv: tuple[list[float], list[float], list[float]]
     events: list[tuple[float, str]]  # (time, label): switches of at least EVENT_MIN_W
     big_steps: list[float] = field(default_factory=list)  # times of events of at least BIG_STEP_W
+    noise_floor: float = 0.0  # W: p99 of |Σ phase noise|, what a perfect controller would still leave
+
 
     def index(self, t: float) -> int:
         return min(len(self.load[0]) - 1, max(0, int(t / RES)))
@@ -142,11 +144,16 @@ def build(spec: HouseholdSpec, duration: float, seed: int) -> Household:
             watts = minutes[minute]
             for p, part in enumerate((0.5, 0.3, 0.2)):
                 load[p][k] += watts * part
+    floor = 0.0
     if spec.noise > 0:
+        total = [0.0] * n
         for p in range(3):
             column = load[p]
             for k in range(n):
-                column[k] += noise.uniform(-spec.noise, spec.noise)
+                draw = noise.uniform(-spec.noise, spec.noise)
+                column[k] += draw
+                total[k] += draw
+        floor = _p99_abs(total)
     pv: tuple[list[float], list[float], list[float]] = ([0.0] * n, [0.0] * n, [0.0] * n)
     if spec.pv_peak > 0:
         _add_pv(spec, duration, n, timeline, pv, edges)
@@ -158,7 +165,18 @@ def build(spec: HouseholdSpec, duration: float, seed: int) -> Household:
             events.append((t, label))
             if abs(delta) >= BIG_STEP_W:
                 big_steps.append(t)
-    return Household(duration, load, pv, events, big_steps)
+    return Household(duration, load, pv, events, big_steps, floor)
+
+
+def _p99_abs(values: list[float]) -> float:
+    """The 99th percentile of ``|values|`` (nearest rank): the household's own noise floor.
+
+    The settle metric's band is never narrower than this: a grid that no
+    controller could hold (noise is load the meter shows before any battery
+    could react) must not count as unsettled control.
+    """
+    ordered = sorted(abs(v) for v in values)
+    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] if ordered else 0.0
 
 
 def _add_pv(spec: HouseholdSpec, duration: float, n: int, timeline: random.Random,

@@ -66,17 +66,19 @@ SATURATED = 5.0  # W: less headroom than this in the needed direction is saturat
 
 def step_responses(t: Sequence[float], grid: Sequence[float], events: Sequence[float],
                    end: float, room_up: Sequence[float] | None = None,
-                   room_down: Sequence[float] | None = None) -> tuple[list[float], list[float], int]:
+                   room_down: Sequence[float] | None = None,
+                   band: float = SETTLE_BAND) -> tuple[list[float], list[float], int]:
     """``(settle times, overshoots, unsettled)`` of the labelled events.
 
     Settle: seconds from the event until the grid stays *settled* for 10 s
-    -- under 25 W, or the batteries saturated in the direction the grid asks
+    -- under ``band`` (25 W, or the household's own noise floor when that is
+    larger: :func:`settle_band`), or the batteries saturated in the direction the grid asks
     (importing while none can discharge more, exporting while none can charge
     more: what no control law could fix) -- within 600 s or until the next
     event; an event that never settles counts
     as its whole window (and as unsettled), so hunting can never score a
     better settle time than settling. Events whose grid right after (the
-    largest |grid| in the first 2 s) is under 25 W are skipped.
+    largest |grid| in the first 2 s) is under ``band`` are skipped.
     Overshoot: the largest excursion opposite to that first error.
     """
     settles: list[float] = []
@@ -89,7 +91,7 @@ def step_responses(t: Sequence[float], grid: Sequence[float], events: Sequence[f
         if hi - lo < 4:
             continue
         first = max(grid[lo:_index(t, start + 2.0) + 1], key=abs)
-        if abs(first) < SETTLE_BAND:
+        if abs(first) < band:
             continue
         sign = 1.0 if first > 0 else -1.0
         overshoots.append(max(0.0, max(-sign * g for g in grid[lo:hi])))
@@ -99,7 +101,7 @@ def step_responses(t: Sequence[float], grid: Sequence[float], events: Sequence[f
             g = grid[k]
             saturated = ((room_up is not None and g > 0 and room_up[k] < SATURATED)
                          or (room_down is not None and g < 0 and room_down[k] < SATURATED))
-            if abs(g) < SETTLE_BAND or saturated:
+            if abs(g) < band or saturated:
                 if inside_since is None:
                     inside_since = t[k]
                 if t[k] - inside_since >= SETTLE_HOLD:
@@ -112,6 +114,19 @@ def step_responses(t: Sequence[float], grid: Sequence[float], events: Sequence[f
             settled = stop - start  # censored: counted as the whole window, never as 0
         settles.append(settled)
     return settles, overshoots, unsettled
+
+
+def settle_band(noise_floor: float) -> float:
+    """The settle band: 25 W, or the household's own noise floor when that is larger.
+
+    The floor is the p99 of |Σ phase noise| (:class:`~meteremu.lab.household.Household`):
+    what the grid shows with a *perfect* controller, one that puts out the
+    noiseless load exactly. With ±10 W per phase it is about 24 W, so the
+    band stays 25 W; with ±150 W (the noisy scenarios) about 360 W, where a
+    25 W band was unreachable by any controller and every event censored
+    (159 s in every mode). The same band applies to every mode.
+    """
+    return max(SETTLE_BAND, noise_floor)
 
 
 def _index(t: Sequence[float], when: float) -> int:
@@ -133,13 +148,13 @@ def band_crossings(grid: Sequence[float], band: float = HUNT_BAND) -> int:
 
 
 def step_times(t: Sequence[float], grid: Sequence[float], events: Sequence[float], end: float,
-               room_up: Sequence[float] | None = None,
-               room_down: Sequence[float] | None = None) -> list[tuple[float, float]]:
+               room_up: Sequence[float] | None = None, room_down: Sequence[float] | None = None,
+               band: float = SETTLE_BAND) -> list[tuple[float, float]]:
     """``(event time, settle time)`` of each event :func:`step_responses` scores (same windows)."""
     out = []
     for n, start in enumerate(events):
         stop = events[n + 1] if n + 1 < len(events) else end
-        settles, _, _ = step_responses(t, grid, [start], min(end, stop), room_up, room_down)
+        settles, _, _ = step_responses(t, grid, [start], min(end, stop), room_up, room_down, band)
         if settles:
             out.append((start, settles[0]))
     return out
@@ -202,9 +217,10 @@ def score(loop: Loop) -> dict[str, float]:
     trace, tally, duration = loop.trace, loop.tally, loop.scenario.duration
     t, grid = trace.t, trace.grid
     events = [when for when, _label in loop.household.events]
-    settles, overshoots, unsettled = step_responses(t, grid, events, duration, trace.room_up, trace.room_down)
+    band = settle_band(loop.household.noise_floor)
+    settles, overshoots, unsettled = step_responses(t, grid, events, duration, trace.room_up, trace.room_down, band)
     big = set(loop.household.big_steps)
-    timed = step_times(t, grid, events, duration, trace.room_up, trace.room_down)
+    timed = step_times(t, grid, events, duration, trace.room_up, trace.room_down, band)
     big_settles = [s for when, s in timed if when in big]
     mask = steady_mask(t, events)
     hours = duration / 3600.0

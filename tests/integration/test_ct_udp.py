@@ -70,7 +70,7 @@ class CtUdpTests(TestCase):
             raw = yield proto.ask(request(mac, phase, 0), self.ports[0])
             _, answer = codec.parse_response(raw)
             values.append((answer.phase_power, answer.chrg_nb, answer.info_idx))
-        self.assertEqual(values, [((405, 0, 0), (1, 1, 1, 1), 1), ((0, 405, 0), (1, 1, 1, 1), 1)])
+        self.assertEqual(values, [((810, 0, 0), (2, 2, 2, 2), 1), ((0, 810, 0), (2, 2, 2, 2), 1)])
         overview = self.app.overview()["devices"]["0"]
         self.assertEqual(overview["model"], "HME-4")
         self.assertEqual(overview["active_batteries"], ["AABBCCDDEE01", "AABBCCDDEE02"])

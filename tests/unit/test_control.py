@@ -148,6 +148,31 @@ class ReportingTests(SynchronousTestCase):
         ctl.reading(2000.0)  # a kettle: at once
         self.assertEqual(ctl.serve("A1"), (2000.0, True))
 
+    def test_on_a_noisy_house_a_large_reading_is_a_step_only_beyond_three_times_the_noise(self) -> None:
+        """±150 W of household noise: 300 W readings come and go; a kettle still goes at once."""
+        clock, ctl = controller(import_bias=0.0)
+        ctl.report("A1", 0)
+        for k in range(20):  # a noisy house, nobody moving: jumps of about 150-300 W, mean 0
+            clock.advance(1.0)
+            ctl.reading((150.0, -150.0, 120.0, -120.0)[k % 4])
+            self.assertEqual(ctl.serve("A1"), (0.0, False))
+        clock.advance(1.0)
+        ctl.reading(300.0)  # beyond fast_error (250 W), inside 3× the noise: not a step
+        self.assertEqual(ctl.serve("A1"), (0.0, False))
+        clock.advance(1.0)
+        ctl.reading(2000.0)  # a kettle stands out of the noise: at once
+        self.assertEqual(ctl.serve("A1"), (2000.0, True))
+
+    def test_a_quiet_house_keeps_fast_error(self) -> None:
+        clock, ctl = controller(import_bias=0.0)
+        ctl.report("A1", 0)
+        for k in range(20):
+            clock.advance(1.0)
+            ctl.reading((8.0, -8.0)[k % 2])
+        clock.advance(1.0)
+        ctl.reading(300.0)
+        self.assertEqual(ctl.serve("A1"), (300.0, True))
+
     def test_an_adjustment_not_taken_is_sent_once_more_after_pace(self) -> None:
         """The Marstek spike filter skips the first sample of a jump: the second is forced through."""
         clock, ctl = controller(import_bias=0.0, pace=3.2)

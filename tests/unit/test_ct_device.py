@@ -164,13 +164,26 @@ class ControlModeTests(SynchronousTestCase):
         first = h.ask(1, "A", 0)
         second = h.ask(2, "B", 0)
         assert isinstance(first, codec.CtResponse) and isinstance(second, codec.CtResponse)
-        self.assertEqual((first.phase_power, first.total_power, first.chrg_nb), ((305, 0, 0), 305, (1, 1, 1, 1)))
-        self.assertEqual(second.phase_power, (0, 305, 0))
+        # 305 W each, in a bucket of 2 (the firmware's int(g/nb) gives 305 back, its spike filter is off)
+        self.assertEqual((first.phase_power, first.total_power, first.chrg_nb), ((610, 0, 0), 610, (2, 2, 2, 2)))
+        self.assertEqual(second.phase_power, (0, 610, 0))
         self.assertEqual((first.info_idx, second.info_idx), (1, 1))
         self.assertEqual(second.dchrg_power, (0, 300, 300, 0, 0))  # instructed, not reported
         again = h.ask(1, "A", 0)
         assert isinstance(again, codec.CtResponse)
         self.assertEqual((again.phase_power, again.info_idx), ((0, 0, 0), 1))  # deduped by the battery
+
+    def test_bucket_count_one_serves_the_value_itself(self) -> None:
+        h = Harness(Ct002Options(bucket_count=1))
+        h.ask(1, "A", 0)
+        h.publish(600.0, 0.0, 0.0)
+        answer = h.ask(1, "A", 0)
+        assert isinstance(answer, codec.CtResponse)
+        self.assertEqual((answer.phase_power, answer.total_power, answer.chrg_nb), ((605, 0, 0), 605, (1, 1, 1, 1)))
+
+    def test_bucket_count_is_validated(self) -> None:
+        self.assertEqual([name for name, _ in Ct002Options(bucket_count=0).validate()], ["bucket_count"])
+        self.assertEqual(Ct002Options().validate(), [])
 
     def test_unassigned_phase_sees_the_real_values(self) -> None:
         h = Harness(Ct002Options())
@@ -203,7 +216,7 @@ class StaleTests(SynchronousTestCase):
         self.go_stale(h)
         answer = h.ask(1, "A", 400)  # putting out 400 W; the fallback wants 100 W in total
         assert isinstance(answer, codec.CtResponse)
-        self.assertEqual(answer.phase_power[0], -300)
+        self.assertEqual((answer.phase_power[0], answer.chrg_nb[3]), (-600, 2))  # -300 W in a bucket of 2
 
     def test_relay_fallback_keeps_the_round_robin_going(self) -> None:
         h = Harness(Ct002Options(mode="relay", on_stale=FallbackPolicy(0.0)))

@@ -228,6 +228,17 @@ class MetricTests(SynchronousTestCase):
         settles, _, unsettled = metrics.step_responses(t, beyond, [0.0], 100.0, room, [0.0] * 200)
         self.assertEqual((settles, unsettled), ([3.0], 0))
 
+    def test_the_settle_band_is_never_narrower_than_the_household_noise(self):
+        """A perfect controller leaves the household's own noise: a band under it measures noise, not control."""
+        quiet, noisy = (build_household(HouseholdSpec(noise=n), 600.0, 0).noise_floor for n in (10.0, 150.0))
+        self.assertTrue(20.0 < quiet < 25.0, quiet)  # three phases of ±10 W: the 25 W band stands
+        self.assertTrue(330.0 < noisy < 390.0, noisy)
+        self.assertEqual((metrics.settle_band(quiet), metrics.settle_band(noisy)), (25.0, noisy))
+        t = [k * 0.5 for k in range(200)]
+        grid = [2000.0 if k < 4 else (200.0 if k % 3 else -200.0) for k in range(200)]  # settled, ±200 W noise
+        self.assertEqual(metrics.step_responses(t, grid, [0.0], 100.0)[2], 1)  # 25 W: never settles
+        self.assertEqual(metrics.step_responses(t, grid, [0.0], 100.0, band=noisy), ([2.0], [200.0], 0))
+
     def test_percentile_and_rms(self):
         self.assertEqual(metrics.percentile([1, 2, 3, 4, 5], 50), 3)
         self.assertAlmostEqual(metrics.rms([3.0, -4.0]), math.sqrt(12.5))

@@ -41,6 +41,14 @@ class CtClientTests(SynchronousTestCase):
         battery.observe(3.0, 300.0, 1, 6)
         self.assertGreater(battery.setpoint, after_first)
 
+    def test_a_bucket_of_two_takes_a_jump_on_the_first_send(self) -> None:
+        """The controller's default bucket (2, the value doubled) passes the one-shot spike filter."""
+        for nb, first_send in ((1, 0), (2, 595)):  # 600 − 5: the law's importing step
+            battery = Battery.build(BatterySpec("venus", gate=0.0), 0)
+            battery.observe(1.0, 0.0, 1, 1)  # steady at 0 W, baseline g = 0
+            battery.observe(2.0, 600.0 * nb, nb, 2)  # a step: +600 W (served as 600 · nb)
+            self.assertEqual(battery.setpoint, first_send, nb)
+
 
 class CtRunTests(SynchronousTestCase):
     def test_ct_targets(self) -> None:

@@ -8,7 +8,8 @@ Two modes:
 
 * ``control`` (default): each battery gets its own value in its phase field
   (and the total), from the meter's :class:`~meteremu.control.Controller`,
-  with every ``*_chrg_nb`` at 1 so the battery does not divide again, and
+  announced in a bucket of ``bucket_count`` (2) and multiplied by it, so the
+  battery's division gives the value back and its spike filter is off, and
   the charge/discharge fields filled from the batteries' *targets*
   (instructed power). ``info_idx`` changes only when the battery gets a new
   value: it dedupes on it, so a battery acts once per decision however
@@ -182,12 +183,20 @@ class CtDevice:
         return self._control_response(slot, ct_mac, int(round(value)))
 
     def _control_response(self, slot: Slot, ct_mac: str, value: int) -> codec.CtResponse:
+        """The battery's own value, announced in a bucket of ``bucket_count`` and multiplied by it.
+
+        The firmware divides by the bucket count (``int(g/nb)``, exact for a
+        multiple) and, with a count above 1, skips its one-shot spike filter
+        (specs/batteries.md §2.2): the controller judges noise itself, and
+        the filter would hold every step back one ~3 s regulation cycle.
+        """
+        n = self.options.bucket_count
         phases = [0, 0, 0]
         index = codec.phase_field(slot.phase)
         if index is not None:
-            phases[index] = value
+            phases[index] = value * n
         slot.served = value
-        return self._response(slot, ct_mac, (phases[0], phases[1], phases[2]), value, (1, 1, 1, 1),
+        return self._response(slot, ct_mac, (phases[0], phases[1], phases[2]), value * n, (n, n, n, n),
                               sums=self._instructed_sums())
 
     def _instructed_sums(self) -> tuple[tuple[int, ...], tuple[int, ...]]:

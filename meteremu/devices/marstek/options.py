@@ -38,6 +38,10 @@ class CtOptions:
     eviction_floor: float = field(default=5.0, metadata={
         "doc": "s: a battery is forgotten after twice its poll interval, never sooner than this"})
     wifi_rssi: int = field(default=-50, metadata={"doc": "the RSSI reported to batteries"})
+    bucket_count: int = field(default=2, metadata={
+        "doc": "mode control: the *_chrg_nb announced, each value multiplied by it so the battery's int(g/nb) "
+               "gives it back; above 1 the Venus firmware skips its one-shot spike filter (a second 3 s "
+               "cycle on every step; the controller filters noise itself). 1: what a lone battery is told"})
     control: ControlOptions = field(default_factory=ControlOptions, metadata={
         "doc": "active control (mode: control); weights keyed by battery MAC"})
 
@@ -57,6 +61,8 @@ class CtOptions:
             errors.append(("slots", f"expected 1-64; got {self.slots}"))
         if not 0 < self.eviction_floor <= 3600:
             errors.append(("eviction_floor", f"expected seconds above 0; got {self.eviction_floor}"))
+        if not 1 <= self.bucket_count <= 9:
+            errors.append(("bucket_count", f"expected 1-9 (a CT has 9 slots); got {self.bucket_count}"))
         if not -127 <= self.wifi_rssi <= 0:
             errors.append(("wifi_rssi", f"expected -127..0; got {self.wifi_rssi}"))
         return errors
