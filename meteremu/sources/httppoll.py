@@ -20,6 +20,7 @@ The meter is only ever updated with a Reading built from a whole answer.
 
 from __future__ import annotations
 
+import abc
 import random
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -43,8 +44,7 @@ log = logger(__name__)
 
 FAILURES_BEFORE_DOWN = 3
 MAX_BODY = 1024 * 1024
-PROGRAMMING_ERRORS = (TypeError, AttributeError, KeyError, IndexError, AssertionError, ZeroDivisionError,
-                      NotImplementedError)
+PROGRAMMING_ERRORS = (TypeError, AttributeError, KeyError, IndexError, AssertionError, ZeroDivisionError)
 
 
 RETRY = object()
@@ -70,7 +70,7 @@ def describe(failure: Failure | BaseException, tls: Any = None) -> str:
     return failures.describe(exc)
 
 
-class PollingSource(SourceStatus, SourceEvents, Service):
+class PollingSource(SourceStatus, SourceEvents, Service, abc.ABC):
     """Polls one HTTP endpoint; ``take`` turns each answer into a Meter update."""
 
     type_name = "http"
@@ -102,9 +102,9 @@ class PollingSource(SourceStatus, SourceEvents, Service):
         self._waiters: list[tuple[str, Deferred[Any]]] = []
 
     # -- what a subclass says ----------------------------------------------------------------
+    @abc.abstractmethod
     def request(self) -> tuple[str, str, Mapping[str, str], bytes | None]:
         """``(method, url, headers, body)`` of the next poll."""
-        raise NotImplementedError
 
     def challenged(self, result: HttpResult) -> bool:
         """A 401 that asks for credentials this source can now give (digest): poll again at once.
@@ -113,13 +113,13 @@ class PollingSource(SourceStatus, SourceEvents, Service):
         """
         return False
 
+    @abc.abstractmethod
     def take(self, result: HttpResult) -> Any:
         """Read a 200 answer and update the meter; ``ValueError`` when it is unusable.
 
         Returns what ``when("sample")`` waiters get (a Reading, or None for a
         repeat that did not update the meter).
         """
-        raise NotImplementedError
 
     # -- lifecycle -----------------------------------------------------------------------
     def startService(self) -> None:

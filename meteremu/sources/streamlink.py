@@ -10,6 +10,7 @@ not reported as the other end going away.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.internet.interfaces import IDelayedCall
@@ -32,9 +33,7 @@ class StreamWatchdog:
     clock: IReactorTime
     idle: float
     _watchdog: IDelayedCall | None
-
-    def _idle(self, proto: Any) -> None:
-        raise NotImplementedError
+    _idle: Callable[[Any], None]  # says what went wrong, then calls _drop
 
     def _arm_watchdog(self, proto: Any) -> None:
         if self._watchdog is not None and self._watchdog.active():
