@@ -12,6 +12,7 @@ cheap (validating an MQTT config must not load the Home Assistant source).
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable, Collection, Hashable, Mapping
 from dataclasses import dataclass, field
@@ -128,6 +129,24 @@ def unit_factor(kind: str, unit: str | None) -> Fraction:
         known = ", ".join(u for u in factors if u)
         raise ValueError(f"a {kind} unit ({known}); got {unit!r}")
     return factors[unit]
+
+
+def scale_errors(scale: float) -> list[tuple[str, str]]:
+    """A value's ``scale`` must be a finite number other than 0 (0 would serve 0 W for anything)."""
+    if not math.isfinite(scale) or scale == 0:
+        return [("scale", "a finite number other than 0")]
+    return []
+
+
+def unit_errors(key: str, unit: str | None, where: str) -> list[tuple[str, str]]:
+    """A configured ``unit`` must be one of the quantity's units (``where.unit`` names it)."""
+    if unit is None:
+        return []
+    try:
+        unit_factor(KEY_KIND[key], unit)
+    except ValueError as err:
+        return [(f"{where}.unit", str(err))]
+    return []
 
 
 def value_items(values: Any) -> list[tuple[str, int, Any]]:

@@ -20,10 +20,10 @@ from meteremu.sources.jsonfields import (
     fields_from,
 )
 from meteremu.sources.values import (
-    KEY_KIND,
     layout_errors,
     quantity_fields,
-    unit_factor,
+    scale_errors,
+    unit_errors,
     value_items,
     value_where,
 )
@@ -46,9 +46,7 @@ class JsonValue:
             compile_path(self.path)
         except PathError as err:
             errors.append(("path", str(err)))
-        if not (self.scale == self.scale and abs(self.scale) != float("inf")) or self.scale == 0:
-            errors.append(("scale", "a finite number other than 0"))
-        return errors
+        return errors + scale_errors(self.scale)
 
 
 ValueSource = str | JsonValue
@@ -72,11 +70,8 @@ class JsonValues:
                     compile_path(item)
                 except PathError as err:
                     errors.append((where, str(err)))
-            elif item.unit is not None:
-                try:
-                    unit_factor(KEY_KIND[key], item.unit)
-                except ValueError as err:
-                    errors.append((f"{where}.unit", str(err)))
+            else:
+                errors += unit_errors(key, item.unit, where)
         return errors + layout_errors(self, "path")
 
 

@@ -12,10 +12,10 @@ from meteremu.sources.jsonfields import DEFAULT_MAX_POWER
 from meteremu.sources.modbus.registers import DataType, Order, Table
 from meteremu.sources.values import (
     COUNTER_KEYS,
-    KEY_KIND,
     layout_errors,
     quantity_fields,
-    unit_factor,
+    scale_errors,
+    unit_errors,
     value_items,
     value_where,
 )
@@ -44,9 +44,7 @@ class ModbusRegister:
             errors.append(("address", f"0 to 65535; got {self.address}"))
         if self.scale_register is not None and not 0 <= self.scale_register <= 0xFFFF:
             errors.append(("scale_register", f"0 to 65535; got {self.scale_register}"))
-        if not math.isfinite(self.scale) or self.scale == 0:
-            errors.append(("scale", "a finite number other than 0"))
-        return errors
+        return errors + scale_errors(self.scale)
 
 
 @dataclass(frozen=True)
@@ -63,11 +61,8 @@ class ModbusValues:
             where = value_where(self, key, index)
             if key in COUNTER_KEYS and item.unit is None:
                 errors.append((where, "the counter's unit: {address: …, unit: kWh} (or Wh)"))
-            elif item.unit is not None:
-                try:
-                    unit_factor(KEY_KIND[key], item.unit)
-                except ValueError as err:
-                    errors.append((f"{where}.unit", str(err)))
+            else:
+                errors += unit_errors(key, item.unit, where)
         return errors + layout_errors(self, "register")
 
 

@@ -26,10 +26,10 @@ from meteremu.sources.jsonfields import (
 from meteremu.sources.mqtt.mapping import topic_problem
 from meteremu.sources.values import (
     COUNTER_KEYS,
-    KEY_KIND,
     layout_errors,
     quantity_fields,
-    unit_factor,
+    scale_errors,
+    unit_errors,
     value_items,
     value_where,
 )
@@ -59,9 +59,7 @@ class TasmotaValue:
             field_path(self.field)
         except PathError as err:
             errors.append(("field", str(err)))
-        if not (self.scale == self.scale and abs(self.scale) != float("inf")) or self.scale == 0:
-            errors.append(("scale", "a finite number other than 0"))
-        return errors
+        return errors + scale_errors(self.scale)
 
 
 ValueSource = str | TasmotaValue
@@ -88,11 +86,8 @@ class TasmotaValues:
                     field_path(item)
                 except PathError as err:
                     errors.append((where, str(err)))
-            elif item.unit is not None:
-                try:
-                    unit_factor(KEY_KIND[key], item.unit)
-                except ValueError as err:
-                    errors.append((f"{where}.unit", str(err)))
+            else:
+                errors += unit_errors(key, item.unit, where)
         return errors + layout_errors(self, "field")
 
 
