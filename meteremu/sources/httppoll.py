@@ -60,7 +60,8 @@ class HTTPStatusError(Explained):
 
 
 def describe(failure: Failure | BaseException, tls: Any = None) -> str:
-    """Why a poll failed: a refused certificate or an unusable answer first."""
+    """Why a poll or connection failed: a refused certificate (``tls.problem``) or an
+    unusable answer first (shared by the polling sources and HomeWizard)."""
     exc = failures.exception_of(failure)
     problem = getattr(tls, "problem", None)
     if problem and not isinstance(exc, Explained):

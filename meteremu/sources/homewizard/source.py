@@ -48,10 +48,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
 
-from meteremu import failures
 from meteremu.backoff import next_delay
 from meteremu.clocks import wall
-from meteremu.failures import Explained
 from meteremu.httpclient import HTTPClient, HttpResult
 from meteremu.interfaces import IReactor, IReactorTime
 from meteremu.logs import logger
@@ -61,6 +59,7 @@ from meteremu.reconnect import Reconnector
 from meteremu.sources.common import SourceEvents, SourceStatus
 from meteremu.sources.homewizard.options import HomeWizardOptions, host_port
 from meteremu.sources.homewizard.parse import Measurement, parse_measurement
+from meteremu.sources.httppoll import AuthError, HTTPStatusError, describe
 from meteremu.sources.stamps import MonotonicStamps
 from meteremu.sources.websocket import SourceWebSocket, websocket_reconnector
 from meteremu.tls import DeviceTLS, parse_fingerprint
@@ -84,22 +83,6 @@ def device_tls(options: HomeWizardOptions) -> DeviceTLS:
     return DeviceTLS(verify=False)
 
 
-class AuthError(Explained):
-    pass
-
-
-class HTTPStatusError(Explained):
-    pass
-
-
-def describe(failure: Failure | BaseException, tls: DeviceTLS | None = None) -> str:
-    """Why a poll or connection failed: a refused certificate or an unusable body first."""
-    exc = failures.exception_of(failure)
-    if tls is not None and tls.problem and not isinstance(exc, Explained):
-        return f"TLS: {tls.problem}"
-    if isinstance(exc, ValueError) and not isinstance(exc, Explained):
-        return f"unusable answer: {str(exc)[:120]}"
-    return failures.describe(exc)
 
 
 class HomeWizardSource(SourceStatus, SourceEvents, Service):
