@@ -53,6 +53,15 @@ class SourceStatus:
         self._set_state("stopped")
         self._cancel_timers(*timers)
 
+    def _rearm(self, name: str, delay: float, run: Any, *args: Any) -> None:
+        """Push the delayed call held in the attribute ``name`` back to ``delay`` from now,
+        or schedule ``run(*args)`` there when none is pending (watchdogs, refresh timers)."""
+        timer = getattr(self, name)
+        if timer is not None and timer.active():
+            timer.reset(delay)
+        else:
+            setattr(self, name, self.clock.callLater(delay, run, *args))
+
     def _cancel_timers(self, *names: str) -> None:
         """Cancel the delayed calls held in the attributes ``names`` and clear them."""
         for name in names:

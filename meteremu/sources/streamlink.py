@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from twisted.internet.interfaces import IDelayedCall
 
-from meteremu.interfaces import IReactorTime
+from meteremu.sources.common import SourceStatus
 
 
 class Droppable(Protocol):
@@ -23,23 +23,20 @@ class Droppable(Protocol):
     transport: Any
 
 
-class StreamWatchdog:
-    """Mixin: ``_arm_watchdog`` on every good frame, ``_drop`` to end a connection, ``_forget`` on loss.
+class StreamWatchdog(SourceStatus):
+    """``_arm_watchdog`` on every good frame, ``_drop`` to end a connection.
 
-    The class using it has ``clock``, ``idle`` (seconds), ``_watchdog`` and
-    an ``_idle(proto)`` that says what went wrong and calls ``_drop``.
+    The class using it has ``idle`` (seconds), ``_watchdog`` and an
+    ``_idle(proto)`` that says what went wrong and calls ``_drop``; on a lost
+    connection it cancels the watchdog (``_cancel_timers("_watchdog")``).
     """
 
-    clock: IReactorTime
     idle: float
     _watchdog: IDelayedCall | None
-    _idle: Callable[[Any], None]  # says what went wrong, then calls _drop
+    _idle: Callable[[Any], None]
 
     def _arm_watchdog(self, proto: Any) -> None:
-        if self._watchdog is not None and self._watchdog.active():
-            self._watchdog.reset(self.idle)
-        else:
-            self._watchdog = self.clock.callLater(self.idle, self._idle, proto)
+        self._rearm("_watchdog", self.idle, self._idle, proto)
 
     def _drop(self, proto: Droppable) -> None:
         proto.dropped = True
@@ -51,8 +48,3 @@ class StreamWatchdog:
             abort()
         else:
             transport.loseConnection()
-
-    def _forget_watchdog(self) -> None:
-        if self._watchdog is not None and self._watchdog.active():
-            self._watchdog.cancel()
-        self._watchdog = None

@@ -55,7 +55,7 @@ from meteremu.logs import logger
 from meteremu.meter import Meter
 from meteremu.reconnect import Reconnector, protocol_factory
 from meteremu.serialendpoint import PortUnavailable, SerialAddress, SerialEndpoint, SerialLine
-from meteremu.sources.common import SourceEvents, SourceStatus
+from meteremu.sources.common import SourceEvents
 from meteremu.sources.dsmr.options import DsmrOptions
 from meteremu.sources.dsmr.parse import (
     SERIAL_PROBE_ORDER,
@@ -144,7 +144,7 @@ class _P1Protocol(Protocol):
         self.source._lost(self, reason)
 
 
-class DsmrSource(StreamWatchdog, SourceStatus, SourceEvents, Service):
+class DsmrSource(StreamWatchdog, SourceEvents, Service):
     """Feeds a Meter from P1 telegrams (see the module docstring)."""
 
     type_name = "dsmr"
@@ -309,7 +309,7 @@ class DsmrSource(StreamWatchdog, SourceStatus, SourceEvents, Service):
         if proto is not self.proto:
             return
         self.proto = None
-        self._forget_watchdog()
+        self._cancel_timers("_watchdog")
         if self._stopping:
             return
         if not proto.dropped:  # not our own idle watchdog: the other end went away

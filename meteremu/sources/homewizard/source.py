@@ -360,10 +360,7 @@ class HomeWizardSource(SourceStatus, SourceEvents, Service):
                 self._say("error", "HomeWizard WebSocket error (its text is not repeated: it could echo the token)")
 
     def _arm_watchdog(self, seconds: float) -> None:
-        if self._watchdog is not None and self._watchdog.active():
-            self._watchdog.reset(seconds)
-        else:
-            self._watchdog = self.clock.callLater(seconds, self._idle)
+        self._rearm("_watchdog", seconds, self._idle)
 
     def _idle(self) -> None:
         self._watchdog = None
@@ -377,9 +374,7 @@ class HomeWizardSource(SourceStatus, SourceEvents, Service):
         if proto is not self.ws:
             return
         self.ws = None
-        if self._watchdog is not None and self._watchdog.active():
-            self._watchdog.cancel()
-        self._watchdog = None
+        self._cancel_timers("_watchdog")
         if self._stopping:
             return
         assert self.tls is not None

@@ -281,10 +281,7 @@ class ShellySource(PollingSource):
     def _arm_refresh(self) -> None:
         """Ask again over the WebSocket when no push came for ``interval``: the device pushes
         only changes, and a steady value must stay fresh (the answer is a new sample)."""
-        if self._refresh is not None and self._refresh.active():
-            self._refresh.reset(self.options.interval)
-        else:
-            self._refresh = self.clock.callLater(self.options.interval, self._ws_refresh)
+        self._rearm("_refresh", self.options.interval, self._ws_refresh)
 
     def _ws_refresh(self) -> None:
         self._refresh = None
@@ -293,10 +290,7 @@ class ShellySource(PollingSource):
             self._call(ws)
 
     def _arm_watchdog(self, seconds: float) -> None:
-        if self._watchdog is not None and self._watchdog.active():
-            self._watchdog.reset(seconds)
-        else:
-            self._watchdog = self.clock.callLater(seconds, self._idle)
+        self._rearm("_watchdog", seconds, self._idle)
 
     def _idle(self) -> None:
         self._watchdog = None

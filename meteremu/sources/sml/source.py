@@ -32,7 +32,7 @@ from meteremu.interfaces import IReactor, IReactorTime
 from meteremu.meter import Meter
 from meteremu.reconnect import Reconnector, protocol_factory
 from meteremu.serialendpoint import PortUnavailable, SerialEndpoint, SerialLine
-from meteremu.sources.common import SourceEvents, SourceStatus
+from meteremu.sources.common import SourceEvents
 from meteremu.sources.jsonfields import ValueProblem
 from meteremu.sources.sml.options import SmlOptions
 from meteremu.sources.smlparse import Rejected, SmlStream, SmlValues
@@ -57,7 +57,7 @@ class _SmlProtocol(Protocol):
         self.source._lost(self, reason)
 
 
-class SmlSource(StreamWatchdog, SourceStatus, SourceEvents, Service):
+class SmlSource(StreamWatchdog, SourceEvents, Service):
     """Feeds a Meter from an SML reading head (see the module docstring)."""
 
     type_name = "sml"
@@ -160,7 +160,7 @@ class SmlSource(StreamWatchdog, SourceStatus, SourceEvents, Service):
         if proto is not self.proto:
             return
         self.proto = None
-        self._forget_watchdog()
+        self._cancel_timers("_watchdog")
         if self._stopping:
             return
         if not proto.dropped:
