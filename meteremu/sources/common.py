@@ -100,3 +100,17 @@ class SourceEvents:
 def _fire(waiters: list[Deferred[Any]], value: Any) -> None:
     for d in waiters:
         d.callback(value)
+
+
+class StatefulEvents(SourceStatus, SourceEvents):
+    """A source whose connection states are also events: ``when("connected")``, and its own
+    events (``"sample"``, ``"telegram"``…, each source's docstring lists them)."""
+
+    def _set_state(self, state: str) -> None:
+        super()._set_state(state)
+        self._emit(state)
+
+    def when(self, event: str) -> Deferred[Any]:
+        """Fires at the next ``event``."""
+        return self._wait_for(event)
+

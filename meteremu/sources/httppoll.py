@@ -37,7 +37,7 @@ from meteremu.httpclient import HTTPClient, HttpResult
 from meteremu.interfaces import IReactor, IReactorTime
 from meteremu.logs import logger
 from meteremu.meter import Meter
-from meteremu.sources.common import SourceEvents, SourceStatus
+from meteremu.sources.common import StatefulEvents
 from meteremu.tls import TLSPolicy
 
 log = logger(__name__)
@@ -71,8 +71,11 @@ def describe(failure: Failure | BaseException, tls: Any = None) -> str:
     return failures.describe(exc)
 
 
-class PollingSource(SourceStatus, SourceEvents, Service, abc.ABC):
-    """Polls one HTTP endpoint; ``take`` turns each answer into a Meter update."""
+class PollingSource(StatefulEvents, Service, abc.ABC):
+    """Polls one HTTP endpoint; ``take`` turns each answer into a Meter update.
+
+    Events for ``when``: a connection state, "sample" or "failure".
+    """
 
     type_name = "http"
     label = "HTTP"  # the device, in messages: "Tasmota poll failed: …"
@@ -139,14 +142,6 @@ class PollingSource(SourceStatus, SourceEvents, Service, abc.ABC):
         return defer.DeferredList(waits, consumeErrors=True)
 
     # -- status --------------------------------------------------------------------------------
-    def _set_state(self, state: str) -> None:
-        super()._set_state(state)
-        self._emit(state)
-
-    def when(self, event: str) -> Deferred[Any]:
-        """Fires at the next ``event``: a connection state, "sample" or "failure"."""
-        return self._wait_for(event)
-
     def _backoff(self) -> float:
         if self.auth_failed:
             return self.reconnect_max

@@ -55,7 +55,7 @@ from meteremu.logs import logger
 from meteremu.meter import Meter
 from meteremu.reconnect import Reconnector, protocol_factory
 from meteremu.serialendpoint import PortUnavailable, SerialAddress, SerialEndpoint, SerialLine
-from meteremu.sources.common import SourceEvents
+from meteremu.sources.common import StatefulEvents
 from meteremu.sources.dsmr.options import DsmrOptions
 from meteremu.sources.dsmr.parse import (
     SERIAL_PROBE_ORDER,
@@ -144,8 +144,11 @@ class _P1Protocol(Protocol):
         self.source._lost(self, reason)
 
 
-class DsmrSource(StreamWatchdog, SourceEvents, Service):
-    """Feeds a Meter from P1 telegrams (see the module docstring)."""
+class DsmrSource(StreamWatchdog, StatefulEvents, Service):
+    """Feeds a Meter from P1 telegrams (see the module docstring).
+
+    Events for ``when``: a state ("connected", "disconnected", …), "telegram" or "rejected".
+    """
 
     type_name = "dsmr"
 
@@ -229,16 +232,7 @@ class DsmrSource(StreamWatchdog, SourceEvents, Service):
             } for m in values.mbus]
         self.meter.details = details
 
-    def _set_state(self, state: str) -> None:
-        super()._set_state(state)
-        self._emit(state)
-
     # -- events for tests and callers ----------------------------------------------------------
-    def when(self, event: str) -> Deferred[Any]:
-        """A Deferred that fires at the next ``event``: a state ("connected",
-        "disconnected", …), "telegram" or "rejected"."""
-        return self._wait_for(event)
-
     # -- connecting (ClientService's hooks, see meteremu.reconnect) -------------------------------
     def _build(self, address: Any) -> _P1Protocol:
         if not isinstance(address, SerialAddress):

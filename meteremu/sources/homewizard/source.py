@@ -56,7 +56,7 @@ from meteremu.logs import logger
 from meteremu.meter import Meter, default_stale_after
 from meteremu.reading import Reading
 from meteremu.reconnect import Reconnector
-from meteremu.sources.common import SourceEvents, SourceStatus
+from meteremu.sources.common import StatefulEvents
 from meteremu.sources.homewizard.options import HomeWizardOptions, host_port
 from meteremu.sources.homewizard.parse import Measurement, parse_measurement
 from meteremu.sources.httppoll import AuthError, HTTPStatusError, describe
@@ -85,8 +85,11 @@ def device_tls(options: HomeWizardOptions) -> DeviceTLS:
 
 
 
-class HomeWizardSource(SourceStatus, SourceEvents, Service):
-    """Feeds a Meter from a HomeWizard P1 meter (see the module docstring)."""
+class HomeWizardSource(StatefulEvents, Service):
+    """Feeds a Meter from a HomeWizard P1 meter (see the module docstring).
+
+    Events for ``when``: a connection state, "sample" or "failure".
+    """
 
     type_name = "homewizard"
 
@@ -156,14 +159,6 @@ class HomeWizardSource(SourceStatus, SourceEvents, Service):
         return defer.DeferredList(waits, consumeErrors=True)
 
     # -- status ----------------------------------------------------------------------------
-    def _set_state(self, state: str) -> None:
-        super()._set_state(state)
-        self._emit(state)
-
-    def when(self, event: str) -> Deferred[Any]:
-        """Fires at the next ``event``: a connection state, "sample" or "failure"."""
-        return self._wait_for(event)
-
     def _schedule(self, delay: float) -> None:
         self._call_later(delay, self._poll)
 

@@ -32,7 +32,7 @@ from meteremu.interfaces import IReactor, IReactorTime
 from meteremu.meter import Meter
 from meteremu.reconnect import Reconnector, protocol_factory
 from meteremu.serialendpoint import PortUnavailable, SerialEndpoint, SerialLine
-from meteremu.sources.common import SourceEvents
+from meteremu.sources.common import StatefulEvents
 from meteremu.sources.jsonfields import ValueProblem
 from meteremu.sources.sml.options import SmlOptions
 from meteremu.sources.smlparse import Rejected, SmlStream, SmlValues
@@ -57,8 +57,11 @@ class _SmlProtocol(Protocol):
         self.source._lost(self, reason)
 
 
-class SmlSource(StreamWatchdog, SourceEvents, Service):
-    """Feeds a Meter from an SML reading head (see the module docstring)."""
+class SmlSource(StreamWatchdog, StatefulEvents, Service):
+    """Feeds a Meter from an SML reading head (see the module docstring).
+
+    Events for ``when``: a state, "frame" (a Reading) or "rejected" (a Rejected).
+    """
 
     type_name = "sml"
 
@@ -103,14 +106,6 @@ class SmlSource(StreamWatchdog, SourceEvents, Service):
         super().stopService()
         self._stop_running("_watchdog")
         return self.reconnector.stop()
-
-    def _set_state(self, state: str) -> None:
-        super()._set_state(state)
-        self._emit(state)
-
-    def when(self, event: str) -> Deferred[Any]:
-        """Fires at the next ``event``: a state, "frame" (a Reading) or "rejected" (a Rejected)."""
-        return self._wait_for(event)
 
     def _counts(self) -> None:
         self.meter.details.update({**self.stream.counts, "discarded_bytes": self.stream.discarded,
