@@ -307,7 +307,6 @@ class RealtimeRun:
     def _ask(self, battery: Battery, target: Target, method: str = "EM.GetStatus",
              timeout: float = HTTP_TIMEOUT) -> Deferred[bytes | None]:
         """One request; fires with the answer's bytes, or None (timeout, error status)."""
-        d: Deferred[bytes | None] = Deferred()
         if target.scheme == "ct":
             return self._ask_ct(battery, target, timeout)
         if target.scheme == "udp":
@@ -316,21 +315,7 @@ class RealtimeRun:
             self._ids += 1
             request = (udp_request(frame_id) if method == "EM.GetStatus"
                        else b'{"id":%d,"method":"%s"}' % (frame_id, method.encode()))
-
-            def answered(data: bytes) -> None:
-                if timer.active():
-                    timer.cancel()
-                self._calls.discard(timer)
-                if not d.called:
-                    d.callback(data)
-
-            def expire() -> None:
-                self._calls.discard(timer)
-                client.waiting.pop(frame_id, None)
-                if not d.called:
-                    d.callback(None)
-            timer = self.reactor.callLater(timeout, expire)
-            self._calls.add(timer)
+            d, answered = self._await_answer(timeout, lambda: client.waiting.pop(frame_id, None))
             client.waiting[frame_id] = answered
             port.write(request, (target.host, target.port))
             return d
@@ -354,8 +339,21 @@ class RealtimeRun:
 
     def _ask_ct(self, battery: Battery, target: Target, timeout: float) -> Deferred[bytes | None]:
         """One CT002 request; fires with the answer's bytes, or None after ``timeout``."""
-        d: Deferred[bytes | None] = Deferred()
         client, port = self._clients[battery.index], self._ports[battery.index]
+
+        def forget() -> None:
+            client.waiting = None
+
+        d, answered = self._await_answer(timeout, forget)
+        client.waiting = answered
+        port.write(ctclient.request(battery), (target.host, target.port))
+        return d
+
+    def _await_answer(self, timeout: float, forget: Callable[[], object]
+                      ) -> tuple[Deferred[bytes | None], Callable[[bytes], None]]:
+        """A Deferred for one datagram answer and the callback that delivers it; after
+        ``timeout`` it fires with None and ``forget`` drops the pending callback."""
+        d: Deferred[bytes | None] = Deferred()
 
         def answered(data: bytes) -> None:
             if timer.active():
@@ -366,14 +364,13 @@ class RealtimeRun:
 
         def expire() -> None:
             self._calls.discard(timer)
-            client.waiting = None
+            forget()
             if not d.called:
                 d.callback(None)
+
         timer = self.reactor.callLater(timeout, expire)
         self._calls.add(timer)
-        client.waiting = answered
-        port.write(ctclient.request(battery), (target.host, target.port))
-        return d
+        return d, answered
 
     @inlineCallbacks
     def _probe(self) -> Generator[Deferred[Any], Any, None]:
