@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
+from functools import cached_property
 from typing import Any
 
 from meteremu.reading import Reading
@@ -85,11 +86,39 @@ class Path:
     text: str
     steps: tuple[Step, ...]
 
-    def find(self, doc: Any) -> Any:
-        """The value at this path; raises ``KeyError`` when it is not there."""
-        node = doc
+    @cached_property
+    def _lookups(self) -> tuple[tuple[Any, Any], ...]:
+        """Per step, jsonpath-ng's path node, and the ``Index`` a dotted digit segment takes
+        in a list (built once, on the first payload: validating a config imports nothing)."""
+        from jsonpath_ng.jsonpath import Descendants, Fields, Index, This
+
+        out: list[tuple[Any, Any]] = []
         for step in self.steps:
-            node = _step(node, step)
+            if step.kind == "deep":
+                out.append((Descendants(This(), Fields(str(step.arg))), None))
+            elif step.kind == "index":
+                out.append((Index(int(step.arg)), None))
+            else:
+                digits = step.kind == "name" and str(step.arg).isdigit()
+                out.append((Fields(str(step.arg)), Index(int(step.arg)) if digits else None))
+        return tuple(out)
+
+    def find(self, doc: Any) -> Any:
+        """The value at this path; raises ``KeyError`` when it is not there.
+
+        The syntax stays this module's subset (parsed and validated by
+        :func:`parse_path`, with its messages); the lookups are jsonpath-ng's:
+        ``Fields`` for a key, ``Index`` for a list index, ``Descendants`` (an
+        iterative pre-order walk, so the first match is the first in document
+        order) for ``..name``. A dotted segment of digits is a key in an object
+        and an index in a list.
+        """
+        node = doc
+        for step, (lookup, in_list) in zip(self.steps, self._lookups, strict=True):
+            matches = (in_list if in_list is not None and isinstance(node, list) else lookup).find(node)
+            if not matches:
+                raise KeyError(step.arg)
+            node = matches[0].value
         return node
 
     def __str__(self) -> str:
@@ -97,31 +126,6 @@ class Path:
 
 
 _MISSING = object()
-
-
-def _step(node: Any, step: Step) -> Any:
-    """One step, looked up with jsonpath-ng's own path nodes (imported on first use).
-
-    The syntax stays this module's subset (parsed and validated by
-    :func:`parse_path`, with its messages); the lookups are the library's:
-    ``Fields`` for a key, ``Index`` for a list index, ``Descendants`` (an
-    iterative pre-order walk, so the first match is the first in document
-    order) for ``..name``. A dotted segment of digits is a key in an object
-    and an index in a list.
-    """
-    from jsonpath_ng.jsonpath import Descendants, Fields, Index, This
-
-    if step.kind == "deep":
-        matches = Descendants(This(), Fields(str(step.arg))).find(node)
-    elif step.kind == "index":
-        matches = Index(int(step.arg)).find(node)
-    elif step.kind == "name" and isinstance(node, list) and str(step.arg).isdigit():
-        matches = Index(int(step.arg)).find(node)
-    else:
-        matches = Fields(str(step.arg)).find(node)
-    if not matches:
-        raise KeyError(step.arg)
-    return matches[0].value
 
 
 _NAME = re.compile(r"[^.\[\]]+")
