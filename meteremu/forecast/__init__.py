@@ -66,7 +66,8 @@ class ForecastOptions:
             missing = missing_packages()
             if missing:
                 names = " and ".join("scikit-learn" if m == "sklearn" else m for m in missing)
-                errors.append(("enabled", f"false, or install {names} first (pip install numpy scikit-learn)"))
+                errors.append(("enabled", f"false, or install {names} first (pip install numpy scikit-learn; "
+                                          "the container image: build it with --build-arg FORECAST=1)"))
         if not self.resolution > 0:
             errors.append(("resolution", "a duration above 0"))
         if self.retention < 3600:

@@ -128,6 +128,23 @@ def _has_image(name: str) -> bool:
     return docker("image", "inspect", name, timeout=30, check=False).returncode == 0
 
 
+# What Debian's own -slim images leave out (debuerreotype's slimify): package
+# caches, documentation, manuals and translations. The official
+# python:3.11-slim-bookworm is built on debian:bookworm-slim, so the stand-in
+# is slimmed the same way for its size to be comparable.
+_SLIM_DIRS = ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/man",
+              "usr/share/info", "usr/share/groff", "usr/share/lintian", "usr/share/linda")
+
+
+def _slim(rootfs: Path) -> None:
+    for junk in _SLIM_DIRS:
+        shutil.rmtree(rootfs / junk, ignore_errors=True)
+    locale = rootfs / "usr/share/locale"
+    for entry in locale.iterdir() if locale.is_dir() else ():
+        if entry.name != "locale.alias":
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+
 def base_image() -> None:
     """Make sure the Dockerfile's base exists: else debootstrap Debian and import it under that name."""
     if _has_image(BASE):
@@ -141,8 +158,7 @@ def base_image() -> None:
         try:
             subprocess.run([debootstrap, "--variant=minbase", "--include=python3,python3-venv,ca-certificates",
                             "bookworm", str(rootfs), MIRROR], check=True, capture_output=True, timeout=900)
-            for junk in ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/man"):
-                shutil.rmtree(rootfs / junk, ignore_errors=True)
+            _slim(rootfs)
             subprocess.run(["tar", "-C", str(rootfs), "-cf", str(tarball) + ".part", "."], check=True, timeout=300)
             os.replace(str(tarball) + ".part", tarball)
         finally:
@@ -175,12 +191,13 @@ def _wheels(context: Path) -> None:
                    capture_output=True, timeout=300)
 
 
-def image(forecast: bool = True) -> str:
+def image(forecast: bool = False) -> str:
     """Build the meteremu image (once per run) with the repository's Dockerfile, offline.
 
-    ``forecast=False`` builds the ``FORECAST=0`` variant (no numpy/scipy/scikit-learn).
+    The default is what ``docker build .`` makes (no numpy/scipy/scikit-learn);
+    ``forecast=True`` builds the ``FORECAST=1`` variant the add-on uses.
     """
-    name = IMAGE if forecast else IMAGE.replace(":latest", ":noforecast")
+    name = IMAGE.replace(":latest", ":forecast") if forecast else IMAGE
     if name in _built:
         return name
     engine()
@@ -199,7 +216,7 @@ def addon_image() -> str:
     """The add-on image: ``addon/meteremu/Dockerfile`` on top of the meteremu image."""
     if ADDON_IMAGE in _built:
         return ADDON_IMAGE
-    base = image()
+    base = image(forecast=True)
     docker("build", "--network", "none", "--build-arg", f"BUILD_FROM={base}", "-t", ADDON_IMAGE,
            str(REPO / "addon" / "meteremu"), timeout=300)
     _built.add(ADDON_IMAGE)
@@ -221,7 +238,7 @@ def main() -> None:
     """``python -m tests.support.docker``: build both variants and print their sizes (docs/container.md)."""
     if (why := docker_skip()) is not None:
         raise SystemExit(why)
-    for forecast in (True, False):
+    for forecast in (False, True):
         name = image(forecast)
         venv = docker("run", "--rm", "--entrypoint", "du", name, "-sm", "/opt/meteremu").stdout.split()[0]
         print(f"{name}: {image_size(name) / 1e6:.0f} MB (virtual environment {venv} MiB)")

@@ -33,7 +33,7 @@ from tests.support import docker as dk
 from tests.support.fake_homeassistant import FakeHomeAssistant
 from tests.support.mosquitto import Mosquitto, Subscriber, mosquitto_skip
 
-START = 90.0  # seconds for a container to answer /healthz (a slow CI machine, pyc already compiled)
+START = 90.0  # seconds for a container to answer /healthz (a slow CI machine; start-up bytecode compiled at build)
 
 
 def http(url: str, headers: dict[str, str] | None = None, timeout: float = 5) -> tuple[int, bytes]:
@@ -190,6 +190,33 @@ class ContainerImageTests(SynchronousTestCase):
         errors = dk.docker("logs", name).stderr.strip().splitlines()
         self.assertEqual(len(errors), 1, errors)
         self.assertIn("http_port", errors[0])
+
+
+class ImageVariantTests(SynchronousTestCase):
+    """The default image stays small; forecasting is the ``FORECAST=1`` variant's."""
+
+    skip = dk.docker_skip()
+
+    def test_the_default_image_is_under_200_mb_and_refuses_forecasting_in_one_line(self) -> None:
+        image = dk.image()
+        self.assertLess(dk.image_size(image), 200e6)
+        done = dk.docker("run", "--rm", "--network", "none", "-e",
+                         "METEREMU_CONFIG_YAML=forecast: {enabled: true}\n", image, check=False, timeout=60)
+        self.assertEqual(done.returncode, 2)
+        errors = done.stderr.strip().splitlines()
+        self.assertEqual(len(errors), 1, errors)
+        self.assertIn("forecast.enabled", errors[0])
+        self.assertIn("FORECAST=1", errors[0])
+
+    def test_the_forecast_variant_trains_a_model(self) -> None:
+        """numpy, SciPy and scikit-learn work there, without the bytecode the build leaves out."""
+        code = ("import numpy as np; from sklearn.neural_network import MLPRegressor; "
+                "x = np.linspace(0, 1, 200).reshape(-1, 1); "
+                "m = MLPRegressor(hidden_layer_sizes=(8,), max_iter=300, random_state=0).fit(x, 2 * x.ravel()); "
+                "print(round(float(m.score(x, 2 * x.ravel())), 2))")
+        done = dk.docker("run", "--rm", "--network", "none", "--entrypoint", "python",
+                         dk.image(forecast=True), "-c", code, timeout=120)
+        self.assertGreater(float(done.stdout.strip()), 0.5)  # an untrained model scores ≤ 0
 
 
 class FakeSupervisor(Resource):

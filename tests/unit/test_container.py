@@ -6,13 +6,14 @@ that meteremu would refuse fails here, not in a user's add-on log)."""
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 from typing import Any
 
 import yaml
 from twisted.trial.unittest import SynchronousTestCase
 
 from meteremu.config import parse_config
-from meteremu.container import addon, entry, filecaps, healthcheck
+from meteremu.container import addon, entry, filecaps, healthcheck, warmup
 from meteremu.container.addon import AddonOptionError, MqttService, Supervisor, translate
 
 DEFAULT = "/pkg/default.yaml"
@@ -63,6 +64,16 @@ class ChooseTests(SynchronousTestCase):
         self.assertEqual(config.server.http_port, 80)
         self.assertEqual(config.store.path, "/data/meteremu.db")
         self.assertEqual(config.meters["grid"].source.type, "simulator")
+
+
+class WarmupConfigTests(SynchronousTestCase):
+    def test_the_build_config_is_the_container_default_with_its_state_moved(self) -> None:
+        default = yaml.safe_load(open(entry.default_path(), encoding="utf-8"))
+        built = yaml.safe_load(warmup.config_for_build(entry.default_path(), Path("/tmp/scratch")))
+        self.assertEqual(built["store"]["path"], "/tmp/scratch/meteremu.db")
+        del built["store"]["path"], default["store"]["path"]
+        self.assertEqual(built, default)
+        parse_config(yaml.safe_load(warmup.config_for_build(entry.default_path(), Path("/tmp/scratch"))), "build")
 
 
 class HealthUrlTests(SynchronousTestCase):
