@@ -43,6 +43,7 @@ class FakeSensor:
     unit: str = "W"
     state: float | None = None
     device_class: str = "power"
+    silent: bool = False  # sends no state on subscription (a sensor that never published)
 
 
 class DeviceConnection(Protocol):
@@ -111,7 +112,7 @@ class DeviceConnection(Protocol):
                 api_pb2.ListEntitiesDoneResponse())
         elif isinstance(message, api_pb2.SubscribeStatesRequest):
             self.subscribed = True
-            self.send(*[device.state_message(s) for s in device.sensors],
+            self.send(*[device.state_message(s) for s in device.sensors if not s.silent],
                       api_pb2.SwitchStateResponse(key=999, state=True))
             device.fire("subscribed", self)
         elif isinstance(message, api_pb2.PingRequest):
@@ -192,6 +193,11 @@ class FakeEsphomeDevice(Factory):
     def drop(self) -> None:
         for conn in list(self.connections):
             conn.transport.abortConnection()
+
+    def close(self) -> None:
+        """Close every connection after what was written is sent (``drop`` discards it)."""
+        for conn in list(self.connections):
+            conn.transport.loseConnection()
 
     def garbage(self, data: bytes) -> None:
         for conn in self.connections:

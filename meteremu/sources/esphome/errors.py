@@ -63,6 +63,10 @@ def verdict(exc: BaseException, where: str, timeout: float) -> Verdict:
                                        "check host and expected_name", True)
     if "MatchError" in names:
         return Verdict("sensors missing", f"{where}: {exc}", True)
+    if "PingFailedAPIError" in names:
+        return Verdict("failing", f"{where}: no answer to pings (keepalive); the device is gone", False)
+    if "SocketClosedAPIError" in names or "ReadFailedAPIError" in names:
+        return Verdict("failing", f"{where} closed the connection", False)
     if "TimeoutError" in names or "TimeoutAPIError" in names:
         return Verdict("failing", f"{where}: no answer within {timeout:g} s", False)
     if "HandshakeAPIError" in names:
@@ -73,7 +77,7 @@ def verdict(exc: BaseException, where: str, timeout: float) -> Verdict:
     if isinstance(cause, ConnectionRefusedError):
         return Verdict("failing", f"{where}: connection refused", False)
     if cause is not None and cause.strerror:
-        return Verdict("failing", f"{where}: cannot connect ({cause.strerror})", False)
+        return Verdict("failing", f"{where}: {cause.strerror}", False)
     if isinstance(exc, OSError) or "APIConnectionError" in names:
         return Verdict("failing", f"{where}: cannot connect ({_first_line(exc)})", False)
     return Verdict("failing", f"{where}: {type(exc).__name__}: {_first_line(exc)}", False, unexpected=True)

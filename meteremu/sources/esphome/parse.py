@@ -220,20 +220,27 @@ class SensorStates:
         """Every bound power quantity has a value (the counters may still be on their way)."""
         return all((b.quantity, b.index) in self.values for b in self.bindings if b.quantity in REQUIRED_KEYS)
 
+    def pending(self) -> bool:
+        """A power quantity has had no state at all yet on this connection."""
+        return any((b.quantity, b.index) not in self.arrived for b in self.bindings if b.quantity in REQUIRED_KEYS)
+
     def problem(self, now: float) -> str | None:
-        """Why the meter cannot be fresh at ``now``: a power sensor unknown or silent for ``max_age``."""
+        """Why the meter cannot be fresh at ``now`` (every power sensor without a value, never
+        heard of, or silent for ``max_age``), or None."""
+        found: list[str] = []
         for b in self.bindings:
             if b.quantity not in REQUIRED_KEYS:
                 continue
             slot = (b.quantity, b.index)
-            if slot in self.unknown:
-                return self.unknown[slot]
             arrived = self.arrived.get(slot)
-            if arrived is None:
-                return f"waiting for a state of sensor {b.label} ({b.quantity})"
-            if now - arrived > self.max_age:
-                return f"no state of sensor {b.label} ({b.quantity}) for {now - arrived:.0f} s (max_age {self.max_age:g} s)"
-        return None
+            if slot in self.unknown:
+                found.append(self.unknown[slot])
+            elif arrived is None:
+                found.append(f"waiting for a state of sensor {b.label} ({b.quantity})")
+            elif now - arrived > self.max_age:
+                found.append(f"no state of sensor {b.label} ({b.quantity}) for {now - arrived:.1f} s "
+                             f"(max_age {self.max_age:g} s)")
+        return "; ".join(found) or None
 
     def value(self, quantity: str) -> float | None:
         found = [v for (q, _), v in self.values.items() if q == quantity]

@@ -88,6 +88,7 @@ class EsphomeSource(StatefulEvents, Service):
         self.attempts = 0
         self.samples = 0
         self.stale_reason: str | None = None
+        self._connected_at = 0.0
         self.meter.details = {"address": f"{host}:{port}", "encrypted": options.encryption_key is not None,
                               "connection": self.state}
 
@@ -159,6 +160,7 @@ class EsphomeSource(StatefulEvents, Service):
             client.force_disconnect()
             return
         self.states = SensorStates(bindings, self.options.max_power, self.options.invert, self.options.max_age)
+        self._connected_at = self.clock.seconds()
         client.add_connection_closed_callback(lambda event: self._closed(client, event))
         client.subscribe_states(lambda state: self._state(client, state))
         self._said.pop("failure", None)
@@ -221,20 +223,24 @@ class EsphomeSource(StatefulEvents, Service):
         """Alive while connected and every power sensor is current; else stale now."""
         if self.state != "connected" or self.states is None:
             return
-        problem = self.states.problem(self.clock.seconds())
+        now = self.clock.seconds()
+        if self.states.pending() and now - self._connected_at <= self.options.max_age:
+            return  # the first states are on their way (the meter stays as the last failure left it)
+        problem = self.states.problem(now)
         if problem is None:
             if self.meter.latest is not None:
                 self.meter.alive()
             if self.stale_reason is not None:
                 self._say("stale", f"{self.where}: current again", "info")
+                self.meter.details.pop("stale", None)
             self.stale_reason = None
             return
         self.meter.expire()
-        if problem != self.stale_reason:
-            self.stale_reason = problem
-            self.meter.details["stale"] = problem
+        self.meter.details["stale"] = problem
+        if self.stale_reason is None:  # said when it turns stale, not at each change of reason
             self._say("stale", f"{self.where}: {problem}", "info")
             self._emit("stale", problem)
+        self.stale_reason = problem
 
     # -- failures ----------------------------------------------------------------------------------
     def _clean(self, text: str) -> str:
