@@ -356,3 +356,45 @@ class FaultTests(EsphomeCase):
             yield source.when("sample")
             self.assertEqual(meter.freshness(), Freshness.FRESH)
         self.assertEqual(source._said.get("bug"), bugs_before)
+
+    @inlineCallbacks
+    def test_a_hung_device_times_out(self):
+        device, port = self.device()
+        device.mute = True
+        source, meter = self.source(port, timeout=0.3)
+        message = yield source.when("failure")
+        self.assertIn("no answer within 0.3 s", message)
+        self.assertEqual(source.state, "failing")
+        self.assertEqual(meter.freshness(), Freshness.DOWN)
+        device.mute = False
+        yield source.when("sample")  # the next attempt gets an answer
+        self.assertEqual(meter.freshness(), Freshness.FRESH)
+
+    @inlineCallbacks
+    def test_stop_while_connecting(self):
+        device, port = self.device()
+        device.mute = True
+        connected = device.when("connected")
+        source, meter = self.source(port)
+        yield connected
+        lost = device.when("lost")
+        yield source.stopService()
+        yield lost  # the half-made connection is closed, nothing left running
+        self.assertEqual(source.state, "stopped")
+        self.assertEqual(device.connections, [])
+
+    @inlineCallbacks
+    def test_the_device_says_goodbye(self):
+        """A device about to reboot sends DisconnectRequest: down, then back when it is."""
+        device, port = self.device()
+        source, meter = self.source(port)
+        while meter.latest is None or meter.latest.energy is None:
+            yield source.when("sample")
+        failure = source.when("failure")
+        device.goodbye()
+        message = yield failure
+        self.assertIn("closed the connection", message)
+        self.assertEqual(meter.freshness(), Freshness.DOWN)
+        yield source.when("sample")
+        self.assertEqual(meter.freshness(), Freshness.FRESH)
+

@@ -9,10 +9,13 @@ value; ``NaN`` with ``missing_state`` when it has none) and on every
 :meth:`FakeEsphomeDevice.publish`, pings, and a clean disconnect. It never
 connects anywhere; it only listens on loopback.
 
-Faults for the tests: :meth:`drop` (every connection aborted),
-:meth:`garbage` (raw bytes on every connection), ``pong = False`` (pings
-unanswered: a silently dead device), ``refuse = True`` (connections closed at
-once), and what a wrong key or password does on a real device.
+Faults for the tests: :meth:`drop` (every connection aborted), :meth:`close`
+(closed after what was written), :meth:`goodbye` (the DisconnectRequest of a
+device about to reboot), :meth:`garbage` (raw bytes on every connection),
+``pong = False`` (pings unanswered: a silently dead device), ``refuse = True``
+(connections closed at once), ``mute = True`` (connections accepted, nothing
+answered: a hung device), and what a wrong key or password does on a real
+device.
 """
 
 from __future__ import annotations
@@ -61,8 +64,12 @@ class DeviceConnection(Protocol):
         device.connects += 1
         if device.refuse:
             self.transport.abortConnection()
+            return
+        device.fire("connected", self)
 
     def dataReceived(self, data: bytes) -> None:
+        if self.factory.mute:
+            return
         try:
             for msg_type, payload in self.wire.feed(data):
                 self._flush_handshake()
@@ -144,6 +151,7 @@ class FakeEsphomeDevice(Factory):
         self.wire_errors: list[str] = []
         self.pong = True
         self.refuse = False
+        self.mute = False  # accepts connections, never answers (a hung device)
         self.port: Any = None
         self._waiters: list[tuple[str, Deferred[Any]]] = []
 
@@ -158,7 +166,8 @@ class FakeEsphomeDevice(Factory):
         return self.port.stopListening()
 
     def when(self, event: str) -> Deferred[Any]:
-        """Fires at the next ``subscribed`` (a client subscribed to states) or ``lost`` (a connection closed)."""
+        """Fires at the next ``connected`` (a connection accepted), ``subscribed`` (a client subscribed
+        to states) or ``lost`` (a connection closed)."""
         d: Deferred[Any] = Deferred()
         self._waiters.append((event, d))
         return d
@@ -193,6 +202,11 @@ class FakeEsphomeDevice(Factory):
     def drop(self) -> None:
         for conn in list(self.connections):
             conn.transport.abortConnection()
+
+    def goodbye(self) -> None:
+        """What a device does before it reboots: a DisconnectRequest to every client."""
+        for conn in self.connections:
+            conn.send(api_pb2.DisconnectRequest())
 
     def close(self) -> None:
         """Close every connection after what was written is sent (``drop`` discards it)."""

@@ -6,7 +6,8 @@ What happens when:
   :func:`meteremu.asyncbridge.as_deferred`): TCP, the Noise handshake with
   ``encryption_key`` (plaintext without one), hello (and the legacy password),
   then the device info and its entity list in one exchange, all within
-  ``timeout``. The configured sensors are bound to entities
+  ``timeout`` (a reactor timer ends a slow attempt with aioesphomeapi's
+  ``force_disconnect``). The configured sensors are bound to entities
   (:func:`.parse.match_entities`) and the states subscribed.
 * **A state**: :class:`.parse.SensorStates` turns it into a new Reading once
   every power sensor has a value; ``NaN`` (ESPHome's "no value") and values
@@ -37,7 +38,6 @@ Events (``when(event)``): the connection states (``connecting``,
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections.abc import Callable
 from typing import Any
@@ -78,6 +78,8 @@ class EsphomeSource(StatefulEvents, Service):
         self._said: dict[str, str] = {}
         self._waiters: list[tuple[str, Any]] = []
         self._timer: IDelayedCall | None = None
+        self._deadline: IDelayedCall | None = None
+        self._timed_out = False
         self._stopping = False
         self._client: Any = None
         self._attempt: Deferred[Any] | None = None
@@ -105,21 +107,25 @@ class EsphomeSource(StatefulEvents, Service):
         self._stop_running("_timer")
         if self._tick.running:
             self._tick.stop()
+        self._cancel_timers("_deadline")
         attempt, self._attempt = self._attempt, None
-        if attempt is not None:
-            attempt.cancel()
         client, self._client = self._client, None
+        if attempt is not None:
+            # aioesphomeapi's own way to end an attempt (cancelling its tasks leaves futures behind
+            # whose errors nobody reads); the attempt's callbacks see _stopping and do nothing.
+            if client is not None:
+                client.force_disconnect()
+            attempt.addTimeout(self.options.timeout, self.clock)
+            attempt.addErrback(lambda _: None)
+            return attempt
         if client is None:
             return succeed(None)
-        d = as_deferred(self._goodbye(client))
-        d.addErrback(lambda _: None)
+        # A clean DisconnectRequest; a device that does not answer within timeout is dropped.
+        d = as_deferred(client.disconnect())
+        drop = self.clock.callLater(self.options.timeout, client.force_disconnect)
+        d.addErrback(lambda _: client.force_disconnect())
+        d.addBoth(lambda _: drop.cancel() if drop.active() else None)
         return d
-
-    async def _goodbye(self, client: Any) -> None:
-        try:
-            await asyncio.wait_for(client.disconnect(), self.options.timeout)
-        except (Exception, asyncio.CancelledError):  # a dead device: drop it
-            client.force_disconnect()
 
     # -- one connection attempt ------------------------------------------------------------------
     def _connect(self) -> None:
@@ -129,24 +135,39 @@ class EsphomeSource(StatefulEvents, Service):
         self.attempts += 1
         if self.state != "connecting":
             self._set_state("connecting")
-        d = as_deferred(self._session())
-        self._attempt = d
-        d.addCallbacks(self._up, self._refused, errbackArgs=(d,), callbackArgs=(d,))
-
-    async def _session(self) -> tuple[Any, Any, list[Binding]]:
-        from aioesphomeapi import APIClient, SensorInfo
+        from aioesphomeapi import APIClient
 
         host, port = self.options.address()
         client = APIClient(host, port, self.options.password, client_info=f"meteremu {meteremu.__version__}",
                            keepalive=self.options.keepalive, noise_psk=self.options.encryption_key,
                            expected_name=self.options.expected_name)
         self._client = client
+        self._timed_out = False
+        self._rearm("_deadline", self.options.timeout, self._too_slow, client)
+        d = as_deferred(self._session(client))
+        self._attempt = d
+        d.addCallbacks(self._up, self._refused, errbackArgs=(d,), callbackArgs=(d,))
+
+    def _too_slow(self, client: Any) -> None:
+        """The whole attempt (TCP, handshake, hello, entity list) took longer than ``timeout``:
+        end it the way aioesphomeapi ends one, on the reactor's clock."""
+        self._deadline = None
+        if client is self._client and self._attempt is not None:
+            self._timed_out = True
+            client.force_disconnect()
+
+    async def _session(self, client: Any) -> tuple[Any, Any, list[Binding]]:
+        from aioesphomeapi import SensorInfo
+
         try:
-            async with asyncio.timeout(self.options.timeout):
-                await client.connect(login=self.options.password is not None, log_errors=False)
-                info, entities, _ = await client.device_info_and_list_entities()
-            sensors = [Entity(e.key, e.object_id, e.name, e.unit_of_measurement)
-                       for e in entities if isinstance(e, SensorInfo)]
+            await client.connect(login=self.options.password is not None, log_errors=False)
+            info, entities, _ = await client.device_info_and_list_entities()
+        except BaseException:
+            client.force_disconnect()
+            raise
+        sensors = [Entity(e.key, e.object_id, e.name, e.unit_of_measurement)
+                   for e in entities if isinstance(e, SensorInfo)]
+        try:
             return client, info, match_entities(self.options.values, sensors)
         except BaseException:
             client.force_disconnect()
@@ -155,6 +176,7 @@ class EsphomeSource(StatefulEvents, Service):
     def _up(self, result: tuple[Any, Any, list[Binding]], d: Deferred[Any]) -> None:
         if self._attempt is d:
             self._attempt = None
+            self._cancel_timers("_deadline")
         client, info, bindings = result
         if self._stopping or client is not self._client:
             client.force_disconnect()
@@ -175,10 +197,13 @@ class EsphomeSource(StatefulEvents, Service):
     def _refused(self, failure: Failure, d: Deferred[Any]) -> None:
         if self._attempt is d:
             self._attempt = None
+            self._cancel_timers("_deadline")
         self._client = None
         if self._stopping:
             return
-        exc = failure.value if failure.value is not None else RuntimeError("no exception")
+        exc: BaseException = failure.value if failure.value is not None else RuntimeError("no exception")
+        if self._timed_out:
+            exc = TimeoutError()
         judged = verdict(exc, self.where, self.options.timeout)
         if judged.unexpected:
             self._say("bug", self._clean(f"unexpected {failure.getErrorMessage()}"), "error")
