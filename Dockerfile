@@ -17,7 +17,8 @@ ARG WHEELS=
 # imported only when enabled, then refuses to start with a clear message).
 ARG FORECAST=1
 # EXTRAS: optional features, e.g. EXTRAS=sml for the tibber_pulse and sml
-# sources (smllib, GPL-3.0: not in the default image).
+# sources (smllib, GPL-3.0: not in the default image), EXTRAS=esphome for the
+# esphome source (aioesphomeapi), or both: EXTRAS=sml,esphome.
 ARG EXTRAS=
 COPY . /src
 RUN set -eu; \
