@@ -169,6 +169,14 @@ class StatesTests(SynchronousTestCase):
         self.assertEqual(outcome.reading.phases[0].voltage, 230.0)  # the refused voltage is not served
         self.assertIsNone(s.problem(4.0))
 
+    def test_the_shared_range_checks(self) -> None:
+        s = self.states(EsphomeValues(power="power_l1", energy_import="energy_in_t1"), max_power=5000.0)
+        self.assertIn("W is beyond max_power (5000 W)", s.state(1, 6000.0, False, 1.0, 1.0).refused or "")
+        self.assertIn("a lifetime counter is not", s.state(4, -1.0, False, 1.0, 1.0).refused or "")
+        reading = s.state(1, 10.0, False, 2.0, 2.0).reading
+        assert reading is not None
+        self.assertIsNone(reading.energy)  # the refused counter is not served
+
     def test_other_entities_and_invert(self) -> None:
         s = self.states(EsphomeValues(power="power_l1"), invert=True)
         self.assertIsNone(s.state(42, 1.0, False, 1.0, 1.0).reading)

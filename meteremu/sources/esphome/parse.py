@@ -10,7 +10,8 @@
   (several entities per counter: tariffs, summed), keyed by the entity's
   ``key`` as the states arrive. ESPHome sends ``NaN`` (``missing_state``)
   for a sensor that has no value: that value becomes unknown, never data;
-  a value beyond its quantity's range is refused the same way, named.
+  a value beyond its quantity's range (the shared
+  :func:`meteremu.sources.jsonfields.range_problem`) is refused the same way, named.
 * A Reading is built (:func:`meteremu.sources.values.reading_parts`, as for
   every source) once every power quantity is known and fresh.
 
@@ -27,23 +28,16 @@ from dataclasses import dataclass
 
 from meteremu.reading import Reading
 from meteremu.sources.esphome.options import EsphomeSensor, EsphomeValues
+from meteremu.sources.jsonfields import range_problem
 from meteremu.sources.values import (
-    CURRENT,
     DEFAULT_UNIT,
     ENERGY,
-    FREQUENCY,
     KEY_KIND,
-    POWER,
-    POWER_FACTOR,
     REQUIRED_KEYS,
-    VOLTAGE,
     next_measured_at,
     reading_parts,
     unit_factor,
 )
-
-LIMITS = {VOLTAGE: 1000.0, CURRENT: 1000.0, FREQUENCY: 70.0, POWER_FACTOR: 1.0}
-"""The largest plausible magnitude per kind (power: the source's ``max_power``)."""
 
 
 def float32_decimal(value: float) -> float:
@@ -201,7 +195,7 @@ class SensorStates:
                 outcome.refused = problem
                 continue
             self.unknown.pop(slot, None)
-            self.values[slot] = float32_decimal(value) * b.factor
+            self.values[slot] = float32_decimal(value) * b.factor  # checked by _refusal
         if self.ready():
             outcome.reading = self.reading(wall_now)
         return outcome
@@ -209,12 +203,12 @@ class SensorStates:
     def _refusal(self, b: Binding, value: float, missing: bool) -> str | None:
         if missing or not math.isfinite(value):
             return f"sensor {b.label} ({b.quantity}) has no value (the device sends NaN)"
-        kind = KEY_KIND[b.quantity]
-        top = self.max_power if kind == POWER else LIMITS.get(kind)
-        converted = value * b.factor
-        if not math.isfinite(converted) or (top is not None and abs(converted) > top):
-            return f"sensor {b.label} ({b.quantity}) = {value:g} {b.unit or ''} is out of range".replace("  ", " ")
-        return None
+        converted = float32_decimal(value) * b.factor
+        shown = f"sensor {b.label} ({b.quantity}) = {value:g}{' ' + b.unit if b.unit else ''}"
+        if not math.isfinite(converted):
+            return f"{shown} is out of range"
+        problem = range_problem(KEY_KIND[b.quantity], converted, self.max_power)
+        return f"{shown} is out of range: {converted:g} {problem}" if problem else None
 
     def ready(self) -> bool:
         """Every bound power quantity has a value (the counters may still be on their way)."""
