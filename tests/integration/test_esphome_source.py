@@ -12,10 +12,12 @@ waits for the source's events (``when``) or the fake's.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from meteremu.meter import Freshness, Meter
@@ -28,9 +30,35 @@ PHASES = EsphomeValues(a_power="power_l1", b_power="Power L2", c_power="power_l3
                        energy_import="energy_import", energy_export="energy_export")
 
 
+class _Records(logging.Handler):
+    def __init__(self, into: list[str]) -> None:
+        super().__init__(logging.DEBUG)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.into.append(record.getMessage())
+
+
 class EsphomeCase(TestCase):
     timeout = 30
     skip = asyncio_reactor_skip()
+
+    def setUp(self) -> None:
+        """Every log line (Twisted's, and aioesphomeapi's stdlib logging) is kept for the secret checks."""
+        self.logged: list[str] = []
+
+        def observer(event: dict[str, Any]) -> None:
+            self.logged.append(formatEvent(event) or "")
+
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        handler = _Records(self.logged)
+        root = logging.getLogger()
+        level = root.level
+        root.addHandler(handler)
+        root.setLevel(logging.DEBUG)
+        self.addCleanup(root.removeHandler, handler)
+        self.addCleanup(root.setLevel, level)
 
     def device(self, sensors: list[FakeSensor] | None = None, **kw: Any) -> tuple[FakeEsphomeDevice, int]:
         device = FakeEsphomeDevice(sensors if sensors is not None else three_phase(), **kw)
@@ -51,7 +79,8 @@ class EsphomeCase(TestCase):
 
     def assert_no_secret(self, source: EsphomeSource, meter: Meter, *secrets: str) -> None:
         said = json.dumps([meter.stats.last_error, meter.down_reason, meter.details, source._said,
-                           repr(source.options)], default=str)
+                           repr(source.options), self.logged], default=str)
+        self.assertTrue(self.logged)
         for secret in secrets:
             self.assertNotIn(secret, said)
             self.assertNotIn(secret[:12], said)

@@ -28,7 +28,8 @@ What happens when:
 Secrets: the key and the password go only to APIClient; messages are
 rewritten (:func:`.errors.redact`), so neither reaches a log, the meter's
 errors or ``/healthz``. aioesphomeapi's own error logging is turned off
-(``log_errors=False``): each failure is said here once.
+(``log_errors=False``): each failure is said here once; its debug logging,
+which prints the password, is held at INFO (:func:`quiet_library`).
 
 Events (``when(event)``): the connection states (``connecting``,
 ``connected``, ``disconnected``, ``failing``, ``bad key``, ``bad password``,
@@ -38,6 +39,7 @@ Events (``when(event)``): the connection states (``connecting``,
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable
 from typing import Any
@@ -60,6 +62,19 @@ from meteremu.sources.esphome.options import EsphomeOptions
 from meteremu.sources.esphome.parse import Binding, Entity, SensorStates, match_entities
 
 CHECK_INTERVAL = 1.0
+
+
+def quiet_library() -> None:
+    """Keep aioesphomeapi's stdlib logger at INFO or above.
+
+    Its DEBUG lines print every message it sends, the legacy password among
+    them (``Sending AuthenticationRequest: password: …``), and plaintext
+    frames as hex; a root logger set to DEBUG would pass them on. The client
+    reads the level when it is made, so this runs before each one.
+    """
+    library = logging.getLogger("aioesphomeapi")
+    if library.getEffectiveLevel() < logging.INFO:
+        library.setLevel(logging.INFO)
 
 
 class EsphomeSource(StatefulEvents, Service):
@@ -137,6 +152,7 @@ class EsphomeSource(StatefulEvents, Service):
             self._set_state("connecting")
         from aioesphomeapi import APIClient
 
+        quiet_library()
         host, port = self.options.address()
         client = APIClient(host, port, self.options.password, client_info=f"meteremu {meteremu.__version__}",
                            keepalive=self.options.keepalive, noise_psk=self.options.encryption_key,
