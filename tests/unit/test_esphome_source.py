@@ -169,6 +169,16 @@ class StatesTests(SynchronousTestCase):
         self.assertEqual(outcome.reading.phases[0].voltage, 230.0)  # the refused voltage is not served
         self.assertIsNone(s.problem(4.0))
 
+    def test_pending_until_every_power_sensor_was_heard(self) -> None:
+        s = self.states(EsphomeValues(a_power="power_l1", b_power="power_l2", a_voltage="voltage_l1"))
+        self.assertTrue(s.pending())
+        s.state(1, math.nan, True, 1.0, 1.0)  # heard, without a value: no longer pending, but a problem
+        self.assertTrue(s.pending())
+        s.state(2, 1.0, False, 1.0, 1.0)
+        self.assertFalse(s.pending())
+        self.assertIn("power_l1 (a_power) has no value", s.problem(1.0) or "")
+        self.assertNotIn("voltage", s.problem(100.0) or "")  # only power sensors decide freshness
+
     def test_the_shared_range_checks(self) -> None:
         s = self.states(EsphomeValues(power="power_l1", energy_import="energy_in_t1"), max_power=5000.0)
         self.assertIn("W is beyond max_power (5000 W)", s.state(1, 6000.0, False, 1.0, 1.0).refused or "")

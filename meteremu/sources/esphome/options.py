@@ -83,11 +83,13 @@ class EsphomeValues:
 
     def validate(self) -> list[tuple[str, str]]:
         errors: list[tuple[str, str]] = []
-        for key, index, item in self.items():
+        for key, index, item in value_items(self):
             where = value_where(self, key, index)
-            if not item.sensor.strip():
-                errors.append((where, "a sensor's object_id or name"))
-            errors += unit_errors(key, item.unit, where)
+            if isinstance(item, str):
+                if not item.strip():
+                    errors.append((where, "a sensor's object_id or name"))
+            else:  # the mapping checks its own sensor and scale
+                errors += unit_errors(key, item.unit, where)
         return errors + layout_errors(self, "sensor")
 
 
