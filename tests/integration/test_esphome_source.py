@@ -128,6 +128,23 @@ class ReadingTests(EsphomeCase):
         self.assertIsNone(meter.latest.energy)
 
     @inlineCallbacks
+    def test_other_entity_types_sharing_a_key_are_ignored(self):
+        """ESPHome's keys hash object_ids: a binary sensor may have a sensor's key."""
+        from aioesphomeapi import api_pb2
+
+        device, port = self.device()
+        source, meter = self.source(port)
+        while meter.latest is None or meter.latest.energy is None:
+            yield source.when("sample")
+        device.send(api_pb2.BinarySensorStateResponse(key=1, state=True),
+                    api_pb2.SwitchStateResponse(key=2, state=False))
+        device.publish(power_l3=0.5)
+        while round(meter.latest.phases[2].act_power, 3) != 500.0:
+            yield source.when("sample")
+        self.assertEqual([round(p.act_power, 3) for p in meter.latest.phases], [1200.5, -250.0, 500.0])
+        self.assertEqual(meter.freshness(), Freshness.FRESH)
+
+    @inlineCallbacks
     def test_invert(self):
         _, port = self.device()
         source, meter = self.source(port, invert=True)

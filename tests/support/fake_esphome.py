@@ -199,6 +199,12 @@ class FakeEsphomeDevice(Factory):
             if conn.subscribed:
                 conn.send(*[self.state_message(s) for s in changed])
 
+    def send(self, *messages: Message) -> None:
+        """Any messages to every subscribed client (states of other entity types, say)."""
+        for conn in self.connections:
+            if conn.subscribed:
+                conn.send(*messages)
+
     def drop(self) -> None:
         for conn in list(self.connections):
             conn.transport.abortConnection()

@@ -44,6 +44,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+from aioesphomeapi import APIClient, SensorInfo, SensorState
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall
@@ -150,8 +151,6 @@ class EsphomeSource(StatefulEvents, Service):
         self.attempts += 1
         if self.state != "connecting":
             self._set_state("connecting")
-        from aioesphomeapi import APIClient
-
         quiet_library()
         host, port = self.options.address()
         client = APIClient(host, port, self.options.password, client_info=f"meteremu {meteremu.__version__}",
@@ -173,8 +172,6 @@ class EsphomeSource(StatefulEvents, Service):
             client.force_disconnect()
 
     async def _session(self, client: Any) -> tuple[Any, Any, list[Binding]]:
-        from aioesphomeapi import SensorInfo
-
         try:
             await client.connect(login=self.options.password is not None, log_errors=False)
             info, entities, _ = await client.device_info_and_list_entities()
@@ -229,8 +226,8 @@ class EsphomeSource(StatefulEvents, Service):
     def _state(self, client: Any, state: Any) -> None:
         if client is not self._client or self.states is None or self._stopping:
             return
-        if not hasattr(state, "missing_state"):
-            return  # not a sensor's state
+        if not isinstance(state, SensorState):
+            return  # a switch's, a binary sensor's (whose key may equal a sensor's: keys hash object_ids)
         outcome = self.states.state(state.key, state.state, state.missing_state, self.clock.seconds(),
                                     wall(self.clock))
         if outcome.refused is not None:
@@ -257,7 +254,10 @@ class EsphomeSource(StatefulEvents, Service):
         if error is None:
             why = f"{self.where} closed the connection"
         else:
-            why = verdict(error, self.where, self.options.timeout).message
+            judged = verdict(error, self.where, self.options.timeout)
+            # After the handshake, a "key" verdict only means bytes that fit no frame.
+            why = judged.message if not judged.permanent else \
+                f"{self.where}: protocol error ({type(error).__name__})"
         self._fail("disconnected", f"connection lost: {why}", False)
 
     def _check(self) -> None:
