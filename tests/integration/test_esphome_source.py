@@ -145,6 +145,16 @@ class ReadingTests(EsphomeCase):
         self.assertEqual(meter.freshness(), Freshness.FRESH)
 
     @inlineCallbacks
+    def test_a_newer_device_that_leaves_object_ids_out(self):
+        """API 1.14+: the device may send no object_id; the client computes it from the name."""
+        _, port = self.device(api_version=(1, 14), object_ids=False)
+        source, meter = self.source(port)
+        while meter.latest is None or meter.latest.energy is None:
+            yield source.when("sample")
+        self.assertEqual([round(p.act_power, 3) for p in meter.latest.phases], [1200.5, -250.0, 300.0])
+        self.assertEqual(meter.details["sensors"]["a_power"], "power_l1 (W)")
+
+    @inlineCallbacks
     def test_invert(self):
         _, port = self.device()
         source, meter = self.source(port, invert=True)

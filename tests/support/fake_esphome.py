@@ -35,7 +35,7 @@ from tests.support.esphome_wire import NoiseWire, PlainWire, WireError, decode
 
 KEY = "px7tsbK3C7bpXHr2OevEV2ZMg/FrNBw2+O2pNPbedtA="  # ESPHome's documentation example key
 OTHER_KEY = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
-API_VERSION = (1, 13)  # object_id is sent (clients fill it from the name from 1.14 on)
+API_VERSION = (1, 13)  # object_id is sent; from 1.14 on a device may leave it out (clients compute it)
 
 
 @dataclass
@@ -98,7 +98,8 @@ class DeviceConnection(Protocol):
         device = self.factory
         if isinstance(message, api_pb2.HelloRequest):
             device.client_infos.append(message.client_info)
-            self.send(api_pb2.HelloResponse(api_version_major=API_VERSION[0], api_version_minor=API_VERSION[1],
+            self.send(api_pb2.HelloResponse(api_version_major=device.api_version[0],
+                                            api_version_minor=device.api_version[1],
                                             server_info=f"{device.name} (fake ESPHome 2025.12.0)",
                                             name=device.name))
         elif isinstance(message, api_pb2.AuthenticationRequest):
@@ -113,7 +114,7 @@ class DeviceConnection(Protocol):
                 api_encryption_supported=device.key is not None))
         elif isinstance(message, api_pb2.ListEntitiesRequest):
             self.send(*[api_pb2.ListEntitiesSensorResponse(
-                object_id=s.object_id, key=s.key, name=s.name, unit_of_measurement=s.unit,
+                object_id=s.object_id if device.object_ids else "", key=s.key, name=s.name, unit_of_measurement=s.unit,
                 accuracy_decimals=1, device_class=s.device_class, state_class=1) for s in device.sensors],
                 api_pb2.ListEntitiesSwitchResponse(object_id="relay", key=999, name="Relay"),
                 api_pb2.ListEntitiesDoneResponse())
@@ -142,8 +143,10 @@ class FakeEsphomeDevice(Factory):
     protocol = DeviceConnection
 
     def __init__(self, sensors: list[FakeSensor], key: str | None = KEY, password: str | None = None,
-                 name: str = "energy-meter", mac: str = "AC:67:B2:11:22:33") -> None:
+                 name: str = "energy-meter", mac: str = "AC:67:B2:11:22:33",
+                 api_version: tuple[int, int] = API_VERSION, object_ids: bool = True) -> None:
         self.sensors = sensors
+        self.api_version, self.object_ids = api_version, object_ids
         self.key, self.password, self.name, self.mac = key, password, name, mac
         self.connections: list[DeviceConnection] = []
         self.connects = 0
