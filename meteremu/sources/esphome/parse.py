@@ -39,6 +39,8 @@ from meteremu.sources.values import (
     unit_factor,
 )
 
+_F32 = struct.Struct("<f")
+
 
 def float32_decimal(value: float) -> float:
     """The decimal a device meant by a float32 state: the shortest that is the same float32.
@@ -59,9 +61,6 @@ def float32_decimal(value: float) -> float:
         if _F32.pack(candidate) == packed:
             return candidate
     return value
-
-
-_F32 = struct.Struct("<f")
 
 
 class MatchError(ValueError):
