@@ -19,7 +19,8 @@ ARG WHEELS=
 # with a clear message.
 ARG FORECAST=0
 # EXTRAS: optional features, e.g. EXTRAS=sml for the tibber_pulse and sml
-# sources (smllib, GPL-3.0: not in the default image).
+# sources (smllib, GPL-3.0: not in the default image), EXTRAS=esphome for the
+# esphome source (aioesphomeapi), or both: EXTRAS=sml,esphome.
 ARG EXTRAS=
 COPY . /src
 RUN set -eu; \

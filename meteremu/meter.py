@@ -197,6 +197,12 @@ class Meter:
         self._last_alive = self.clock.seconds()
         self._down_reason = None
 
+    def expire(self) -> None:
+        """A push source knows its values are no longer current (a sensor went silent
+        for its ``max_age``, or has no value): stale from now, not ``stale_after``
+        after the last :meth:`alive`. The next new reading or ``alive`` ends it."""
+        self._last_alive = None
+
     def report_failure(self, error: str, down: bool = True) -> None:
         """The source failed. ``error`` must not contain secrets.
 

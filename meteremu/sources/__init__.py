@@ -28,6 +28,7 @@ SOURCE_MODULES: dict[str, str] = {
     "shelly": "meteremu.sources.shelly",
     "sma_energy_meter": "meteremu.sources.sma_energy_meter",
     "modbus": "meteremu.sources.modbus",
+    "esphome": "meteremu.sources.esphome",
 }
 
 _options = LazyOptions(SOURCE_MODULES)

@@ -1092,11 +1092,12 @@ class NewSourceOptionsFuzzTests(SourceFuzzCase):
         from meteremu.config import ConfigError, parse_config
         from meteremu.sources import option_types
 
-        kinds = ("http_json", "tasmota", "tibber_pulse", "sml", "shelly")
+        kinds = ("http_json", "tasmota", "tibber_pulse", "sml", "shelly", "esphome")
         good = {"http_json": {"url": "http://127.0.0.1/", "values": {"power": "$.p"}},
                 "tasmota": {"host": "127.0.0.1", "values": {"power": "Power_curr"}},
                 "tibber_pulse": {"host": "127.0.0.1"}, "sml": {"serial": "/dev/ttyUSB0"},
-                "shelly": {"host": "127.0.0.1"}}
+                "shelly": {"host": "127.0.0.1"},
+                "esphome": {"host": "127.0.0.1", "values": {"power": "grid_power"}}}
         value_specs = st.one_of(fz.any_text, st.fixed_dictionaries({}, optional={
             "path": fz.any_text, "field": fz.any_text, "unit": fz.any_text, "scale": fz.yaml_values(),
             "invert": fz.yaml_values()}), fz.yaml_values())
@@ -1114,7 +1115,8 @@ class NewSourceOptionsFuzzTests(SourceFuzzCase):
             except ConfigError:
                 return
 
-        run_target(self, "config of http_json/tasmota/tibber_pulse/sml/shelly(any values)", 400, strategy, body)
+        run_target(self, "config of http_json/tasmota/tibber_pulse/sml/shelly/esphome(any values)", 400, strategy,
+                   body)
 
     def test_gen1_reading_of(self) -> None:
         """Mutated Gen1 /status answers (EM, 1PM) → a Reading or a named refusal."""
@@ -1133,3 +1135,65 @@ class NewSourceOptionsFuzzTests(SourceFuzzCase):
 
         run_target(self, "shelly.gen1_reading_of(mutated fixtures)", 300,
                    st.one_of(fs.json_bodies(docs), fs.any_json_body), body)
+
+
+class EsphomeFuzzTests(SourceFuzzCase):
+    """The esphome source's pure part: any entity list, any states (float32 or not, NaN, inf)."""
+
+    def test_match_entities(self) -> None:
+        """Any entities (names, object_ids, units of any text) → bindings or a MatchError, never a crash."""
+        from meteremu.sources.esphome.options import EsphomeSensor, EsphomeValues
+        from meteremu.sources.esphome.parse import Entity, MatchError, match_entities
+
+        names = st.one_of(st.sampled_from(["power", "Power", "power_l1", "Power L1", "energy", " ", ""]),
+                          fz.any_text)
+        entities = st.lists(st.builds(Entity, st.integers(0, 2**32 - 1), names, names,
+                                      st.one_of(st.sampled_from(["W", "kW", "kWh", "Wh", "V", "", "°C"]),
+                                                fz.any_text)), max_size=8)
+        sensor = st.one_of(names.filter(lambda n: bool(n.strip())),
+                           st.builds(EsphomeSensor, names.filter(lambda n: bool(n.strip())),
+                                     st.one_of(st.none(), st.sampled_from(["W", "kW", "kWh", "V", "mA"]))))
+        values = st.builds(lambda p, a, e: EsphomeValues(power=p, a_voltage=a, energy_import=e),
+                           sensor, st.one_of(st.none(), sensor), st.one_of(st.none(), sensor))
+
+        def body(value: Any, problems: Problems) -> None:
+            wanted, listed = value
+            try:
+                bindings = match_entities(wanted, listed)
+            except MatchError:
+                return
+            for b in bindings:
+                if not math.isfinite(b.factor) or b.factor == 0:
+                    problems.add(f"factor {b.factor} for {b.quantity}", value)
+
+        run_target(self, "esphome.match_entities(any entities)", 300, st.tuples(values, entities), body)
+
+    def test_states(self) -> None:
+        """Any sequence of states → finite Readings only; NaN/inf/out of range never served."""
+        from meteremu.sources.esphome.options import EsphomeValues
+        from meteremu.sources.esphome.parse import Entity, SensorStates, match_entities
+
+        listed = [Entity(1, "p1", "P1", "W"), Entity(2, "p2", "P2", "kW"), Entity(3, "p3", "P3", "W"),
+                  Entity(4, "e", "E", "kWh"), Entity(5, "v", "V", "V"), Entity(6, "i", "I", "mA")]
+        values = EsphomeValues(a_power="p1", b_power="p2", c_power="p3", energy_import="e", a_voltage="v",
+                               a_current="i")
+        bindings = match_entities(values, listed)
+        number = st.one_of(st.floats(allow_nan=True, allow_infinity=True),
+                           st.floats(width=32, allow_nan=True, allow_infinity=True),
+                           st.sampled_from([0.0, -0.0, 1e-45, 3.4028235e38, 1e308, -1e308]))
+        states = st.lists(st.tuples(st.integers(0, 8), number, st.booleans()), min_size=1, max_size=20)
+
+        def body(sequence: list[tuple[int, float, bool]], problems: Problems) -> None:
+            s = SensorStates(bindings, max_power=100000.0, invert=False, max_age=30.0)
+            for t, (key, value, missing) in enumerate(sequence):
+                outcome = s.state(key, value, missing, float(t), ARRIVAL + t)
+                self.check_reading(problems, "esphome states", outcome.reading, sequence)
+                if outcome.reading is not None:
+                    powers = [p.act_power for p in outcome.reading.phases]
+                    if any(abs(p) > 100000.0 for p in powers):
+                        problems.add("a power beyond max_power served", sequence)
+                if (missing or not math.isfinite(value)) and key in (1, 2, 3) and outcome.reading is not None:
+                    problems.add("a reading from a NaN power", sequence)
+                s.problem(float(t))
+
+        run_target(self, "esphome.SensorStates(any states)", 400, states, body)

@@ -67,3 +67,21 @@ class AppTests(TestCase):
         fake = FakeShellyDevice(self)
         meter = yield self.run_app({"type": "shelly", "host": fake.host})
         self.assertEqual(meter.latest.powers(), (375.5, 170.8, 12.7))
+
+    @inlineCallbacks
+    def test_esphome(self) -> Any:
+        from twisted.trial.unittest import SkipTest
+
+        from tests.support import asyncio_reactor_skip
+        from tests.support.fake_esphome import KEY, FakeEsphomeDevice, three_phase
+
+        if asyncio_reactor_skip():
+            raise SkipTest(asyncio_reactor_skip())
+        device = FakeEsphomeDevice(three_phase())
+        port = device.listen()
+        self.addCleanup(device.stop)
+        meter = yield self.run_app({"type": "esphome", "host": f"127.0.0.1:{port}", "encryption_key": KEY,
+                                    "values": {"a_power": "power_l1", "b_power": "power_l2", "c_power": "power_l3"}})
+        yield wait_until(lambda: meter.latest.powers() == (1200.5, -250.0, 300.0), 10, "the three phases")
+        self.assertEqual(meter.stale_after, 60.0)  # a push source's default
+        self.assertNotIn(KEY, repr(meter.details))

@@ -25,7 +25,7 @@ from tests.support import ROOT
 
 CLIENT_LIBRARIES = ("treq", "autobahn.twisted", "OpenSSL", "paho", "serial", "twisted.internet.endpoints",
                     "twisted.internet.ssl", "twisted.internet.serialport", "twisted.internet.reactor",
-                    "pymodbus", "sunspec2")
+                    "pymodbus", "sunspec2", "aioesphomeapi", "noise", "google.protobuf", "zeroconf")
 
 MINIMAL = {
     "simulator": {"type": "simulator"},
@@ -42,10 +42,11 @@ MINIMAL = {
     "shelly": {"type": "shelly", "host": "192.168.1.90"},
     "sma_energy_meter": {"type": "sma_energy_meter"},
     "modbus": {"type": "modbus", "host": "192.168.1.40", "preset": "sdm630"},
+    "esphome": {"type": "esphome", "host": "192.168.1.30", "values": {"power": "grid_power"}},
 }
 
 ENV = {"HA_TOKEN": "t", "ENVOY_TOKEN": "t", "HOMEWIZARD_TOKEN": "t", "MQTT_PASSWORD": "p",
-       "TIBBER_BRIDGE_PASSWORD": "p"}
+       "TIBBER_BRIDGE_PASSWORD": "p", "ESPHOME_KEY": "px7tsbK3C7bpXHr2OevEV2ZMg/FrNBw2+O2pNPbedtA="}
 
 _CHECK = """
 import json, sys
@@ -82,6 +83,7 @@ class RegistryContractTests(SynchronousTestCase):
     def test_packages_expose_only_the_registry_hooks(self) -> None:
         import importlib
 
-        for kind in ("homeassistant", "homewizard", "kamstrup", "http_json", "tasmota", "tibber_pulse", "sml", "shelly"):
+        for kind in ("homeassistant", "homewizard", "kamstrup", "http_json", "tasmota", "tibber_pulse", "sml", "shelly",
+                     "sma_energy_meter", "modbus", "esphome"):
             module = importlib.import_module(SOURCE_MODULES[kind])
             self.assertEqual(sorted(module.__all__), ["Options", "PUSH", "make_source"], kind)

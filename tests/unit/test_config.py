@@ -705,7 +705,7 @@ class ShippedFilesTests(SynchronousTestCase):
         from meteremu.sources import SOURCE_MODULES
 
         env = {"HA_TOKEN": "t", "ENVOY_TOKEN": "t", "HOMEWIZARD_TOKEN": "t", "MQTT_PASSWORD": "p",
-               "TIBBER_BRIDGE_PASSWORD": "p"}
+               "TIBBER_BRIDGE_PASSWORD": "p", "ESPHOME_KEY": "px7tsbK3C7bpXHr2OevEV2ZMg/FrNBw2+O2pNPbedtA="}
         for kind in SOURCE_MODULES:
             meter = load_meter_file(os.path.join(ETC, "examples", f"{kind}.yaml"), env=env)
             self.assertEqual(meter.source.type, kind)
