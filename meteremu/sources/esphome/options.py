@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, field
 
 from meteremu.configtypes import Duration
+from meteremu.sources.addresses import host_errors, port_errors
 from meteremu.sources.homewizard.options import host_port
 from meteremu.sources.jsonfields import DEFAULT_MAX_POWER
 from meteremu.sources.values import (
@@ -116,11 +117,8 @@ class EsphomeOptions:
 
     def validate(self) -> list[tuple[str, str]]:
         errors: list[tuple[str, str]] = []
-        host = self.host.strip()
-        if not host or "/" in host or " " in host:
-            errors.append(("host", f"the device's address, e.g. 192.168.1.30; got {self.host!r}"))
-        if not 0 < self.port < 65536:
-            errors.append(("port", f"a TCP port; got {self.port}"))
+        errors += host_errors(self.host, "the device's address, e.g. 192.168.1.30")
+        errors += port_errors(self.port)
         if self.encryption_key is not None:
             problem = key_problem(self.encryption_key)
             if problem:

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from meteremu.configtypes import Duration
+from meteremu.sources.addresses import host_errors
 from meteremu.tls import check_ca_file, parse_fingerprint
 
 MIN_IDLE_TIMEOUT = 30.0
@@ -53,9 +54,7 @@ class HomeWizardOptions:
 
     def validate(self) -> list[tuple[str, str]]:
         errors: list[tuple[str, str]] = []
-        host = self.host.strip()
-        if not host or "/" in host or " " in host:
-            errors.append(("host", f"an address or host name, e.g. 192.168.1.50; got {self.host!r}"))
+        errors += host_errors(self.host, "an address or host name, e.g. 192.168.1.50")
         for name in ("interval", "timeout", "reconnect_min", "reconnect_max"):
             if not getattr(self, name) > 0:
                 errors.append((name, "a duration greater than 0"))

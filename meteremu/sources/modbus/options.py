@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from meteremu.configtypes import Duration
+from meteremu.sources.addresses import host_errors, port_errors
 from meteremu.sources.homewizard.options import host_port
 from meteremu.sources.jsonfields import DEFAULT_MAX_POWER
 from meteremu.sources.modbus.registers import DataType, Order, Table
@@ -87,11 +88,8 @@ class ModbusOptions:
 
     def validate(self) -> list[tuple[str, str]]:
         errors: list[tuple[str, str]] = []
-        host = self.host.strip()
-        if not host or "/" in host or " " in host:
-            errors.append(("host", f"the gateway's address, e.g. 192.168.1.40; got {self.host!r}"))
-        if not 0 < self.port < 65536:
-            errors.append(("port", f"a TCP port; got {self.port}"))
+        errors += host_errors(self.host, "the gateway's address, e.g. 192.168.1.40")
+        errors += port_errors(self.port)
         if not 0 <= self.unit <= 255:
             errors.append(("unit", f"a unit id 0 to 255; got {self.unit}"))
         if (self.preset is None) == (self.values is None):

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from meteremu.configtypes import Duration
+from meteremu.sources.addresses import host_errors
 from meteremu.sources.homewizard.options import host_port
 from meteremu.sources.httpoptions import timing_errors
 from meteremu.sources.jsonfields import DEFAULT_MAX_POWER
@@ -37,9 +38,7 @@ class ShellyOptions:
 
     def validate(self) -> list[tuple[str, str]]:
         errors = timing_errors(self)
-        host = self.host.strip()
-        if not host or "/" in host or " " in host:
-            errors.append(("host", f"the Shelly's address, e.g. 192.168.1.90; got {self.host!r}"))
+        errors += host_errors(self.host, "the Shelly's address, e.g. 192.168.1.90")
         if self.gen == 1 and self.mode == "websocket":
             errors.append(("mode", "poll (Gen1 devices have no RPC WebSocket)"))
         check = gen1_channel_problem if self.gen == 1 else component_problem

@@ -12,6 +12,7 @@ from typing import Literal
 
 from meteremu.configtypes import Duration
 from meteremu.mqttoptions import BrokerOptions
+from meteremu.sources.addresses import host_errors
 from meteremu.sources.homewizard.options import host_port
 from meteremu.sources.httpoptions import timing_errors
 from meteremu.sources.jsonfields import (
@@ -140,9 +141,7 @@ class TasmotaOptions:
         if not self.max_power > 0 or self.max_power == float("inf"):
             errors.append(("max_power", "a finite power in W greater than 0"))
         if self.mode == "http":
-            host = (self.host or "").strip()
-            if not host or "/" in host or " " in host:
-                errors.append(("host", f"the Tasmota's address, e.g. 192.168.1.70; got {self.host!r}"))
+            errors += host_errors(self.host, "the Tasmota's address, e.g. 192.168.1.70")
             for name in ("topic", "broker"):
                 if getattr(self, name) is not None:
                     errors.append((name, "mode: mqtt (http polls the device)"))

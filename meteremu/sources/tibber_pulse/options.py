@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from meteremu.configtypes import Duration
+from meteremu.sources.addresses import host_errors
 from meteremu.sources.homewizard.options import host_port
 from meteremu.sources.httpoptions import timing_errors
 from meteremu.sources.jsonfields import DEFAULT_MAX_POWER
@@ -31,9 +32,7 @@ class TibberPulseOptions:
         problem = smllib_problem()
         if problem:
             errors.append(("host", problem))
-        host = self.host.strip()
-        if not host or "/" in host or " " in host:
-            errors.append(("host", f"the bridge's address, e.g. 192.168.1.80; got {self.host!r}"))
+        errors += host_errors(self.host, "the bridge's address, e.g. 192.168.1.80")
         if not 0 <= self.node_id <= 255:
             errors.append(("node_id", "a node number from 0 to 255"))
         if not self.max_power > 0 or self.max_power == float("inf"):
