@@ -27,6 +27,16 @@ Two kinds of battery, one controller:
   shrink over ``response_time`` (someone is full or empty), the shares grow
   up to the whole error, so the batteries that can still move close it.
 
+After a step the reporting batteries close the error of one reading, which
+is that reading's household noise off (±30 W on a ±10 W house): a leftover
+inside the deadband that, with the noise on top, keeps the grid out of a
+±25 W band for long. For ``trim_window`` after a step the controller
+*trims*: every quiet reading is a sample of the load, and once their mean is
+confidently away from what the batteries put out, the battery that polls
+most often closes the difference in a move its firmware carries out exactly
+(:meth:`Controller._trim_due`). A rebalance (net zero) moves only the
+batteries that must rise; the others follow once the grid shows it.
+
 Never on stale or NaN data: :meth:`Controller.reading` with ``None`` or a
 non-finite value changes nothing, and a device only serves what
 :meth:`Controller.serve` gives while its meter is fresh.
@@ -48,6 +58,12 @@ BIG = 1e6  # W: "no known limit"
 SATURATION_EVIDENCE = 50.0  # W: only an adjustment this large that is not followed counts as a miss
 FORGET_AFTER = 60.0  # s without a poll: the battery is gone (a CT forgets it sooner and says so)
 NOISE_READINGS = 16  # quiet reading-to-reading jumps kept to estimate the load's noise
+TRIM_NOISE_READINGS = 64  # quiet jumps kept to estimate the noise a trim is judged against
+TRIM_READINGS = 12  # quiet readings kept as a trim's evidence
+TRIM_Z = 2.0  # a trim needs the mean of its evidence this many standard errors away
+TRIM_CHANGE = 4.0  # a quiet reading this many noise units from the evidence: the load changed
+INTEGER_LAW = ("VNS", "HMG")  # battery types that run the Marstek integer law (Venus, HMG-50)
+TRIM_RUNNING = 20.0  # W: a battery putting out this much takes a small move (no rest deadband)
 MISSES = 1  # an adjustment sent twice (past the spike filter) and not followed: full or empty
 
 
@@ -85,6 +101,10 @@ class BatteryState:
     full_at: float = 0.0
     empty_until: float = -math.inf  # cannot discharge more (above empty_at) until then
     empty_at: float = 0.0
+    interval: float = math.inf  # s between its polls (smoothed): who acts first on a trim
+    rest_deadband: float = 10.0  # W its firmware holds at rest and while charging (HMG-50: 20)
+    trimmable: bool = True  # its firmware runs the Marstek integer law (a trim is carried out exactly)
+    trimming: bool = False  # its pending adjustment is a trim (below min_step is allowed)
 
     def state(self, now: float) -> str:
         if now < self.full_until:
@@ -124,6 +144,10 @@ class Controller:
         self._window: list[float] = []  # errors of the quiet readings since the last decision
         self._jumps: list[float] = []  # |Δerror| between consecutive quiet readings (the load's own noise)
         self._last_quiet: float | None = None
+        self._noise_jumps: list[float] = []  # the same, a longer history (the trim's noise)
+        self._trim_until = -math.inf  # a leftover after a step is trimmed until then
+        self._trims_left = 0
+        self._loads: list[float] = []  # error + Σ power of quiet readings since the step (the trim's evidence)
 
     def follow(self, meter: Meter) -> None:
         """Take every new reading of ``meter`` (a new reading is fresh by definition)."""
@@ -133,8 +157,12 @@ class Controller:
         self.reading(reading.total_act_power)
 
     # -- what the device tells it -------------------------------------------------------------
-    def report(self, key: str, power: float | None, phase: str = "") -> BatteryState:
-        """A battery polled; ``power`` is its reported output (None on the Shelly path)."""
+    def report(self, key: str, power: float | None, phase: str = "", model: str = "") -> BatteryState:
+        """A battery polled; ``power`` is its reported output (None on the Shelly path).
+
+        ``model`` is the battery type it names (CT002: ``VNSE3-0``, ``HMG-50``,
+        ``HMJ-2``...), for the firmware facts a trim needs.
+        """
         now = self.clock.seconds()
         battery = self.batteries.get(key)
         if battery is None:
@@ -142,8 +170,14 @@ class Controller:
             battery = self.batteries[key] = BatteryState(key, weight, power is not None, now)
             if power is not None:
                 battery.power = battery.ref_power = float(power)
+        gap = now - battery.seen_at
+        if gap > 0:
+            battery.interval = gap if math.isinf(battery.interval) else 0.7 * battery.interval + 0.3 * gap
         battery.seen_at = now
         battery.phase = phase
+        if model:
+            battery.rest_deadband = 20.0 if model.upper().startswith("HMG") else 10.0
+            battery.trimmable = model.upper().startswith(INTEGER_LAW)
         if power is not None and math.isfinite(power):
             battery.reporting = True
             battery.power = float(power)
@@ -197,6 +231,8 @@ class Controller:
         fast = self._fast_threshold(error)
         self._window.append(error)
         del self._window[:-opts.average]
+        if abs(error) < fast and self._trim_due(reporting, error, now):
+            return
         if abs(error) < fast and len(self._window) < opts.average:
             return
         judged = error if abs(error) >= fast else sum(self._window) / len(self._window)
@@ -208,13 +244,16 @@ class Controller:
         if abs(judged) < opts.deadband:
             view.quality = Quality.STABLE
             if self._unbalanced(reporting, now):
-                self._decide(reporting, 0.0, now)  # toward the shares, net zero
+                self._decide(reporting, 0.0, now, rebalance=True)  # toward the shares, net zero
             else:
                 for battery in reporting:
                     battery.target = battery.power
             return
         view.quality = Quality.LIMITED if self._limited(judged, now) else Quality.OFF_TARGET
         self._window.clear()
+        if abs(error) >= fast:
+            self._trim_until, self._trims_left = now + opts.trim_window, opts.trims
+            self._loads = [error + sum(b.power for b in reporting)]
         self._decide(reporting, judged, now)
 
     def _fast_threshold(self, error: float) -> float:
@@ -231,6 +270,8 @@ class Controller:
         if self._last_quiet is not None:
             self._jumps.append(abs(error - self._last_quiet))
             del self._jumps[:-NOISE_READINGS]
+            self._noise_jumps.append(abs(error - self._last_quiet))
+            del self._noise_jumps[:-TRIM_NOISE_READINGS]
         self._last_quiet = error
         if len(self._jumps) < NOISE_READINGS // 2:
             return self.options.fast_error
@@ -264,7 +305,7 @@ class Controller:
         battery.new_value = False
         assert battery.target is not None
         value = battery.target - battery.power
-        if abs(value) < self.options.min_step:
+        if abs(value) < self._least(battery):
             battery.last_value = 0.0
             return 0.0, False
         battery.served_at = now
@@ -283,12 +324,23 @@ class Controller:
         return [b for b in self.batteries.values() if b.reporting]
 
     def _steady(self, battery: BatteryState, now: float) -> bool:
-        return now - battery.changed_at >= self.options.settle and now - battery.served_at >= self.options.settle
+        """Not moving for ``settle`` s, and it has reported its power since its last adjustment.
+
+        A battery polling every 3 s reports the power it had before the move
+        until its next poll: a reading in between is not the result of its
+        outputs as the controller knows them.
+        """
+        return (now - battery.changed_at >= self.options.settle and now - battery.served_at >= self.options.settle
+                and battery.seen_at > battery.served_at)
+
+    def _least(self, battery: BatteryState) -> float:
+        """The smallest adjustment worth sending: ``min_step``, or ``trim_min`` for a trim."""
+        return self.options.trim_min if battery.trimming else self.options.min_step
 
     def _may_adjust(self, battery: BatteryState, now: float) -> bool:
         """Off its target, steady, and its firmware's gate has passed since the last adjustment."""
         assert battery.target is not None
-        return (battery.judged and abs(battery.target - battery.power) >= self.options.min_step
+        return (battery.judged and abs(battery.target - battery.power) >= self._least(battery)
                 and now - battery.served_at >= self.options.pace and self._steady(battery, now))
 
     def _may_resend(self, battery: BatteryState, now: float) -> bool:
@@ -300,7 +352,7 @@ class Controller:
         """
         assert battery.target is not None
         return (not battery.judged and battery.sends < 2 and now - battery.served_at >= self.options.pace
-                and abs(battery.target - battery.power) >= self.options.min_step)
+                and abs(battery.target - battery.power) >= self._least(battery))
 
     def _envelope(self, battery: BatteryState, now: float) -> tuple[float, float]:
         opts = self.options
@@ -327,8 +379,15 @@ class Controller:
                           [Slot(b.weight, lo, hi) for b, (lo, hi) in zip(reporting, envelopes, strict=True)])
         return any(abs(share - b.power) > self.options.rebalance for share, b in zip(shares, reporting, strict=True))
 
-    def _decide(self, reporting: list[BatteryState], error: float, now: float) -> None:
-        """Share ``Σ power + error`` between the reporting batteries; mark who must move."""
+    def _decide(self, reporting: list[BatteryState], error: float, now: float, rebalance: bool = False) -> None:
+        """Share ``Σ power + error`` between the reporting batteries; mark who must move.
+
+        A rebalance (net zero) moves only the batteries that must put out more:
+        the others follow on the next readings, once the grid shows the
+        surplus. Were both sent at once, a battery that cannot rise (empty,
+        its hold just over) would leave the other's drop as import until it
+        is judged missed.
+        """
         opts = self.options
         silent_weight = sum(b.weight for b in self.batteries.values() if not b.reporting)
         weight = sum(b.weight for b in reporting)
@@ -339,12 +398,112 @@ class Controller:
         moves = [out - b.power for out, b in zip(outputs, reporting, strict=True)]
         room = [(lo - b.power, hi - b.power) for b, (lo, hi) in zip(reporting, envelopes, strict=True)]
         moves = concentrate(moves, opts.min_step, room)
+        if rebalance:
+            moves = [max(0.0, m) for m in moves]
         self.view.decisions += 1
         for battery, move in zip(reporting, moves, strict=True):
             battery.target = battery.power + move
+            battery.trimming = False
             if not battery.judged and move * battery.asked < 0:
                 battery.judged = True  # superseded by a move the other way: neither followed nor missed
             battery.new_value = move != 0.0 and battery.judged and now - battery.served_at >= opts.pace
+
+    def _noise(self) -> float:
+        """The household's noise per reading (W, one standard deviation), from the quiet jumps.
+
+        The median jump between consecutive quiet readings is 0.95 σ of each
+        (two independent draws); the longer history makes it steadier than
+        the fast threshold's, which must follow a change of house quickly.
+        """
+        if len(self._noise_jumps) < NOISE_READINGS // 2:
+            return self.options.deadband / 2
+        ordered = sorted(self._noise_jumps)
+        return ordered[len(ordered) // 2] / 0.95
+
+    def _trim_due(self, reporting: list[BatteryState], error: float, now: float) -> bool:
+        """After a step: close the leftover once the quiet readings since the step show it.
+
+        Each quiet reading is a sample of the load, ``error + Σ power`` (the
+        outputs are steady, so they are what the meter saw); the step's own
+        reading is the first. Their mean is what the batteries should put out
+        together; when it is confidently away from what they do (``TRIM_Z``
+        standard errors of the mean, and ``trim_min``), one battery closes the
+        difference (:meth:`_trim`). A trim does not start the evidence afresh:
+        the load did not change, so every trim is more accurate than the last.
+        A reading far from the evidence (``TRIM_CHANGE`` × the noise) is a new
+        load: the evidence starts again from it, and a difference that large
+        is left to the ordinary rules (a washer's motor pausing is not chased).
+        """
+        opts = self.options
+        if (opts.trim_min <= 0 or now >= self._trim_until or not self._loads
+                or any(not b.reporting for b in self.batteries.values())):
+            return False
+        noise = self._noise()
+        load = error + sum(b.power for b in reporting)
+        mean = sum(self._loads) / len(self._loads)
+        if abs(load - mean) > TRIM_CHANGE * noise:  # the load moved: no longer the step's leftover
+            self._loads.clear()
+        self._loads.append(load)
+        del self._loads[:-TRIM_READINGS]
+        n = len(self._loads)
+        if n < 2 or self._trims_left <= 0:
+            return False
+        move = sum(self._loads) / n - sum(b.power for b in reporting)
+        if (abs(move) < max(opts.trim_min, TRIM_Z * noise / math.sqrt(n))
+                or abs(move) >= max(opts.deadband, TRIM_CHANGE * noise)):  # a new load: the ordinary rules
+            return False
+        if not self._trim(reporting, move, now):
+            return False
+        self._trims_left -= 1
+        self._window.clear()
+        return True
+
+    def _takes(self, battery: BatteryState, move: float) -> float | None:
+        """The move nearest ``move`` that this battery's firmware carries out exactly, or None.
+
+        The Marstek integer law (specs/batteries.md §2.2): discharging, it
+        takes any decrease and an increase of 6 W or more (the ``import_bias``
+        makes it 11 W, the law takes 5 W off); charging, it holds anything
+        inside its rest deadband (10 W, HMG-50 20 W), so a move is at least
+        one more than that (rounded up from half of it). Idle batteries and
+        other laws (the B2500's DC channels) are not trimmed.
+        """
+        if not battery.trimmable:
+            return None
+        if battery.power >= TRIM_RUNNING:
+            return move if move < 0 or move >= self.options.trim_min else None
+        if battery.power <= -TRIM_RUNNING:
+            least = battery.rest_deadband + 1.0
+            if abs(move) >= least:
+                return move
+            return math.copysign(least, move) if abs(move) >= least / 2 else None
+        return None
+
+    def _trim(self, reporting: list[BatteryState], error: float, now: float) -> bool:
+        """Close a small leftover after a step with one battery: the one that polls most often.
+
+        Only a running battery (it can take a move smaller than its rest
+        deadband) with room in that direction; the others keep their targets.
+        """
+        candidates = []
+        for battery in reporting:
+            lo, hi = self._envelope(battery, now)
+            move = self._takes(battery, error)
+            if move is not None and lo <= battery.power + move <= hi:
+                candidates.append((abs(error - move), battery.interval, battery.key, move, battery))
+        if not candidates:
+            return False
+        *_, move, battery = min(candidates, key=lambda c: c[:3])
+        self.view.decisions += 1
+        battery.target = battery.power + move
+        battery.trimming = True
+        if not battery.judged and error * battery.asked < 0:
+            battery.judged = True
+        battery.new_value = battery.judged and now - battery.served_at >= self.options.pace
+        for other in reporting:
+            if other is not battery:
+                other.target = other.power
+        return True
 
     def _check_followed(self, battery: BatteryState, now: float) -> None:
         """Judge the last adjustment once: moved 30 % of the way, or missed.

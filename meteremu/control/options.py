@@ -33,6 +33,12 @@ class ControlOptions:
         "doc": "at least this long between two adjustments of one battery (its regulation gate)"})
     settle: Duration = field(default=1.5, metadata={
         "doc": "a reading counts once every battery output has been steady this long (meter latency)"})
+    trim_min: float = field(default=6.0, metadata={
+        "doc": "after a step, a leftover this large (W) or more is trimmed by one battery once the quiet "
+               "readings show it beyond their noise (0: no trims); the Venus law takes an importing step of "
+               "11 W or more, 5 W less"})
+    trim_window: Duration = field(default=30.0, metadata={"doc": "how long after a step leftovers are trimmed"})
+    trims: int = field(default=3, metadata={"doc": "trims at most per step"})
     rebalance: float = field(default=100.0, metadata={
         "doc": "on target, batteries further than this (W) from their share are moved toward it (net zero)"})
     move_tolerance: float = field(default=15.0, metadata={
@@ -53,13 +59,16 @@ class ControlOptions:
 
     def validate(self) -> list[tuple[str, str]]:
         errors = []
-        for name in ("deadband", "min_step", "import_bias", "move_tolerance", "rebalance", "fast_error"):
+        for name in ("deadband", "min_step", "import_bias", "move_tolerance", "rebalance", "fast_error",
+                     "trim_min"):
             value = getattr(self, name)
             if not 0 <= value < 10_000:
                 errors.append((name, f"expected watts 0-10000; got {value}"))
         if not 1 <= self.average <= 20:
             errors.append(("average", f"expected 1-20 readings; got {self.average}"))
-        for name in ("pace", "settle", "response_time", "saturation_hold"):
+        if not 0 <= self.trims <= 10:
+            errors.append(("trims", f"expected 0-10 trims; got {self.trims}"))
+        for name in ("pace", "settle", "response_time", "saturation_hold", "trim_window"):
             if getattr(self, name) < 0:
                 errors.append((name, "expected a duration of 0 or more"))
         for key, weight in self.weights.items():

@@ -113,7 +113,8 @@ class CtDevice:
             return self._drop("slots_full")
         slot.phase, slot.power, slot.participate = request.phase, request.power, request.participate
         if self.controller is not None:  # known before the reading it may be part of
-            self.controller.report(slot.mac, float(slot.power) if slot.counts else 0.0, slot.phase)
+            self.controller.report(slot.mac, float(slot.power) if slot.counts else 0.0, slot.phase,
+                                   request.battery_type)
         grid = self._grid()
         if grid is None and self.options.on_stale == "error":
             return self._drop("stale")
