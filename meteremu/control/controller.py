@@ -63,6 +63,9 @@ TRIM_READINGS = 12  # quiet readings kept as a trim's evidence
 TRIM_Z = 2.0  # a trim needs the mean of its evidence this many standard errors away
 TRIM_CHANGE = 4.0  # a quiet reading this many noise units from the evidence: the load changed
 INTEGER_LAW = ("VNS", "HMG")  # battery types that run the Marstek integer law (Venus, HMG-50)
+TRACKING_LAW = ("HMJ", "HMA")  # B2500: DC channels stepping toward out + 0.9·value on every answer
+TRACK_PROGRESS = 30.0  # W toward its target within response_time: a tracking battery follows
+TRACK_HOLD = 25.0  # W: a B2500 holds within ±10 W per channel, so 0.9 x this moves it
 TRIM_RUNNING = 20.0  # W: a battery putting out this much takes a small move (no rest deadband)
 MISSES = 1  # an adjustment sent twice (past the spike filter) and not followed: full or empty
 
@@ -105,6 +108,7 @@ class BatteryState:
     rest_deadband: float = 10.0  # W its firmware holds at rest and while charging (HMG-50: 20)
     trimmable: bool = True  # its firmware runs the Marstek integer law (a trim is carried out exactly)
     trimming: bool = False  # its pending adjustment is a trim (below min_step is allowed)
+    tracking: bool = False  # its firmware steps toward the value on every answer (B2500): fed every poll
 
     def state(self, now: float) -> str:
         if now < self.full_until:
@@ -178,6 +182,7 @@ class Controller:
         if model:
             battery.rest_deadband = 20.0 if model.upper().startswith("HMG") else 10.0
             battery.trimmable = model.upper().startswith(INTEGER_LAW)
+            battery.tracking = model.upper().startswith(TRACKING_LAW)
         if power is not None and math.isfinite(power):
             battery.reporting = True
             battery.power = float(power)
@@ -293,6 +298,8 @@ class Controller:
             value = self._silent_share(battery, now)
             battery.last_value = value
             return value, value != 0.0
+        if battery.tracking:
+            return self._track(battery, now)
         resend = False
         if not battery.new_value:
             self._check_followed(battery, now)
@@ -313,6 +320,33 @@ class Controller:
             battery.sends += 1
         else:
             battery.served_from, battery.sends = battery.power, 1
+            battery.asked, battery.judged = value, False
+        if value > 0 and battery.power >= 0:
+            value += self.options.import_bias
+        battery.last_value = value
+        return value, True
+
+    def _track(self, battery: BatteryState, now: float) -> tuple[float, bool]:
+        """A tracking battery is given what is left of its move on every poll.
+
+        The B2500's firmware recomputes ``out + 0.9·value`` from its measured
+        output on every answer and moves each DC channel about 17 W towards
+        it (specs/batteries.md §2.6): one value moves it one step, so a
+        one-shot adjustment would leave it where it was and look like an
+        empty battery. Fed the remaining error each time, it converges on
+        its target in as many cycles as its channels need. A new move (or a
+        reversal) starts its judgement, from when and where it was asked.
+        """
+        battery.new_value = False
+        self._check_followed(battery, now)
+        if battery.target is None:
+            return 0.0, False
+        value = battery.target - battery.power
+        if abs(value) < max(self.options.min_step, TRACK_HOLD):
+            battery.last_value = 0.0
+            return 0.0, False
+        if battery.judged or value * battery.asked <= 0:
+            battery.served_at, battery.served_from, battery.sends = now, battery.power, 2
             battery.asked, battery.judged = value, False
         if value > 0 and battery.power >= 0:
             value += self.options.import_bias
@@ -519,7 +553,10 @@ class Controller:
         opts = self.options
         sign = 1 if battery.asked > 0 else -1
         moved = (battery.power - battery.served_from) * sign
-        if moved >= 0.3 * abs(battery.asked):
+        enough = 0.3 * abs(battery.asked)
+        if battery.tracking:  # it ramps: moving at all is following
+            enough = min(enough, TRACK_PROGRESS)
+        if moved >= enough:
             battery.judged = True
             battery.misses, battery.miss_sign = 0, 0
             battery.saturations = 0
