@@ -122,7 +122,8 @@ def render(results: dict[str, Any]) -> str:
     traces = {name: entry.get("trace") for name, entry in scenarios.items() if entry.get("trace")}
     payload = json.dumps(traces, separators=(",", ":")).replace("</", "<\\/")
     title = f"meteremu battery lab — scaling {results.get('scaling')}, {results.get('clock')} clock"
-    info = (f"seeds {results['seeds'][0]}–{results['seeds'][-1]} ({len(results['seeds'])}); "
+    info = (f"{html.escape(emulator(results))}; seeds {results['seeds'][0]}–{results['seeds'][-1]} "
+            f"({len(results['seeds'])}); "
             f"{html.escape(str(meta.get('date', '')))}; commit {html.escape(str(meta.get('commit', '')))}; "
             f"{html.escape(str(meta.get('machine', '')))}")
     return (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
@@ -174,17 +175,33 @@ GOAL_SCENARIOS: dict[str, str | None] = {
 CONTROL_MODES = ("control", "ct002", "ct002_relay")
 
 
+def emulator(results: dict[str, Any]) -> str:
+    """What a results file measured: its ``meta.emulator`` (files from before it was kept: meteremu)."""
+    return str(results.get("meta", {}).get("emulator", "meteremu"))
+
+
+def describe(results: dict[str, Any]) -> str:
+    """One line naming a results file's run: emulator, clock, scaling, seeds, commit, date."""
+    meta = results.get("meta", {})
+    feed = f" fed by {meta['feed']}" if meta.get("feed") else ""
+    return (f"{emulator(results)}{feed}; {results.get('clock', '?')} clock, scaling {results.get('scaling', '?')}, "
+            f"{len(results.get('seeds', []))} seeds; lab commit {meta.get('commit', '?')}, {meta.get('date', '?')}")
+
+
 def markdown_header(files: list[dict[str, Any]]) -> str:
-    """Where and when the results came from: machine, dates, commits, seeds, clock."""
+    """Where and when the results came from: machine, dates, commits, seeds, clock (and what was
+    measured, when any file measured something other than meteremu)."""
     metas = [f.get("meta", {}) for f in files]
     machines = sorted({str(m.get("machine", "?")) for m in metas})
     dates = sorted(str(m.get("date", "?")) for m in metas)
     commits = sorted({str(m.get("commit", "?")) for m in metas})
     seeds = sorted({len(f.get("seeds", [])) for f in files})
     modes = ", ".join(str(f.get("scaling")) for f in files)
+    emulators = list(dict.fromkeys(emulator(f) for f in files))
+    measured = f" Measured: {'; '.join(emulators)}." if emulators != ["meteremu"] else ""
     return (f"Machine: {'; '.join(machines)}. Dates {dates[0]} to {dates[-1]}; commit "
             f"{', '.join(f'`{c}`' for c in commits)}; {'/'.join(map(str, seeds))} seeds; "
-            f"{files[0].get('clock', '?')} clock; modes {modes}.")
+            f"{files[0].get('clock', '?')} clock; modes {modes}.{measured}")
 
 
 def _mean(entry: dict[str, Any], key: str) -> tuple[float, float, float]:

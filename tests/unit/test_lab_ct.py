@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -102,3 +103,35 @@ class GoalsTableTests(SynchronousTestCase):
                       "| ✗ 3 missed |", table)
         self.assertIn("| venus_steps | ct002 | 5.0 / 5.0 | 1.0 / 1.0 | 100.0 / 100.0 |", table)
         self.assertIn("Machine: m.", markdown_header(files))
+
+
+class MeasuredTests(SynchronousTestCase):
+    """A results file says what it measured, so a comparison with a peer's CT002 reads on its own."""
+
+    def args(self, *argv: str) -> argparse.Namespace:
+        from meteremu.lab.cli import parser
+
+        return parser().parse_args(["run", "pair_step", *argv])
+
+    def test_meteremu_the_targets_or_the_label(self) -> None:
+        from meteremu.lab.cli import measured
+
+        self.assertEqual(measured(self.args()), {"emulator": "meteremu"})
+        peer = ("--realtime", "--target", "ct://127.0.0.1:12345", "--feed", "mqtt://127.0.0.1:1883/lab/grid")
+        self.assertEqual(measured(self.args(*peer)),
+                         {"emulator": "ct://127.0.0.1:12345", "feed": "mqtt://127.0.0.1:1883/lab/grid"})
+        self.assertEqual(measured(self.args(*peer, "--label", "AstraMeter 2.2.3"))["emulator"],
+                         "AstraMeter 2.2.3")
+
+    def test_reports_and_headers_name_it(self) -> None:
+        from meteremu.lab.report import describe, emulator, markdown_header
+
+        def results(meta: dict[str, str]) -> dict[str, object]:
+            return {"scaling": "ct002", "seeds": [0, 1], "clock": "realtime", "results": {},
+                    "meta": {"machine": "m", "date": "d", "commit": "c", **meta}}
+        old, peer = results({}), results({"emulator": "AstraMeter 2.2.3", "feed": "mqtt://h:1/t"})
+        self.assertEqual(emulator(old), "meteremu")  # files from before meta.emulator
+        self.assertEqual(describe(peer), "AstraMeter 2.2.3 fed by mqtt://h:1/t; realtime clock, scaling ct002, "
+                                         "2 seeds; lab commit c, d")
+        self.assertNotIn("Measured", markdown_header([old, old]))
+        self.assertIn("Measured: meteremu; AstraMeter 2.2.3.", markdown_header([old, peer]))
