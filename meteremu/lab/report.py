@@ -139,7 +139,8 @@ TABLE = ("grid_rms_w", "band_crossings_per_h", "settle_mean_s", "overshoot_max_w
 
 
 def markdown_table(files: list[dict[str, Any]]) -> str:
-    """docs/control.md's results table: one row per scenario and results file (its scaling).
+    """docs/control.md's results table: one row per scenario and results file (its scaling; also what
+    it measured and its clock where the files differ in those, e.g. meteremu against a peer's CT002).
 
     Each cell is the mean over the seeds and its 95 % bootstrap interval.
     """
@@ -158,11 +159,21 @@ def markdown_table(files: list[dict[str, Any]]) -> str:
             for k in TABLE:
                 centre, low, high = entry["summary"][k]
                 cells.append(f"{centre:.1f} [{low:.1f}, {high:.1f}]")
-            rows.append((str(results.get("scaling")), " | ".join(cells)))
+            rows.append((_row_label(results, files), " | ".join(cells)))
         if len(rows) > 1 and len({cells for _, cells in rows}) == 1:
             rows = [("all alike", rows[0][1])]  # one battery: the modes cannot differ
         lines += [f"| {name} | {scaling} | {cells} |" for scaling, cells in rows]
     return "\n".join(lines)
+
+
+def _row_label(results: dict[str, Any], files: list[dict[str, Any]]) -> str:
+    """A file's scaling, with its emulator and clock when the files do not all share them."""
+    label = str(results.get("scaling"))
+    if len({emulator(f) for f in files}) > 1:
+        label += f", {emulator(results)}"
+    if len({str(f.get("clock")) for f in files}) > 1:
+        label += f", {results.get('clock')} clock"
+    return label
 
 
 # The issue's goals (#16): a multi-battery scenario and the single-battery scenario on

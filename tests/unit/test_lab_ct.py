@@ -135,3 +135,23 @@ class MeasuredTests(SynchronousTestCase):
                                          "2 seeds; lab commit c, d")
         self.assertNotIn("Measured", markdown_header([old, old]))
         self.assertIn("Measured: meteremu; AstraMeter 2.2.3.", markdown_header([old, peer]))
+
+    def test_the_table_tells_emulators_and_clocks_apart(self) -> None:
+        from meteremu.lab.report import markdown_table
+
+        summary = {k: [1.0, 1.0, 1.0] for k in ("grid_rms_w", "band_crossings_per_h", "settle_mean_s",
+                                                 "overshoot_max_w", "avoidable_import_wh", "avoidable_export_wh",
+                                                 "cost_regret_ct", "share_imbalance_w")}
+
+        def results(emulator: str, clock: str, rms: float) -> dict[str, object]:
+            entry = {"summary": {**summary, "grid_rms_w": [rms, rms, rms]}}
+            return {"scaling": "ct002", "clock": clock, "meta": {"emulator": emulator},
+                    "results": {"pair_step": entry}}
+        table = markdown_table([results("meteremu", "realtime", 500.0), results("peer", "realtime", 900.0)])
+        self.assertIn("| pair_step | ct002, meteremu | 500.0 [500.0, 500.0] |", table)
+        self.assertIn("| pair_step | ct002, peer | 900.0 [900.0, 900.0] |", table)
+        table = markdown_table([results("meteremu", "simulated", 500.0), results("meteremu", "realtime", 501.0)])
+        self.assertIn("| pair_step | ct002, simulated clock | 500.0", table)
+        self.assertIn("| pair_step | ct002, realtime clock | 501.0", table)
+        table = markdown_table([results("meteremu", "simulated", 500.0)])
+        self.assertIn("| pair_step | ct002 | 500.0", table)
