@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -79,6 +80,14 @@ class CtRunTests(SynchronousTestCase):
             self.assertTrue(all(math.isfinite(g) for g in grid))
             self.assertLess(abs(grid[-1]), 100.0, mode)  # 24 s after the step the batteries carry it
             self.assertGreater(sum(b.power for b in loop.batteries), 1500.0, mode)
+
+    def test_the_ungated_pair_differs_only_in_the_gate(self) -> None:
+        """pair_step_ungated: AstraMeter's simulator's reading of the Marstek law (a step on every answer)."""
+        gated, ungated = catalogue.get("pair_step"), catalogue.get("pair_step_ungated")
+        self.assertEqual([b.resolved().gate for b in gated.batteries], [3.0, 3.0])
+        self.assertEqual([b.resolved().gate for b in ungated.batteries], [0.0, 0.0])
+        self.assertEqual([dataclasses.replace(b, gate=None) for b in ungated.batteries], list(gated.batteries))
+        self.assertEqual((ungated.household, ungated.duration), (gated.household, gated.duration))
 
 
 class GoalsTableTests(SynchronousTestCase):
