@@ -1,4 +1,4 @@
-"""``meteremu-lab``: run, list, report, compare, table, bench.
+"""``meteremu-lab``: run, list, report, compare, merge, table, goals, bench.
 
 Bad input (an unknown scenario, a bad ``--target``, an emulator that does not
 answer) is one line on stderr and exit status 2, never a traceback.
@@ -52,6 +52,9 @@ def parser() -> Parser:
     compare.add_argument("b")
     compare.add_argument("--changes", action="store_true", help="only the deltas beyond their intervals")
     compare.add_argument("--strict", action="store_true", help="exit 1 when a regression is flagged")
+    merge = sub.add_parser("merge", help="one results file from runs of one mode on different seeds")
+    merge.add_argument("results", nargs="+")
+    merge.add_argument("--out", default="lab-merged", help="directory for results.json and report.html")
     table = sub.add_parser("table", help="the Markdown results table of docs/control.md")
     table.add_argument("results", nargs="+")
     goals = sub.add_parser("goals", help="the multi-battery goals table of docs/control.md (issue #16)")
@@ -82,6 +85,8 @@ def dispatch(args: argparse.Namespace) -> int:
         return cmd_report(args.results, args.out)
     if args.command == "compare":
         return cmd_compare(args.a, args.b, args.changes, args.strict)
+    if args.command == "merge":
+        return cmd_merge(args.results, args.out)
     if args.command == "table":
         from meteremu.lab.report import markdown_header, markdown_table
 
@@ -245,6 +250,19 @@ def cmd_report(path: str, out: str | None) -> int:
     with open(target, "w", encoding="utf-8") as handle:
         handle.write(render(results))
     print(f"report: {target}")
+    return 0
+
+
+def cmd_merge(paths: Sequence[str], out: str) -> int:
+    from meteremu.lab.runner import MergeError, merge
+
+    try:
+        results = merge([_load(path) for path in paths])
+    except MergeError as exc:
+        raise UsageError(str(exc)) from None
+    _write(results, out)
+    _print_summary(results)
+    print(f"results: {os.path.join(out, 'results.json')}, report: {os.path.join(out, 'report.html')}")
     return 0
 
 

@@ -145,6 +145,14 @@ class CliInputTests(SynchronousTestCase):
         self.assertTrue(first.startswith("A: meteremu; simulated clock, scaling ct002, 1 seeds"), first)
         self.assertTrue(second.startswith("B: a peer's CT002; "), second)
 
+    def test_merge_refuses_two_modes(self):
+        paths = []
+        for mode in ("ct002", "ct002_relay"):
+            paths.append(os.path.abspath(self.mktemp()))
+            with open(paths[-1], "w", encoding="utf-8") as handle:
+                json.dump(run_many(["pair_step"], [0], mode, 1), handle)
+        self.one_clear_line(run_cli("merge", *paths, "--out", self.mktemp()), "cannot merge: scaling")
+
     def test_the_service_never_imports_the_lab(self):
         code = ("import sys, meteremu.tap, meteremu.app, meteremu.devices.shelly.service, meteremu.sources.mqtt; "
                 "print(sorted(m for m in sys.modules if m.startswith(('meteremu.lab', 'pvlib', 'richardsonpy'))))")

@@ -164,3 +164,30 @@ class MeasuredTests(SynchronousTestCase):
         self.assertIn("| pair_step | ct002, realtime clock | 501.0", table)
         table = markdown_table([results("meteremu", "simulated", 500.0)])
         self.assertIn("| pair_step | ct002 | 500.0", table)
+
+
+class MergeTests(SynchronousTestCase):
+    """Seeds run one invocation at a time (a fresh peer each) become one results file."""
+
+    def test_the_same_as_one_run_of_all_seeds(self) -> None:
+        from meteremu.lab.runner import merge, run_many
+
+        whole = run_many(["pair_step"], [0, 1, 2], "ct002", 1)
+        parts = [run_many(["pair_step"], [seed], "ct002", 1) for seed in (2, 0, 1)]
+        for part in parts:
+            part["meta"].update(emulator="peer", feed="mqtt://h:1/t")
+        merged = merge(parts)
+        self.assertEqual(merged["seeds"], [0, 1, 2])
+        self.assertEqual(merged["results"]["pair_step"]["summary"], whole["results"]["pair_step"]["summary"])
+        self.assertEqual(merged["results"]["pair_step"]["runs"], whole["results"]["pair_step"]["runs"])
+        self.assertEqual(merged["results"]["pair_step"]["trace"], whole["results"]["pair_step"]["trace"])  # seed 0's
+        self.assertEqual((merged["meta"]["emulator"], merged["meta"]["feed"], merged["meta"]["merged"]),
+                         ("peer", "mqtt://h:1/t", 3))
+
+    def test_refuses_another_mode_or_a_seed_twice(self) -> None:
+        from meteremu.lab.runner import MergeError, merge, run_many
+
+        one = run_many(["pair_step"], [0], "ct002", 1)
+        self.assertRaises(MergeError, merge, [one, run_many(["pair_step"], [1], "ct002_relay", 1)])
+        self.assertRaisesRegex(MergeError, "seed 0", merge, [one, run_many(["pair_step"], [0], "ct002", 1)])
+        self.assertRaises(MergeError, merge, [])
