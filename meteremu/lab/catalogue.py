@@ -114,6 +114,12 @@ def _all() -> list[Scenario]:
                  HouseholdSpec(appliances=(A("step", 0.2, power=2000.0, duration=1000.0, jitter=0.0),)),
                  (B("venus", max_discharge=1200.0), B("venus", phase=1, cadence=0.5, max_discharge=1200.0)),
                  tags=("short", "realtime", "ct")),
+        Scenario("pair_step_ungated", "pair_step with no regulation gate: the law steps on every answer, as "
+                 "AstraMeter's simulator models it (ours: one step per 3 s)", 30,
+                 HouseholdSpec(appliances=(A("step", 0.2, power=2000.0, duration=1000.0, jitter=0.0),)),
+                 (B("venus", max_discharge=1200.0, gate=0.0),
+                  B("venus", phase=1, cadence=0.5, max_discharge=1200.0, gate=0.0)),
+                 tags=("short", "realtime", "ct")),
         Scenario("latency_spikes", "10 % of samples 3 s late (held back in order)", 1800, steps,
                  (B("venus"), B("hoymiles", phase=1)), meter=MeterSpec(spikes=0.1, spike_delay=3.0),
                  tags=("faults", "latency")),

@@ -1,4 +1,4 @@
-"""``meteremu-lab``: run, list, report, compare, table, bench.
+"""``meteremu-lab``: run, list, report, compare, merge, table, goals, bench.
 
 Bad input (an unknown scenario, a bad ``--target``, an emulator that does not
 answer) is one line on stderr and exit status 2, never a traceback.
@@ -42,6 +42,8 @@ def parser() -> Parser:
     run.add_argument("--target", action="append", default=[],
                      help="udp://HOST:PORT or http://HOST:PORT of an emulator (with --realtime; repeatable)")
     run.add_argument("--feed", help="mqtt://HOST:PORT/TOPIC where the emulator reads the grid (with --target)")
+    run.add_argument("--label", help="what was measured, kept in the results file (default: meteremu, "
+                     "or the --target addresses)")
     report = sub.add_parser("report", help="render the HTML report of a results file")
     report.add_argument("results")
     report.add_argument("--out", help="HTML file (default: report.html beside the results)")
@@ -50,6 +52,9 @@ def parser() -> Parser:
     compare.add_argument("b")
     compare.add_argument("--changes", action="store_true", help="only the deltas beyond their intervals")
     compare.add_argument("--strict", action="store_true", help="exit 1 when a regression is flagged")
+    merge = sub.add_parser("merge", help="one results file from runs of one mode on different seeds")
+    merge.add_argument("results", nargs="+")
+    merge.add_argument("--out", default="lab-merged", help="directory for results.json and report.html")
     table = sub.add_parser("table", help="the Markdown results table of docs/control.md")
     table.add_argument("results", nargs="+")
     goals = sub.add_parser("goals", help="the multi-battery goals table of docs/control.md (issue #16)")
@@ -80,6 +85,8 @@ def dispatch(args: argparse.Namespace) -> int:
         return cmd_report(args.results, args.out)
     if args.command == "compare":
         return cmd_compare(args.a, args.b, args.changes, args.strict)
+    if args.command == "merge":
+        return cmd_merge(args.results, args.out)
     if args.command == "table":
         from meteremu.lab.report import markdown_header, markdown_table
 
@@ -161,10 +168,20 @@ def cmd_run(args: argparse.Namespace) -> int:
             results = run_many(names, seeds, args.scaling, args.jobs, progress.step)
         except ProfileError as exc:
             raise UsageError(str(exc)) from None
+    results["meta"].update(measured(args))
     _write(results, args.out)
     _print_summary(results)
     print(f"results: {os.path.join(args.out, 'results.json')}, report: {os.path.join(args.out, 'report.html')}")
     return 0
+
+
+def measured(args: argparse.Namespace) -> dict[str, str]:
+    """What a run measured, for its results' ``meta``: ``emulator`` (``--label``, else meteremu or the
+    targets) and, against another emulator, the ``feed`` it was given."""
+    out = {"emulator": args.label or (" ".join(args.target) if args.target else "meteremu")}
+    if args.feed:
+        out["feed"] = args.feed
+    return out
 
 
 def _run_realtime(names: list[str], seeds: list[int], args: argparse.Namespace) -> dict[str, Any]:
@@ -236,12 +253,28 @@ def cmd_report(path: str, out: str | None) -> int:
     return 0
 
 
+def cmd_merge(paths: Sequence[str], out: str) -> int:
+    from meteremu.lab.runner import MergeError, merge
+
+    try:
+        results = merge([_load(path) for path in paths])
+    except MergeError as exc:
+        raise UsageError(str(exc)) from None
+    _write(results, out)
+    _print_summary(results)
+    print(f"results: {os.path.join(out, 'results.json')}, report: {os.path.join(out, 'report.html')}")
+    return 0
+
+
 def cmd_compare(a: str, b: str, only_changes: bool, strict: bool) -> int:
     from meteremu.lab.compare import compare, format_table
+    from meteremu.lab.report import describe
 
-    deltas = compare(_load(a), _load(b))
+    first, second = _load(a), _load(b)
+    deltas = compare(first, second)
     if not deltas:
         raise UsageError(f"{a} and {b} have no scenario and seed in common")
+    print(f"A: {describe(first)}\nB: {describe(second)}")
     print(format_table(deltas, only_changes))
     return 1 if strict and any(d.verdict == "REGRESSION" for d in deltas) else 0
 

@@ -122,7 +122,8 @@ def render(results: dict[str, Any]) -> str:
     traces = {name: entry.get("trace") for name, entry in scenarios.items() if entry.get("trace")}
     payload = json.dumps(traces, separators=(",", ":")).replace("</", "<\\/")
     title = f"meteremu battery lab — scaling {results.get('scaling')}, {results.get('clock')} clock"
-    info = (f"seeds {results['seeds'][0]}–{results['seeds'][-1]} ({len(results['seeds'])}); "
+    info = (f"{html.escape(emulator(results))}; seeds {results['seeds'][0]}–{results['seeds'][-1]} "
+            f"({len(results['seeds'])}); "
             f"{html.escape(str(meta.get('date', '')))}; commit {html.escape(str(meta.get('commit', '')))}; "
             f"{html.escape(str(meta.get('machine', '')))}")
     return (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
@@ -138,7 +139,8 @@ TABLE = ("grid_rms_w", "band_crossings_per_h", "settle_mean_s", "overshoot_max_w
 
 
 def markdown_table(files: list[dict[str, Any]]) -> str:
-    """docs/control.md's results table: one row per scenario and results file (its scaling).
+    """docs/control.md's results table: one row per scenario and results file (its scaling; also what
+    it measured and its clock where the files differ in those, e.g. meteremu against a peer's CT002).
 
     Each cell is the mean over the seeds and its 95 % bootstrap interval.
     """
@@ -157,11 +159,21 @@ def markdown_table(files: list[dict[str, Any]]) -> str:
             for k in TABLE:
                 centre, low, high = entry["summary"][k]
                 cells.append(f"{centre:.1f} [{low:.1f}, {high:.1f}]")
-            rows.append((str(results.get("scaling")), " | ".join(cells)))
+            rows.append((_row_label(results, files), " | ".join(cells)))
         if len(rows) > 1 and len({cells for _, cells in rows}) == 1:
             rows = [("all alike", rows[0][1])]  # one battery: the modes cannot differ
         lines += [f"| {name} | {scaling} | {cells} |" for scaling, cells in rows]
     return "\n".join(lines)
+
+
+def _row_label(results: dict[str, Any], files: list[dict[str, Any]]) -> str:
+    """A file's scaling, with its emulator and clock when the files do not all share them."""
+    label = str(results.get("scaling"))
+    if len({emulator(f) for f in files}) > 1:
+        label += f", {emulator(results)}"
+    if len({str(f.get("clock")) for f in files}) > 1:
+        label += f", {results.get('clock')} clock"
+    return label
 
 
 # The issue's goals (#16): a multi-battery scenario and the single-battery scenario on
@@ -174,17 +186,33 @@ GOAL_SCENARIOS: dict[str, str | None] = {
 CONTROL_MODES = ("control", "ct002", "ct002_relay")
 
 
+def emulator(results: dict[str, Any]) -> str:
+    """What a results file measured: its ``meta.emulator`` (files from before it was kept: meteremu)."""
+    return str(results.get("meta", {}).get("emulator", "meteremu"))
+
+
+def describe(results: dict[str, Any]) -> str:
+    """One line naming a results file's run: emulator, clock, scaling, seeds, commit, date."""
+    meta = results.get("meta", {})
+    feed = f" fed by {meta['feed']}" if meta.get("feed") else ""
+    return (f"{emulator(results)}{feed}; {results.get('clock', '?')} clock, scaling {results.get('scaling', '?')}, "
+            f"{len(results.get('seeds', []))} seeds; lab commit {meta.get('commit', '?')}, {meta.get('date', '?')}")
+
+
 def markdown_header(files: list[dict[str, Any]]) -> str:
-    """Where and when the results came from: machine, dates, commits, seeds, clock."""
+    """Where and when the results came from: machine, dates, commits, seeds, clock (and what was
+    measured, when any file measured something other than meteremu)."""
     metas = [f.get("meta", {}) for f in files]
     machines = sorted({str(m.get("machine", "?")) for m in metas})
     dates = sorted(str(m.get("date", "?")) for m in metas)
     commits = sorted({str(m.get("commit", "?")) for m in metas})
     seeds = sorted({len(f.get("seeds", [])) for f in files})
     modes = ", ".join(str(f.get("scaling")) for f in files)
+    emulators = list(dict.fromkeys(emulator(f) for f in files))
+    measured = f" Measured: {'; '.join(emulators)}." if emulators != ["meteremu"] else ""
     return (f"Machine: {'; '.join(machines)}. Dates {dates[0]} to {dates[-1]}; commit "
             f"{', '.join(f'`{c}`' for c in commits)}; {'/'.join(map(str, seeds))} seeds; "
-            f"{files[0].get('clock', '?')} clock; modes {modes}.")
+            f"{files[0].get('clock', '?')} clock; modes {modes}.{measured}")
 
 
 def _mean(entry: dict[str, Any], key: str) -> tuple[float, float, float]:

@@ -167,3 +167,56 @@ def assemble(names: Sequence[str], seeds: Sequence[int], results: dict[tuple[str
     meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": git_commit(), "machine": machine()}
     return {"format": FORMAT, "clock": clock, "scaling": scaling, "seeds": list(seeds),
             "results": scenarios, "meta": meta}
+
+
+class MergeError(ValueError):
+    """Results files that cannot be one: another mode, clock or format, or a seed twice."""
+
+
+def merge(files: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One results file from runs of one mode and clock on different seeds.
+
+    For seeds run one invocation at a time, e.g. each against a freshly
+    started peer that would otherwise carry its state from one seed into the
+    next. Runs are kept as they are; each scenario's summary is computed again
+    over all its seeds; its trace is the lowest seed's. ``meta`` lists what the
+    files had: dates as a range, commits, machines and emulators joined.
+    """
+    if not files:
+        raise MergeError("nothing to merge")
+    first = files[0]
+    for other in files[1:]:
+        for key in ("format", "clock", "scaling"):
+            if other.get(key) != first.get(key):
+                raise MergeError(f"cannot merge: {key} {first.get(key)!r} and {other.get(key)!r}")
+    scenarios: dict[str, Any] = {}
+    lowest: dict[str, int] = {}
+    for results in files:
+        for name, entry in results["results"].items():
+            merged = scenarios.setdefault(name, {k: v for k, v in entry.items() if k not in ("runs", "summary")})
+            runs = merged.setdefault("runs", [])
+            seen = {run["seed"] for run in runs}
+            for run in entry["runs"]:
+                if run["seed"] in seen:
+                    raise MergeError(f"cannot merge: {name} seed {run['seed']} is in two files")
+                runs.append(run)
+            low = min(run["seed"] for run in entry["runs"])
+            if entry.get("trace") is not None and low < lowest.get(name, low + 1):
+                merged["trace"], lowest[name] = entry["trace"], low
+    for entry in scenarios.values():
+        entry["runs"].sort(key=lambda run: run["seed"])
+        entry["summary"] = summarise(entry["runs"])
+    metas = [results.get("meta", {}) for results in files]
+
+    def joined(key: str) -> str:
+        return "; ".join(dict.fromkeys(str(m[key]) for m in metas if key in m))
+    dates = sorted(str(m.get("date", "?")) for m in metas)
+    meta = {"date": dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}",
+            "commit": ", ".join(dict.fromkeys(str(m.get("commit", "?")) for m in metas)),
+            "machine": joined("machine"), "merged": len(files)}
+    for key in ("emulator", "feed"):
+        if joined(key):
+            meta[key] = joined(key)
+    seeds = sorted({run["seed"] for entry in scenarios.values() for run in entry["runs"]})
+    return {"format": first.get("format"), "clock": first.get("clock"), "scaling": first.get("scaling"),
+            "seeds": seeds, "results": scenarios, "meta": meta}

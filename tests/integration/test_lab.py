@@ -131,6 +131,28 @@ class CliInputTests(SynchronousTestCase):
     def test_unreadable_results(self):
         self.one_clear_line(run_cli("compare", "/nonexistent/a.json", "/nonexistent/b.json"), "cannot read")
 
+    def test_compare_names_what_each_file_measured(self):
+        results = run_many(["pair_step"], [0], "ct002", 1)
+        paths = []
+        for label in ("meteremu", "a peer's CT002"):
+            results["meta"]["emulator"] = label
+            paths.append(os.path.abspath(self.mktemp()))
+            with open(paths[-1], "w", encoding="utf-8") as handle:
+                json.dump(results, handle)
+        result = run_cli("compare", *paths)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        first, second = result.stdout.splitlines()[:2]
+        self.assertTrue(first.startswith("A: meteremu; simulated clock, scaling ct002, 1 seeds"), first)
+        self.assertTrue(second.startswith("B: a peer's CT002; "), second)
+
+    def test_merge_refuses_two_modes(self):
+        paths = []
+        for mode in ("ct002", "ct002_relay"):
+            paths.append(os.path.abspath(self.mktemp()))
+            with open(paths[-1], "w", encoding="utf-8") as handle:
+                json.dump(run_many(["pair_step"], [0], mode, 1), handle)
+        self.one_clear_line(run_cli("merge", *paths, "--out", self.mktemp()), "cannot merge: scaling")
+
     def test_the_service_never_imports_the_lab(self):
         code = ("import sys, meteremu.tap, meteremu.app, meteremu.devices.shelly.service, meteremu.sources.mqtt; "
                 "print(sorted(m for m in sys.modules if m.startswith(('meteremu.lab', 'pvlib', 'richardsonpy'))))")

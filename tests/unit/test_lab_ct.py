@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import math
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -79,6 +81,14 @@ class CtRunTests(SynchronousTestCase):
             self.assertLess(abs(grid[-1]), 100.0, mode)  # 24 s after the step the batteries carry it
             self.assertGreater(sum(b.power for b in loop.batteries), 1500.0, mode)
 
+    def test_the_ungated_pair_differs_only_in_the_gate(self) -> None:
+        """pair_step_ungated: AstraMeter's simulator's reading of the Marstek law (a step on every answer)."""
+        gated, ungated = catalogue.get("pair_step"), catalogue.get("pair_step_ungated")
+        self.assertEqual([b.resolved().gate for b in gated.batteries], [3.0, 3.0])
+        self.assertEqual([b.resolved().gate for b in ungated.batteries], [0.0, 0.0])
+        self.assertEqual([dataclasses.replace(b, gate=None) for b in ungated.batteries], list(gated.batteries))
+        self.assertEqual((ungated.household, ungated.duration), (gated.household, gated.duration))
+
 
 class GoalsTableTests(SynchronousTestCase):
     def results(self, mode: str, avoidable: float, settle: float, crossings: float) -> dict[str, object]:
@@ -102,3 +112,82 @@ class GoalsTableTests(SynchronousTestCase):
                       "| ✗ 3 missed |", table)
         self.assertIn("| venus_steps | ct002 | 5.0 / 5.0 | 1.0 / 1.0 | 100.0 / 100.0 |", table)
         self.assertIn("Machine: m.", markdown_header(files))
+
+
+class MeasuredTests(SynchronousTestCase):
+    """A results file says what it measured, so a comparison with a peer's CT002 reads on its own."""
+
+    def args(self, *argv: str) -> argparse.Namespace:
+        from meteremu.lab.cli import parser
+
+        return parser().parse_args(["run", "pair_step", *argv])
+
+    def test_meteremu_the_targets_or_the_label(self) -> None:
+        from meteremu.lab.cli import measured
+
+        self.assertEqual(measured(self.args()), {"emulator": "meteremu"})
+        peer = ("--realtime", "--target", "ct://127.0.0.1:12345", "--feed", "mqtt://127.0.0.1:1883/lab/grid")
+        self.assertEqual(measured(self.args(*peer)),
+                         {"emulator": "ct://127.0.0.1:12345", "feed": "mqtt://127.0.0.1:1883/lab/grid"})
+        self.assertEqual(measured(self.args(*peer, "--label", "AstraMeter 2.2.3"))["emulator"],
+                         "AstraMeter 2.2.3")
+
+    def test_reports_and_headers_name_it(self) -> None:
+        from meteremu.lab.report import describe, emulator, markdown_header
+
+        def results(meta: dict[str, str]) -> dict[str, object]:
+            return {"scaling": "ct002", "seeds": [0, 1], "clock": "realtime", "results": {},
+                    "meta": {"machine": "m", "date": "d", "commit": "c", **meta}}
+        old, peer = results({}), results({"emulator": "AstraMeter 2.2.3", "feed": "mqtt://h:1/t"})
+        self.assertEqual(emulator(old), "meteremu")  # files from before meta.emulator
+        self.assertEqual(describe(peer), "AstraMeter 2.2.3 fed by mqtt://h:1/t; realtime clock, scaling ct002, "
+                                         "2 seeds; lab commit c, d")
+        self.assertNotIn("Measured", markdown_header([old, old]))
+        self.assertIn("Measured: meteremu; AstraMeter 2.2.3.", markdown_header([old, peer]))
+
+    def test_the_table_tells_emulators_and_clocks_apart(self) -> None:
+        from meteremu.lab.report import markdown_table
+
+        summary = {k: [1.0, 1.0, 1.0] for k in ("grid_rms_w", "band_crossings_per_h", "settle_mean_s",
+                                                 "overshoot_max_w", "avoidable_import_wh", "avoidable_export_wh",
+                                                 "cost_regret_ct", "share_imbalance_w")}
+
+        def results(emulator: str, clock: str, rms: float) -> dict[str, object]:
+            entry = {"summary": {**summary, "grid_rms_w": [rms, rms, rms]}}
+            return {"scaling": "ct002", "clock": clock, "meta": {"emulator": emulator},
+                    "results": {"pair_step": entry}}
+        table = markdown_table([results("meteremu", "realtime", 500.0), results("peer", "realtime", 900.0)])
+        self.assertIn("| pair_step | ct002, meteremu | 500.0 [500.0, 500.0] |", table)
+        self.assertIn("| pair_step | ct002, peer | 900.0 [900.0, 900.0] |", table)
+        table = markdown_table([results("meteremu", "simulated", 500.0), results("meteremu", "realtime", 501.0)])
+        self.assertIn("| pair_step | ct002, simulated clock | 500.0", table)
+        self.assertIn("| pair_step | ct002, realtime clock | 501.0", table)
+        table = markdown_table([results("meteremu", "simulated", 500.0)])
+        self.assertIn("| pair_step | ct002 | 500.0", table)
+
+
+class MergeTests(SynchronousTestCase):
+    """Seeds run one invocation at a time (a fresh peer each) become one results file."""
+
+    def test_the_same_as_one_run_of_all_seeds(self) -> None:
+        from meteremu.lab.runner import merge, run_many
+
+        whole = run_many(["pair_step"], [0, 1, 2], "ct002", 1)
+        parts = [run_many(["pair_step"], [seed], "ct002", 1) for seed in (2, 0, 1)]
+        for part in parts:
+            part["meta"].update(emulator="peer", feed="mqtt://h:1/t")
+        merged = merge(parts)
+        self.assertEqual(merged["seeds"], [0, 1, 2])
+        self.assertEqual(merged["results"]["pair_step"]["summary"], whole["results"]["pair_step"]["summary"])
+        self.assertEqual(merged["results"]["pair_step"]["runs"], whole["results"]["pair_step"]["runs"])
+        self.assertEqual(merged["results"]["pair_step"]["trace"], whole["results"]["pair_step"]["trace"])  # seed 0's
+        self.assertEqual((merged["meta"]["emulator"], merged["meta"]["feed"], merged["meta"]["merged"]),
+                         ("peer", "mqtt://h:1/t", 3))
+
+    def test_refuses_another_mode_or_a_seed_twice(self) -> None:
+        from meteremu.lab.runner import MergeError, merge, run_many
+
+        one = run_many(["pair_step"], [0], "ct002", 1)
+        self.assertRaises(MergeError, merge, [one, run_many(["pair_step"], [1], "ct002_relay", 1)])
+        self.assertRaisesRegex(MergeError, "seed 0", merge, [one, run_many(["pair_step"], [0], "ct002", 1)])
+        self.assertRaises(MergeError, merge, [])
