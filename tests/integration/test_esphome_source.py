@@ -85,6 +85,12 @@ class EsphomeCase(TestCase):
             self.assertNotIn(secret, said)
             self.assertNotIn(secret[:12], said)
 
+    @inlineCallbacks
+    def first_full_reading(self, source: EsphomeSource, meter: Meter) -> Any:
+        """Until the meter has a reading with every sensor in it (power and energy)."""
+        while meter.latest is None or meter.latest.energy is None:
+            yield source.when("sample")
+
 
 class ReadingTests(EsphomeCase):
     @inlineCallbacks
@@ -92,8 +98,7 @@ class ReadingTests(EsphomeCase):
         device, port = self.device()
         source, meter = self.source(port)
         yield source.when("connected")
-        while meter.latest is None or meter.latest.energy is None:
-            yield source.when("sample")
+        yield self.first_full_reading(source, meter)
         latest = meter.latest
         self.assertEqual([round(p.act_power, 3) for p in latest.phases], [1200.5, -250.0, 300.0])  # 0.3 kW
         self.assertEqual(latest.energy[0], (12345600.0, 789250.0))  # kWh and Wh → Wh (float32 read as meant)
@@ -134,8 +139,7 @@ class ReadingTests(EsphomeCase):
 
         device, port = self.device()
         source, meter = self.source(port)
-        while meter.latest is None or meter.latest.energy is None:
-            yield source.when("sample")
+        yield self.first_full_reading(source, meter)
         device.send(api_pb2.BinarySensorStateResponse(key=1, state=True),
                     api_pb2.SwitchStateResponse(key=2, state=False))
         device.publish(power_l3=0.5)
@@ -149,8 +153,7 @@ class ReadingTests(EsphomeCase):
         """API 1.14+: the device may send no object_id; the client computes it from the name."""
         _, port = self.device(api_version=(1, 14), object_ids=False)
         source, meter = self.source(port)
-        while meter.latest is None or meter.latest.energy is None:
-            yield source.when("sample")
+        yield self.first_full_reading(source, meter)
         self.assertEqual([round(p.act_power, 3) for p in meter.latest.phases], [1200.5, -250.0, 300.0])
         self.assertEqual(meter.details["sensors"]["a_power"], "power_l1 (W)")
 
@@ -158,8 +161,7 @@ class ReadingTests(EsphomeCase):
     def test_invert(self):
         _, port = self.device()
         source, meter = self.source(port, invert=True)
-        while meter.latest is None or meter.latest.energy is None:
-            yield source.when("sample")
+        yield self.first_full_reading(source, meter)
         self.assertEqual([round(p.act_power, 3) for p in meter.latest.phases], [-1200.5, 250.0, -300.0])
 
     @inlineCallbacks
@@ -168,8 +170,7 @@ class ReadingTests(EsphomeCase):
         but not fresh; a value again: fresh."""
         device, port = self.device()
         source, meter = self.source(port)
-        while meter.latest is None or meter.latest.energy is None:
-            yield source.when("sample")
+        yield self.first_full_reading(source, meter)
         before = meter.latest
         stale = source.when("stale")
         device.publish(power_l2=None)
@@ -219,8 +220,7 @@ class ReadingTests(EsphomeCase):
     def test_out_of_range_is_refused(self):
         device, port = self.device()
         source, meter = self.source(port, max_power=10000.0)
-        while meter.latest is None or meter.latest.energy is None:
-            yield source.when("sample")
+        yield self.first_full_reading(source, meter)
         stale = source.when("stale")
         device.publish(power_l3=50.0)  # kW: 50 000 W
         self.assertIn("out of range", (yield stale))
@@ -231,8 +231,7 @@ class ReadingTests(EsphomeCase):
     def test_silence_makes_the_meter_stale(self):
         device, port = self.device()
         source, meter = self.source(port, max_age=0.3)
-        while meter.latest is None or meter.latest.energy is None:
-            yield source.when("sample")
+        yield self.first_full_reading(source, meter)
         self.assertEqual(meter.freshness(), Freshness.FRESH)
         reason = yield source.when("stale")
         self.assertIn("no state of sensor", reason)
@@ -276,8 +275,7 @@ class FaultTests(EsphomeCase):
     def test_plaintext_with_the_legacy_password(self):
         _, port = self.device(key=None, password="hunter2-pw")
         source, meter = self.source(port, encryption_key=None, password="hunter2-pw")
-        while meter.latest is None or meter.latest.energy is None:
-            yield source.when("sample")
+        yield self.first_full_reading(source, meter)
         self.assertFalse(meter.details["encrypted"])
         yield source.stopService()
         source, meter = self.source(port, encryption_key=None, password="wrong-pw-123")
@@ -309,8 +307,7 @@ class FaultTests(EsphomeCase):
     def test_a_drop_is_down_then_reconnects_with_backoff(self):
         device, port = self.device()
         source, meter = self.source(port)
-        while meter.latest is None or meter.latest.energy is None:
-            yield source.when("sample")
+        yield self.first_full_reading(source, meter)
         failure = source.when("failure")
         device.drop()
         message = yield failure
@@ -336,8 +333,7 @@ class FaultTests(EsphomeCase):
     def test_garbage_on_the_wire_is_an_error_not_a_crash(self):
         device, port = self.device()
         source, meter = self.source(port)
-        while meter.latest is None or meter.latest.energy is None:
-            yield source.when("sample")
+        yield self.first_full_reading(source, meter)
         failure = source.when("failure")
         device.garbage(b"\x01\x00\x05garbage-that-is-no-noise-frame")
         message = yield failure
@@ -444,8 +440,7 @@ class FaultTests(EsphomeCase):
         """A device about to reboot sends DisconnectRequest: down, then back when it is."""
         device, port = self.device()
         source, meter = self.source(port)
-        while meter.latest is None or meter.latest.energy is None:
-            yield source.when("sample")
+        yield self.first_full_reading(source, meter)
         failure = source.when("failure")
         device.goodbye()
         message = yield failure
