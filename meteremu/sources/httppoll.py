@@ -153,6 +153,10 @@ class PollingSource(StatefulEvents, Service, abc.ABC):
         self.meter.report_failure(message, down=down)
         self._say("failure", message)
 
+    def polled_state(self) -> str:
+        """The state after a successful poll (a source with a push channel may be fed by that)."""
+        return "polling"
+
     # -- the poll --------------------------------------------------------------------------------
     def _poll(self) -> None:
         self._timer = None
@@ -190,7 +194,7 @@ class PollingSource(StatefulEvents, Service, abc.ABC):
             if isinstance(self.meter.details, dict):
                 self.meter.details["samples"] = self.samples
             self._call_later(max(0.0, self.interval - (self.clock.seconds() - started)), self._poll)
-            self._set_state("polling")
+            self._set_state(self.polled_state())
             self._emit("sample", sample)
 
         def failed(failure: Failure) -> None:

@@ -134,6 +134,11 @@ class ShellySource(PollingSource):
             return  # the WebSocket feeds the meter; polling resumes when it closes
         super()._poll()
 
+    def polled_state(self) -> str:
+        # a poll already on its way when the WebSocket went live still lands: it feeds the same
+        # meter, but the source is the WebSocket's now
+        return "connected" if self.ws_live else "polling"
+
     def request(self) -> tuple[str, str, Mapping[str, str], bytes | None]:
         headers = {"Accept": "application/json"}
         if self.options.gen == 1:
