@@ -9,6 +9,7 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from meteremu.meter import Freshness, Meter
@@ -53,6 +54,20 @@ class ShellySourceTests(TestCase):
         message = yield source.when("failure").addTimeout(10, reactor)
         self.assertIn("HTTP 401", message)
         self.assertEqual(source.meter.freshness(), Freshness.DOWN)
+
+    @inlineCallbacks
+    def test_a_poll_landing_after_the_websocket_went_live_leaves_it_connected(self) -> Any:
+        fake = FakeShellyDevice(self)
+        fake.hold_http = True
+        source = self.source(fake)
+        yield wait_until(lambda: fake.held, 10, "a poll on its way")
+        yield wait_until(lambda: source.ws_live, 10, "the WebSocket feeding the meter")
+        fake.release_http()
+        yield wait_until(lambda: source._inflight is None, 10, "the held poll answered")
+        self.assertEqual(source.state, "connected")
+        polls = source.polls
+        yield deferLater(reactor, 0.3, lambda: None)  # six poll intervals
+        self.assertEqual(source.polls, polls)  # and polling stays paused
 
     @inlineCallbacks
     def test_websocket_push_with_auth_and_fallback(self) -> Any:

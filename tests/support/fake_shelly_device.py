@@ -25,7 +25,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.server import NOT_DONE_YET, Site
 
 from tests.support import fixture_json
 from tests.support.faults import ConnectionTracker, Plan, wrap_site
@@ -64,7 +64,11 @@ class _GetStatus(Resource):
             request.setHeader(b"www-authenticate",
                               f'Digest qop="auth", realm="{REALM}", nonce="{NONCE}", algorithm=SHA-256'.encode())
             return b""
-        return json.dumps(fake.status).encode()
+        body = json.dumps(fake.status).encode()
+        if fake.hold_http:  # answered by release_http(): a poll still on its way
+            fake.held.append((request, body))
+            return NOT_DONE_YET  # type: ignore[no-any-return]
+        return body
 
 
 class _Ws(WebSocketServerProtocol):
@@ -103,6 +107,8 @@ class FakeShellyDevice:
         self.ws_frames: list[dict[str, Any]] = []
         self.clients: list[_Ws] = []
         self.refuse_websockets = False
+        self.hold_http = False  # GetStatus over HTTP waits for release_http()
+        self.held: list[tuple[Any, bytes]] = []
         root, rpc = Resource(), Resource()
         root.putChild(b"rpc", rpc)
         rpc.putChild(b"Shelly.GetStatus", _GetStatus(self))
@@ -150,6 +156,14 @@ class FakeShellyDevice:
                 frame = {"src": REALM, "dst": client.src, "method": "NotifyStatus",
                          "params": {"ts": 1709223219.5, **copy.deepcopy(delta)}}
                 client.sendMessage(json.dumps(frame).encode())
+
+    def release_http(self) -> None:
+        """Answer the held GetStatus requests and hold no more."""
+        self.hold_http = False
+        held, self.held = self.held, []
+        for request, body in held:
+            request.write(body)
+            request.finish()
 
     def drop_websockets(self) -> None:
         for client in list(self.clients):
