@@ -27,8 +27,9 @@ class ShellySourceTests(TestCase):
     timeout = 30
 
     def source(self, fake: FakeShellyDevice, **options: Any) -> ShellySource:
-        opts = ShellyOptions(host=fake.host, interval=0.05, timeout=0.5, reconnect_min=0.05, reconnect_max=0.2,
-                             **options)
+        settings: dict[str, Any] = {"interval": 0.05, "timeout": 0.5, "reconnect_min": 0.05, "reconnect_max": 0.2,
+                                    **options}
+        opts = ShellyOptions(host=fake.host, **settings)
         source = ShellySource(Meter("grid", reactor, stale_after=10), opts, reactor, rng=lambda: 1.0)
         source.startService()
         self.addCleanup(source.stopService)
@@ -59,7 +60,7 @@ class ShellySourceTests(TestCase):
     def test_a_poll_landing_after_the_websocket_went_live_leaves_it_connected(self) -> Any:
         fake = FakeShellyDevice(self)
         fake.hold_http = True
-        source = self.source(fake)
+        source = self.source(fake, timeout=10.0)  # the held poll stays on its way
         yield wait_until(lambda: fake.held, 10, "a poll on its way")
         yield wait_until(lambda: source.ws_live, 10, "the WebSocket feeding the meter")
         fake.release_http()
