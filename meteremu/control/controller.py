@@ -321,10 +321,7 @@ class Controller:
         else:
             battery.served_from, battery.sends = battery.power, 1
             battery.asked, battery.judged = value, False
-        if value > 0 and battery.power >= 0:
-            value += self.options.import_bias
-        battery.last_value = value
-        return value, True
+        return self._give(battery, value)
 
     def _track(self, battery: BatteryState, now: float) -> tuple[float, bool]:
         """A tracking battery is given what is left of its move on every poll.
@@ -346,8 +343,12 @@ class Controller:
             battery.last_value = 0.0
             return 0.0, False
         if battery.judged or value * battery.asked <= 0:
-            battery.served_at, battery.served_from, battery.sends = now, battery.power, 2
+            battery.served_at, battery.served_from, battery.sends = now, battery.power, 1
             battery.asked, battery.judged = value, False
+        return self._give(battery, value)
+
+    def _give(self, battery: BatteryState, value: float) -> tuple[float, bool]:
+        """The adjustment as sent: a discharge step gets ``import_bias`` (the law takes 5 W off)."""
         if value > 0 and battery.power >= 0:
             value += self.options.import_bias
         battery.last_value = value
@@ -561,8 +562,9 @@ class Controller:
             battery.misses, battery.miss_sign = 0, 0
             battery.saturations = 0
             return
-        if battery.sends < 2 or now - battery.served_at < opts.response_time:
-            return  # sent twice and still not moved after response_time: judged
+        once = battery.sends < 2 and not battery.tracking  # a tracking battery is fed on every poll
+        if once or now - battery.served_at < opts.response_time:
+            return  # sent twice (or fed all along) and still not moved after response_time: judged
         battery.judged = True
         if abs(battery.asked) < SATURATION_EVIDENCE:  # a firmware may round or hold a small value
             return
