@@ -57,6 +57,8 @@ def compare(base: dict[str, Any], head: dict[str, Any]) -> list[Delta]:
         if not seeds:
             continue
         for metric in METRICS:
+            if any(metric not in b_runs[s] or metric not in h_runs[s] for s in seeds):
+                continue  # a results file from before the metric existed
             bs = [b_runs[s][metric] for s in seeds]
             hs = [h_runs[s][metric] for s in seeds]
             mean, low, high = paired(bs, hs)

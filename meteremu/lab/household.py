@@ -78,8 +78,19 @@ class Household:
     pv: tuple[list[float], list[float], list[float]]
     events: list[tuple[float, str]]  # (time, label): switches of at least EVENT_MIN_W
     big_steps: list[float] = field(default_factory=list)  # times of events of at least BIG_STEP_W
-    noise_floor: float = 0.0  # W: p99 of |Σ phase noise|, what a perfect controller would still leave
+    noise: list[float] = field(default_factory=list)  # W: Σ phase noise per sample (empty: none)
+    _floor: float | None = field(default=None, init=False, repr=False)
 
+    @property
+    def noise_floor(self) -> float:
+        """W: p99 of |Σ phase noise|, what a perfect controller would still leave (cached)."""
+        if self._floor is None:
+            self._floor = _p99_abs(self.noise)
+        return self._floor
+
+    def noise_at(self, k: int) -> float:
+        """The household's own noise (W, all phases) in sample ``k``: what no battery can follow."""
+        return self.noise[k] if k < len(self.noise) else 0.0
 
     def index(self, t: float) -> int:
         return min(len(self.load[0]) - 1, max(0, int(t / RES)))
@@ -144,7 +155,7 @@ def build(spec: HouseholdSpec, duration: float, seed: int) -> Household:
             watts = minutes[minute]
             for p, part in enumerate((0.5, 0.3, 0.2)):
                 load[p][k] += watts * part
-    floor = 0.0
+    total: list[float] = []
     if spec.noise > 0:
         total = [0.0] * n
         for p in range(3):
@@ -153,7 +164,6 @@ def build(spec: HouseholdSpec, duration: float, seed: int) -> Household:
                 draw = noise.uniform(-spec.noise, spec.noise)
                 column[k] += draw
                 total[k] += draw
-        floor = _p99_abs(total)
     pv: tuple[list[float], list[float], list[float]] = ([0.0] * n, [0.0] * n, [0.0] * n)
     if spec.pv_peak > 0:
         _add_pv(spec, duration, n, timeline, pv, edges)
@@ -165,7 +175,7 @@ def build(spec: HouseholdSpec, duration: float, seed: int) -> Household:
             events.append((t, label))
             if abs(delta) >= BIG_STEP_W:
                 big_steps.append(t)
-    return Household(duration, load, pv, events, big_steps, floor)
+    return Household(duration, load, pv, events, big_steps, total)
 
 
 def _p99_abs(values: list[float]) -> float:

@@ -50,6 +50,8 @@ class Tally:
     export_wh: float = 0.0
     avoidable_import_wh: float = 0.0
     avoidable_export_wh: float = 0.0
+    steerable_import_wh: float = 0.0  # avoidable, on the grid without the household's own noise
+    steerable_export_wh: float = 0.0
     load_wh: float = 0.0
     pv_wh: float = 0.0
     battery_wh: float = 0.0  # Σ AC output (discharge +)
@@ -120,6 +122,11 @@ class Loop:
         else:
             tally.export_wh += -grid * hours
             tally.avoidable_export_wh += min(-grid, charge_room) * hours
+        steered = grid - hh.noise_at(k)
+        if steered > 0:
+            tally.steerable_import_wh += min(steered, discharge_room) * hours
+        else:
+            tally.steerable_export_wh += min(-steered, charge_room) * hours
 
     def _record(self) -> None:
         trace = self.trace

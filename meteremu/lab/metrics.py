@@ -16,6 +16,15 @@ has one, with these differences, each on purpose:
   limits, not a lossless aggregate; like AstraMeter's, it gives no credit for
   energy left in the batteries at the end (covering the house now is the
   job; a scenario that wants SoC kept says so with its own limits);
+* *steerable* import/export and *hunting* are the avoidable energy and the
+  band crossings of the grid without the household's own sub-second noise
+  (the lab knows it exactly). No battery can follow noise that the meter
+  shows before anyone could react: on the ±150 W house a perfect controller
+  (putting out the noiseless load exactly) leaves some 30 Wh of avoidable
+  import per half hour and thousands of crossings per hour, more than one
+  that holds the grid 50 W off zero, so the raw figures reward the wrong
+  thing there. Without the noise the perfect controller scores 0, and a
+  battery that chases the noise still shows (its moves are not noise);
 * share imbalance compares each battery with its share of the total by its
   power limit (equal batteries: equal shares).
 """
@@ -43,6 +52,7 @@ METRICS: dict[str, str] = {
     "band_crossings_per_h": "/h", "grid_rms_w": "W", "steady_rms_w": "W", "grid_p2p_w": "W",
     "mean_abs_grid_w": "W", "import_wh": "Wh", "export_wh": "Wh",
     "avoidable_import_wh": "Wh", "avoidable_export_wh": "Wh",
+    "steerable_import_wh": "Wh", "steerable_export_wh": "Wh", "hunting_per_h": "/h",
     "grid_cost_ct": "ct", "oracle_cost_ct": "ct", "cost_regret_ct": "ct",
     "battery_travel_w_per_h": "W/h", "share_imbalance_w": "W",
 }
@@ -160,6 +170,12 @@ def step_times(t: Sequence[float], grid: Sequence[float], events: Sequence[float
     return out
 
 
+def steered(loop: Loop) -> list[float]:
+    """The trace's grid without the household's own noise: what control could have changed."""
+    hh = loop.household
+    return [g - hh.noise_at(hh.index(t)) for t, g in zip(loop.trace.t, loop.trace.grid, strict=True)]
+
+
 def steady_mask(t: Sequence[float], events: Sequence[float]) -> list[bool]:
     """True for trace points not within 120 s after an event."""
     mask = [True] * len(t)
@@ -243,6 +259,9 @@ def score(loop: Loop) -> dict[str, float]:
         "export_wh": tally.export_wh,
         "avoidable_import_wh": tally.avoidable_import_wh,
         "avoidable_export_wh": tally.avoidable_export_wh,
+        "steerable_import_wh": tally.steerable_import_wh,
+        "steerable_export_wh": tally.steerable_export_wh,
+        "hunting_per_h": band_crossings(steered(loop)) / hours,
         "grid_cost_ct": grid_cost,
         "oracle_cost_ct": oracle,
         "cost_regret_ct": max(0.0, grid_cost - oracle),

@@ -7,6 +7,7 @@ code: a change to a law that moves a number is a change of the law.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from typing import Any
@@ -18,6 +19,7 @@ from meteremu.lab.battery import Battery, BatterySpec
 from meteremu.lab.compare import compare, format_table
 from meteremu.lab.household import Appliance, HouseholdSpec
 from meteremu.lab.household import build as build_household
+from meteremu.lab.loop import Trace
 from meteremu.lab.meterpath import DeviceSetup
 from meteremu.lab.runner import run_many, run_one, setup_for
 from meteremu.lab.scenario import MeterSpec, Scenario
@@ -238,6 +240,33 @@ class MetricTests(SynchronousTestCase):
         grid = [2000.0 if k < 4 else (200.0 if k % 3 else -200.0) for k in range(200)]  # settled, ±200 W noise
         self.assertEqual(metrics.step_responses(t, grid, [0.0], 100.0)[2], 1)  # 25 W: never settles
         self.assertEqual(metrics.step_responses(t, grid, [0.0], 100.0, band=noisy), ([2.0], [200.0], 0))
+
+    def test_steered_metrics_leave_the_household_noise_out(self):
+        """A perfect controller scores no hunting; one that chases the noise still shows it."""
+        hh = build_household(HouseholdSpec(noise=150.0), 600.0, 0)
+        n = len(hh.noise)
+        trace = Trace(t=[k * 0.5 for k in range(n)])
+
+        class Run:
+            household, trace = hh, None
+
+        run = Run()
+        run.trace = trace
+        trace.grid = [hh.noise_at(k) for k in range(n)]  # the noiseless load put out exactly
+        self.assertGreater(metrics.band_crossings(trace.grid) / 600 * 3600, 2000)  # raw: "hunting"
+        self.assertEqual(metrics.band_crossings(metrics.steered(run)), 0)
+        trace.grid = [hh.noise_at(k) - hh.noise_at(k - 1) for k in range(1, n)] + [0.0]  # a battery chasing it
+        trace.t = trace.t[:n]
+        self.assertGreater(metrics.band_crossings(metrics.steered(run)) / 600 * 3600, 1000)
+
+    def test_steerable_energy_is_the_avoidable_energy_of_a_noiseless_house(self):
+        quiet = dataclasses.replace(SHORT, household=dataclasses.replace(SHORT.household, noise=0.0))
+        tally = Simulation(quiet, 3, DeviceSetup()).run().tally
+        self.assertEqual((tally.steerable_import_wh, tally.steerable_export_wh),
+                         (tally.avoidable_import_wh, tally.avoidable_export_wh))
+        tally = Simulation(SHORT, 3, DeviceSetup()).run().tally
+        self.assertNotEqual(tally.steerable_import_wh, tally.avoidable_import_wh)
+        self.assertGreater(tally.steerable_import_wh, 0.0)
 
     def test_percentile_and_rms(self):
         self.assertEqual(metrics.percentile([1, 2, 3, 4, 5], 50), 3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -101,17 +102,42 @@ class GoalsTableTests(SynchronousTestCase):
                 "results": {"two_venus_steps": entry(["venus", "venus"], avoidable, crossings),
                             "venus_steps": entry(["venus"], 5.0, 100.0)}}
 
-    def test_cuts_settle_and_crossings_against_one_battery(self) -> None:
+    def steered(self, files: list[dict[str, Any]], steerable: dict[str, float], hunting: dict[str, float]) -> None:
+        """Add the steered metrics to the two-battery entries of ``files`` (by mode)."""
+        for f in files:
+            summary = f["results"]["two_venus_steps"]["summary"]
+            s, h = steerable[f["scaling"]], hunting[f["scaling"]]
+            summary.update(steerable_import_wh=[s, s, s], hunting_per_h=[h, h, h])
+            single = f["results"]["venus_steps"]["summary"]
+            single.update(steerable_import_wh=[2.0, 2.0, 2.0], hunting_per_h=[50.0, 50.0, 50.0])
+
+    def test_an_older_results_file_is_judged_on_the_raw_metrics(self) -> None:
         from meteremu.lab.report import markdown_goals, markdown_header
 
         files = [self.results("none", 30.0, 40.0, 400.0), self.results("divide", 20.0, 30.0, 90.0),
                  self.results("ct002", 10.0, 12.0, 80.0), self.results("control", 15.0, 20.0, 120.0)]
         table = markdown_goals(files)
-        self.assertIn("| two_venus_steps | ct002 | 30.0 / 20.0 / 10.0 | 67% | 50% | 12.0 [13.0] | 80 vs 100 | ✓ |", table)
+        self.assertIn("| two_venus_steps | ct002 | 30.0 / 20.0 / 10.0 | 67% | 50% | 12.0 [13.0] | 80 vs 100 | ✓ "
+                      "| 67% / 50% | 80 vs 100 |", table)
         self.assertIn("| two_venus_steps | control | 30.0 / 20.0 / 15.0 | 50% | 25% | 20.0 [21.0] | 120 vs 100 "
                       "| ✗ 3 missed |", table)
-        self.assertIn("| venus_steps | ct002 | 5.0 / 5.0 | 1.0 / 1.0 | 100.0 / 100.0 |", table)
+        self.assertIn("| venus_steps | ct002 | — / — | 5.0 / 5.0 | — / — | 100.0 / 100.0 | 1.0 / 1.0 |", table)
         self.assertIn("Machine: m.", markdown_header(files))
+
+    def test_goals_are_judged_without_the_household_noise(self) -> None:
+        from meteremu.lab.report import markdown_goals
+
+        files = [self.results("none", 30.0, 40.0, 400.0), self.results("divide", 20.0, 30.0, 90.0),
+                 self.results("ct002", 25.0, 12.0, 300.0)]
+        self.steered(files, {"none": 20.0, "divide": 10.0, "ct002": 4.0}, {"none": 60.0, "divide": 40.0, "ct002": 30.0})
+        table = markdown_goals(files)
+        # raw: 17 % / -25 % cut and 300 crossings against 100 would miss three goals; steered all pass
+        self.assertIn("| two_venus_steps | ct002 | 20.0 / 10.0 / 4.0 | 80% | 60% | 12.0 [13.0] | 30 vs 50 | ✓ "
+                      "| 17% / -25% | 300 vs 100 |", table)
+        self.assertIn("| venus_steps | ct002 | 2.0 / 2.0 | 5.0 / 5.0 | 50.0 / 50.0 | 100.0 / 100.0 | 1.0 / 1.0 |",
+                      table)
+        self.steered(files, {"none": 20.0, "divide": 10.0, "ct002": 8.0}, {"none": 60.0, "divide": 40.0, "ct002": 51.0})
+        self.assertIn("| 20.0 / 10.0 / 8.0 | 60% | 20% | 12.0 [13.0] | 51 vs 50 | ✗ 2 missed |", markdown_goals(files))
 
 
 class MeasuredTests(SynchronousTestCase):
