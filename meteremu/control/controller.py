@@ -58,6 +58,7 @@ BIG = 1e6  # W: "no known limit"
 SATURATION_EVIDENCE = 50.0  # W: only an adjustment this large that is not followed counts as a miss
 FORGET_AFTER = 60.0  # s without a poll: the battery is gone (a CT forgets it sooner and says so)
 NOISE_READINGS = 16  # quiet reading-to-reading jumps kept to estimate the load's noise
+NOISE_MIN = 3  # quiet jumps before the noise is estimated (four readings give three)
 TRIM_NOISE_READINGS = 64  # quiet jumps kept to estimate the noise a trim is judged against
 TRIM_READINGS = 12  # quiet readings kept as a trim's evidence
 TRIM_Z = 2.0  # a trim needs the mean of its evidence this many standard errors away
@@ -68,6 +69,10 @@ TRACK_PROGRESS = 30.0  # W toward its target within response_time: a tracking ba
 TRACK_HOLD = 25.0  # W: a B2500 holds within ±10 W per channel, so 0.9 x this moves it
 TRIM_RUNNING = 20.0  # W: a battery putting out this much takes a small move (no rest deadband)
 MISSES = 1  # an adjustment sent twice (past the spike filter) and not followed: full or empty
+NOISY_READINGS = 32  # a noisy house: quiet readings a small error is judged on
+NOISY_TRIM_READINGS = 48  # a noisy house: quiet readings kept as a trim's evidence
+NOISY_TRIM_WINDOWS = 4  # a noisy house: trims gather evidence for this many trim windows
+NOISY_Z = 3.5  # a noisy house: standard errors a mean must stand out (and noise units a step must exceed)
 
 
 class Quality(StrEnum):
@@ -146,6 +151,7 @@ class Controller:
         self.batteries: dict[str, BatteryState] = {}
         self.view = Decision()
         self._window: list[float] = []  # errors of the quiet readings since the last decision
+        self._pending: float | None = None  # a noisy house: a step's first reading, waiting for its second
         self._jumps: list[float] = []  # |Δerror| between consecutive quiet readings (the load's own noise)
         self._last_quiet: float | None = None
         self._noise_jumps: list[float] = []  # the same, a longer history (the trim's noise)
@@ -230,18 +236,36 @@ class Controller:
         if not quiet:
             self._window.clear()
             self._last_quiet = None
+            self._pending = None
             return
         # A small error is judged on the mean of a few quiet readings (the meter's
         # noise must not move anyone); a large one (a step) is acted on at once.
-        fast = self._fast_threshold(error)
+        noise = self._noise()  # before this reading's own jump joins: it may be a step
+        noisy = self._noisy(noise)
+        fast = self._fast_threshold(error, noise if noisy else 0.0)
+        pending, self._pending = self._pending, None
+        if noisy and abs(error) >= fast and (pending is None or pending * error < 0):
+            # one reading beyond 3.5 σ is a noise spike now and then: a step shows twice
+            self._pending = error
+            self._window.clear()
+            view.quality = Quality.OFF_TARGET
+            return
         self._window.append(error)
-        del self._window[:-opts.average]
+        del self._window[:-(NOISY_READINGS if noisy else opts.average)]
         if abs(error) < fast and self._trim_due(reporting, error, now):
             return
         if abs(error) < fast and len(self._window) < opts.average:
             return
         judged = error if abs(error) >= fast else sum(self._window) / len(self._window)
-        if abs(error) < fast and abs(judged) >= opts.deadband and not self._consistent(judged):
+        if abs(error) >= fast and noisy and pending is not None:
+            # the mean of its two readings, closed one noise unit short: the leftover keeps
+            # its side and the trims close it, where a step sized on the noise of its
+            # readings would leave it either way
+            judged = (error + pending) / 2 - math.copysign(noise / math.sqrt(2), error)
+        if abs(error) < fast and noisy:
+            if abs(judged) < max(opts.deadband, NOISY_Z * noise / math.sqrt(len(self._window))):
+                judged = 0.0  # not told apart from the household's noise (yet): inside the deadband
+        elif abs(error) < fast and abs(judged) >= opts.deadband and not self._consistent(judged):
             # followed only once every quiet reading of the window shows it: a load that
             # comes and goes (a washer's motor pausing 3 s) would be chased
             view.quality = Quality.OFF_TARGET
@@ -257,11 +281,12 @@ class Controller:
         view.quality = Quality.LIMITED if self._limited(judged, now) else Quality.OFF_TARGET
         self._window.clear()
         if abs(error) >= fast:
-            self._trim_until, self._trims_left = now + opts.trim_window, opts.trims
+            window = opts.trim_window * (NOISY_TRIM_WINDOWS if noisy else 1)
+            self._trim_until, self._trims_left = now + window, opts.trims
             self._loads = [error + sum(b.power for b in reporting)]
         self._decide(reporting, judged, now)
 
-    def _fast_threshold(self, error: float) -> float:
+    def _fast_threshold(self, error: float, noise: float) -> float:
         """How large an error must be to be acted on at once: ``fast_error``, or 3× the load's noise.
 
         The noise is the median jump between consecutive quiet readings (no
@@ -271,6 +296,7 @@ class Controller:
         beyond 250 W was "a step": the batteries chased the noise reading by
         reading (venus_noisy: some 1300 such moves in 30 min against 13 real
         events) and leaked more than a battery alone on the plain value.
+        On a noisy house (``noise``: σ, else 0) also :data:`NOISY_Z` σ.
         """
         if self._last_quiet is not None:
             self._jumps.append(abs(error - self._last_quiet))
@@ -278,10 +304,11 @@ class Controller:
             self._noise_jumps.append(abs(error - self._last_quiet))
             del self._noise_jumps[:-TRIM_NOISE_READINGS]
         self._last_quiet = error
-        if len(self._jumps) < NOISE_READINGS // 2:
-            return self.options.fast_error
-        ordered = sorted(self._jumps)
-        return max(self.options.fast_error, 3.0 * ordered[len(ordered) // 2])
+        threshold = self.options.fast_error
+        if len(self._jumps) >= NOISE_READINGS // 2:
+            ordered = sorted(self._jumps)
+            threshold = max(threshold, 3.0 * ordered[len(ordered) // 2])
+        return max(threshold, NOISY_Z * noise)
 
     # -- what the device serves ----------------------------------------------------------------
     def serve(self, key: str) -> tuple[float, bool]:
@@ -400,9 +427,14 @@ class Controller:
         return lo, hi
 
     def _consistent(self, judged: float) -> bool:
-        """Every reading of the window on the side of ``judged``, and beyond the deadband
-        when the error is mid-size (three deadbands or more)."""
-        floor = self.options.deadband if abs(judged) >= 3 * self.options.deadband else 0.0
+        """Every reading of the window on the side of ``judged``: beyond the deadband when the
+        error is mid-size (three deadbands or more), beyond half of it when smaller.
+
+        Readings of −1 W around one 3 s pause of a washer's motor (−120 W)
+        average past the deadband; readings that near zero are not an error.
+        """
+        deadband = self.options.deadband
+        floor = deadband if abs(judged) >= 3 * deadband else deadband / 2
         return all(e * judged > 0 and abs(e) >= floor for e in self._window)
 
     def _unbalanced(self, reporting: list[BatteryState], now: float) -> bool:
@@ -450,10 +482,23 @@ class Controller:
         (two independent draws); the longer history makes it steadier than
         the fast threshold's, which must follow a change of house quickly.
         """
-        if len(self._noise_jumps) < NOISE_READINGS // 2:
+        if len(self._noise_jumps) < NOISE_MIN:
             return self.options.deadband / 2
         ordered = sorted(self._noise_jumps)
         return ordered[len(ordered) // 2] / 0.95
+
+    def _noisy(self, noise: float) -> bool:
+        """The household's noise hides a deadband-sized error in ``average`` readings.
+
+        On a ±10 W house (σ ≈ 10 W) the mean of four readings is good to
+        ±10 W, inside the 20 W deadband; on a ±150 W house it is ±150 W, so
+        every fourth reading was "an error" and the batteries were moved ~85
+        times in ten minutes on target. There a small error must stand
+        :data:`NOISY_Z` standard errors out in up to :data:`NOISY_READINGS`
+        readings, a step must exceed that many noise units too, and trims
+        gather longer (:meth:`_trim_due`).
+        """
+        return TRIM_Z * noise / math.sqrt(self.options.average) > self.options.deadband
 
     def _trim_due(self, reporting: list[BatteryState], error: float, now: float) -> bool:
         """After a step: close the leftover once the quiet readings since the step show it.
@@ -474,20 +519,25 @@ class Controller:
                 or any(not b.reporting for b in self.batteries.values())):
             return False
         noise = self._noise()
+        noisy = self._noisy(noise)
         load = error + sum(b.power for b in reporting)
         mean = sum(self._loads) / len(self._loads)
         if abs(load - mean) > TRIM_CHANGE * noise:  # the load moved: no longer the step's leftover
             self._loads.clear()
         self._loads.append(load)
-        del self._loads[:-TRIM_READINGS]
+        del self._loads[:-(NOISY_TRIM_READINGS if noisy else TRIM_READINGS)]
         n = len(self._loads)
         if n < 2 or self._trims_left <= 0:
             return False
         move = sum(self._loads) / n - sum(b.power for b in reporting)
-        if (abs(move) < max(opts.trim_min, TRIM_Z * noise / math.sqrt(n))
+        if (abs(move) < max(opts.trim_min, (NOISY_Z if noisy else TRIM_Z) * noise / math.sqrt(n))
                 or abs(move) >= max(opts.deadband, TRIM_CHANGE * noise)):  # a new load: the ordinary rules
             return False
-        if not self._trim(reporting, move, now):
+        if noisy:  # one standard error short: an estimate this uncertain must not cross over
+            move -= math.copysign(noise / math.sqrt(n), move)
+        if noisy and abs(move) > opts.rebalance and len(reporting) > 1:
+            self._decide(reporting, move, now)  # a trim this large is shared, as a step is
+        elif not self._trim(reporting, move, now):
             return False
         self._trims_left -= 1
         self._window.clear()

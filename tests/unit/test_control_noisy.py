@@ -1,0 +1,106 @@
+"""The controller on a noisy house (±150 W per phase), on a simulated clock.
+
+On such a house the mean of four readings is good to ±150 W: judged like a
+quiet one, every fourth reading was "an error" and the batteries were moved
+some 85 times in ten minutes while the load stood still. Here the noise is
+learnt from the quiet readings and a small error must stand out of it.
+"""
+
+from __future__ import annotations
+
+import random
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from meteremu.control import Controller, ControlOptions
+from tests.unit.test_control_trim import venus
+
+
+class NoisyPlant:
+    """Two discharging Venus batteries (A polls every 0.5 s, B every 3 s) under ±150 W per phase."""
+
+    def __init__(self, load: float, power: float, seed: int = 1) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.ctl = Controller(self.clock, ControlOptions())
+        self.load = load
+        self.power = {"A": power, "B": power}
+        self.moves: list[tuple[str, float]] = []
+        self.grid: list[float] = []  # what the meter showed
+        self.steered: list[float] = []  # the same without the noise
+        self.rng = random.Random(seed)
+        self.ticks = 0
+
+    def run(self, seconds: float) -> None:
+        for _ in range(int(seconds / 0.5)):
+            self.clock.advance(0.5)
+            self.ticks += 1
+            for key in ("A", "B") if self.ticks % 6 == 0 else ("A",):
+                self.ctl.report(key, self.power[key], "A", "VNSE3-0")
+                value, new = self.ctl.serve(key)
+                if new:
+                    self.moves.append((key, value))
+                    self.power[key] = venus(self.power[key], value)
+            if self.ticks % 2 == 0:  # the meter, once a second
+                steered = self.load - sum(self.power.values())
+                grid = steered + sum(self.rng.uniform(-150.0, 150.0) for _ in range(3))
+                self.steered.append(steered)
+                self.grid.append(grid)
+                self.ctl.reading(grid)
+
+
+class NoisyHouseTests(SynchronousTestCase):
+    def test_on_target_the_batteries_are_left_alone(self) -> None:
+        """Ten minutes of a still load under the noise: (almost) nobody moves (the old rules: ~85 moves)."""
+        for seed in range(3):
+            plant = NoisyPlant(load=800.0, power=400.0, seed=seed)
+            plant.run(600.0)
+            self.assertLessEqual(len(plant.moves), 2, (seed, plant.moves))
+
+    def test_a_step_is_closed_short_and_the_leftover_keeps_its_side(self) -> None:
+        """A 1 kW step: closed at once, one noise unit short; the leftover is trimmed, never crossed back and forth."""
+        for seed in range(3):
+            plant = NoisyPlant(load=800.0, power=400.0, seed=seed)
+            plant.run(120.0)
+            before = len(plant.moves)
+            plant.load = 1800.0
+            plant.run(180.0)
+            moves = plant.moves[before:]
+            self.assertGreaterEqual(len(moves), 2, (seed, moves))  # the step, on both batteries
+            self.assertLessEqual(len(moves), 6, (seed, moves))  # and a few trims at most
+            after = plant.steered[-150:]  # what control left, the noise taken out
+            self.assertLess(abs(sum(after) / len(after)), 80.0, (seed, moves))
+            sides = [round(s / abs(s)) for s in plant.steered[-178:] if abs(s) > 20.0]
+            crossings = sum(1 for a, b in zip(sides, sides[1:], strict=False) if a != b)
+            self.assertLessEqual(crossings, 1, (seed, moves))  # not back and forth
+
+    def test_a_drift_that_stands_out_of_the_noise_is_followed(self) -> None:
+        """200 W more load, not a step (under 3.5 σ): judged on up to 32 readings, then closed."""
+        plant = NoisyPlant(load=800.0, power=400.0, seed=4)
+        plant.run(120.0)
+        before = len(plant.moves)
+        plant.load = 1000.0
+        plant.run(120.0)
+        self.assertGreaterEqual(len(plant.moves) - before, 1)
+        after = plant.steered[-40:]
+        self.assertLess(abs(sum(after) / len(after)), 80.0)
+
+    def test_a_quiet_house_is_judged_as_before(self) -> None:
+        """±10 W: the mean of four readings decides, no 32-reading wait (a 60 W error is closed within 6 s)."""
+        clock = Clock()
+        clock.advance(1000)
+        ctl = Controller(clock, ControlOptions(import_bias=0.0))
+        ctl.report("A1", 300.0, "A", "VNSE3-0")
+        for k in range(30):
+            clock.advance(1.0)
+            ctl.report("A1", 300.0, "A", "VNSE3-0")
+            ctl.reading((8.0, -8.0)[k % 2])
+            self.assertEqual(ctl.serve("A1"), (0.0, False))
+        served = []
+        for k in range(6):
+            clock.advance(1.0)
+            ctl.report("A1", 300.0, "A", "VNSE3-0")
+            ctl.reading(60.0 + (8.0, -8.0)[k % 2])
+            served.append(ctl.serve("A1"))
+        self.assertIn((60.0, True), served)
