@@ -67,7 +67,7 @@ class TrimTests(SynchronousTestCase):
         plant.run(10.0)
         self.assertEqual(len(plant.served["SLOW"]), 1)  # its half of the step, nothing more
         step = plant.served["FAST"][0]
-        self.assertAlmostEqual(step, 506 + 5, delta=1)  # half of 1012 W, + the import bias
+        self.assertApproximates(step, 506 + 5, 1)  # half of 1012 W, + the import bias
         trims = plant.served["FAST"][1:]
         self.assertEqual(len(trims), 1)
         self.assertTrue(-12.0 <= trims[0] <= -6.0, trims)  # it put out 12 W too much

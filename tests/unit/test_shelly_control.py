@@ -34,9 +34,9 @@ class ShellyControlTests(SynchronousTestCase):
         device.meter.update(sample_reading(self.clock.seconds(), powers=(600.0, 200.0, 0.0)))
         for ip in ("10.0.0.1", "10.0.0.2") * 2:  # two polls make a battery
             self.total(device, ip)
-        self.assertAlmostEqual(self.total(device, "10.0.0.1"), 200.0, delta=0.01)
-        self.assertAlmostEqual(self.total(device, "10.0.0.2"), 600.0, delta=0.01)
-        self.assertAlmostEqual(self.total(device, "10.0.0.9"), 800.0, delta=0.01)  # not a battery yet: real
+        self.assertApproximates(self.total(device, "10.0.0.1"), 200.0, 0.01)
+        self.assertApproximates(self.total(device, "10.0.0.2"), 600.0, 0.01)
+        self.assertApproximates(self.total(device, "10.0.0.9"), 800.0, 0.01)  # not a battery yet: real
         device.meter.update(sample_reading(self.clock.seconds() + 1, powers=(10.0, 0.0, 0.0)))
         self.assertEqual(self.total(device, "10.0.0.2"), 0.0)  # inside the deadband: nothing to do
 
@@ -47,14 +47,14 @@ class ShellyControlTests(SynchronousTestCase):
             for ip in ("10.0.0.1", "10.0.0.2") * 2:
                 self.total(device, ip)
             self.clock.advance(11.0)
-            self.assertAlmostEqual(self.total(device, "10.0.0.1"), expected, delta=0.01)
+            self.assertApproximates(self.total(device, "10.0.0.1"), expected, 0.01)
 
     def test_a_battery_alone_is_served_the_reading(self) -> None:
         device = self.device()
         device.meter.update(sample_reading(self.clock.seconds(), powers=(600.0, 200.0, 0.0)))
         for _ in range(3):
             total = self.total(device, "10.0.0.1")
-        self.assertAlmostEqual(total, 800.0, delta=0.01)
+        self.assertApproximates(total, 800.0, 0.01)
 
     def test_control_and_scaling_are_exclusive(self) -> None:
         from meteremu.devices.shelly.options import ScalingOptions

@@ -103,7 +103,7 @@ class DecoderTests(TestCase):
         got = reading(decoded(ours()), 1.0, 100_000.0, invert=True)
         self.assertLessEqual(abs(got.phases[0].act_power + 2166.2), 0.05)
         assert got.energy is not None
-        self.assertAlmostEqual(got.energy[0][0], 20.25, delta=1 / 3600)  # import and export swap
+        self.assertApproximates(got.energy[0][0], 20.25, 1 / 3600)  # import and export swap
 
     def test_another_speedwire_protocol_is_not_a_meter(self):
         data = bytearray(real_datagram())
