@@ -52,15 +52,17 @@ class NoisyPlant:
 
 class NoisyHouseTests(SynchronousTestCase):
     def test_on_target_the_batteries_are_left_alone(self) -> None:
-        """Ten minutes of a still load under the noise: (almost) nobody moves (the old rules: ~85 moves)."""
-        for seed in range(3):
+        """Ten minutes of a still load under the noise: (almost) nobody moves (the old rules: ~70 moves)."""
+        for seed in range(6):
             plant = NoisyPlant(load=800.0, power=400.0, seed=seed)
+            plant.run(60.0)  # it learns the noise (a few moves on its first readings are allowed)
+            before = len(plant.moves)
             plant.run(600.0)
-            self.assertLessEqual(len(plant.moves), 2, (seed, plant.moves))
+            self.assertLessEqual(len(plant.moves) - before, 4, (seed, plant.moves[before:]))  # two decisions
 
     def test_a_step_is_closed_short_and_the_leftover_keeps_its_side(self) -> None:
         """A 1 kW step: closed at once, one noise unit short; the leftover is trimmed, never crossed back and forth."""
-        for seed in range(3):
+        for seed in range(6):
             plant = NoisyPlant(load=800.0, power=400.0, seed=seed)
             plant.run(120.0)
             before = len(plant.moves)
