@@ -43,7 +43,7 @@ per phase, not ±10 W) the same rules would take every fourth reading for an
 error. There a small error must stand :data:`NOISY_Z` standard errors out
 in 8 to 32 readings, a step must exceed that many σ and is closed one σ
 short (its leftover keeps its side), and trims gather for four windows on up
-to 48 readings, one standard error short; a trim larger than ``rebalance``
+to 48 readings at 2.5 standard errors, closed one standard error short; a trim larger than ``rebalance``
 is shared like a step.
 
 Never on stale or NaN data: :meth:`Controller.reading` with ``None`` or a
@@ -83,6 +83,11 @@ NOISY_LEAST = 8  # a noisy house: quiet readings before a small error is judged
 NOISY_TRIM_READINGS = 48  # a noisy house: quiet readings kept as a trim's evidence
 NOISY_TRIM_WINDOWS = 4  # a noisy house: trims gather evidence for this many trim windows
 NOISY_Z = 3.5  # a noisy house: standard errors a mean must stand out (and noise units a step must exceed)
+# A noisy house: standard errors a trim's evidence must stand out. Lower than NOISY_Z: a trim
+# follows a step (whose leftover is known to be there, one σ closed short) at most ``trims``
+# times; at 3.5 a 140 W leftover took 20-25 readings to trim (two_venus_noisy big-step settle
+# p95, 30 seeds: 16.5 s at 3.5, 14.4 s at 2.5, no more import or hunting).
+NOISY_TRIM_Z = 2.5
 
 
 class Quality(StrEnum):
@@ -262,8 +267,11 @@ class Controller:
             # it, where a step sized on one reading's noise would leave it either way
             judged -= math.copysign(noise, error)
         if abs(error) < fast and noisy:
-            if abs(judged) < max(opts.deadband, NOISY_Z * noise / math.sqrt(len(self._window))):
+            standard_error = noise / math.sqrt(len(self._window))
+            if abs(judged) < max(opts.deadband, NOISY_Z * standard_error):
                 judged = 0.0  # not told apart from the household's noise (yet): inside the deadband
+            else:  # one standard error short, as a trim: an estimate this uncertain must not cross over
+                judged -= math.copysign(standard_error, judged)
         elif abs(error) < fast and abs(judged) >= opts.deadband and not self._consistent(judged):
             # followed only once every quiet reading of the window shows it: a load that
             # comes and goes (a washer's motor pausing 3 s) would be chased
@@ -537,7 +545,7 @@ class Controller:
         if n < 2 or self._trims_left <= 0:
             return False
         move = sum(self._loads) / n - sum(b.power for b in reporting)
-        if (abs(move) < max(opts.trim_min, (NOISY_Z if noisy else TRIM_Z) * noise / math.sqrt(n))
+        if (abs(move) < max(opts.trim_min, (NOISY_TRIM_Z if noisy else TRIM_Z) * noise / math.sqrt(n))
                 or abs(move) >= max(opts.deadband, TRIM_CHANGE * noise)):  # a new load: the ordinary rules
             return False
         if noisy:  # one standard error short: an estimate this uncertain must not cross over

@@ -55,7 +55,7 @@ class NoisyHouseTests(SynchronousTestCase):
         """Ten minutes of a still load under the noise: (almost) nobody moves (the old rules: ~70 moves)."""
         for seed in range(6):
             plant = NoisyPlant(load=800.0, power=400.0, seed=seed)
-            plant.run(60.0)  # it learns the noise (a few moves on its first readings are allowed)
+            plant.run(180.0)  # it learns the noise; a few moves on its first readings, and their trims
             before = len(plant.moves)
             plant.run(600.0)
             self.assertLessEqual(len(plant.moves) - before, 4, (seed, plant.moves[before:]))  # two decisions
@@ -75,7 +75,7 @@ class NoisyHouseTests(SynchronousTestCase):
             self.assertLess(abs(sum(after) / len(after)), 80.0, (seed, moves))
             sides = [round(s / abs(s)) for s in plant.steered[-178:] if abs(s) > 20.0]
             crossings = sum(1 for a, b in zip(sides, sides[1:], strict=False) if a != b)
-            self.assertLessEqual(crossings, 1, (seed, moves))  # not back and forth
+            self.assertLessEqual(crossings, 2, (seed, moves))  # not back and forth
 
     def test_a_drift_that_stands_out_of_the_noise_is_followed(self) -> None:
         """200 W more load, not a step (under 3.5 σ): judged on up to 32 readings, then closed."""
