@@ -34,7 +34,8 @@ inside the deadband that, with the noise on top, keeps the grid out of a
 *trims*: every quiet reading is a sample of the load, and once their mean is
 confidently away from what the batteries put out, the battery that polls
 most often closes the difference in a move its firmware carries out exactly
-(:meth:`Controller._trim_due`). A rebalance (net zero) moves only the
+(:meth:`Controller._trim_due`), or two batteries in opposite moves when one
+alone would miss it by its deadband. A rebalance (net zero) moves only the
 batteries that must rise; the others follow once the grid shows it.
 
 On a noisy house (the noise σ, learnt from the load's jumps between quiet
@@ -71,6 +72,7 @@ NOISE_MIN = 3  # quiet jumps before the noise is estimated (four readings give t
 TRIM_NOISE_READINGS = 128  # quiet jumps kept to estimate the noise (σ) trims and a noisy house are judged on
 TRIM_READINGS = 12  # quiet readings kept as a trim's evidence
 TRIM_Z = 2.0  # a trim needs the mean of its evidence this many standard errors away
+PAIR_TRIM = 2.0  # W: a single battery's trim that misses by more than this is made by two
 TRIM_CHANGE = 4.0  # a quiet reading this many noise units from the evidence: the load changed
 INTEGER_LAW = ("VNS", "HMG")  # battery types that run the Marstek integer law (Venus, HMG-50)
 TRACKING_LAW = ("HMJ", "HMA")  # B2500: DC channels stepping toward out + 0.9·value on every answer
@@ -584,6 +586,9 @@ class Controller:
 
         Only a running battery (it can take a move smaller than its rest
         deadband) with room in that direction; the others keep their targets.
+        When the nearest move one battery carries out is more than
+        :data:`PAIR_TRIM` off (a charging Venus: 11 W or nothing), two
+        batteries close it together (:meth:`_pair`).
         """
         candidates = []
         for battery in reporting:
@@ -591,19 +596,69 @@ class Controller:
             move = self._takes(battery, error)
             if move is not None and lo <= battery.power + move <= hi:
                 candidates.append((abs(error - move), battery.interval, battery.key, move, battery))
-        if not candidates:
+        moves: list[tuple[BatteryState, float]] = []
+        if candidates:
+            *_, move, battery = min(candidates, key=lambda c: c[:3])
+            moves = [(battery, move)]
+        if not candidates or min(c[0] for c in candidates) > PAIR_TRIM:
+            moves = self._pair(reporting, error, now) or moves
+        if not moves:
             return False
-        *_, move, battery = min(candidates, key=lambda c: c[:3])
         self.view.decisions += 1
-        battery.target = battery.power + move
-        battery.trimming = True
-        if not battery.judged and error * battery.asked < 0:
-            battery.judged = True
-        battery.new_value = battery.judged and now - battery.served_at >= self.options.pace
+        for battery, move in moves:
+            battery.target = battery.power + move
+            battery.trimming = True
+            if not battery.judged and move * battery.asked < 0:
+                battery.judged = True
+            battery.new_value = battery.judged and now - battery.served_at >= self.options.pace
         for other in reporting:
-            if other is not battery:
+            if all(other is not battery for battery, _ in moves):
                 other.target = other.power
         return True
+
+    def _pair(self, reporting: list[BatteryState], error: float,
+              now: float) -> list[tuple[BatteryState, float]] | None:
+        """A trim no single battery carries out exactly, as two moves that do: ``a + b = error``.
+
+        A charging Venus holds anything inside its rest deadband, so alone it
+        closes a 7 W leftover as 11 W and leaves 4 W the other way; the trims
+        then flip around the leftover (its estimate crosses ±5.5 W with the
+        noise) and the grid, 5 W off with ±10 W of noise, leaves a 25 W band
+        every few seconds. One battery moving its least the other way (``b``)
+        and another the rest (``a``), each beyond its deadband, closes the
+        leftover to the watt; the two stay within a few watts of their shares.
+        """
+        best: tuple[float, float, str, str, BatteryState, float, BatteryState, float] | None = None
+        for second in reporting:
+            least = self._least_exact(second)
+            if least is None:
+                continue
+            b = -math.copysign(least, error)
+            lo, hi = self._envelope(second, now)
+            if self._takes(second, b) != b or not lo <= second.power + b <= hi:
+                continue
+            for first in reporting:
+                a = error - b
+                lo, hi = self._envelope(first, now)
+                if first is second or self._takes(first, a) != a or not lo <= first.power + a <= hi:
+                    continue
+                key = (abs(a) + abs(b), first.interval, first.key, second.key, first, a, second, b)
+                if best is None or key[:4] < best[:4]:
+                    best = key
+        if best is None:
+            return None
+        *_, first, a, second, b = best
+        return [(first, a), (second, b)]
+
+    def _least_exact(self, battery: BatteryState) -> float | None:
+        """The smallest move (W) this battery's firmware carries out exactly in either direction."""
+        if not battery.trimmable:
+            return None
+        if battery.power <= -TRIM_RUNNING:
+            return battery.rest_deadband + 1.0
+        if battery.power >= TRIM_RUNNING:
+            return self.options.trim_min
+        return None
 
     def _check_followed(self, battery: BatteryState, now: float) -> None:
         """Judge the last adjustment once: moved 30 % of the way, or missed.

@@ -25,8 +25,19 @@ def venus(power: float, value: float) -> float:
     return power  # 0 <= g < 11: held
 
 
+def venus_charging(power: float, value: float) -> float:
+    """The same law while charging: anything inside the 10 W rest deadband is held (specs §2.2)."""
+    if abs(value) < 10:
+        return power
+    if -11 < value < 0:
+        return power + value - 5
+    return power + value
+
+
 class Plant:
     """Two discharging Venus batteries on one meter: FAST polls every 0.5 s, SLOW every 3 s."""
+
+    law = staticmethod(venus)
 
     def __init__(self, clock: Clock, ctl: Controller, load: float, power: float) -> None:
         self.clock, self.ctl, self.load = clock, ctl, load
@@ -44,7 +55,7 @@ class Plant:
                 value, new = self.ctl.serve(key)
                 if new:
                     self.served[key].append(value)
-                    self.power[key] = venus(self.power[key], value)
+                    self.power[key] = self.law(self.power[key], value)
             if self.ticks % 2 == 0:  # the meter, once a second
                 noise = NOISE[(self.ticks // 2) % len(NOISE)]
                 if first_noise is not None:
@@ -84,6 +95,43 @@ class TrimTests(SynchronousTestCase):
         plant.run(0.5, first_noise=12.0)
         plant.run(30.0)
         self.assertEqual(len(plant.served["FAST"]), 1)  # the step only: 12 W is inside the deadband
+
+    def test_a_leftover_one_charging_battery_would_miss_is_closed_by_two(self) -> None:
+        """Charging, a Venus holds a move inside its 10 W deadband: alone it would close 7 W as 11 W.
+
+        The step's reading has 9 W of noise, so the batteries charge 9 W too
+        little; once the quiet readings show it, one battery charges 11 W less
+        and the other that much more and the leftover besides.
+        """
+        clock, ctl = controller()
+        plant = Plant(clock, ctl, load=-800.0, power=-400.0)
+        plant.law = staticmethod(venus_charging)
+        plant.run(30.0)
+        plant.load = -1800.0  # a cloud passes: 1 kW more to store; its first reading has +9 W of noise
+        plant.run(0.5)
+        plant.run(0.5, first_noise=9.0)
+        plant.run(15.0)
+        trims = {key: served[1:] for key, served in plant.served.items()}
+        self.assertEqual(sorted(len(t) for t in trims.values()), [1, 1], trims)  # one move each, together
+        (a,), (b,) = sorted(trims.values())
+        self.assertLess(a, -11.0)  # one charges more by more than its deadband...
+        self.assertEqual(b, 11.0)  # ...the other 11 W less, its least move
+        self.assertTrue(-10.0 <= a + b <= -4.0, (a, b))  # together about the 9 W leftover, not 11 W
+        total = sum(plant.power.values())
+        self.assertLess(abs(plant.load - total), 3.0)
+        plant.run(20.0)
+        self.assertEqual({key: served[1:] for key, served in plant.served.items()}, trims)  # nothing more
+
+    def test_a_pair_is_not_used_when_one_battery_carries_the_trim_out(self) -> None:
+        clock, ctl = controller()
+        ctl.report("A", -500.0, "A", "VNSE3-0")
+        ctl.report("B", -500.0, "A", "VNSE3-0")
+        self.assertIsNone(ctl._pair([], -7.0, clock.seconds()))
+        moves = ctl._pair(list(ctl.batteries.values()), -7.0, clock.seconds())
+        assert moves is not None
+        self.assertEqual(sorted(m for _, m in moves), [-18.0, 11.0])
+        self.assertTrue(ctl._trim(list(ctl.batteries.values()), -12.0, clock.seconds()))
+        self.assertEqual(sorted(b.target for b in ctl.batteries.values()), [-512.0, -500.0])  # one battery
 
     def test_the_move_each_firmware_carries_out(self) -> None:
         clock, ctl = controller()
