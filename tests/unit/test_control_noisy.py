@@ -14,40 +14,20 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from meteremu.control import Controller, ControlOptions
-from tests.unit.test_control_trim import venus
+from tests.unit.test_control_trim import Plant
 
 
-class NoisyPlant:
-    """Two discharging Venus batteries (A polls every 0.5 s, B every 3 s) under ±150 W per phase."""
+class NoisyPlant(Plant):
+    """Two discharging Venus batteries (FAST polls every 0.5 s, SLOW every 3 s) under ±150 W per phase."""
 
     def __init__(self, load: float, power: float, seed: int = 1) -> None:
-        self.clock = Clock()
-        self.clock.advance(1000)
-        self.ctl = Controller(self.clock, ControlOptions())
-        self.load = load
-        self.power = {"A": power, "B": power}
-        self.moves: list[tuple[str, float]] = []
-        self.grid: list[float] = []  # what the meter showed
-        self.steered: list[float] = []  # the same without the noise
+        clock = Clock()
+        clock.advance(1000)
+        super().__init__(clock, Controller(clock, ControlOptions()), load, power)
         self.rng = random.Random(seed)
-        self.ticks = 0
 
-    def run(self, seconds: float) -> None:
-        for _ in range(int(seconds / 0.5)):
-            self.clock.advance(0.5)
-            self.ticks += 1
-            for key in ("A", "B") if self.ticks % 6 == 0 else ("A",):
-                self.ctl.report(key, self.power[key], "A", "VNSE3-0")
-                value, new = self.ctl.serve(key)
-                if new:
-                    self.moves.append((key, value))
-                    self.power[key] = venus(self.power[key], value)
-            if self.ticks % 2 == 0:  # the meter, once a second
-                steered = self.load - sum(self.power.values())
-                grid = steered + sum(self.rng.uniform(-150.0, 150.0) for _ in range(3))
-                self.steered.append(steered)
-                self.grid.append(grid)
-                self.ctl.reading(grid)
+    def noise(self) -> float:
+        return sum(self.rng.uniform(-150.0, 150.0) for _ in range(3))
 
 
 class NoisyHouseTests(SynchronousTestCase):
@@ -56,21 +36,21 @@ class NoisyHouseTests(SynchronousTestCase):
         for seed in range(6):
             plant = NoisyPlant(load=800.0, power=400.0, seed=seed)
             plant.run(180.0)  # it learns the noise; a few moves on its first readings, and their trims
-            before = len(plant.moves)
+            before = plant.moves()
             plant.run(600.0)
-            self.assertLessEqual(len(plant.moves) - before, 4, (seed, plant.moves[before:]))  # two decisions
+            self.assertLessEqual(plant.moves() - before, 4, (seed, plant.served))  # two decisions
 
     def test_a_step_is_closed_short_and_the_leftover_keeps_its_side(self) -> None:
         """A 1 kW step: closed at once, one noise unit short; the leftover is trimmed, never crossed back and forth."""
         for seed in range(6):
             plant = NoisyPlant(load=800.0, power=400.0, seed=seed)
             plant.run(120.0)
-            before = len(plant.moves)
+            before = plant.moves()
             plant.load = 1800.0
             plant.run(180.0)
-            moves = plant.moves[before:]
-            self.assertGreaterEqual(len(moves), 2, (seed, moves))  # the step, on both batteries
-            self.assertLessEqual(len(moves), 6, (seed, moves))  # and a few trims at most
+            moves = plant.moves() - before
+            self.assertGreaterEqual(moves, 2, (seed, plant.served))  # the step, on both batteries
+            self.assertLessEqual(moves, 6, (seed, plant.served))  # and a few trims at most
             after = plant.steered[-150:]  # what control left, the noise taken out
             self.assertLess(abs(sum(after) / len(after)), 80.0, (seed, moves))
             sides = [round(s / abs(s)) for s in plant.steered[-178:] if abs(s) > 20.0]
@@ -81,10 +61,10 @@ class NoisyHouseTests(SynchronousTestCase):
         """200 W more load, not a step (under 3.5 σ): judged on up to 32 readings, then closed."""
         plant = NoisyPlant(load=800.0, power=400.0, seed=4)
         plant.run(120.0)
-        before = len(plant.moves)
+        before = plant.moves()
         plant.load = 1000.0
         plant.run(120.0)
-        self.assertGreaterEqual(len(plant.moves) - before, 1)
+        self.assertGreaterEqual(plant.moves() - before, 1)
         after = plant.steered[-40:]
         self.assertLess(abs(sum(after) / len(after)), 80.0)
 

@@ -44,7 +44,15 @@ class Plant:
         self.power = {"FAST": power, "SLOW": power}
         self.served: dict[str, list[float]] = {"FAST": [], "SLOW": []}
         self.ticks = 0
-        self.grid: list[float] = []
+        self.grid: list[float] = []  # what the meter showed
+        self.steered: list[float] = []  # the same without the household's noise
+
+    def noise(self) -> float:
+        """The household's own noise in this reading."""
+        return NOISE[(self.ticks // 2) % len(NOISE)]
+
+    def moves(self) -> int:
+        return sum(len(values) for values in self.served.values())
 
     def run(self, seconds: float, first_noise: float | None = None) -> None:
         for _ in range(int(seconds / 0.5)):
@@ -57,10 +65,12 @@ class Plant:
                     self.served[key].append(value)
                     self.power[key] = self.law(self.power[key], value)
             if self.ticks % 2 == 0:  # the meter, once a second
-                noise = NOISE[(self.ticks // 2) % len(NOISE)]
+                noise = self.noise()
                 if first_noise is not None:
                     noise, first_noise = first_noise, None
-                grid = self.load - sum(self.power.values()) + noise
+                steered = self.load - sum(self.power.values())
+                grid = steered + noise
+                self.steered.append(steered)
                 self.grid.append(grid)
                 self.ctl.reading(grid)
 
