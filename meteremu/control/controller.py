@@ -43,9 +43,10 @@ readings, hides a deadband-sized error in ``average`` readings: ±150 W
 per phase, not ±10 W) the same rules would take every fourth reading for an
 error. There a small error must stand :data:`NOISY_Z` standard errors out
 in 8 to 32 readings, a step must exceed that many σ and is closed one σ
-short (its leftover keeps its side), and trims gather for four windows on up
-to 48 readings at 2.5 standard errors, closed one standard error short; a trim larger than ``rebalance``
-is shared like a step.
+short (its leftover keeps its side), and trims gather for four windows on
+up to 48 readings at :data:`NOISY_TRIM_Z` standard errors, each closed one
+standard error short; a trim larger than ``rebalance`` is shared like a
+step.
 
 Never on stale or NaN data: :meth:`Controller.reading` with ``None`` or a
 non-finite value changes nothing, and a device only serves what
@@ -302,8 +303,9 @@ class Controller:
         outputs steady, so what the meter saw) between consecutive quiet
         readings: the household's own, even across a move in between, so a
         house whose noise looks like steps at first still learns it; the
-        median ignores the odd real step. On a ±10 W house that is about 10 W and ``fast_error``
-        rules; on a ±150 W one about 150 W, and without this every reading
+        median ignores the odd real step. On a ±10 W house that is about
+        10 W and ``fast_error`` rules; on a ±150 W one about 150 W, and
+        without this every reading
         beyond 250 W was "a step": the batteries chased the noise reading by
         reading (venus_noisy: some 1300 such moves in 30 min against 13 real
         events) and leaked more than a battery alone on the plain value.
