@@ -169,9 +169,8 @@ class Controller:
         self.batteries: dict[str, BatteryState] = {}
         self.view = Decision()
         self._window: list[float] = []  # errors of the quiet readings since the last decision
-        self._jumps: list[float] = []  # |Δerror| between consecutive quiet readings (the load's own noise)
         self._last_quiet: float | None = None
-        self._noise_jumps: list[float] = []  # the same, a longer history (the trim's noise)
+        self._noise_jumps: list[float] = []  # |Δload| between consecutive quiet readings (the household's noise)
         self._trim_until = -math.inf  # a leftover after a step is trimmed until then
         self._trims_left = 0
         self._loads: list[float] = []  # error + Σ power of quiet readings since the step (the trim's evidence)
@@ -255,27 +254,28 @@ class Controller:
             return
         # A small error is judged on the mean of a few quiet readings (the meter's
         # noise must not move anyone); a large one (a step) is acted on at once.
+        load = error + sum(b.power for b in reporting)  # the outputs are steady: what the meter saw
         noise = self._noise()  # before this reading's own jump joins: it may be a step
         noisy = self._noisy(noise)
-        fast = self._fast_threshold(error + sum(b.power for b in reporting), noise if noisy else 0.0)
+        small = abs(error) < self._fast_threshold(load, noise if noisy else 0.0)
         self._window.append(error)
         del self._window[:-(NOISY_READINGS if noisy else opts.average)]
-        if abs(error) < fast and self._trim_due(reporting, error, now):
+        if small and self._trim_due(reporting, load, now):
             return
-        if abs(error) < fast and len(self._window) < (NOISY_LEAST if noisy else opts.average):
+        if small and len(self._window) < (NOISY_LEAST if noisy else opts.average):
             return
-        judged = error if abs(error) >= fast else sum(self._window) / len(self._window)
-        if abs(error) >= fast and noisy:
+        judged = sum(self._window) / len(self._window) if small else error
+        if not small and noisy:
             # closed one noise unit short: the leftover keeps its side and the trims close
             # it, where a step sized on one reading's noise would leave it either way
             judged -= math.copysign(noise, error)
-        if abs(error) < fast and noisy:
+        if small and noisy:
             standard_error = noise / math.sqrt(len(self._window))
             if abs(judged) < max(opts.deadband, NOISY_Z * standard_error):
                 judged = 0.0  # not told apart from the household's noise (yet): inside the deadband
             else:  # one standard error short, as a trim: an estimate this uncertain must not cross over
                 judged -= math.copysign(standard_error, judged)
-        elif abs(error) < fast and abs(judged) >= opts.deadband and not self._consistent(judged):
+        elif small and abs(judged) >= opts.deadband and not self._consistent(judged):
             # followed only once every quiet reading of the window shows it: a load that
             # comes and goes (a washer's motor pausing 3 s) would be chased
             view.quality = Quality.OFF_TARGET
@@ -290,10 +290,10 @@ class Controller:
             return
         view.quality = Quality.LIMITED if self._limited(judged, now) else Quality.OFF_TARGET
         self._window.clear()
-        if abs(error) >= fast:
+        if not small:
             window = opts.trim_window * (NOISY_TRIM_WINDOWS if noisy else 1)
             self._trim_until, self._trims_left = now + window, opts.trims
-            self._loads = [error + sum(b.power for b in reporting)]
+            self._loads = [load]
         self._decide(reporting, judged, now)
 
     def _fast_threshold(self, load: float, noise: float) -> float:
@@ -312,14 +312,13 @@ class Controller:
         On a noisy house (``noise``: σ, else 0) also :data:`NOISY_Z` σ.
         """
         if self._last_quiet is not None:
-            self._jumps.append(abs(load - self._last_quiet))
-            del self._jumps[:-NOISE_READINGS]
             self._noise_jumps.append(abs(load - self._last_quiet))
             del self._noise_jumps[:-TRIM_NOISE_READINGS]
         self._last_quiet = load
         threshold = self.options.fast_error
-        if len(self._jumps) >= NOISE_READINGS // 2:
-            ordered = sorted(self._jumps)
+        recent = self._noise_jumps[-NOISE_READINGS:]  # a short history: it follows a change of house
+        if len(recent) >= NOISE_READINGS // 2:
+            ordered = sorted(recent)
             threshold = max(threshold, 3.0 * ordered[len(ordered) // 2])
         return max(threshold, NOISY_Z * noise)
 
@@ -519,7 +518,7 @@ class Controller:
         """
         return TRIM_Z * noise / math.sqrt(self.options.average) > self.options.deadband
 
-    def _trim_due(self, reporting: list[BatteryState], error: float, now: float) -> bool:
+    def _trim_due(self, reporting: list[BatteryState], load: float, now: float) -> bool:
         """After a step: close the leftover once the quiet readings since the step show it.
 
         Each quiet reading is a sample of the load, ``error + Σ power`` (the
@@ -539,7 +538,6 @@ class Controller:
             return False
         noise = self._noise()
         noisy = self._noisy(noise)
-        load = error + sum(b.power for b in reporting)
         mean = sum(self._loads) / len(self._loads)
         if abs(load - mean) > TRIM_CHANGE * noise:  # the load moved: no longer the step's leftover
             self._loads.clear()
@@ -630,26 +628,24 @@ class Controller:
         and another the rest (``a``), each beyond its deadband, closes the
         leftover to the watt; the two stay within a few watts of their shares.
         """
-        best: tuple[float, float, str, str, BatteryState, float, BatteryState, float] | None = None
+        def exact(battery: BatteryState, move: float) -> bool:
+            lo, hi = self._envelope(battery, now)
+            return self._takes(battery, move) == move and lo <= battery.power + move <= hi
+
+        candidates = []
         for second in reporting:
             least = self._least_exact(second)
             if least is None:
                 continue
             b = -math.copysign(least, error)
-            lo, hi = self._envelope(second, now)
-            if self._takes(second, b) != b or not lo <= second.power + b <= hi:
+            a = error - b
+            if not exact(second, b):
                 continue
-            for first in reporting:
-                a = error - b
-                lo, hi = self._envelope(first, now)
-                if first is second or self._takes(first, a) != a or not lo <= first.power + a <= hi:
-                    continue
-                key = (abs(a) + abs(b), first.interval, first.key, second.key, first, a, second, b)
-                if best is None or key[:4] < best[:4]:
-                    best = key
-        if best is None:
+            candidates += [(abs(a) + abs(b), first.interval, first.key, second.key, first, a, second, b)
+                           for first in reporting if first is not second and exact(first, a)]
+        if not candidates:
             return None
-        *_, first, a, second, b = best
+        *_, first, a, second, b = min(candidates, key=lambda c: c[:4])
         return [(first, a), (second, b)]
 
     def _least_exact(self, battery: BatteryState) -> float | None:
